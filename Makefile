@@ -1,0 +1,35 @@
+# The two commands: `make demo` (the local network on 127.0.0.1) and `make test` (every test).
+# Both build the virtual environment from nothing but this repository on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Cargo's build folder lives outside the clone so that fresh clones (and CI) reuse it.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/dgpu/cargo-target
+PY_DIRS := protocol node client contracts bootstrap tests bench examples dgpu/__init__.py
+
+.PHONY: install demo test lint typecheck pytest cargo-test
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/dgpu demo
+
+lint: install
+	$(BIN)/ruff check $(PY_DIRS)
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest
+
+cargo-test:
+	@if [ -f contracts/Cargo.toml ]; then cd contracts && cargo test --locked; else echo "no Rust workspace yet"; fi
+
+test: lint typecheck pytest cargo-test
