@@ -1,0 +1,443 @@
+"""Wire messages: frozen pydantic models, ``extra="forbid"``, a ``type`` discriminator each.
+
+Money is an integer of the token's base unit (``int``, never ``float``); times are unix seconds
+passed in by the caller. Strings and collections all have explicit bounds, so a message that
+passes validation also fits its frame. One ``TypeAdapter`` per direction of each stream:
+
+- gossip: :data:`GOSSIP_ADAPTER` (``Offer``)
+- negotiation: :data:`TO_PROVIDER_NEGOTIATION` (``JobRequest``, ``Accept``) and
+  :data:`TO_RENTER_NEGOTIATION` (``Quote``, ``Reject``, ``Agreement``)
+- job session: :data:`TO_PROVIDER_JOB` (``JobSubmit``, ``JobCancel``) and :data:`TO_RENTER_JOB`
+  (``JobStatus``, ``LogChunk``, ``UsageReceipt``, ``ResultRef``, ``Reject``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
+
+from .canonical import canonical_bytes
+from .ids import MAX_LOG_CHUNK_CHARS
+from .keys import PublicKey
+
+__all__ = [
+    "GOSSIP_ADAPTER",
+    "MESSAGE_TYPES",
+    "TO_PROVIDER_JOB",
+    "TO_PROVIDER_NEGOTIATION",
+    "TO_RENTER_JOB",
+    "TO_RENTER_NEGOTIATION",
+    "Accept",
+    "Agreement",
+    "AgreementTerms",
+    "EscrowRef",
+    "Executor",
+    "GpuSample",
+    "GpuSpec",
+    "InputRef",
+    "JobCancel",
+    "JobRequest",
+    "JobState",
+    "JobStatus",
+    "JobSubmit",
+    "LogChunk",
+    "Message",
+    "Offer",
+    "Quote",
+    "Reject",
+    "RejectCode",
+    "ResultRef",
+    "UsageReceipt",
+    "digest",
+]
+
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
+
+
+def _check_wallet(value: str) -> str:
+    PublicKey.from_wallet(value)  # raises ValueError -> pydantic ValidationError
+    return value
+
+
+Wallet = Annotated[str, StringConstraints(min_length=32, max_length=44), AfterValidator(_check_wallet)]
+Amount = Annotated[int, Field(ge=0, le=U64_MAX, strict=True)]
+PositiveAmount = Annotated[int, Field(gt=0, le=U64_MAX, strict=True)]
+Minutes = Annotated[int, Field(gt=0, le=U32_MAX, strict=True)]
+Timestamp = Annotated[int, Field(ge=0, le=2**62, strict=True)]
+Seq = Annotated[int, Field(ge=0, le=U64_MAX, strict=True)]
+Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16,64}$")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\w .:/@+-]+$")]
+ContentId = Annotated[str, StringConstraints(pattern=r"^sha256-[0-9a-f]{64}$")]
+ShortText = Annotated[str, StringConstraints(max_length=512)]
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_RELATIVE_PATH = re.compile(r"^[\w.\-/]{1,255}$")
+
+
+def _check_relative_path(path: str) -> str:
+    if not _RELATIVE_PATH.match(path) or path.startswith("/") or ".." in path.split("/"):
+        raise ValueError("an input path is relative, without '..', of [A-Za-z0-9_.-/]")
+    return path
+
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, populate_by_name=False)
+
+    def canonical(self) -> bytes:
+        """The canonical bytes of this message (what gets signed)."""
+        return canonical_bytes(self.model_dump(mode="json"))
+
+
+def digest(model: _Model) -> str:
+    """Hex SHA-256 of a message's canonical bytes: how one message refers to another."""
+    return hashlib.sha256(model.canonical()).hexdigest()
+
+
+class Executor(StrEnum):
+    DOCKER = "docker"
+    """An isolated container (the default)."""
+    SCRIPT = "script"
+    """A shell script in a scratch folder, opt-in by the provider; weaker isolation."""
+
+
+class GpuSpec(_Model):
+    """One kind of GPU in an offer."""
+
+    model: Label
+    vram_mib: Annotated[int, Field(gt=0, le=2**24, strict=True)]
+    count: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+    compute_capability: Annotated[str, StringConstraints(pattern=r"^\d{1,2}\.\d{1,2}$")] | None = None
+    #: true when the inventory is simulated (development networks only); renters' policy decides
+    simulated: bool = False
+
+
+class Offer(_Model):
+    """A provider's signed advertisement. A higher ``seq`` from the same provider replaces it."""
+
+    type: Literal["offer"] = "offer"
+    provider: Wallet
+    #: multiaddrs to dial the provider at (its peer id is derived from ``provider``)
+    addrs: Annotated[tuple[Annotated[str, StringConstraints(max_length=256)], ...], Field(max_length=8)] = ()
+    gpus: Annotated[tuple[GpuSpec, ...], Field(min_length=1, max_length=16)]
+    #: price of one GPU for one minute, in the mint's base units
+    price_per_minute: PositiveAmount
+    mint: Wallet
+    #: which ledger holds the escrow: "dev" (development ledger) or "solana:<cluster>"
+    ledger: Label
+    min_minutes: Minutes = 1
+    max_minutes: Minutes = 24 * 60
+    region: Label = "unknown"
+    executors: Annotated[tuple[Executor, ...], Field(min_length=1, max_length=2)] = (Executor.DOCKER,)
+    seq: Seq
+    issued_at: Timestamp
+    expires_at: Timestamp
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        if self.min_minutes > self.max_minutes:
+            raise ValueError("min_minutes exceeds max_minutes")
+        if len(set(self.executors)) != len(self.executors):
+            raise ValueError("duplicate executor")
+        return self
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(g.count for g in self.gpus)
+
+    @property
+    def simulated(self) -> bool:
+        return any(g.simulated for g in self.gpus)
+
+
+class InputRef(_Model):
+    """A job input: content id (pinned on a bootstrap node or held by the renter) and where it goes."""
+
+    path: Annotated[str, AfterValidator(_check_relative_path)]
+    cid: ContentId
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for key, value in env.items():
+        if not _ENV_KEY.match(key):
+            raise ValueError(f"invalid environment variable name {key[:40]!r}")
+        if len(value) > 4096:
+            raise ValueError(f"environment variable {key} is longer than 4096 characters")
+    return env
+
+
+class JobRequest(_Model):
+    """A renter asks a provider for a price for this job."""
+
+    type: Literal["job_request"] = "job_request"
+    request_id: Id
+    renter: Wallet
+    provider: Wallet
+    #: the offer the request answers (its ``seq``), so a stale view is noticed
+    offer_seq: Seq
+    gpu_model: Label | None = None
+    min_vram_mib: Annotated[int, Field(ge=0, le=2**24, strict=True)] = 0
+    gpu_count: Annotated[int, Field(ge=0, le=64, strict=True)] = 1
+    executor: Executor = Executor.DOCKER
+    image: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    script: Annotated[str, StringConstraints(min_length=1, max_length=32 * 1024)] | None = None
+    command: Annotated[tuple[Annotated[str, StringConstraints(max_length=4096)], ...], Field(max_length=64)] = ()
+    env: Annotated[dict[str, str], Field(max_length=64), AfterValidator(_check_env)] = Field(default_factory=dict)
+    inputs: Annotated[tuple[InputRef, ...], Field(max_length=64)] = ()
+    max_minutes: Minutes
+    #: the most the renter pays per minute for the whole job (all GPUs), base units
+    max_price_per_minute: PositiveAmount
+    egress: bool = False
+
+    @model_validator(mode="after")
+    def _payload_matches_executor(self) -> Self:
+        if self.executor is Executor.DOCKER and (self.image is None or self.script is not None):
+            raise ValueError("a docker job names an image and no script")
+        if self.executor is Executor.SCRIPT and (self.script is None or self.image is not None):
+            raise ValueError("a script job carries a script and no image")
+        return self
+
+
+class Quote(_Model):
+    """The provider's price for a request; binding until ``expires_at``."""
+
+    type: Literal["quote"] = "quote"
+    request_id: Id
+    quote_id: Id
+    provider: Wallet
+    #: price per minute for the whole job (price per GPU x GPUs), base units
+    rate_per_minute: PositiveAmount
+    max_minutes: Minutes
+    #: rate_per_minute * max_minutes: what the renter must lock in escrow
+    deposit: PositiveAmount
+    fee_bps: Annotated[int, Field(ge=0, le=10_000, strict=True)]
+    mint: Wallet
+    ledger: Label
+    #: the provider must start the rental strictly before this time or the renter is refunded
+    start_deadline: Timestamp
+    expires_at: Timestamp
+
+    @model_validator(mode="after")
+    def _deposit_is_product(self) -> Self:
+        if self.deposit != self.rate_per_minute * self.max_minutes:
+            raise ValueError("deposit must equal rate_per_minute * max_minutes")
+        return self
+
+
+class RejectCode(StrEnum):
+    """Machine-readable reasons for a ``Reject``."""
+
+    NO_CAPACITY = "no_capacity"
+    PRICE_TOO_LOW = "price_too_low"
+    GPU_MISMATCH = "gpu_mismatch"
+    EXECUTOR_NOT_OFFERED = "executor_not_offered"
+    IMAGE_NOT_ALLOWED = "image_not_allowed"
+    EGRESS_NOT_ALLOWED = "egress_not_allowed"
+    DURATION_OUT_OF_RANGE = "duration_out_of_range"
+    STALE_OFFER = "stale_offer"
+    QUOTE_EXPIRED = "quote_expired"
+    ESCROW_INVALID = "escrow_invalid"
+    INVALID_REQUEST = "invalid_request"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    REPLAY = "replay"
+    TIMEOUT = "timeout"
+    PROTOCOL_ERROR = "protocol_error"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    BUSY = "busy"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+
+class Reject(_Model):
+    """A refusal with a reason code; ends the negotiation (or a job stream request)."""
+
+    type: Literal["reject"] = "reject"
+    request_id: Id
+    code: RejectCode
+    message: ShortText = ""
+
+
+class EscrowRef(_Model):
+    """Where the renter locked the deposit."""
+
+    ledger: Label
+    #: the escrow account (Solana PDA, or the development ledger's id for it)
+    address: Annotated[str, StringConstraints(min_length=1, max_length=88)]
+    rental_id: Seq
+
+
+class AgreementTerms(_Model):
+    """Everything both parties sign. Built the same way on both sides by :func:`agreement_terms`."""
+
+    type: Literal["agreement_terms"] = "agreement_terms"
+    request_id: Id
+    quote_id: Id
+    #: digest of the JobRequest: the job that was priced is the job that runs
+    job_digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    renter: Wallet
+    provider: Wallet
+    rate_per_minute: PositiveAmount
+    max_minutes: Minutes
+    deposit: PositiveAmount
+    fee_bps: Annotated[int, Field(ge=0, le=10_000, strict=True)]
+    mint: Wallet
+    start_deadline: Timestamp
+    executor: Executor
+    escrow: EscrowRef
+
+
+class Accept(_Model):
+    """The renter accepts a quote, names the funded escrow and signs the terms."""
+
+    type: Literal["accept"] = "accept"
+    request_id: Id
+    quote_id: Id
+    escrow: EscrowRef
+    #: base64 Ed25519 signature of the renter over the AgreementTerms (domain "agreement_terms")
+    renter_sig: Annotated[str, StringConstraints(min_length=80, max_length=100)]
+
+
+class Agreement(_Model):
+    """The terms with both parties' signatures: the contract a job runs under."""
+
+    type: Literal["agreement"] = "agreement"
+    terms: AgreementTerms
+    renter_sig: Annotated[str, StringConstraints(min_length=80, max_length=100)]
+    provider_sig: Annotated[str, StringConstraints(min_length=80, max_length=100)]
+
+    @property
+    def agreement_id(self) -> str:
+        return digest(self.terms)
+
+
+class JobState(StrEnum):
+    """A job's lifecycle as the provider reports it."""
+
+    ACCEPTED = "accepted"
+    STARTING = "starting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL_JOB_STATES
+
+
+_TERMINAL_JOB_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
+
+
+class JobSubmit(_Model):
+    """The renter starts the job an Agreement covers."""
+
+    type: Literal["job_submit"] = "job_submit"
+    agreement: Agreement
+
+
+class JobCancel(_Model):
+    type: Literal["job_cancel"] = "job_cancel"
+    job_id: Id
+    reason: ShortText = ""
+
+
+class JobStatus(_Model):
+    """A lifecycle event; the terminal one carries the exit code."""
+
+    type: Literal["job_status"] = "job_status"
+    job_id: Id
+    seq: Seq
+    state: JobState
+    at: Timestamp
+    exit_code: Annotated[int, Field(ge=-255, le=255, strict=True)] | None = None
+    reason: ShortText = ""
+
+
+class LogChunk(_Model):
+    """Ordered log output: ``seq`` counts chunks of one job from 0 without gaps."""
+
+    type: Literal["log_chunk"] = "log_chunk"
+    job_id: Id
+    seq: Seq
+    stream: Literal["stdout", "stderr"]
+    data: Annotated[str, StringConstraints(max_length=MAX_LOG_CHUNK_CHARS)]
+
+
+class GpuSample(_Model):
+    """One GPU's averages over a metered minute."""
+
+    uuid: Annotated[str, StringConstraints(max_length=96)]
+    utilization_pct: Annotated[int, Field(ge=0, le=100, strict=True)]
+    memory_used_mib: Annotated[int, Field(ge=0, strict=True)]
+    power_mw: Annotated[int, Field(ge=0, strict=True)]
+    temperature_c: Annotated[int, Field(ge=-50, le=200, strict=True)]
+
+
+class UsageReceipt(_Model):
+    """The provider's signed statement of one metered minute (what billing counts)."""
+
+    type: Literal["usage_receipt"] = "usage_receipt"
+    job_id: Id
+    agreement_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    #: 0-based index of the minute since the job started; each index is billed at most once
+    minute_index: Annotated[int, Field(ge=0, le=U32_MAX, strict=True)]
+    #: whole minutes metered so far, including this one
+    minutes_total: Annotated[int, Field(ge=1, le=U32_MAX, strict=True)]
+    at: Timestamp
+    gpus: Annotated[tuple[GpuSample, ...], Field(max_length=64)] = ()
+
+
+class ResultRef(_Model):
+    """Where the job's output folder was stored (a content id), once the job ended."""
+
+    type: Literal["result_ref"] = "result_ref"
+    job_id: Id
+    cid: ContentId
+    size: Amount
+
+
+Message = (
+    Offer | JobRequest | Quote | Reject | Accept | Agreement | AgreementTerms
+    | JobSubmit | JobCancel | JobStatus | LogChunk | UsageReceipt | ResultRef
+)
+
+MESSAGE_TYPES: dict[str, type[_Model]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (Offer, JobRequest, Quote, Reject, Accept, Agreement, AgreementTerms,
+                JobSubmit, JobCancel, JobStatus, LogChunk, UsageReceipt, ResultRef)
+}
+
+
+def _adapter(*types: Any) -> TypeAdapter[Any]:
+    if len(types) == 1:
+        return TypeAdapter(types[0])
+    union: Any = types[0]
+    for t in types[1:]:
+        union = union | t
+    return TypeAdapter(Annotated[union, Field(discriminator="type")])
+
+
+GOSSIP_ADAPTER: TypeAdapter[Offer] = _adapter(Offer)
+TO_PROVIDER_NEGOTIATION: TypeAdapter[JobRequest | Accept] = _adapter(JobRequest, Accept)
+TO_RENTER_NEGOTIATION: TypeAdapter[Quote | Reject | Agreement] = _adapter(Quote, Reject, Agreement)
+TO_PROVIDER_JOB: TypeAdapter[JobSubmit | JobCancel] = _adapter(JobSubmit, JobCancel)
+TO_RENTER_JOB: TypeAdapter[JobStatus | LogChunk | UsageReceipt | ResultRef | Reject] = _adapter(
+    JobStatus, LogChunk, UsageReceipt, ResultRef, Reject
+)
