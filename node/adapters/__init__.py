@@ -1,0 +1,1 @@
+"""dgpu.node adapters: the only code in the node that does I/O (Docker, NVML, SQLite, ...)."""

@@ -1,0 +1,1 @@
+"""dgpu.node.services: the node's logic, with adapters injected."""
