@@ -396,9 +396,7 @@ class DockerJobHandle:
         seq = 0
         try:
             while True:
-                frame = await trio.to_thread.run_sync(
-                    lambda: _converted(_frame, res), limiter=limiter, abandon_on_cancel=True
-                )
+                frame = await _in_thread_abandonable(lambda: _converted(_frame, res), limiter)
                 if frame is None:
                     break
                 stream = _STREAMS.get(frame[0], "stdout")
@@ -448,10 +446,8 @@ class DockerJobHandle:
                 return False  # our 5 s poll ran out (urllib3 reports it either way)
             return True
 
-        while not await trio.to_thread.run_sync(
-            lambda: _converted(_wait_once),
-            limiter=self._ex._stream_limiter,
-            abandon_on_cancel=True,
+        while not await _in_thread_abandonable(
+            lambda: _converted(_wait_once), self._ex._stream_limiter
         ):
             pass
 
@@ -493,6 +489,15 @@ class DockerJobHandle:
                 self._cleaned = True
                 await self._ex._remove(self.container_id)
                 await trio.to_thread.run_sync(_rmtree, self._workspace)
+
+
+async def _in_thread_abandonable(fn: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
+    """``trio.to_thread.run_sync(fn, abandon_on_cancel=True)``: on cancellation the thread is
+    left to finish on its own (each caller makes sure it ends soon: a closed response, a
+    5 s poll). Typed through Any because libp2p's trio-typing stubs predate the keyword."""
+    run: Any = trio.to_thread.run_sync
+    result: T = await run(fn, limiter=limiter, abandon_on_cancel=True)
+    return result
 
 
 def _converted(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

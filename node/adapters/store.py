@@ -20,7 +20,6 @@ Rules:
 
 from __future__ import annotations
 
-import enum
 import json
 import sqlite3
 import time
@@ -32,6 +31,8 @@ from typing import Any, TypeVar
 import trio
 
 from dgpu.node.errors import IllegalTransition, SchemaError, StoreError, UnknownJob
+from dgpu.protocol.job_session import JOB_TRANSITIONS
+from dgpu.protocol.messages import JobState
 
 __all__ = [
     "MIGRATIONS",
@@ -46,35 +47,12 @@ __all__ = [
 T = TypeVar("T")
 
 
-class JobState(enum.StrEnum):
-    ACCEPTED = "accepted"  #: agreed and persisted; nothing started yet
-    STARTING = "starting"  #: executor is preparing (image, workspace, container create)
-    RUNNING = "running"  #: the process/container runs; the meter counts minutes
-    FINISHED = "finished"  #: exit code 0
-    FAILED = "failed"  #: non-zero exit, OOM, engine error, or vanished across a restart
-    CANCELLED = "cancelled"  #: stopped on request
-    EXPIRED = "expired"  #: hit its time limit, or never started before its deadline
+TERMINAL_STATES = frozenset(s for s in JobState if s.terminal)
 
-
-TERMINAL_STATES = frozenset(
-    {JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
-)
-
-#: from-state → the states it may move to; anything else raises IllegalTransition
+#: from-state → the states it may move to (the protocol's table, the one renters check);
+#: anything else raises IllegalTransition
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.ACCEPTED: frozenset(
-        {JobState.STARTING, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
-    ),
-    JobState.STARTING: frozenset(
-        {JobState.RUNNING, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
-    ),
-    JobState.RUNNING: frozenset(
-        {JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED}
-    ),
-    JobState.FINISHED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
-    JobState.EXPIRED: frozenset(),
+    state: targets for state, targets in JOB_TRANSITIONS.items() if state is not None
 }
 
 MIGRATIONS: tuple[str, ...] = (
