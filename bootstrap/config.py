@@ -1,0 +1,119 @@
+"""Configuration of the bootstrap node's HTTP services, built once at startup.
+
+``BootstrapHttpConfig`` is a frozen pydantic model: the CLI (``dgpu bootstrap``) parses flags or
+a file into it, ``create_app`` reads it. The node's Ed25519 key (its libp2p identity and the key
+that signs JWTs) is loaded from a Solana CLI keypair file (JSON array of 64 bytes: 32-byte seed
+then 32-byte public key, mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import base58
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "BootstrapHttpConfig",
+    "S3Config",
+    "load_or_create_node_key",
+    "wallet_of",
+]
+
+_GIB = 1024**3
+
+
+class S3Config(BaseModel):
+    """An S3-compatible endpoint (AWS S3, MinIO, Ceph RGW...) used as the blob backend."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint: str  # e.g. "https://s3.eu-west-1.amazonaws.com" or "http://127.0.0.1:9000"
+    region: str = "us-east-1"
+    bucket: str
+    access_key_id: str
+    secret_access_key: SecretStr  # SecretStr: never printed by repr() or in errors
+    prefix: str = "blobs/"  # object key prefix; the object key is prefix + cid
+
+
+class BootstrapHttpConfig(BaseModel):
+    """Settings of the auth + storage HTTP app. Durations are seconds, sizes bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path  # holds the SQLite database and the filesystem blob store
+    key_path: Path | None = None  # Solana keypair file; default data_dir / "node-key.json"
+    issuer: str = "dgpu-bootstrap"  # JWT "iss"
+    audience: str = "dgpu"  # JWT "aud"; nodes accept only tokens for this audience
+    access_ttl_s: int = Field(default=900, gt=0, le=86_400)
+    refresh_ttl_s: int = Field(default=30 * 86_400, gt=0)
+    challenge_ttl_s: int = Field(default=120, gt=0, le=3600)
+    # Bounds the in-memory challenge table (one entry per outstanding login attempt).
+    max_pending_challenges: int = Field(default=10_000, gt=0)
+    admin_wallets: frozenset[str] = frozenset()
+    # Token buckets: rate in tokens per second, burst = bucket capacity.
+    ip_rate_per_s: float = Field(default=20.0, gt=0)
+    ip_burst: int = Field(default=100, gt=0)
+    wallet_rate_per_s: float = Field(default=5.0, gt=0)
+    wallet_burst: int = Field(default=30, gt=0)
+    # Bounds the rate limiter's memory: least recently seen keys are forgotten beyond this.
+    rate_limit_max_keys: int = Field(default=100_000, gt=0)
+    quota_bytes: int = Field(default=10 * _GIB, ge=0)  # per wallet, over its distinct cids
+    max_upload_bytes: int = Field(default=2 * _GIB, gt=0)  # per upload
+    max_link_ttl_s: int = Field(default=7 * 86_400, gt=0)
+    store: Literal["fs", "s3"] = "fs"
+    s3: S3Config | None = None
+
+    @field_validator("admin_wallets")
+    @classmethod
+    def _check_wallets(cls, value: frozenset[str]) -> frozenset[str]:
+        for wallet in value:
+            try:
+                raw = base58.b58decode(wallet)
+            except ValueError as exc:
+                raise ValueError("admin wallet is not base58") from exc
+            if len(raw) != 32:
+                raise ValueError("admin wallet is not a 32-byte public key")
+        return value
+
+    @property
+    def resolved_key_path(self) -> Path:
+        return self.key_path if self.key_path is not None else self.data_dir / "node-key.json"
+
+
+def wallet_of(key: Ed25519PrivateKey) -> str:
+    """The base58 Solana address (= the Ed25519 public key) of ``key``."""
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base58.b58encode(raw).decode("ascii")
+
+
+def load_or_create_node_key(path: Path) -> Ed25519PrivateKey:
+    """Load the Solana CLI keypair at ``path``, creating one (mode 0600) if it is missing."""
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        seed = key.private_bytes_raw()
+        pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(list(seed + pub), f)
+        return key
+    try:
+        data = json.loads(path.read_text())
+        raw = bytes(data)
+    except (OSError, ValueError, TypeError):
+        # from None: the parser's message could quote key bytes.
+        raise ConfigError(f"node key file {path} is unreadable or not a JSON byte array") from None
+    if len(raw) != 64:
+        raise ConfigError(f"node key file {path} does not hold 64 bytes")
+    key = Ed25519PrivateKey.from_private_bytes(raw[:32])
+    if key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) != raw[32:]:
+        raise ConfigError(f"node key file {path}: public half does not match the secret")
+    return key
