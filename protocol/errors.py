@@ -98,7 +98,7 @@ class ReplayError(RemoteProtocolError):
         super().__init__(message, reject_code="replay")
 
 
-class TimeoutError_(RemoteProtocolError):  # noqa: N801 - avoid shadowing the builtin
+class TimeoutError_(RemoteProtocolError):  # trailing underscore: not the builtin
     """A negotiation deadline passed before the peer's next message."""
 
     def __init__(self, message: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import escrow as e
-from .errors import EscrowError
+from .errors import EscrowError, EscrowErrorCode
 
 __all__ = ["ACTIONS", "ACTORS", "World", "apply_step", "snapshot"]
 
@@ -49,7 +49,7 @@ def apply_step(world: World, step: Mapping[str, Any]) -> tuple[World, str | None
     try:
         if action == "open":
             if actor != "renter":
-                raise EscrowError(e.EscrowErrorCode.UNAUTHORIZED, "the renter opens")
+                raise EscrowError(EscrowErrorCode.UNAUTHORIZED, "the renter opens")
             outcome = e.open_escrow(
                 renter="renter", provider="provider", mint=MINT, rental_id=args["rental_id"],
                 rate_per_minute=args["rate_per_minute"], max_minutes=args["max_minutes"],

@@ -244,6 +244,7 @@ class RejectCode(StrEnum):
 
     NO_CAPACITY = "no_capacity"
     PRICE_TOO_LOW = "price_too_low"
+    PRICE_TOO_HIGH = "price_too_high"
     GPU_MISMATCH = "gpu_mismatch"
     EXECUTOR_NOT_OFFERED = "executor_not_offered"
     IMAGE_NOT_ALLOWED = "image_not_allowed"
