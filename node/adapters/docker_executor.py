@@ -122,6 +122,7 @@ class ContainerInfo:
     rental_id: str
     running: bool
     started_at: float | None  #: wall clock
+    finished_at: float | None  #: wall clock; None while running
     exit_code: int | None
     oom_killed: bool
 
@@ -309,6 +310,9 @@ class DockerExecutor:
             rental_id=labels.get(LABEL_RENTAL, ""),
             running=bool(state.get("Running")),
             started_at=_parse_docker_time(state.get("StartedAt", "")),
+            finished_at=None
+            if state.get("Running")
+            else _parse_docker_time(state.get("FinishedAt", "")),
             exit_code=None if state.get("Running") else state.get("ExitCode"),
             oom_killed=bool(state.get("OOMKilled")),
         )
@@ -327,6 +331,10 @@ class DockerExecutor:
             workspace=workspace,
             started_at=started,
         )
+
+    async def remove(self, container_id: str) -> None:
+        """Remove a container (force); absent is fine."""
+        await self._remove(container_id)
 
     async def _remove(self, container_id: str) -> None:
         def _rm() -> None:
