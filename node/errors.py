@@ -6,14 +6,14 @@
     ├── KeystoreError                  the identity file cannot be read, written or decrypted
     │   └── PassphraseError            encrypted key file, wrong or missing passphrase
     ├── ConfigError                    a setting that cannot work (bad multiaddr, port, path)
-    └── NetworkError                   a libp2p operation failed (converted in adapters.p2p)
-        ├── DialError                  the peer could not be reached (dead, refused, no address)
-        ├── StreamError                an open stream broke
-        │   ├── StreamClosedError      the remote closed or reset the stream mid-exchange
-        │   ├── FrameTooLargeError     a frame's length prefix is over the limit (nothing read)
-        │   └── ReadTimeoutError       no complete frame within the read deadline
-        ├── PeerRefusedError           the remote does not speak the protocol, or refused us
-        └── CapacityError              a local bound (streams, connections) is full
+    ├── NetworkError                   a libp2p operation failed (converted in adapters.p2p)
+    │   ├── DialError                  the peer could not be reached (dead, refused, no address)
+    │   ├── StreamError                an open stream broke
+    │   │   ├── StreamClosedError      the remote closed or reset the stream mid-exchange
+    │   │   ├── FrameTooLargeError     a frame's length prefix is over the limit (nothing read)
+    │   │   └── ReadTimeoutError       no complete frame within the read deadline
+    │   ├── PeerRefusedError           the remote does not speak the protocol, or refused us
+    │   └── CapacityError              a local bound (streams, connections) is full
     (execution branch, appended by the execution layer)
     ├── ExecutionError                 running a job on this provider
     │   ├── ExecutorUnavailable        no engine / the executor is not enabled by the provider
@@ -21,10 +21,13 @@
     │   ├── ImageNotAllowed            the image is outside the provider's pull policy
     │   ├── ImageUnavailable           not present locally and could not be pulled
     │   └── ExecutorFailure            the engine failed while starting or running a job
-    └── StoreError                     the durable state (SQLite) failed
-        ├── IllegalTransition          a job lifecycle move the table forbids (state unchanged)
-        ├── UnknownJob                 no such job id
-        └── SchemaError                the database's schema is newer than this code
+    ├── StoreError                     the durable state (SQLite) failed
+    │   ├── IllegalTransition          a job lifecycle move the table forbids (state unchanged)
+    │   ├── UnknownJob                 no such job id
+    │   └── SchemaError                the database's schema is newer than this code
+    (negotiation and job-stream branch, network layer)
+    ├── RejectedError                  the counterparty refused; ``.code`` is the RejectCode value
+    └── JobLostError                   a job stream ended without a final status (peer died or hung)
 
 No error message ever contains key material or a passphrase.
 """
@@ -55,6 +58,9 @@ __all__ = [
     "SchemaError",
     "StoreError",
     "UnknownJob",
+    # negotiation and job-stream branch
+    "JobLostError",
+    "RejectedError",
 ]
 
 
@@ -147,3 +153,23 @@ class UnknownJob(StoreError):
 
 class SchemaError(StoreError):
     """The database's schema version is newer than this code knows."""
+
+
+# ---- negotiation and job-stream branch (network layer) ----
+# NodeError
+# ├── RejectedError                  the provider (or renter) refused; ``.code`` is the RejectCode
+# └── JobLostError                   the job stream ended without a final status (peer died, hung,
+#                                    or broke the session's rules)
+
+
+class RejectedError(NodeError):
+    """The counterparty refused with a reason code (a ``Reject`` message)."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"rejected: {code}" + (f" ({message})" if message else ""))
+        self.code = code
+        self.detail = message
+
+
+class JobLostError(NodeError):
+    """The job stream ended before a final status: the provider died, hung or misbehaved."""

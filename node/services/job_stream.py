@@ -1,0 +1,362 @@
+"""``/dgpu/job/1.0.0`` on both sides: submit, ordered status and log events, cancel, exit code.
+
+Provider (:class:`JobServer`): the renter opens the stream and sends ``JobSubmit`` carrying the
+Agreement. The provider checks both signatures, that it signed this agreement itself and has
+not run it yet (:class:`~dgpu.node.services.negotiation.AgreementStore`), then runs the job
+and streams ``JobStatus`` (accepted → starting → running → final, with the exit code) and
+``LogChunk`` frames in order, all through one writer lock. A ``JobCancel`` from the renter
+stops the job; a renter that disappears stops it too (nobody would pay for it).
+
+Renter (:func:`run_job`): submits, feeds every event to
+:class:`dgpu.protocol.job_session.JobSession` (which refuses gaps and illegal moves) and
+returns the final status. It never hangs on a dead provider: a closed stream fails at once,
+and when no frame arrives for ``idle_probe_s`` it pings the provider and gives up if the ping
+fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import trio
+
+from dgpu.node.adapters.executor import ExitReason, JobHandle, JobSpec, ResourceLimits
+from dgpu.node.adapters.p2p import P2PNode
+from dgpu.node.adapters.p2p_framing import FramedStream
+from dgpu.node.errors import (
+    ExecutionError,
+    JobLostError,
+    NodeError,
+    ReadTimeoutError,
+    RejectedError,
+    StreamError,
+)
+from dgpu.node.services.negotiation import AgreementStore
+from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, verify_detached
+from dgpu.protocol.errors import RemoteProtocolError
+from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, MAX_LOG_CHUNK_CHARS
+from dgpu.protocol.job_session import JobSession
+from dgpu.protocol.keys import PublicKey, SigningKey
+from dgpu.protocol.messages import (
+    TO_PROVIDER_JOB,
+    TO_RENTER_JOB,
+    Agreement,
+    Executor,
+    JobCancel,
+    JobRequest,
+    JobState,
+    JobStatus,
+    JobSubmit,
+    LogChunk,
+    Reject,
+    RejectCode,
+    ResultRef,
+    UsageReceipt,
+)
+
+__all__ = ["JobOutcome", "JobServer", "run_job"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+Nonce = Callable[[], bytes]
+
+ENVELOPE_TTL_S: Final = 300
+#: the submit must arrive quickly after the stream opens
+SUBMIT_READ_TIMEOUT_S: Final = 10.0
+
+
+class ExecutorLike(Protocol):
+    async def start(self, spec: JobSpec, limits: ResourceLimits) -> JobHandle: ...
+
+
+_EXIT_STATE: Final = {
+    ExitReason.FINISHED: JobState.FINISHED,
+    ExitReason.FAILED: JobState.FAILED,
+    ExitReason.OOM: JobState.FAILED,
+    ExitReason.TIMEOUT: JobState.EXPIRED,
+    ExitReason.CANCELLED: JobState.CANCELLED,
+}
+
+
+def _clamp_exit(code: int | None) -> int | None:
+    return None if code is None else max(-255, min(255, code))
+
+
+class JobServer:
+    """Serves ``/dgpu/job/1.0.0`` for a provider."""
+
+    def __init__(self, key: SigningKey, agreements: AgreementStore, *,
+                 executor_for: Callable[[Executor], ExecutorLike | None],
+                 limits_cap: ResourceLimits, clock: Clock, nonce: Nonce) -> None:
+        self.key = key
+        self.agreements = agreements
+        self.executor_for = executor_for
+        self.limits_cap = limits_cap
+        self.clock = clock
+        self.nonce = nonce
+        self.replay_cache = ReplayCache(capacity=20_000)  # job envelopes live 5 min
+        #: jobs running now (the negotiator counts them against capacity)
+        self.running: set[str] = set()
+        self.finished: dict[str, JobState] = {}
+
+    def _seal(self, message: Any) -> bytes:
+        now = self.clock()
+        return seal(message, self.key, nonce=self.nonce(), issued_at=now,
+                    expires_at=now + ENVELOPE_TTL_S)
+
+    def _check_agreement(self, agreement: Agreement, signer: PublicKey) -> JobRequest:
+        terms = agreement.terms
+        if terms.provider != self.key.public_key.wallet:
+            raise RemoteProtocolError("agreement names another provider",
+                                      reject_code=RejectCode.INVALID_REQUEST)
+        if terms.renter != signer.wallet:
+            raise RemoteProtocolError("only the renter of an agreement may submit it",
+                                      reject_code=RejectCode.BAD_SIGNATURE)
+        verify_detached(terms, agreement.provider_sig, self.key.public_key)
+        verify_detached(terms, agreement.renter_sig, signer)
+        stored = self.agreements.take(agreement.agreement_id)
+        if stored is None or stored.agreement != agreement:
+            raise RemoteProtocolError("unknown or already used agreement",
+                                      reject_code=RejectCode.INVALID_REQUEST)
+        if terms.start_deadline <= self.clock():
+            raise RemoteProtocolError("the start deadline passed",
+                                      reject_code=RejectCode.EXPIRED)
+        return stored.request
+
+    async def handle(self, fs: FramedStream) -> None:
+        try:
+            data = await fs.read_frame(timeout_s=SUBMIT_READ_TIMEOUT_S)
+            opened = open_envelope(data, TO_PROVIDER_JOB, now=self.clock(),
+                                   max_bytes=MAX_FRAME_BYTES, replay_cache=self.replay_cache,
+                                   max_ttl=ENVELOPE_TTL_S)
+            submit = opened.message
+            if not isinstance(submit, JobSubmit):
+                raise RemoteProtocolError("a job stream starts with job_submit",
+                                          reject_code=RejectCode.PROTOCOL_ERROR)
+            request = self._check_agreement(submit.agreement, opened.signer)
+        except RemoteProtocolError as exc:
+            log.info("job submit from %s refused: %s", fs.remote_peer, exc)
+            # no request id may be known yet; answer with a zero id so the renter sees why
+            await self._send_quiet(fs, Reject(request_id="0" * 16, code=_code(exc.reject_code),
+                                              message=str(exc)[:200]))
+            return
+        except StreamError as exc:
+            log.info("job stream from %s ended before submit: %s", fs.remote_peer, exc)
+            return
+        await self._run(fs, submit.agreement, request, opened.signer)
+
+    async def _send_quiet(self, fs: FramedStream, message: Any) -> bool:
+        try:
+            await fs.write_frame(self._seal(message))
+        except StreamError:
+            return False
+        return True
+
+    async def _run(self, fs: FramedStream, agreement: Agreement, request: JobRequest,
+                   renter: PublicKey) -> None:
+        job_id = agreement.agreement_id
+        seq = 0
+
+        async def status(state: JobState, exit_code: int | None = None, reason: str = "") -> None:
+            nonlocal seq
+            msg = JobStatus(job_id=job_id, seq=seq, state=state, at=self.clock(),
+                            exit_code=exit_code, reason=reason[:512])
+            seq += 1
+            await fs.write_frame(self._seal(msg))
+
+        executor = self.executor_for(request.executor)
+        self.running.add(job_id)
+        try:
+            await status(JobState.ACCEPTED)
+            if executor is None:
+                await status(JobState.FAILED, reason=f"no {request.executor} executor here")
+                return
+            await status(JobState.STARTING)
+            limits = ResourceLimits(time_limit_s=float(agreement.terms.max_minutes * 60)).clamp(
+                self.limits_cap)
+            spec = JobSpec(job_id=job_id, rental_id=str(agreement.terms.escrow.rental_id),
+                           command=request.command, image=request.image, script=request.script,
+                           env=dict(request.env), limits=limits, network=request.egress)
+            try:
+                handle = await executor.start(spec, limits)
+            except ExecutionError as exc:
+                await status(JobState.FAILED, reason=f"could not start: {exc}")
+                return
+            try:
+                await status(JobState.RUNNING)
+                final = await self._supervise(fs, handle, job_id, renter)
+                if final is None:  # the renter vanished: the job was stopped
+                    return
+                state = _EXIT_STATE.get(final.reason, JobState.FAILED)
+                await status(state, _clamp_exit(final.exit_code), final.detail or final.reason)
+                self.finished[job_id] = state
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(15):
+                    await handle.cleanup()
+        except StreamError as exc:
+            log.info("job %s: renter stream broke: %s", job_id[:12], exc)
+        finally:
+            self.running.discard(job_id)
+
+    async def _supervise(self, fs: FramedStream, handle: JobHandle, job_id: str,
+                         renter: PublicKey) -> Any:
+        """Stream logs, watch for a cancel; returns the ExitStatus, or None if the renter left."""
+        result: list[Any] = []
+        renter_gone = False
+
+        async def pump_logs() -> None:
+            log_seq = 0
+            async for chunk in handle.logs():
+                text = chunk.data.decode("utf-8", errors="replace")
+                for i in range(0, max(len(text), 1), MAX_LOG_CHUNK_CHARS):
+                    piece = text[i:i + MAX_LOG_CHUNK_CHARS]
+                    await fs.write_frame(self._seal(LogChunk(job_id=job_id, seq=log_seq,
+                                                             stream=chunk.stream, data=piece)))
+                    log_seq += 1
+
+        async def watch_renter(cancel_scope: trio.CancelScope) -> None:
+            nonlocal renter_gone
+            while True:
+                try:
+                    data = await fs.read_frame(timeout_s=3600)
+                except ReadTimeoutError:
+                    continue
+                except StreamError:
+                    renter_gone = True
+                    await handle.stop(grace_s=5)
+                    return
+                try:
+                    opened = open_envelope(data, TO_PROVIDER_JOB, now=self.clock(),
+                                           max_bytes=MAX_FRAME_BYTES,
+                                           replay_cache=self.replay_cache,
+                                           max_ttl=ENVELOPE_TTL_S, expected_signer=renter)
+                except RemoteProtocolError as exc:
+                    log.info("job %s: ignoring a bad frame from the renter: %s", job_id[:12], exc)
+                    continue
+                if isinstance(opened.message, JobCancel) and opened.message.job_id == job_id:
+                    log.info("job %s: cancelled by the renter", job_id[:12])
+                    await handle.stop(grace_s=5)
+                    return
+
+        async with trio.open_nursery() as nursery:
+            watcher_scope = trio.CancelScope()
+
+            async def watcher() -> None:
+                with watcher_scope:
+                    await watch_renter(watcher_scope)
+
+            nursery.start_soon(watcher)
+
+            async def logs_then_wait() -> None:
+                try:
+                    await pump_logs()
+                except StreamError:
+                    pass  # the watcher sees the broken stream and stops the job
+                result.append(await handle.wait())
+                watcher_scope.cancel()
+
+            nursery.start_soon(logs_then_wait)
+        return None if renter_gone else result[0]
+
+
+def _code(text: str) -> RejectCode:
+    try:
+        return RejectCode(text)
+    except ValueError:
+        return RejectCode.PROTOCOL_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    job_id: str
+    state: JobState
+    exit_code: int | None
+    reason: str
+    log_chunks: int
+
+
+LogSink = Callable[[LogChunk], Awaitable[None] | None]
+
+
+async def run_job(node: P2PNode, key: SigningKey, agreement: Agreement, provider_peer: str, *,
+                  clock: Clock, nonce: Nonce, on_log: LogSink | None = None,
+                  on_status: Callable[[JobStatus], None] | None = None,
+                  cancel: trio.Event | None = None, idle_probe_s: float = 10.0) -> JobOutcome:
+    """Submit the job an Agreement covers and follow it to the end.
+
+    Raises JobLostError when the provider dies, hangs (no frame and no ping answer) or breaks
+    the session's rules; RejectedError when it refuses the submit; NetworkError when it cannot
+    be reached at all.
+    """
+    provider_key = PublicKey.from_wallet(agreement.terms.provider)
+    job_id = agreement.agreement_id
+    session = JobSession(job_id)
+    replay = ReplayCache(capacity=100_000)  # one job's frames (bounded by the log volume)
+
+    def sealed(message: Any) -> bytes:
+        now = clock()
+        return seal(message, key, nonce=nonce(), issued_at=now, expires_at=now + ENVELOPE_TTL_S)
+
+    fs = await node.open_stream(provider_peer, JOB_PROTOCOL, max_frame_bytes=MAX_FRAME_BYTES,
+                                read_timeout_s=idle_probe_s)
+    chunks = 0
+    try:
+        await fs.write_frame(sealed(JobSubmit(agreement=agreement)))
+        cancel_sent = False
+        async with trio.open_nursery() as nursery:
+            if cancel is not None:
+                async def send_cancel() -> None:
+                    nonlocal cancel_sent
+                    await cancel.wait()
+                    cancel_sent = True
+                    try:
+                        await fs.write_frame(sealed(JobCancel(job_id=job_id,
+                                                              reason="cancelled by the renter")))
+                    except StreamError:
+                        pass
+                nursery.start_soon(send_cancel)
+            try:
+                while not session.done:
+                    try:
+                        data = await fs.read_frame(timeout_s=idle_probe_s)
+                    except ReadTimeoutError:
+                        if await node.ping(provider_peer):
+                            continue  # alive and busy: a silent job is fine
+                        raise JobLostError(f"provider {provider_peer} stopped answering") from None
+                    except StreamError as exc:
+                        raise JobLostError(
+                            f"provider {provider_peer} closed the job stream before the job "
+                            f"ended (last state: {session.state or 'none'})") from exc
+                    try:
+                        opened = open_envelope(data, TO_RENTER_JOB, now=clock(),
+                                               max_bytes=MAX_FRAME_BYTES, replay_cache=replay,
+                                               max_ttl=ENVELOPE_TTL_S,
+                                               expected_signer=provider_key)
+                        msg = opened.message
+                        if isinstance(msg, Reject):
+                            raise RejectedError(str(msg.code), msg.message)
+                        assert isinstance(msg, JobStatus | LogChunk | UsageReceipt | ResultRef)
+                        session.receive(msg)
+                    except RemoteProtocolError as exc:
+                        raise JobLostError(f"provider broke the job protocol: {exc}") from exc
+                    if isinstance(msg, LogChunk):
+                        chunks += 1
+                        if on_log is not None:
+                            maybe = on_log(msg)
+                            if maybe is not None:
+                                await maybe
+                    elif isinstance(msg, JobStatus) and on_status is not None:
+                        on_status(msg)
+            finally:
+                nursery.cancel_scope.cancel()
+        del cancel_sent
+        assert session.state is not None
+        return JobOutcome(job_id, session.state, session.exit_code, session.reason, chunks)
+    except NodeError:
+        raise
+    finally:
+        await fs.close()

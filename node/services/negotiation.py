@@ -1,0 +1,397 @@
+"""``/dgpu/negotiate/1.0.0`` on both sides, driven by :class:`dgpu.protocol.negotiation.Negotiation`.
+
+Theory of operation (h11-style shell): read a frame, open the envelope, feed the machine,
+decide, let the machine record our move, seal it and write it. Every read has a deadline;
+any refusal ends with a signed ``Reject`` when there is a request to answer.
+
+Provider: ``JobRequest`` → policy (free capacity, price floor, GPUs, executors, images,
+egress, duration, offer freshness) → ``Quote`` or ``Reject``; ``Accept`` → escrow verifier →
+``Agreement`` (countersigned) or ``Reject``. The Agreement is kept in :class:`AgreementStore`
+until the renter submits the job (one job per agreement).
+
+Escrow: until the payments work lands, the renter's escrow reference comes from
+:class:`UnfundedPlaceholderEscrow` and the provider checks it with an :class:`EscrowVerifier`;
+:class:`AcceptUnfundedPlaceholder` is the only verifier so far and accepts *only* placeholder
+references, and only when the provider opted in (development networks). The payments work
+replaces both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import trio
+
+from dgpu.node.adapters.p2p import P2PNode, peer_id_of_wallet, wallet_of_peer
+from dgpu.node.adapters.p2p_framing import FramedStream
+from dgpu.node.errors import NetworkError, RejectedError, StreamError
+from dgpu.protocol.envelope import ReplayCache, open_envelope, seal
+from dgpu.protocol.errors import LocalProtocolError, RemoteProtocolError
+from dgpu.protocol.ids import MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL
+from dgpu.protocol.keys import PublicKey, SigningKey
+from dgpu.protocol.messages import (
+    TO_PROVIDER_NEGOTIATION,
+    TO_RENTER_NEGOTIATION,
+    Accept,
+    Agreement,
+    AgreementTerms,
+    EscrowRef,
+    Executor,
+    JobRequest,
+    Offer,
+    Quote,
+    Reject,
+    RejectCode,
+)
+from dgpu.protocol.negotiation import Negotiation, Role, State
+
+__all__ = [
+    "AcceptUnfundedPlaceholder",
+    "AgreementStore",
+    "EscrowVerifier",
+    "ProviderNegotiator",
+    "ProviderPolicy",
+    "UnfundedPlaceholderEscrow",
+    "negotiate",
+]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+Nonce = Callable[[], bytes]
+
+#: validity of each negotiation envelope: long enough for a slow peer, short for replays
+ENVELOPE_TTL_S: Final = 60
+#: deadline for one read of the peer's next message
+STEP_READ_TIMEOUT_S: Final = 10.0
+
+PLACEHOLDER_LEDGER: Final = "unfunded-placeholder"
+
+
+class EscrowVerifier(Protocol):
+    """Checks that the escrow an Accept names is funded for the terms (provider side)."""
+
+    async def verify(self, escrow: EscrowRef, terms: AgreementTerms) -> bool: ...
+
+
+class UnfundedPlaceholderEscrow:
+    """NOT AN ESCROW. A reference that says "nothing was deposited"; removed by the payments work.
+
+    Renters use it only on development networks whose providers opted in with
+    :class:`AcceptUnfundedPlaceholder`; any real provider refuses it (``escrow_invalid``).
+    """
+
+    ledger: Final = PLACEHOLDER_LEDGER
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def reference(self, quote: Quote) -> EscrowRef:
+        del quote  # nothing is locked: the placeholder does not depend on the amount
+        ref = EscrowRef(ledger=PLACEHOLDER_LEDGER, address="UNFUNDED-PLACEHOLDER",
+                        rental_id=self._next)
+        self._next += 1
+        return ref
+
+
+class AcceptUnfundedPlaceholder:
+    """Verifier for development networks: accepts placeholder references and nothing else."""
+
+    async def verify(self, escrow: EscrowRef, terms: AgreementTerms) -> bool:
+        del terms
+        return escrow.ledger == PLACEHOLDER_LEDGER and escrow.address == "UNFUNDED-PLACEHOLDER"
+
+
+class RefuseAll:
+    """Verifier for a provider with no ledger configured: every escrow is refused."""
+
+    async def verify(self, escrow: EscrowRef, terms: AgreementTerms) -> bool:
+        del escrow, terms
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderPolicy:
+    """What a provider agrees to. Prices are per GPU-minute in the mint's base units."""
+
+    price_floor_per_gpu_minute: int
+    executors: tuple[Executor, ...] = (Executor.SCRIPT,)
+    #: docker images allowed: exact names, or prefixes ending in ``*``; empty = none
+    allowed_images: tuple[str, ...] = ()
+    allow_egress: bool = False
+    max_concurrent_jobs: int = 1
+    fee_bps: int = 500
+    quote_ttl_s: int = 30
+    #: the provider must start within this window after the quote (escrow start deadline)
+    start_window_s: int = 120
+
+    def image_allowed(self, image: str) -> bool:
+        return any(image == a or (a.endswith("*") and image.startswith(a[:-1]))
+                   for a in self.allowed_images)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAgreement:
+    agreement: Agreement
+    request: JobRequest
+
+
+class AgreementStore:
+    """Agreements a provider signed and whose job has not been submitted yet (bounded, FIFO)."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity  # a renter's unused agreements cannot grow memory forever
+        self._items: OrderedDict[str, SignedAgreement] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: SignedAgreement) -> None:
+        self._items[item.agreement.agreement_id] = item
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def take(self, agreement_id: str) -> SignedAgreement | None:
+        """Remove and return it: an agreement runs one job."""
+        return self._items.pop(agreement_id, None)
+
+    def pending(self, now: int) -> int:
+        """Agreements still within their start deadline (they hold capacity)."""
+        for aid in [a for a, it in self._items.items() if it.agreement.terms.start_deadline <= now]:
+            del self._items[aid]
+        return len(self._items)
+
+
+def _gpu_fits(offer: Offer, request: JobRequest) -> bool:
+    if request.gpu_count == 0:
+        return True
+    want = request.gpu_model.casefold() if request.gpu_model else None
+    return any(
+        (want is None or g.model.casefold() == want)
+        and g.vram_mib >= request.min_vram_mib and g.count >= request.gpu_count
+        for g in offer.gpus
+    )
+
+
+class ProviderNegotiator:
+    """Serves ``/dgpu/negotiate/1.0.0`` for a provider."""
+
+    def __init__(self, key: SigningKey, policy: ProviderPolicy, *,
+                 offer_for_seq: Callable[[int], Offer | None], verifier: EscrowVerifier,
+                 agreements: AgreementStore, running_jobs: Callable[[], int], clock: Clock,
+                 nonce: Nonce) -> None:
+        self.key = key
+        self.policy = policy
+        self.offer_for_seq = offer_for_seq
+        self.verifier = verifier
+        self.agreements = agreements
+        self.running_jobs = running_jobs
+        self.clock = clock
+        self.nonce = nonce
+        # negotiation envelopes live 60 s: 20k entries is far above any honest rate
+        self.replay_cache = ReplayCache(capacity=20_000)
+        #: outcome counters (tests, metrics)
+        self.outcomes: dict[str, int] = {}
+
+    def _count(self, what: str) -> None:
+        self.outcomes[what] = self.outcomes.get(what, 0) + 1
+
+    def _seal(self, message: Any) -> bytes:
+        now = self.clock()
+        return seal(message, self.key, nonce=self.nonce(), issued_at=now,
+                    expires_at=now + ENVELOPE_TTL_S)
+
+    async def _read(self, fs: FramedStream, neg: Negotiation) -> JobRequest | Accept | None:
+        """Next message from the renter, fed to the machine; None when the peer broke off."""
+        data = await fs.read_frame(timeout_s=STEP_READ_TIMEOUT_S, max_bytes=MAX_FRAME_BYTES)
+        now = self.clock()
+        opened = open_envelope(data, TO_PROVIDER_NEGOTIATION, now=now, max_bytes=MAX_FRAME_BYTES,
+                               replay_cache=self.replay_cache)
+        peer_wallet = wallet_of_peer(fs.remote_peer) if fs.remote_peer else None
+        if peer_wallet is not None and opened.signer.wallet != peer_wallet:
+            raise RemoteProtocolError("envelope signer is not the connected peer",
+                                      reject_code=RejectCode.BAD_SIGNATURE)
+        msg = opened.message
+        if isinstance(msg, JobRequest) and msg.provider != self.key.public_key.wallet:
+            raise RemoteProtocolError("request for another provider",
+                                      reject_code=RejectCode.INVALID_REQUEST)
+        neg.receive(msg, now, signer=opened.signer)
+        return msg
+
+    def decide(self, request: JobRequest, now: int) -> tuple[RejectCode, str] | Quote:
+        """Policy: a Quote, or why not. Pure given its inputs (tests call it directly)."""
+        p = self.policy
+        offer = self.offer_for_seq(request.offer_seq)
+        if offer is None or offer.expires_at <= now:
+            return RejectCode.STALE_OFFER, "that offer is no longer valid; re-read the offers"
+        if self.running_jobs() + self.agreements.pending(now) >= p.max_concurrent_jobs:
+            return RejectCode.NO_CAPACITY, "all job slots are taken"
+        if request.executor not in p.executors or request.executor not in offer.executors:
+            return RejectCode.EXECUTOR_NOT_OFFERED, f"{request.executor} jobs are not offered"
+        if request.image is not None and not p.image_allowed(request.image):
+            return RejectCode.IMAGE_NOT_ALLOWED, "image not on the provider's allow-list"
+        if request.egress and not p.allow_egress:
+            return RejectCode.EGRESS_NOT_ALLOWED, "network egress is not allowed"
+        if not _gpu_fits(offer, request):
+            return RejectCode.GPU_MISMATCH, "no GPU here matches the request"
+        if not offer.min_minutes <= request.max_minutes <= offer.max_minutes:
+            return (RejectCode.DURATION_OUT_OF_RANGE,
+                    f"duration must be {offer.min_minutes}..{offer.max_minutes} minutes")
+        gpus = max(1, request.gpu_count)
+        unit = max(offer.price_per_minute, p.price_floor_per_gpu_minute)
+        rate = unit * gpus
+        if rate > request.max_price_per_minute:
+            return RejectCode.PRICE_TOO_LOW, f"the price is {rate} per minute for {gpus} GPU(s)"
+        return Quote(
+            request_id=request.request_id,
+            quote_id=self.nonce().hex(),
+            provider=self.key.public_key.wallet,
+            rate_per_minute=rate,
+            max_minutes=request.max_minutes,
+            deposit=rate * request.max_minutes,
+            fee_bps=p.fee_bps,
+            mint=offer.mint,
+            ledger=offer.ledger,
+            start_deadline=now + p.start_window_s,
+            expires_at=now + p.quote_ttl_s,
+        )
+
+    async def _reject(self, fs: FramedStream, neg: Negotiation, code: RejectCode,
+                      message: str, request: JobRequest | None = None) -> None:
+        reject = neg.abort(code, message, self.clock())
+        if reject is None and request is not None:  # refused before the machine took it
+            reject = Reject(request_id=request.request_id, code=code, message=message[:512])
+        self._count(str(code))
+        if reject is not None:
+            try:
+                await fs.write_frame(self._seal(reject))
+            except StreamError:
+                pass  # the renter left; nothing more to tell it
+
+    async def handle(self, fs: FramedStream) -> None:
+        """One negotiation. Raises nothing on a peer's misbehaviour: it answers or hangs up."""
+        neg = Negotiation(Role.PROVIDER)
+        request: JobRequest | None = None
+        try:
+            msg = await self._read(fs, neg)
+            if not isinstance(msg, JobRequest):
+                return
+            request = msg
+            decision = self.decide(request, self.clock())
+            if not isinstance(decision, Quote):
+                await self._reject(fs, neg, *decision)
+                return
+            neg.send(decision, self.clock())
+            await fs.write_frame(self._seal(decision))
+            answer = await self._read(fs, neg)
+            if neg.state is State.REJECTED or not isinstance(answer, Accept):
+                self._count("renter_declined")
+                return
+            assert neg.request is not None and neg.quote is not None
+            from dgpu.protocol.negotiation import agreement_terms
+
+            terms = agreement_terms(neg.request, neg.quote, answer.escrow)
+            if not await self.verifier.verify(answer.escrow, terms):
+                await self._reject(fs, neg, RejectCode.ESCROW_INVALID,
+                                   "the escrow is not funded for these terms")
+                return
+            now = self.clock()
+            if self.running_jobs() + self.agreements.pending(now) >= self.policy.max_concurrent_jobs:
+                await self._reject(fs, neg, RejectCode.NO_CAPACITY, "capacity taken meanwhile")
+                return
+            agreement = neg.agree(self.key, now)
+            self.agreements.add(SignedAgreement(agreement, neg.request))
+            await fs.write_frame(self._seal(agreement))
+            self._count("agreed")
+        except RemoteProtocolError as exc:
+            code = RejectCode(exc.reject_code) if exc.reject_code in RejectCode.__members__.values() \
+                else RejectCode.PROTOCOL_ERROR
+            await self._reject(fs, neg, code, str(exc)[:200], request)
+        except LocalProtocolError as exc:  # our own move was illegal: a bug or a timeout
+            log.warning("negotiation with %s: %s", fs.remote_peer, exc)
+            await self._reject(fs, neg, RejectCode.INTERNAL_ERROR, "provider error", request)
+        except StreamError as exc:
+            self._count("stream_error")
+            log.info("negotiation with %s ended: %s", fs.remote_peer, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class NegotiationResult:
+    agreement: Agreement
+    request: JobRequest
+    quote: Quote
+    #: libp2p peer id of the provider (dial it for the job stream)
+    provider_peer: str
+
+
+async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str, Any], *,
+                    escrow: UnfundedPlaceholderEscrow, clock: Clock, nonce: Nonce,
+                    provider_peer: str | None = None,
+                    accept_quote: Callable[[Quote], bool] | None = None) -> NegotiationResult:
+    """Renter side: request, check the quote, accept with an escrow reference, get the Agreement.
+
+    ``job`` holds the JobRequest fields a renter chooses (executor, script/image, command, env,
+    gpu_model, gpu_count, min_vram_mib, max_minutes, max_price_per_minute, egress).
+    Raises RejectedError (the provider refused, or we refused its quote), NetworkError.
+    """
+    peer = provider_peer or peer_id_of_wallet(offer.provider)
+    if offer.addrs:
+        node.add_addrs(peer, list(offer.addrs))
+    provider_key = PublicKey.from_wallet(offer.provider)
+    replay = ReplayCache(capacity=64)  # one negotiation: a handful of messages
+    neg = Negotiation(Role.RENTER)
+
+    def sealed(message: Any) -> bytes:
+        now = clock()
+        return seal(message, key, nonce=nonce(), issued_at=now, expires_at=now + ENVELOPE_TTL_S)
+
+    async def receive(fs: FramedStream) -> Quote | Reject | Agreement:
+        data = await fs.read_frame(timeout_s=STEP_READ_TIMEOUT_S, max_bytes=MAX_FRAME_BYTES)
+        now = clock()
+        try:
+            opened = open_envelope(data, TO_RENTER_NEGOTIATION, now=now,
+                                   max_bytes=MAX_FRAME_BYTES, replay_cache=replay,
+                                   expected_signer=provider_key)
+            msg = opened.message
+            neg.receive(msg, now, signer=opened.signer)
+        except RemoteProtocolError as exc:
+            reject = neg.abort(RejectCode(exc.reject_code)
+                               if exc.reject_code in RejectCode.__members__.values()
+                               else RejectCode.PROTOCOL_ERROR, str(exc)[:200], clock())
+            if reject is not None:
+                try:
+                    await fs.write_frame(sealed(reject))
+                except StreamError:
+                    pass
+            raise RejectedError(str(exc.reject_code), f"provider broke the protocol: {exc}") from exc
+        if isinstance(msg, Reject):
+            raise RejectedError(str(msg.code), msg.message)
+        return msg
+
+    request = JobRequest(request_id=nonce().hex(), renter=key.public_key.wallet,
+                         provider=offer.provider, offer_seq=offer.seq, **job)
+    fs = await node.open_stream(peer, NEGOTIATE_PROTOCOL, max_frame_bytes=MAX_FRAME_BYTES,
+                                read_timeout_s=STEP_READ_TIMEOUT_S)
+    try:
+        neg.send(request, clock())
+        await fs.write_frame(sealed(request))
+        quote = await receive(fs)
+        assert isinstance(quote, Quote)
+        if accept_quote is not None and not accept_quote(quote):
+            reject = neg.abort(RejectCode.PRICE_TOO_HIGH, "quote declined", clock())
+            if reject is not None:
+                await fs.write_frame(sealed(reject))
+            raise RejectedError(str(RejectCode.PRICE_TOO_HIGH), "we declined the quote")
+        accept = neg.accept(escrow.reference(quote), key, clock())
+        await fs.write_frame(sealed(accept))
+        agreement = await receive(fs)
+        assert isinstance(agreement, Agreement)
+        return NegotiationResult(agreement, request, quote, peer)
+    except trio.TooSlowError:
+        raise NetworkError("negotiation timed out") from None
+    finally:
+        await fs.close()

@@ -1,0 +1,255 @@
+"""Offers: the gossip validator, the offer book and the provider's publisher.
+
+Rules of the offer book:
+
+- One entry per provider (its wallet); an offer replaces the entry only with a higher ``seq``.
+- Expired offers drop out (on every query and every insert), so the book never answers
+  with an offer that is no longer valid.
+- The book is bounded (``capacity`` providers); when full, the entry that expires first
+  makes room, unless the newcomer expires even sooner.
+
+The validator is the gossipsub gate (see ``adapters.p2p.P2PNode.subscribe``): an offer it
+accepts is stored *and* relayed; one it refuses is neither, and counts against the peer that
+forwarded it. It checks, in order: size, envelope (schema, signature, validity window),
+that the envelope's signer is the pubsub origin (the peer that libp2p says signed the
+message) and the offer's provider, expiry, the simulated-inventory policy, and ``seq``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from dgpu.node.adapters.p2p_pubsub import GossipMessage
+from dgpu.protocol.envelope import ReplayCache, open_envelope, seal
+from dgpu.protocol.errors import RemoteProtocolError
+from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S
+from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.messages import GOSSIP_ADAPTER, Executor, Offer
+
+__all__ = [
+    "OfferBook",
+    "OfferPublisher",
+    "OfferQuery",
+    "OfferValidator",
+]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+
+
+@dataclass(frozen=True, slots=True)
+class BookEntry:
+    offer: Offer
+    #: base58 libp2p peer id of the provider (pubsub origin), used to dial it
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OfferQuery:
+    """What a renter looks for. Every field is optional; prices are per GPU-minute."""
+
+    gpu_model: str | None = None
+    min_vram_mib: int = 0
+    gpu_count: int = 1
+    region: str | None = None
+    max_price_per_minute: int | None = None
+    executor: Executor | None = None
+    include_simulated: bool = False
+
+    def matches(self, offer: Offer) -> bool:
+        if self.region is not None and offer.region != self.region:
+            return False
+        if self.max_price_per_minute is not None and (
+            offer.price_per_minute > self.max_price_per_minute
+        ):
+            return False
+        if self.executor is not None and self.executor not in offer.executors:
+            return False
+        if offer.simulated and not self.include_simulated:
+            return False
+        want = self.gpu_model.casefold() if self.gpu_model else None
+        return any(
+            (want is None or g.model.casefold() == want)
+            and g.vram_mib >= self.min_vram_mib
+            and g.count >= self.gpu_count
+            for g in offer.gpus
+        )
+
+
+class OfferBook:
+    """The offers this node knows, newest ``seq`` per provider, bounded and expiry-pruned."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self.capacity = capacity  # providers; ~2 KiB each, so 1000 is ~2 MiB at most
+        self._entries: dict[str, BookEntry] = {}
+        #: changes are signalled here (renters waiting for offers); replaced on every change
+        self._changed = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def last_seq(self, provider: str) -> int | None:
+        entry = self._entries.get(provider)
+        return entry.offer.seq if entry else None
+
+    def get(self, provider: str) -> BookEntry | None:
+        return self._entries.get(provider)
+
+    def drop_expired(self, now: int) -> int:
+        gone = [p for p, e in self._entries.items() if e.offer.expires_at <= now]
+        for p in gone:
+            del self._entries[p]
+        return len(gone)
+
+    def put(self, offer: Offer, peer_id: str, *, now: int) -> bool:
+        """Store ``offer`` if it is newer than what we hold; False when not stored."""
+        self.drop_expired(now)
+        old = self._entries.get(offer.provider)
+        if old is not None and offer.seq <= old.offer.seq:
+            return False
+        if old is None and len(self._entries) >= self.capacity:
+            victim = min(self._entries.values(), key=lambda e: e.offer.expires_at)
+            if victim.offer.expires_at >= offer.expires_at:
+                return False
+            del self._entries[victim.offer.provider]
+        self._entries[offer.provider] = BookEntry(offer, peer_id)
+        self._changed.set()
+        self._changed = trio.Event()
+        return True
+
+    def query(self, q: OfferQuery, *, now: int) -> list[BookEntry]:
+        """Matching offers, cheapest first (ties: more VRAM, then provider for stability)."""
+        self.drop_expired(now)
+        hits = [e for e in self._entries.values() if q.matches(e.offer)]
+        hits.sort(key=lambda e: (e.offer.price_per_minute,
+                                 -max(g.vram_mib for g in e.offer.gpus), e.offer.provider))
+        return hits
+
+    async def wait_for(self, q: OfferQuery, *, now: Clock, count: int = 1) -> list[BookEntry]:
+        """Block until at least ``count`` offers match (callers bound it with a deadline)."""
+        while True:
+            hits = self.query(q, now=now())
+            if len(hits) >= count:
+                return hits
+            with trio.move_on_after(1):  # wake up to re-check expiry even without news
+                await self._changed.wait()
+
+
+class OfferValidator:
+    """The gossipsub topic validator for ``dgpu/offers/1``; stores what it accepts."""
+
+    def __init__(self, book: OfferBook, *, clock: Clock, accept_simulated: bool,
+                 replay_cache: ReplayCache | None = None) -> None:
+        self.book = book
+        self.clock = clock
+        self.accept_simulated = accept_simulated
+        # envelopes of offers live up to an hour; the cache bounds memory and fails closed
+        self.replay_cache = replay_cache or ReplayCache(capacity=50_000)
+        #: rejection reasons seen, for logs, tests and metrics
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0
+
+    def _refuse(self, reason: str, msg: GossipMessage) -> bool:
+        self.rejected[reason] += 1
+        log.info("rejected offer from %s via %s: %s", msg.origin, msg.forwarder, reason)
+        return False
+
+    def __call__(self, msg: GossipMessage) -> bool:
+        now = self.clock()
+        if len(msg.data) > MAX_OFFER_BYTES:
+            return self._refuse("oversize", msg)
+        try:
+            opened = open_envelope(msg.data, GOSSIP_ADAPTER, now=now, max_bytes=MAX_OFFER_BYTES,
+                                   max_ttl=MAX_OFFER_TTL_S)
+        except RemoteProtocolError as exc:
+            return self._refuse(exc.reject_code, msg)
+        offer = opened.message
+        if msg.origin_key is None or opened.signer.raw != msg.origin_key:
+            return self._refuse("signer_not_sender", msg)
+        if offer.provider != opened.signer.wallet:
+            return self._refuse("provider_not_signer", msg)
+        if offer.expires_at <= now:
+            return self._refuse("expired", msg)
+        if offer.simulated and not self.accept_simulated:
+            return self._refuse("simulated", msg)
+        last = self.book.last_seq(offer.provider)
+        if last is not None and offer.seq <= last:
+            return self._refuse("stale_seq", msg)
+        try:
+            self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at, now)
+        except RemoteProtocolError:
+            return self._refuse("replay", msg)
+        self.book.put(offer, msg.origin, now=now)
+        self.accepted += 1
+        return True
+
+
+class OfferPublisher:
+    """A provider's offer: published at start, on change and before it expires.
+
+    ``seq`` is taken from the clock in milliseconds (and forced to increase), so a restarted
+    provider's new offer still replaces the old one everywhere.
+    """
+
+    def __init__(self, key: SigningKey, template: Callable[[], Offer],
+                 publish: Callable[[bytes], Awaitable[None]], *, clock: Clock,
+                 clock_ms: Callable[[], int], ttl_s: int = 300) -> None:
+        if not 60 <= ttl_s <= MAX_OFFER_TTL_S:
+            raise ValueError("offer ttl must be 60 s .. 1 h")
+        self.key = key
+        self.template = template
+        self._publish = publish
+        self.clock = clock
+        self.clock_ms = clock_ms
+        self.ttl_s = ttl_s
+        self._seq = 0
+        self.current: Offer | None = None
+        self._wake = trio.Event()
+
+    def make(self) -> tuple[Offer, bytes]:
+        now = self.clock()
+        self._seq = max(self._seq + 1, self.clock_ms())
+        offer = self.template().model_copy(update={
+            "provider": self.key.public_key.wallet,
+            "seq": self._seq,
+            "issued_at": now,
+            "expires_at": now + self.ttl_s,
+        })
+        offer = Offer.model_validate(offer.model_dump())  # re-validate after model_copy
+        data = seal(offer, self.key, nonce=secrets.token_bytes(16), issued_at=now,
+                    expires_at=now + self.ttl_s)
+        if len(data) > MAX_OFFER_BYTES:
+            raise ValueError(f"offer is {len(data)} bytes; the limit is {MAX_OFFER_BYTES}")
+        return offer, data
+
+    async def publish_now(self) -> Offer:
+        offer, data = self.make()
+        await self._publish(data)
+        self.current = offer
+        return offer
+
+    def changed(self) -> None:
+        """Inventory, price or peers changed: republish soon (coalesced)."""
+        self._wake.set()
+
+    async def run(self, *, min_interval_s: float = 1.0,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.publish_now()
+        task_status.started()
+        while True:
+            # republish at 1/3 of the lifetime, so two republishes can be lost before expiry
+            with trio.move_on_after(self.ttl_s / 3):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(min_interval_s)  # coalesce bursts of changes (new peers)
+            try:
+                await self.publish_now()
+            except Exception:  # supervisor loop: a failed publish must not stop republishing
+                log.exception("offer publish failed; retrying at the next interval")
