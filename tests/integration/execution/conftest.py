@@ -8,9 +8,9 @@ from pathlib import Path
 
 import docker
 import pytest
+from docker_fixtures import docker_client, ensure_test_image  # tests/integration is on sys.path
 
 from dgpu.node.adapters.docker_executor import DockerExecutor, DockerPolicy
-from docker_fixtures import docker_client, ensure_test_image  # tests/integration is on sys.path
 
 
 @pytest.fixture(scope="session")
