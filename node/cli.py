@@ -1,0 +1,173 @@
+"""The ``dgpu`` command. It only parses: configuration is built once, then handed to the app."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+__all__ = ["main"]
+
+_NOT_YET = {
+    "wallet": "wallet management (balances, transfers)",
+    "offers": "browsing offers from the command line",
+    "rent": "renting from the command line",
+    "jobs": "listing and following jobs",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=Path(".dgpu/node"),
+                   help="identity and state (identity.json is created on first run, mode 0600)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address")
+    p.add_argument("--port", type=int, default=0, help="listen port (0: the kernel picks)")
+    p.add_argument("--addr-file", type=Path, default=None,
+                   help="write the full multiaddr here once listening")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dgpu", description="dGPU: peer-to-peer GPU rental")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="run the local demo network (bootstrap, 2 providers, renter)")
+    d.add_argument("--keep", action="store_true", help="keep the work dir and logs")
+    d.add_argument("--log-level", default="WARNING", help="children's log level")
+
+    b = sub.add_parser("bootstrap", help="run a bootstrap node (DHT server + rendezvous)")
+    _common(b)
+    b.set_defaults(data_dir=Path(".dgpu/bootstrap"))
+
+    n = sub.add_parser("node", help="run a provider or renter node")
+    _common(n)
+    n.add_argument("--role", choices=["provider", "renter"], required=True)
+    n.add_argument("--bootstrap", action="append", required=True, metavar="MULTIADDR",
+                   help="bootstrap node multiaddr with /p2p/ID (repeatable)")
+    n.add_argument("--simulated-gpu", action="append", default=[], metavar="MODEL:VRAM[:N]",
+                   help="provider: a SIMULATED GPU (development networks; marked in offers)")
+    n.add_argument("--price", type=int, default=8_334, help="provider: base units per GPU-minute")
+    n.add_argument("--region", default="local")
+    n.add_argument("--max-jobs", type=int, default=1, help="provider: concurrent jobs")
+    n.add_argument("--allow-image", action="append", default=[], help="provider: docker image")
+    n.add_argument("--executor", action="append", default=[], choices=["script", "docker"])
+    n.add_argument("--allow-unfunded-escrow", action="store_true",
+                   help="provider: accept the UNFUNDED placeholder escrow (development only)")
+    n.add_argument("--offer-ttl", type=int, default=300)
+    n.add_argument("--accept-simulated", action="store_true",
+                   help="accept offers of simulated GPUs (development networks)")
+    n.add_argument("--rent-script", default=None,
+                   help="renter: run this script once on the cheapest match, then exit")
+    n.add_argument("--rent-min-vram", type=int, default=0)
+    n.add_argument("--rent-expect-offers", type=int, default=1)
+
+    for name, what in _NOT_YET.items():
+        sub.add_parser(name, help=f"{what} (not available yet)")
+    return ap
+
+
+async def _until_signal(body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body``; SIGTERM/SIGINT cancel it so every service shuts down cleanly."""
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        await body()
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd in _NOT_YET:
+        print(f"dgpu {args.cmd}: {_NOT_YET[args.cmd]} is not available yet.", file=sys.stderr)
+        return 2
+    if args.cmd == "demo":
+        from dgpu.node.demo import run_demo
+
+        return run_demo(keep=args.keep, log_level=args.log_level)
+
+    from dgpu.node import logging as node_logging
+    from dgpu.node.errors import NodeError
+
+    node_logging.configure(args.log_level, name=args.cmd)
+    try:
+        if args.cmd == "bootstrap":
+            return _bootstrap(args)
+        return _node(args)
+    except NodeError as exc:
+        print(f"dgpu {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from dgpu.bootstrap.p2p import run_bootstrap
+    from dgpu.node.config import BootstrapConfig
+
+    config = BootstrapConfig(data_dir=args.data_dir, listen_host=args.host,
+                             listen_port=args.port, addr_file=args.addr_file,
+                             log_level=args.log_level)
+
+    async def body() -> None:
+        await run_bootstrap(config)
+
+    trio.run(_until_signal, body)
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from dgpu.node.app import NodeRuntime, run_node
+    from dgpu.node.config import NodeConfig, parse_gpu
+    from dgpu.protocol.messages import Executor
+
+    try:
+        config = NodeConfig(
+            role=args.role, bootstrap=tuple(args.bootstrap), data_dir=args.data_dir,
+            listen_host=args.host, listen_port=args.port, addr_file=args.addr_file,
+            log_level=args.log_level, accept_simulated=args.accept_simulated,
+            gpus=tuple(parse_gpu(g, simulated=True) for g in args.simulated_gpu),
+            price_per_gpu_minute=args.price, region=args.region,
+            executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
+            allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
+            allow_unfunded_escrow=args.allow_unfunded_escrow, offer_ttl_s=args.offer_ttl,
+        )
+    except ValidationError as exc:
+        print(f"dgpu node: invalid configuration: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    result: dict[str, Any] = {}
+    main_fn: Callable[[NodeRuntime], Awaitable[None]] | None = None
+    if args.rent_script is not None:
+        from dgpu.node.demo import rent_once
+
+        async def rent(rt: NodeRuntime) -> None:
+            result.update(await rent_once(rt, script=args.rent_script,
+                                          min_vram_mib=args.rent_min_vram,
+                                          expect_offers=args.rent_expect_offers,
+                                          out=sys.stdout))
+
+        main_fn = rent
+
+    async def body() -> None:
+        await run_node(config, main=main_fn)
+
+    trio.run(_until_signal, body)
+    if args.rent_script is not None:
+        print("SUMMARY " + json.dumps(result), flush=True)
+        return 0 if result.get("state") == "finished" else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

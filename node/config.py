@@ -1,0 +1,78 @@
+"""The node's configuration: built once from the command line (``cli.py``), then read-only."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dgpu.node.errors import ConfigError
+from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.messages import Executor, GpuSpec
+
+__all__ = ["DEV_MINT", "BootstrapConfig", "NodeConfig", "parse_gpu"]
+
+#: the development ledger's mint placeholder (no real value; 6 decimals like the dGPU mint)
+DEV_MINT = SigningKey(hashlib.sha256(b"dgpu/dev-mint").digest()).public_key.wallet
+
+
+def parse_gpu(text: str, *, simulated: bool) -> GpuSpec:
+    """``MODEL:VRAM_MIB[:COUNT]`` → GpuSpec (e.g. ``"RTX 4090:24576:1"``)."""
+    parts = text.rsplit(":", 2)
+    try:
+        if len(parts) == 3:
+            return GpuSpec(model=parts[0], vram_mib=int(parts[1]), count=int(parts[2]),
+                           simulated=simulated)
+        if len(parts) == 2:
+            return GpuSpec(model=parts[0], vram_mib=int(parts[1]), simulated=simulated)
+    except ValueError as exc:
+        raise ConfigError(f"bad GPU spec {text!r}: {exc}") from None
+    raise ConfigError(f"bad GPU spec {text!r}: expected MODEL:VRAM_MIB[:COUNT]")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(0, ge=0, le=65535)
+    #: the actual full multiaddr is written here once listening (atomic rename)
+    addr_file: Path | None = None
+    log_level: str = "INFO"
+    #: name of the environment variable holding the key passphrase (never the passphrase)
+    passphrase_env: str = "DGPU_KEY_PASSPHRASE"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "identity.json"
+
+
+class BootstrapConfig(_Config):
+    pass
+
+
+class NodeConfig(_Config):
+    role: Literal["provider", "renter"]
+    bootstrap: tuple[str, ...] = Field(min_length=1)
+    #: renters: accept simulated inventories (development networks only)
+    accept_simulated: bool = False
+    # --- provider ---
+    gpus: tuple[GpuSpec, ...] = ()
+    price_per_gpu_minute: int = Field(8_334, gt=0)  # 0.50 dGPU/h with 6 decimals, rounded up
+    region: str = "local"
+    executors: tuple[Executor, ...] = (Executor.SCRIPT,)
+    allowed_images: tuple[str, ...] = ()
+    max_concurrent_jobs: int = Field(1, ge=1, le=64)
+    #: accept the UnfundedPlaceholderEscrow (development networks until payments land)
+    allow_unfunded_escrow: bool = False
+    offer_ttl_s: int = Field(300, ge=60, le=3600)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _multiaddrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for a in v:
+            if "/p2p/" not in a:
+                raise ValueError(f"bootstrap address needs /p2p/PEERID: {a}")
+        return v
