@@ -13,6 +13,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# libp2p pulls in trio-typing, whose stubs describe an old trio and hide trio's own inline
+	# types from mypy (trio.TaskStatus "not defined"); trio has shipped its types since 0.22.
+	rm -rf $(VENV)/lib/python*/site-packages/trio-stubs
 	touch $@
 
 install: $(BIN)/.installed
