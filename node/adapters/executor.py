@@ -164,7 +164,9 @@ class JobHandle(Protocol):
         ...
 
     async def wait(self) -> ExitStatus:
-        """Wait for the end, enforcing the time limit (timeout → stop → TIMEOUT)."""
+        """Wait for the end, enforcing the time limit (timeout → stop → TIMEOUT).
+
+        The limit is enforced here: run it concurrently with :meth:`logs`."""
         ...
 
     async def stop(self, grace_s: float = 10.0) -> None:

@@ -40,7 +40,7 @@ _DATACENTER = re.compile(
     r"^(A100|H100|H200|H20|B100|B200|GH200|A800|H800|A40|A30|A16|A10G?|A2|L40S?|L4|V100|P100|T4)"
     r"(?=$|[-\s])"
 )
-_GEFORCE = re.compile(r"^(RTX|GTX)\s*(\d{3,4})(\s*(Ti|SUPER|Ti SUPER))?(?=$|\s)", re.IGNORECASE)
+_GEFORCE = re.compile(r"^(RTX|GTX)\s*(\d{3,4})(\s*(Ti SUPER|Ti|SUPER))?(?=$|\s)", re.IGNORECASE)
 _APPLE = re.compile(r"^(M\d+)\s*(Ultra|Max|Pro)?(?=$|\s)", re.IGNORECASE)
 
 

@@ -122,6 +122,12 @@ class ScriptExecutor:
         if os.geteuid() == 0:
             # jobs run as nobody: they must traverse (not list) the root to reach their scratch
             policy.scratch_root.chmod(0o711)
+            for parent in policy.scratch_root.resolve().parents:
+                if not parent.stat().st_mode & 0o001:
+                    raise ExecutorUnavailable(
+                        f"script jobs run as uid {NOBODY}, who cannot reach the scratch root "
+                        f"{policy.scratch_root}: {parent} is not searchable by others"
+                    )
         return cls(policy, unshare_prefix=prefix)
 
     @property

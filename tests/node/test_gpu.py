@@ -1,0 +1,148 @@
+"""GPU inventory: the real pynvml without a driver, and parsing through FakeNvmlForTests."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml
+import pytest
+
+from dgpu.node.adapters.gpu import NvmlGpus, normalize_gpu_model, simulated_inventory
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ("NVIDIA GeForce RTX 4090", "RTX 4090"),
+        ("NVIDIA GeForce RTX 4080", "RTX 4080"),
+        ("NVIDIA GeForce RTX 4070 Ti SUPER", "RTX 4070 Ti SUPER"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA H100 PCIe", "H100"),
+        ("Apple M3 Ultra", "M3 Ultra"),
+        ("Apple M2 Ultra", "M2 Ultra"),
+        ("Tesla T4", "T4"),
+        ("NVIDIA RTX A6000", "RTX A6000"),
+        ("NVIDIA  Some   Future GPU", "Some Future GPU"),
+    ],
+)
+def test_normalize_gpu_model(raw: str, key: str) -> None:
+    assert normalize_gpu_model(raw) == key
+
+
+async def test_real_pynvml_without_driver_gives_empty_inventory() -> None:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has an NVIDIA driver: the no-driver path cannot be shown here")
+    inventory = await NvmlGpus().inventory()
+    assert inventory.gpus == () and not inventory.available
+    assert "no GPUs" in inventory.message and "NVML" in inventory.message
+    assert await NvmlGpus().sample(["GPU-x"]) == []
+
+
+class FakeNvmlForTests:
+    """A unit-test double of the pynvml module: two GPUs, one field unsupported."""
+
+    NVMLError = pynvml.NVMLError
+    NVMLError_DriverNotLoaded = pynvml.NVMLError_DriverNotLoaded
+    NVMLError_LibraryNotFound = pynvml.NVMLError_LibraryNotFound
+    NVML_TEMPERATURE_GPU = 0
+
+    def __init__(self, fail_init: bool = False) -> None:
+        self.fail_init = fail_init
+        self.inits = 0
+        self.shutdowns = 0
+        self.gpus = [
+            ("NVIDIA GeForce RTX 4090", "GPU-aaaa", 24 * 1024**3, 450_000, (8, 9)),
+            ("NVIDIA H100 80GB HBM3", "GPU-bbbb", 80 * 1024**3, None, (9, 0)),
+        ]
+
+    def nvmlInit(self) -> None:
+        if self.fail_init:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+        self.inits += 1
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "550.54.15"
+
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
+        return 12040
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: bytes) -> int:
+        for i, g in enumerate(self.gpus):
+            if g[1].encode() == uuid:
+                return i
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceGetName(self, h: int) -> bytes:
+        return self.gpus[h][0].encode()
+
+    def nvmlDeviceGetUUID(self, h: int) -> str:
+        return self.gpus[h][1]
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
+        return SimpleNamespace(total=self.gpus[h][2], used=1024**3)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:
+        if self.gpus[h][3] is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return int(self.gpus[h][3])
+
+    def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:
+        return self.gpus[h][4]
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
+        return SimpleNamespace(gpu=37)
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return 200_000
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
+        return 61
+
+
+async def test_inventory_parsing_with_fake_nvml() -> None:
+    fake = FakeNvmlForTests()
+    inventory = await NvmlGpus(nvml=fake).inventory()
+    assert inventory.available and not inventory.simulated
+    first, second = inventory.gpus
+    assert (first.model, first.uuid, first.memory_total_bytes) == ("RTX 4090", "GPU-aaaa", 24 * 1024**3)
+    assert first.power_limit_mw == 450_000 and first.compute_capability == "8.9"
+    assert first.driver_version == "550.54.15" and first.cuda_version == "12.4"
+    assert second.model == "H100" and second.power_limit_mw is None  # not supported → None
+    assert fake.inits == fake.shutdowns == 1
+
+
+async def test_samples_with_fake_nvml_skip_unknown_uuid() -> None:
+    samples = await NvmlGpus(nvml=FakeNvmlForTests()).sample(["GPU-bbbb", "GPU-nope"])
+    assert [(s.uuid, s.utilization_pct, s.power_draw_mw, s.temperature_c) for s in samples] == [
+        ("GPU-bbbb", 37, 200_000, 61)
+    ]
+
+
+async def test_driver_not_loaded_message() -> None:
+    inventory = await NvmlGpus(nvml=FakeNvmlForTests(fail_init=True)).inventory()
+    assert inventory.gpus == () and "kernel driver is not loaded" in inventory.message
+
+
+def test_simulated_inventory_only_on_dev_network() -> None:
+    inv = simulated_inventory("devnet-local", [("NVIDIA GeForce RTX 4090", 24 * 1024**3)])
+    assert inv.simulated and all(g.simulated for g in inv.gpus)
+    assert inv.gpus[0].model == "RTX 4090"
+    with pytest.raises(ValueError):
+        simulated_inventory("mainnet", [("NVIDIA GeForce RTX 4090", 24 * 1024**3)])
