@@ -252,7 +252,11 @@ class ScriptJobHandle:
     def _start_readers(self) -> None:
         """Read both pipes from now on, in system tasks (so no nursery has to live inside
         the ``logs()`` generator). They end at EOF, or when cleanup closes the pipes."""
-        for name, stream in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
+        pipes: tuple[tuple[StreamName, Any], ...] = (
+            ("stdout", self._proc.stdout),
+            ("stderr", self._proc.stderr),
+        )
+        for name, stream in pipes:
             trio.lowlevel.spawn_system_task(
                 _read_pipe, name, stream, self._send.clone(), name=f"script-log-{name}"
             )

@@ -125,7 +125,7 @@ async def test_network_isolated_where_unshare_works(executor: ScriptExecutor) ->
         f'(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo CONNECTED || echo REFUSED'
     )
     probe = f"cat > probe.sh <<'EOF'\n{probe}\nEOF\nbash probe.sh"
-    status, chunks, _ = await run(executor, spec(probe))
+    _status, chunks, _ = await run(executor, spec(probe))
     assert out(chunks) == ["lo", "REFUSED"]
     # control: with network asked for (the script executor cannot refuse it) it connects
     _status, chunks, _ = await run(executor, spec(probe, network=True))
