@@ -1,0 +1,231 @@
+"""Real-time billing: the provider's claimer and the renter's escrow watcher.
+
+Theory of operation. Money moves only through the escrow ledger (:class:`EscrowLedger`); this
+service decides *when*. Time is the ledger's (``EscrowView.now``), because that is the clock
+the escrow accrues by — a development ledger may run it faster than the wall clock; polling
+happens every ``poll_interval_s`` wall seconds.
+
+Provider, per rental (:func:`provider_billing`):
+  start the escrow when the job starts → every ``claim_interval_s`` of ledger time claim the
+  accrued minutes (one transaction whatever the number of minutes) → when the escrow is
+  exhausted (every deposited minute accrued) wait ``grace_s`` of ledger time for a top-up, then
+  stop the job → when the job ends, settle: ``close`` (pays what accrued, refunds the rest to
+  the renter) or ``settle_expired`` once expired.
+
+Renter, per rental (:func:`renter_billing`):
+  watch the remaining minutes and warn once at ``warn_remaining_minutes`` (optionally top up
+  automatically); if the provider never starts, take everything back at the start deadline;
+  stop when the escrow is closed. :func:`close_early` returns every unaccrued minute.
+
+Every receipt is passed to ``record`` (earnings and spending per rental). A ledger failure is
+logged and retried at the next poll; it never kills the job on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from dgpu.contracts.errors import ContractsError, EscrowRefused
+from dgpu.contracts.escrow_api import EscrowHandle, EscrowLedger, EscrowReceipt, EscrowView
+from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.protocol.escrow import EscrowStatus
+
+__all__ = [
+    "BillingPolicy",
+    "ProviderBillingResult",
+    "RenterBillingResult",
+    "close_early",
+    "provider_billing",
+    "renter_billing",
+]
+
+log = logging.getLogger(__name__)
+
+Record = Callable[[EscrowReceipt], Awaitable[None]]
+
+
+async def _no_record(receipt: EscrowReceipt) -> None:
+    del receipt
+
+
+@dataclass(frozen=True, slots=True)
+class BillingPolicy:
+    #: ledger seconds between claims (ARCHITECTURE.md: claim rarely, a claim costs a transaction)
+    claim_interval_s: int = 600
+    #: ledger seconds the provider keeps an exhausted job alive, waiting for a top-up
+    grace_s: int = 60
+    #: the renter is warned when this many paid minutes or fewer remain
+    warn_remaining_minutes: int = 2
+    #: the renter tops up by this many minutes when warned (0 = never automatically)
+    auto_top_up_minutes: int = 0
+    #: wall seconds between looks at the ledger
+    poll_interval_s: float = 5.0
+
+
+@dataclass
+class ProviderBillingResult:
+    receipts: list[EscrowReceipt] = field(default_factory=list)
+    #: why the job was stopped by billing, if it was
+    stopped_for: str | None = None
+
+    @property
+    def earned(self) -> int:
+        return sum(r.paid for r in self.receipts)
+
+    @property
+    def claims(self) -> int:
+        return sum(1 for r in self.receipts if r.action == "claim")
+
+
+@dataclass
+class RenterBillingResult:
+    receipts: list[EscrowReceipt] = field(default_factory=list)
+    warnings: list[int] = field(default_factory=list)
+    final: EscrowView | None = None
+
+
+async def _fetch(ledger: EscrowLedger, handle: EscrowHandle) -> EscrowView | None:
+    try:
+        return await ledger.fetch(handle.address)
+    except ContractsError as exc:
+        log.warning("escrow %s: fetch failed (%s); retrying at the next poll", handle.address, exc)
+        return None
+
+
+async def provider_billing(
+    ledger: EscrowLedger,
+    handle: EscrowHandle,
+    *,
+    job_done: trio.Event,
+    stop_job: Callable[[str], Awaitable[None]],
+    policy: BillingPolicy = BillingPolicy(),
+    record: Record = _no_record,
+    already_started: bool = False,
+) -> ProviderBillingResult:
+    """Bill one rental from the provider's side until the job is done and the escrow settled.
+
+    Call when the job starts. ``stop_job(reason)`` is awaited once if the escrow runs out and
+    no top-up comes within the grace period. ``already_started`` skips ``start`` (a daemon that
+    restarted mid-rental must not start twice; the ledger would refuse it anyway)."""
+    result = ProviderBillingResult()
+
+    async def apply(action: Callable[[EscrowHandle], Awaitable[EscrowReceipt]]) -> EscrowReceipt:
+        receipt = await action(handle)
+        result.receipts.append(receipt)
+        await record(receipt)
+        return receipt
+
+    if not already_started:
+        await apply(ledger.start)
+    last_claim_at: int | None = None
+    exhausted_since: int | None = None
+    while not job_done.is_set():
+        with trio.move_on_after(policy.poll_interval_s):
+            await job_done.wait()
+        if job_done.is_set():
+            break
+        view = await _fetch(ledger, handle)
+        if view is None or view.status is EscrowStatus.CLOSED:
+            if view is not None:  # the renter closed it: nothing more will be paid
+                result.stopped_for = "the renter closed the escrow"
+                await stop_job(result.stopped_for)
+                return result
+            continue
+        if last_claim_at is None:
+            last_claim_at = view.started_at or view.now
+        if view.claimable_minutes and view.now - last_claim_at >= policy.claim_interval_s:
+            try:
+                await apply(ledger.claim)
+                last_claim_at = view.now
+            except ContractsError as exc:
+                log.warning("escrow %s: claim failed (%s)", handle.address, exc)
+        exhausted = view.expires_at is not None and view.now >= view.expires_at
+        if not exhausted:
+            exhausted_since = None
+        elif exhausted_since is None:
+            exhausted_since = view.now
+            log.info("escrow %s exhausted; stopping the job in %d s unless topped up", handle.address,
+                     policy.grace_s)
+        elif view.now - exhausted_since >= policy.grace_s:
+            result.stopped_for = "escrow exhausted (no top-up within the grace period)"
+            await stop_job(result.stopped_for)
+            break
+    await _settle(ledger, handle, apply)
+    return result
+
+
+async def _settle(ledger: EscrowLedger, handle: EscrowHandle,
+                  apply: Callable[[Callable[[EscrowHandle], Awaitable[EscrowReceipt]]], Awaitable[EscrowReceipt]]
+                  ) -> None:
+    """Close the escrow after the job: ``close`` pays what accrued and refunds the rest."""
+    for attempt in range(3):
+        try:
+            await apply(ledger.close)
+            return
+        except ContractsError as exc:
+            if isinstance(exc, EscrowRefused) and exc.code is EscrowErrorCode.ESCROW_CLOSED:
+                return  # the renter (or a settlement) got there first
+            log.warning("escrow %s: settlement attempt %d failed (%s)", handle.address, attempt + 1, exc)
+            await trio.sleep(1.0)
+    log.error("escrow %s left open: anyone can settle it after expiry", handle.address)
+
+
+async def renter_billing(
+    ledger: EscrowLedger,
+    handle: EscrowHandle,
+    *,
+    policy: BillingPolicy = BillingPolicy(),
+    on_warning: Callable[[int], None] = lambda remaining: None,
+    record: Record = _no_record,
+    done: trio.Event | None = None,
+) -> RenterBillingResult:
+    """Watch one rental from the renter's side until its escrow is closed (or ``done`` is set).
+
+    Warns once when ``warn_remaining_minutes`` or fewer remain (and tops up if the policy says
+    so); reclaims everything at the start deadline if the provider never started."""
+    result = RenterBillingResult()
+    warned_at_max: int | None = None
+    while done is None or not done.is_set():
+        view = await _fetch(ledger, handle)
+        if view is not None:
+            result.final = view
+            if view.status is EscrowStatus.CLOSED:
+                return result
+            if view.started_at is None and view.now >= view.start_deadline:
+                log.warning("provider never started rental %s: reclaiming the deposit", handle.rental_id)
+                try:
+                    receipt = await ledger.refund_unstarted(handle)
+                    result.receipts.append(receipt)
+                    await record(receipt)
+                except ContractsError as exc:
+                    log.warning("refund of %s failed (%s); retrying", handle.address, exc)
+            remaining = view.max_minutes - view.accrued_minutes
+            if (view.started_at is not None and remaining <= policy.warn_remaining_minutes
+                    and warned_at_max != view.max_minutes):
+                warned_at_max = view.max_minutes
+                result.warnings.append(remaining)
+                on_warning(remaining)
+                if policy.auto_top_up_minutes and view.expires_at is not None and view.now < view.expires_at:
+                    try:
+                        receipt = await ledger.top_up(handle, policy.auto_top_up_minutes)
+                        result.receipts.append(receipt)
+                        await record(receipt)
+                    except ContractsError as exc:
+                        log.warning("top-up of %s failed (%s)", handle.address, exc)
+        if done is None:
+            await trio.sleep(policy.poll_interval_s)
+        else:
+            with trio.move_on_after(policy.poll_interval_s):
+                await done.wait()
+    return result
+
+
+async def close_early(ledger: EscrowLedger, handle: EscrowHandle, record: Record = _no_record) -> EscrowReceipt:
+    """Renter: stop paying now; every unaccrued minute comes back."""
+    receipt = await ledger.close(handle)
+    await record(receipt)
+    return receipt
