@@ -38,29 +38,29 @@ __all__ = [
     "CapacityError",
     "ConfigError",
     "DialError",
+    # execution branch
+    "ExecutionError",
+    "ExecutorFailure",
+    "ExecutorUnavailable",
     "FrameTooLargeError",
+    "IllegalTransition",
+    "ImageNotAllowed",
+    "ImageUnavailable",
+    # negotiation and job-stream branch
+    "JobLostError",
+    "JobSpecInvalid",
     "KeystoreError",
     "NetworkError",
     "NodeError",
     "PassphraseError",
     "PeerRefusedError",
     "ReadTimeoutError",
-    "StreamClosedError",
-    "StreamError",
-    # execution branch
-    "ExecutionError",
-    "ExecutorFailure",
-    "ExecutorUnavailable",
-    "IllegalTransition",
-    "ImageNotAllowed",
-    "ImageUnavailable",
-    "JobSpecInvalid",
+    "RejectedError",
     "SchemaError",
     "StoreError",
+    "StreamClosedError",
+    "StreamError",
     "UnknownJob",
-    # negotiation and job-stream branch
-    "JobLostError",
-    "RejectedError",
 ]
 
 
