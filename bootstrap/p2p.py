@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -14,13 +15,16 @@ from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.config import BootstrapConfig
 
+if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
+    from trio_typing import TaskStatus
+
 __all__ = ["run_bootstrap"]
 
 log = logging.getLogger(__name__)
 
 
 async def run_bootstrap(config: BootstrapConfig, *,
-                        task_status: trio.TaskStatus[P2PNode] = trio.TASK_STATUS_IGNORED) -> None:
+                        task_status: TaskStatus[P2PNode] = trio.TASK_STATUS_IGNORED) -> None:
     from dgpu.node.app import write_addr_file
 
     key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))

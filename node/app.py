@@ -9,15 +9,18 @@ returns, the node shuts down cleanly (host closed, pubsub thread stopped).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
+import threading
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -26,6 +29,7 @@ from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.config import DEV_MINT, NodeConfig
+from dgpu.node.errors import NetworkError
 from dgpu.node.services.job_stream import ExecutorLike, JobServer
 from dgpu.node.services.negotiation import (
     AcceptUnfundedPlaceholder,
@@ -47,7 +51,10 @@ from dgpu.protocol.ids import (
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import Executor, Offer
 
-__all__ = ["NodeRuntime", "run_node", "wall_clock", "write_addr_file"]
+if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
+    from trio_typing import TaskStatus
+
+__all__ = ["NodeRuntime", "run_node", "status_snapshot", "wall_clock", "write_addr_file"]
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +128,45 @@ async def _watch_peers(rt: NodeRuntime) -> None:
         await trio.sleep(0.5)
 
 
+def status_snapshot(rt: NodeRuntime) -> dict[str, Any]:
+    ps = rt.node.pubsub
+    return {
+        "peer_id": rt.node.peer_id,
+        "wallet": rt.key.public_key.wallet,
+        "role": rt.config.role,
+        "connected": len(rt.node.connected_peers()),
+        "topic_peers": len(rt.node.topic_peers(OFFERS_TOPIC)),
+        "offers": {p: e.offer.seq for p, e in rt.book._entries.items()},
+        "accepted": rt.validator.accepted,
+        "rejected": dict(rt.validator.rejected),
+        "guard_drops": dict(ps.guard_drops) if ps is not None else {},
+        "history": list(rt.validator.history),
+        "own_seq": rt.publisher.current.seq if rt.publisher and rt.publisher.current else None,
+        "running_jobs": len(rt.jobs.running) if rt.jobs else 0,
+        "negotiations": dict(rt.negotiator.outcomes) if rt.negotiator else {},
+    }
+
+
+async def _write_status(rt: NodeRuntime, path: Path) -> None:
+    while True:
+        write_addr_file(path, json.dumps(status_snapshot(rt)))
+        await trio.sleep(0.5)
+
+
+async def _republish_on_signal(rt: NodeRuntime) -> None:
+    """SIGUSR1 = republish now (tests and the benchmark trigger propagation this way)."""
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            if rt.publisher is not None:
+                try:
+                    await rt.publisher.publish_now()
+                except NetworkError as exc:
+                    log.warning("republish failed: %s", exc)
+
+
 async def run_node(config: NodeConfig, *,
                    main: Callable[[NodeRuntime], Awaitable[None]] | None = None,
-                   task_status: trio.TaskStatus[NodeRuntime] = trio.TASK_STATUS_IGNORED) -> None:
+                   task_status: TaskStatus[NodeRuntime] = trio.TASK_STATUS_IGNORED) -> None:
     key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))
     p2p_config = P2PConfig(
         listen_host=config.listen_host,
@@ -146,6 +189,10 @@ async def run_node(config: NodeConfig, *,
         if rt.publisher is not None:
             await nursery.start(rt.publisher.run)
             nursery.start_soon(_watch_peers, rt)
+        if config.status_file is not None:
+            nursery.start_soon(_write_status, rt, config.status_file)
+        if rt.publisher is not None and threading.current_thread() is threading.main_thread():
+            nursery.start_soon(_republish_on_signal, rt)
         if config.addr_file is not None:
             write_addr_file(config.addr_file, node.multiaddr)
         log.info("%s %s listening on %s", config.role, key.public_key.wallet, node.multiaddr)

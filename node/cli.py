@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--allow-unfunded-escrow", action="store_true",
                    help="provider: accept the UNFUNDED placeholder escrow (development only)")
     n.add_argument("--offer-ttl", type=int, default=300)
+    n.add_argument("--status-file", type=Path, default=None,
+                   help="write a JSON status here every 0.5 s (tests, benchmarks)")
     n.add_argument("--accept-simulated", action="store_true",
                    help="accept offers of simulated GPUs (development networks)")
     n.add_argument("--rent-script", default=None,
@@ -142,6 +144,7 @@ def _node(args: argparse.Namespace) -> int:
             executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
             allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
             allow_unfunded_escrow=args.allow_unfunded_escrow, offer_ttl_s=args.offer_ttl,
+            status_file=args.status_file,
         )
     except ValidationError as exc:
         print(f"dgpu node: invalid configuration: {exc.errors()[0]['msg']}", file=sys.stderr)

@@ -68,6 +68,8 @@ class NodeConfig(_Config):
     #: accept the UnfundedPlaceholderEscrow (development networks until payments land)
     allow_unfunded_escrow: bool = False
     offer_ttl_s: int = Field(300, ge=60, le=3600)
+    #: write a JSON status (offers seen, rejections, peers) here every half second (tests, bench)
+    status_file: Path | None = None
 
     @field_validator("bootstrap")
     @classmethod

@@ -136,8 +136,12 @@ def run_demo(*, keep: bool = False, log_level: str = "WARNING") -> int:
     workdir.chmod(0o711)
     net = DemoNetwork(workdir, log_level=log_level)
     # the whole demo is bounded: past the deadline every child is killed
-    timer = threading.Timer(DEADLINE_S, lambda: [p.kill() for p in net.procs.values()
-                                                 if p.poll() is None])
+    def kill_all() -> None:
+        for p in net.procs.values():
+            if p.poll() is None:
+                p.kill()
+
+    timer = threading.Timer(DEADLINE_S, kill_all)
     timer.start()
     summary: dict[str, Any] = {}
     ok = False

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import multiaddr
 import trio
@@ -58,6 +58,9 @@ from dgpu.node.errors import (
     PeerRefusedError,
 )
 from dgpu.protocol.keys import PublicKey, SigningKey
+
+if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
+    from trio_typing import TaskStatus
 
 __all__ = [
     "Discovery",
@@ -417,13 +420,14 @@ async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode
 
 
 async def _run_services(pubsub: GuardedPubsub | None, dht: KadDHT,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     async with background_trio_service(dht):
         if pubsub is None:
             task_status.started()
             await trio.sleep_forever()
         assert pubsub is not None
-        async with background_trio_service(pubsub), background_trio_service(pubsub.router):
+        router = cast(Any, pubsub.router)  # typed as IPubsubRouter; it is a GossipSub service
+        async with background_trio_service(pubsub), background_trio_service(router):
             await pubsub.wait_until_ready()
             task_status.started()
             await trio.sleep_forever()
@@ -461,7 +465,7 @@ class Discovery:
             ok += 1
             if self.node.dht is not None:
                 # the routing table is not fed by plain connections (notes, pitfall 7)
-                await self.node.dht.add_peer(info)
+                await self.node.dht.add_peer(info)  # type: ignore[arg-type]  # takes PeerInfo
             self._clients.setdefault(str(info.peer_id),
                                      RendezvousDiscovery(self.node.host, info.peer_id))
         if ok:
@@ -520,7 +524,7 @@ class Discovery:
         return dialled
 
     async def run(self, *, fast_rounds: int = 8, interval_s: float = 10.0,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                  task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Join, advertise, then discover and dial: quickly at first, then every interval."""
         delay = 0.25
         while not await self.join():

@@ -78,6 +78,7 @@ class FramedStream:
         #: held while a frame is written, so frames never interleave on the wire
         self.send_lock = trio.Lock()
         self._errors = _libp2p_stream_errors()
+        self._close_errors: tuple[type[BaseException], ...] = (*self._errors, RuntimeError)
         self._buf = bytearray()
 
     async def _fill(self) -> None:
@@ -143,7 +144,7 @@ class FramedStream:
             scope.shield = True
             try:
                 await self.raw.close()
-            except (*self._errors, RuntimeError):
+            except self._close_errors:
                 pass
 
     async def reset(self) -> None:
@@ -152,5 +153,5 @@ class FramedStream:
             scope.shield = True
             try:
                 await self.raw.reset()
-            except (*self._errors, RuntimeError):
+            except self._close_errors:
                 pass

@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,6 +32,9 @@ from dgpu.node.adapters.executor import (
     split_lines,
 )
 from dgpu.node.errors import ExecutorFailure, JobSpecInvalid
+
+if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
+    from trio_typing import TaskStatus
 
 __all__ = ["ProcessExecutor", "ProcessJob"]
 
@@ -72,7 +76,7 @@ class ProcessJob:
                     data = b""
                 if not data:
                     break
-                for piece in split_lines(buf, data, _MAX_CHUNK):
+                for piece in split_lines(buf, bytes(data), _MAX_CHUNK):
                     await self._emit(name, piece)
             if buf:
                 await self._emit(name, bytes(buf))
@@ -145,7 +149,7 @@ class ProcessExecutor:
     def isolation(self) -> Isolation:
         return "weak"
 
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the log-reader tasks of every job (cancelled with the node)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -171,7 +175,7 @@ class ProcessExecutor:
                 ["/bin/sh", "-c", spec.script, "dgpu-job", *spec.command],
                 cwd=str(scratch), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, start_new_session=True,  # own group: stop() kills all
-                preexec_fn=limit_child,  # noqa: PLW1509 - only setrlimit, no locks taken
+                preexec_fn=limit_child,
             )
         except OSError as exc:
             shutil.rmtree(scratch, ignore_errors=True)

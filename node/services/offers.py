@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,6 +33,9 @@ from dgpu.protocol.errors import RemoteProtocolError
 from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import GOSSIP_ADAPTER, Executor, Offer
+
+if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
+    from trio_typing import TaskStatus
 
 __all__ = [
     "OfferBook",
@@ -155,6 +160,8 @@ class OfferValidator:
         #: rejection reasons seen, for logs, tests and metrics
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
+        #: (provider, seq, received at ms) of recent accepted offers, for the benchmark/status
+        self.history: deque[tuple[str, int, int]] = deque(maxlen=4096)
 
     def _refuse(self, reason: str, msg: GossipMessage) -> bool:
         self.rejected[reason] += 1
@@ -188,6 +195,7 @@ class OfferValidator:
             return self._refuse("replay", msg)
         self.book.put(offer, msg.origin, now=now)
         self.accepted += 1
+        self.history.append((offer.provider, offer.seq, time.time_ns() // 1_000_000))
         return True
 
 
@@ -240,7 +248,7 @@ class OfferPublisher:
         self._wake.set()
 
     async def run(self, *, min_interval_s: float = 1.0,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                  task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.publish_now()
         task_status.started()
         while True:
