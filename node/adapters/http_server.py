@@ -55,11 +55,27 @@ class _EmbeddedServer(uvicorn.Server):
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn answers a failed lifespan startup with sys.exit(), which escapes an asyncio
+        # loop run by trio-asyncio and hangs it; stop quietly instead (serve_http then raises).
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            self.should_exit = True
+            return
+
+        async def already_started() -> None:
+            return None
+
+        self.lifespan.startup = already_started
+        await super().startup(sockets)
+
 
 def _align_anyio() -> None:
     backend = sys.modules.get("anyio._backends._asyncio")
-    if backend is not None and backend.get_running_loop is not asyncio.get_running_loop:
-        backend.get_running_loop = asyncio.get_running_loop
+    if backend is not None and getattr(backend, "get_running_loop", None) is not (
+        asyncio.get_running_loop
+    ):
+        setattr(backend, "get_running_loop", asyncio.get_running_loop)  # noqa: B010
 
 
 _align_anyio()
@@ -138,15 +154,12 @@ async def serve_http(
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(run_server)
             try:
-                while not server.started:
-                    if done.is_set():
-                        raise HttpServerError(
-                            f"the HTTP server on {host}:{bound_port} failed to start"
-                        ) from (failure[0] if failure else None)
+                while not server.started and not done.is_set():
                     await trio.sleep(_STARTUP_POLL_S)
-                log.info("HTTP server listening on %s:%d", host, bound_port)
-                task_status.started(bound_port)
-                await done.wait()
+                if server.started:
+                    log.info("HTTP server listening on %s:%d", host, bound_port)
+                    task_status.started(bound_port)
+                    await done.wait()
             finally:
                 server.should_exit = True
                 with trio.CancelScope(shield=True):
@@ -158,3 +171,8 @@ async def serve_http(
                         await done.wait()
     finally:
         sock.close()
+    if not server.started:
+        # Raised outside the nurseries so callers see HttpServerError, not an ExceptionGroup.
+        raise HttpServerError(
+            f"the HTTP server on {host}:{bound_port} failed to start"
+        ) from (failure[0] if failure else None)
