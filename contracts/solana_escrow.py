@@ -1,0 +1,327 @@
+"""``SolanaEscrow``: the escrow interface over the dgpu_escrow Anchor program, via any RPC URL.
+
+solana-py's ``AsyncClient`` (httpx) runs natively under trio, except its confirmation helpers
+(asyncio.sleep): every transaction is sent with ``skip_confirmation=True`` and confirmed here by a
+trio loop (``get_signature_statuses`` + ``trio.sleep`` under ``trio.fail_after``). Instructions are
+built by ``dgpu.contracts.solana_ix`` (hand-written borsh with Anchor's discriminators) until the
+program's IDL is committed. Library errors (httpx, solana-py RPC errors, transaction errors) are
+converted here, once, into ``dgpu.contracts.errors``; the program's custom errors become
+:class:`~dgpu.contracts.errors.EscrowRefused` with the shared code.
+
+What a receipt reports: the amounts are the differences of the escrow account before and after
+the transaction; ``now`` is ``started_at`` for ``start`` and otherwise the Clock sysvar read right
+after confirmation (within a few seconds of the instruction's own clock). The mint's decimals are
+read from the mint account. No floats anywhere.
+
+Not verified here: the program cannot be built to SBF on these machines, so no instruction of
+the program has run from Python; the Rust tests replay ``tests/vectors/escrow_instructions.json``.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Any
+
+import httpx
+import trio
+from solana.exceptions import SolanaRpcException
+from solana.rpc.async_api import AsyncClient
+from solana.rpc.commitment import Commitment, Confirmed, Finalized, Processed
+from solana.rpc.core import RPCException
+from solana.rpc.types import TxOpts
+from solders.hash import Hash
+from solders.instruction import Instruction
+from solders.keypair import Keypair
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.token.state import Mint, TokenAccount
+from solders.transaction import Transaction
+from solders.transaction_status import TransactionConfirmationStatus
+from spl.token.instructions import create_idempotent_associated_token_account, get_associated_token_address
+
+from dgpu.protocol import escrow as esc
+
+from . import solana_ix as ix
+from .errors import (
+    ConfirmationError,
+    ConfirmationTimeout,
+    EscrowNotFound,
+    LedgerError,
+    LedgerTimeout,
+    ProgramError,
+    TransportError,
+)
+from .escrow_api import Action, EscrowHandle, EscrowReceipt, EscrowView, MintInfo
+
+__all__ = ["SolanaEscrow"]
+
+_CUSTOM = re.compile(r"Custom\((\d+)\)")
+_DONE = {
+    Processed: (TransactionConfirmationStatus.Processed, TransactionConfirmationStatus.Confirmed,
+                TransactionConfirmationStatus.Finalized),
+    Confirmed: (TransactionConfirmationStatus.Confirmed, TransactionConfirmationStatus.Finalized),
+    Finalized: (TransactionConfirmationStatus.Finalized,),
+}
+
+
+class SolanaEscrow:
+    """The Anchor escrow program as an :class:`~dgpu.contracts.escrow_api.EscrowLedger`, signing as ``keypair``."""
+
+    ledger = "solana"
+
+    def __init__(
+        self,
+        rpc: str | AsyncClient,
+        program_id: Pubkey | str,
+        keypair: Keypair,
+        *,
+        commitment: Commitment = Confirmed,
+        confirm_timeout_s: float = 60.0,
+        poll_interval_s: float = 0.5,
+    ) -> None:
+        self._own_client = not isinstance(rpc, AsyncClient)
+        self._client = rpc if isinstance(rpc, AsyncClient) else AsyncClient(rpc, commitment=commitment)
+        self.program_id = program_id if isinstance(program_id, Pubkey) else Pubkey.from_string(program_id)
+        self._keypair = keypair
+        self._commitment = commitment
+        self._confirm_timeout_s = confirm_timeout_s
+        self._poll_s = poll_interval_s
+        self._config: ix.ConfigAccount | None = None
+
+    @property
+    def wallet(self) -> str:
+        return str(self._keypair.pubkey())
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self._client.close()
+
+    # -- RPC plumbing (the one place solana-py and httpx errors are converted) ----------------
+
+    async def _rpc(self, call: Any) -> Any:
+        try:
+            return await call
+        except (SolanaRpcException, httpx.HTTPError) as exc:
+            cause = exc.__cause__ if isinstance(exc, SolanaRpcException) else exc
+            if isinstance(cause, httpx.TimeoutException):
+                raise LedgerTimeout("Solana RPC did not answer in time") from exc
+            raise TransportError(f"Solana RPC unreachable: {type(cause).__name__}") from exc
+        except RPCException as exc:
+            raise _rpc_error(exc) from exc
+
+    async def _account(self, key: Pubkey) -> bytes | None:
+        resp = await self._rpc(self._client.get_account_info(key, commitment=self._commitment))
+        return None if resp.value is None else bytes(resp.value.data)
+
+    async def config(self) -> ix.ConfigAccount:
+        """The program's Config (pinned mint, treasury, fee), read once and cached."""
+        if self._config is None:
+            data = await self._account(ix.config_pda(self.program_id))
+            if data is None:
+                raise TransportError(f"program {self.program_id} has no Config account on this cluster")
+            self._config = ix.decode_config(data)
+        return self._config
+
+    async def _send(self, instructions: list[Instruction]) -> str:
+        """Sign, send (skip_confirmation) and confirm; returns the signature."""
+        blockhash: Hash = (await self._rpc(self._client.get_latest_blockhash(self._commitment))).value.blockhash
+        message = Message.new_with_blockhash(instructions, self._keypair.pubkey(), blockhash)
+        tx = Transaction([self._keypair], message, blockhash)
+        opts = TxOpts(skip_confirmation=True, skip_preflight=False, preflight_commitment=self._commitment)
+        resp = await self._rpc(self._client.send_raw_transaction(bytes(tx), opts=opts))
+        signature: Signature = resp.value
+        await self._confirm(signature)
+        return str(signature)
+
+    async def _confirm(self, signature: Signature) -> None:
+        """Poll until ``signature`` reaches the commitment; raise on failure or at the deadline."""
+        wanted = _DONE[self._commitment]
+        try:
+            with trio.fail_after(self._confirm_timeout_s):
+                while True:
+                    resp = await self._rpc(self._client.get_signature_statuses([signature]))
+                    status = resp.value[0] if resp.value else None
+                    if status is not None:
+                        if status.err is not None:
+                            raise _tx_error(status.err, str(signature))
+                        if status.confirmation_status in wanted:
+                            return
+                    await trio.sleep(self._poll_s)
+        except trio.TooSlowError:
+            raise ConfirmationTimeout(
+                f"transaction {signature} not {self._commitment} after {self._confirm_timeout_s} s; "
+                "it may still land: fetch the escrow before retrying",
+                str(signature),
+            ) from None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def mint_info(self) -> MintInfo:
+        mint = (await self.config()).mint
+        data = await self._account(mint)
+        if data is None:
+            raise TransportError(f"mint {mint} does not exist on this cluster")
+        return MintInfo(address=str(mint), decimals=Mint.from_bytes(data).decimals)
+
+    async def now(self) -> int:
+        data = await self._account(ix.CLOCK_SYSVAR)
+        if data is None or len(data) < 40:
+            raise TransportError("the cluster returned no Clock sysvar")
+        (unix_timestamp,) = struct.unpack_from("<q", data, 32)
+        return int(unix_timestamp)
+
+    async def _token_balance(self, token_account: Pubkey) -> int:
+        data = await self._account(token_account)
+        return 0 if data is None else TokenAccount.from_bytes(data).amount
+
+    async def balance(self, wallet: str) -> int:
+        mint = (await self.config()).mint
+        return await self._token_balance(get_associated_token_address(Pubkey.from_string(wallet), mint))
+
+    async def fetch(self, address: str) -> EscrowView:
+        key = Pubkey.from_string(address)
+        data = await self._account(key)
+        if data is None:
+            raise EscrowNotFound(f"no escrow at {address}")
+        try:
+            a = ix.decode_escrow(data)
+        except ValueError as exc:
+            raise TransportError(f"{address} is not a dgpu escrow account: {exc}") from None
+        vault = await self._token_balance(ix.vault_address(key, a.mint))
+        now = await self.now()
+        model = _as_model(a)
+        return EscrowView(
+            handle=EscrowHandle(self.ledger, address, str(a.renter), str(a.provider), a.rental_id),
+            mint=str(a.mint), rate_per_minute=a.rate_per_minute, max_minutes=a.max_minutes,
+            deposited=a.deposited, fee_bps=a.fee_bps, start_deadline=a.start_deadline,
+            started_at=a.started_at, claimed_minutes=a.claimed_minutes, paid=a.paid,
+            fee_paid=a.fee_paid, refunded=a.refunded, status=model.status, vault_balance=vault,
+            now=now, accrued_minutes=esc.accrued_minutes(model, now), expires_at=esc.expires_at(model),
+        )
+
+    # -- instruction builders (no I/O beyond the cached config) --------------------------------
+
+    def escrow_address(self, renter: str, provider: str, rental_id: int) -> str:
+        return str(ix.escrow_pda(self.program_id, Pubkey.from_string(renter), Pubkey.from_string(provider),
+                                 rental_id))
+
+    def instructions(self, action: Action, handle: EscrowHandle, config: ix.ConfigAccount,
+                     *, args: dict[str, int] | None = None) -> list[Instruction]:
+        """The exact instructions :meth:`open`, :meth:`claim`, ... send for ``handle`` (pure)."""
+        me = self._keypair.pubkey()
+        renter, provider = Pubkey.from_string(handle.renter), Pubkey.from_string(handle.provider)
+        escrow = Pubkey.from_string(handle.address)
+        mint = config.mint
+        accounts = {
+            "renter": renter, "provider": provider, "caller": me, "config": ix.config_pda(self.program_id),
+            "mint": mint, "escrow": escrow, "vault": ix.vault_address(escrow, mint),
+            "renter_token": get_associated_token_address(renter, mint),
+            "provider_token": get_associated_token_address(provider, mint), "treasury": config.treasury,
+        }
+        out: list[Instruction] = []
+        if action in ("claim", "close", "settle_expired"):
+            # The payees' token accounts must exist; creating them is idempotent and paid by the sender.
+            for owner in (provider,) if action == "claim" else (renter, provider):
+                out.append(create_idempotent_associated_token_account(me, owner, mint))
+        out.append(ix.build(self.program_id, action, accounts, args))
+        return out
+
+    # -- instructions ------------------------------------------------------------------------
+
+    async def _apply(self, action: Action, handle: EscrowHandle, *, args: dict[str, int] | None = None,
+                     before: EscrowView | None = None) -> EscrowReceipt:
+        config = await self.config()
+        if before is None and action != "open":
+            before = await self.fetch(handle.address)
+        signature = await self._send(self.instructions(action, handle, config, args=args))
+        after = await self.fetch(handle.address)
+
+        def diff(field: str) -> int:
+            return int(getattr(after, field)) - (int(getattr(before, field)) if before is not None else 0)
+
+        now = after.started_at if action == "start" and after.started_at is not None else after.now
+        return EscrowReceipt(action=action, escrow=handle, now=now, tx=signature,
+                             deposited=diff("deposited"), paid=diff("paid"), fee=diff("fee_paid"),
+                             refunded=diff("refunded"))
+
+    async def open(
+        self, rental_id: int, provider: str, rate_per_minute: int, max_minutes: int, start_deadline: int
+    ) -> EscrowReceipt:
+        handle = EscrowHandle(self.ledger, self.escrow_address(self.wallet, provider, rental_id), self.wallet,
+                              provider, rental_id)
+        args = {"rental_id": rental_id, "rate_per_minute": rate_per_minute, "max_minutes": max_minutes,
+                "start_deadline": start_deadline}
+        return await self._apply("open", handle, args=args)
+
+    async def start(self, escrow: EscrowHandle) -> EscrowReceipt:
+        return await self._apply("start", escrow)
+
+    async def claim(self, escrow: EscrowHandle) -> EscrowReceipt:
+        return await self._apply("claim", escrow)
+
+    async def top_up(self, escrow: EscrowHandle, extra_minutes: int) -> EscrowReceipt:
+        return await self._apply("top_up", escrow, args={"extra_minutes": extra_minutes})
+
+    async def close(self, escrow: EscrowHandle) -> EscrowReceipt:
+        return await self._apply("close", escrow)
+
+    async def settle_expired(self, escrow: EscrowHandle) -> EscrowReceipt:
+        return await self._apply("settle_expired", escrow)
+
+    async def refund_unstarted(self, escrow: EscrowHandle) -> EscrowReceipt:
+        return await self._apply("refund_unstarted", escrow)
+
+    async def ensure_token_account(self, owner: str | None = None) -> str:
+        """Create ``owner``'s (default: this wallet's) token account for the mint if missing; its address."""
+        mint = (await self.config()).mint
+        who = self._keypair.pubkey() if owner is None else Pubkey.from_string(owner)
+        ata = get_associated_token_address(who, mint)
+        if await self._account(ata) is None:
+            await self._send([create_idempotent_associated_token_account(self._keypair.pubkey(), who, mint)])
+        return str(ata)
+
+
+def _as_model(a: ix.EscrowAccount) -> esc.Escrow:
+    return esc.Escrow(
+        renter=str(a.renter), provider=str(a.provider), mint=str(a.mint), rental_id=a.rental_id,
+        rate_per_minute=a.rate_per_minute, max_minutes=a.max_minutes, deposited=a.deposited,
+        fee_bps=a.fee_bps, start_deadline=a.start_deadline, started_at=a.started_at,
+        claimed_minutes=a.claimed_minutes, paid=a.paid, fee_paid=a.fee_paid, refunded=a.refunded,
+        status=esc.EscrowStatus(a.status),
+    )
+
+
+def _custom_code(err: Any) -> int | None:
+    inner = getattr(err, "err", None)
+    code = getattr(inner, "code", None)
+    if isinstance(code, int):
+        return code
+    match = _CUSTOM.search(str(err))
+    return int(match.group(1)) if match else None
+
+
+def _tx_error(err: Any, signature: str | None = None) -> LedgerError | ConfirmationError:
+    code = _custom_code(err)
+    if code is not None:
+        return ix.error_from_code(code)
+    text = str(err)[:300]
+    if signature is not None:
+        return ConfirmationError(f"transaction {signature} failed: {text}", signature)
+    return ProgramError("TransactionError", text)
+
+
+def _rpc_error(exc: RPCException) -> LedgerError | ConfirmationError | TransportError:
+    payload = exc.args[0] if exc.args else None
+    data = getattr(payload, "data", None)
+    err = getattr(data, "err", None)
+    if err is not None:  # preflight simulation failed: the transaction was refused, nothing changed
+        return _tx_error(err)
+    message = getattr(payload, "message", None) or str(payload)
+    code = _custom_code(message)
+    if code is not None:
+        return ix.error_from_code(code)
+    return TransportError(f"Solana RPC error: {str(message)[:300]}")
+
+
