@@ -1,0 +1,360 @@
+"""The renter library: an async (trio) ``Client`` over an in-process renter node.
+
+::
+
+    async with Client.connect(bootstrap=[addr], ledger_url=url) as client:
+        offers = await client.find_offers(gpu_model="RTX 4090", max_price_per_minute=30_000)
+        rental = await client.rent(offers[0], image="pytorch/pytorch:2.4", command=["python", "train.py"],
+                                   max_minutes=30)
+        result = await rental.run(on_log=print)      # streams logs; billing runs alongside
+        print(result.exit_code, result.paid, result.refunded)
+
+``Client.connect`` starts a renter node (libp2p host, gossip, discovery) in a nursery and stops it
+on exit. ``rent`` negotiates with the provider and locks the deposit in escrow before accepting;
+``Rental.run`` submits the job, streams its logs, watches the escrow (warning, optional top-up),
+and when the job ends makes sure the escrow is settled, so every unaccrued minute comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dgpu.client.errors import EscrowFailed, JobFailed, NegotiationFailed, NoOffersError, NotConnected
+from dgpu.contracts.errors import ContractsError, EscrowRefused
+from dgpu.contracts.escrow_api import EscrowHandle, EscrowLedger, EscrowView
+from dgpu.node.app import NodeRuntime, new_nonce, run_node, wall_clock
+from dgpu.node.config import NodeConfig
+from dgpu.node.errors import JobLostError, NetworkError, RejectedError
+from dgpu.node.services.billing import BillingPolicy, renter_billing
+from dgpu.node.services.job_stream import run_job
+from dgpu.node.services.negotiation import negotiate
+from dgpu.node.services.offers import OfferQuery
+from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.messages import Agreement, EscrowRef, Executor, JobState, LogChunk, Offer, Quote
+from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
+
+__all__ = ["Client", "OfferInfo", "Rental", "RentalResult"]
+
+log = logging.getLogger(__name__)
+
+#: how long the renter waits after the job for the provider's settlement before closing itself
+SETTLE_WAIT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class OfferInfo:
+    """One offer as a renter sees it (prices per GPU-minute, in base units)."""
+
+    offer: Offer
+    peer_id: str
+
+    @property
+    def provider(self) -> str:
+        return self.offer.provider
+
+    @property
+    def gpu_model(self) -> str:
+        return self.offer.gpus[0].model
+
+    @property
+    def vram_mib(self) -> int:
+        return self.offer.gpus[0].vram_mib
+
+    @property
+    def price_per_minute(self) -> int:
+        return self.offer.price_per_minute
+
+    @property
+    def simulated(self) -> bool:
+        return self.offer.simulated
+
+    def as_dict(self) -> dict[str, Any]:
+        o = self.offer
+        return {"provider": o.provider, "peer_id": self.peer_id, "region": o.region, "ledger": o.ledger,
+                "gpus": [g.model_dump(mode="json") for g in o.gpus], "price_per_gpu_minute": o.price_per_minute,
+                "executors": [str(e) for e in o.executors], "simulated": o.simulated,
+                "min_minutes": o.min_minutes, "max_minutes": o.max_minutes, "expires_at": o.expires_at}
+
+
+@dataclass
+class RentalResult:
+    """How a rental ended: the job's outcome and the escrow's final accounting (base units)."""
+
+    state: JobState
+    exit_code: int | None
+    reason: str
+    log_chunks: int
+    escrow: EscrowView | None
+    warnings: list[int] = field(default_factory=list)
+
+    @property
+    def minutes(self) -> int:
+        return self.escrow.claimed_minutes if self.escrow else 0
+
+    @property
+    def paid(self) -> int:
+        return self.escrow.paid if self.escrow else 0
+
+    @property
+    def fee(self) -> int:
+        return self.escrow.fee_paid if self.escrow else 0
+
+    @property
+    def refunded(self) -> int:
+        return self.escrow.refunded if self.escrow else 0
+
+
+class LedgerFunder:
+    """Opens the escrow a quote asks for, on the renter's ledger, before the renter accepts."""
+
+    def __init__(self, ledger: EscrowLedger, rental_id: Callable[[], int]) -> None:
+        self.ledger = ledger
+        self._rental_id = rental_id
+        self.handle: EscrowHandle | None = None
+
+    async def fund(self, quote: Quote) -> EscrowRef:
+        if quote.ledger != self.ledger.ledger:
+            raise EscrowFailed(f"the provider wants ledger {quote.ledger!r}, we use {self.ledger.ledger!r}")
+        try:
+            receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
+                                             quote.max_minutes, quote.start_deadline)
+        except EscrowRefused as exc:
+            raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
+        except ContractsError as exc:
+            raise EscrowFailed(f"could not open the escrow: {exc}") from exc
+        self.handle = receipt.escrow
+        return receipt.escrow.to_ref()
+
+
+class Rental:
+    """One agreed rental: run it, follow it, top it up, or close it early."""
+
+    def __init__(self, client: Client, agreement: Agreement, provider_peer: str, handle: EscrowHandle | None) -> None:
+        self.client = client
+        self.agreement = agreement
+        self.provider_peer = provider_peer
+        self.escrow = handle
+        self._cancel = trio.Event()
+
+    @property
+    def id(self) -> str:
+        return self.agreement.agreement_id
+
+    @property
+    def rate_per_minute(self) -> int:
+        return self.agreement.terms.rate_per_minute
+
+    async def run(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None = None,
+                  policy: BillingPolicy | None = None,
+                  on_warning: Callable[[int], None] | None = None) -> RentalResult:
+        """Submit the job and follow it to the end; the escrow is settled before this returns."""
+        rt = self.client.runtime
+        done = trio.Event()
+        warnings: list[int] = []
+
+        def warned(remaining: int) -> None:
+            warnings.append(remaining)
+            log.warning("rental %s: %d paid minute(s) left", self.id[:12], remaining)
+            if on_warning is not None:
+                on_warning(remaining)
+
+        async with trio.open_nursery() as nursery:
+            if self.escrow is not None and self.client.ledger is not None:
+                nursery.start_soon(lambda: renter_billing(self.client.ledger, self.escrow,  # type: ignore[arg-type]
+                                                          policy=policy or self.client.billing_policy,
+                                                          on_warning=warned, done=done))
+            try:
+                outcome = await run_job(rt.node, rt.key, self.agreement, self.provider_peer, clock=wall_clock,
+                                        nonce=new_nonce, on_log=on_log, cancel=self._cancel)
+            except (JobLostError, NetworkError) as exc:
+                done.set()
+                await self._recover()
+                raise JobFailed(f"job {self.id[:12]} lost: {exc}; the escrow was closed, unused minutes refunded"
+                                ) from exc
+            except RejectedError as exc:
+                done.set()
+                await self._recover()
+                raise NegotiationFailed(f"the provider refused the job: {exc}", exc.code) from exc
+            finally:
+                done.set()
+        final = await self._settled()
+        return RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings)
+
+    async def _settled(self) -> EscrowView | None:
+        """Wait for the provider's settlement; close it ourselves if it does not come."""
+        if self.escrow is None or self.client.ledger is None:
+            return None
+        with trio.move_on_after(SETTLE_WAIT_S):
+            while True:
+                view = await self.client.ledger.fetch(self.escrow.address)
+                if view.status is EscrowStatus.CLOSED:
+                    return view
+                await trio.sleep(0.2)
+        return await self._recover()
+
+    async def _recover(self) -> EscrowView | None:
+        """Close the escrow from our side: accrued minutes paid, the rest refunded."""
+        if self.escrow is None or self.client.ledger is None:
+            return None
+        try:
+            await self.client.ledger.close(self.escrow)
+        except EscrowRefused as exc:
+            log.info("escrow %s already settled (%s)", self.escrow.address, exc.code.value)
+        except ContractsError as exc:
+            log.error("could not close escrow %s: %s (anyone can settle it after expiry)", self.escrow.address, exc)
+        return await self.client.ledger.fetch(self.escrow.address)
+
+    def cancel(self) -> None:
+        """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
+        self._cancel.set()
+
+    async def top_up(self, minutes: int) -> EscrowView:
+        """Buy ``minutes`` more at the agreed rate (only before the escrow expires)."""
+        ledger, handle = self._escrow()
+        try:
+            await ledger.top_up(handle, minutes)
+        except EscrowRefused as exc:
+            raise EscrowFailed("top-up refused", exc.code.value) from exc
+        return await ledger.fetch(handle.address)
+
+    async def close(self) -> EscrowView:
+        """Stop paying now: accrued minutes go to the provider, every other minute comes back."""
+        ledger, handle = self._escrow()
+        try:
+            await ledger.close(handle)
+        except EscrowRefused as exc:
+            raise EscrowFailed("close refused", exc.code.value) from exc
+        return await ledger.fetch(handle.address)
+
+    async def escrow_state(self) -> EscrowView:
+        ledger, handle = self._escrow()
+        return await ledger.fetch(handle.address)
+
+    def _escrow(self) -> tuple[EscrowLedger, EscrowHandle]:
+        if self.escrow is None or self.client.ledger is None:
+            raise EscrowFailed("this rental has no escrow")
+        return self.client.ledger, self.escrow
+
+
+class Client:
+    """A renter's handle on the network. Build it with :meth:`connect`."""
+
+    def __init__(self, runtime: NodeRuntime, ledger: EscrowLedger | None, *,
+                 billing_policy: BillingPolicy | None = None) -> None:
+        self.runtime = runtime
+        self.ledger = ledger
+        self.billing_policy = billing_policy or BillingPolicy(poll_interval_s=2.0)
+        self.closed = False
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, bootstrap: Sequence[str], *, ledger_url: str | None = None,
+                      data_dir: Path | None = None, accept_simulated: bool = False,
+                      ledger: EscrowLedger | None = None,
+                      billing_policy: BillingPolicy | None = None) -> AsyncIterator[Client]:
+        """Start a renter node joined through ``bootstrap``; stop it on exit.
+
+        ``ledger_url`` is the development ledger (a bootstrap node's HTTP address); pass a
+        ready ``ledger`` (e.g. ``SolanaEscrow``) instead for Solana. ``data_dir`` holds the
+        identity (created on first use, mode 0600); by default a temporary one."""
+        with tempfile.TemporaryDirectory(prefix="dgpu-client-") as tmp:
+            config = NodeConfig(role="renter", bootstrap=tuple(bootstrap), data_dir=data_dir or Path(tmp),
+                                accept_simulated=accept_simulated)
+            async with trio.open_nursery() as nursery:
+                runtime: NodeRuntime = await nursery.start(run_node, config)
+                own_ledger = None
+                if ledger is None and ledger_url is not None:
+                    from dgpu.contracts.devledger.client import DevLedgerEscrow
+
+                    ledger = own_ledger = DevLedgerEscrow(ledger_url, runtime.key)
+                client = cls(runtime, ledger, billing_policy=billing_policy)
+                try:
+                    yield client
+                finally:
+                    client.closed = True
+                    if own_ledger is not None:
+                        await own_ledger.aclose()
+                    nursery.cancel_scope.cancel()
+
+    @property
+    def wallet(self) -> str:
+        return self.runtime.key.public_key.wallet
+
+    def _live(self) -> NodeRuntime:
+        if self.closed:
+            raise NotConnected("the client is closed")
+        return self.runtime
+
+    async def find_offers(self, *, gpu_model: str | None = None, min_vram_mib: int = 0, gpu_count: int = 1,
+                          region: str | None = None, max_price_per_minute: int | None = None,
+                          executor: Executor | None = None, include_simulated: bool | None = None,
+                          wait_s: float = 5.0, min_results: int = 1) -> list[OfferInfo]:
+        """Offers matching the filters, cheapest first; waits up to ``wait_s`` for ``min_results``."""
+        rt = self._live()
+        query = OfferQuery(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count, region=region,
+                           max_price_per_minute=max_price_per_minute, executor=executor,
+                           include_simulated=rt.config.accept_simulated if include_simulated is None
+                           else include_simulated)
+        with trio.move_on_after(wait_s):
+            await rt.book.wait_for(query, now=wall_clock, count=min_results)
+        return [OfferInfo(e.offer, e.peer_id) for e in rt.book.query(query, now=wall_clock())]
+
+    @staticmethod
+    def estimate(offer: OfferInfo, minutes: int, gpu_count: int = 1, fee_bps: int = DEFAULT_FEE_BPS) -> Estimate:
+        """What ``minutes`` on ``offer`` cost at most (the deposit), and the provider/fee split."""
+        return estimate(offer.price_per_minute * gpu_count, minutes, fee_bps)
+
+    async def balance(self) -> int:
+        """This wallet's token balance in base units (0 without a ledger)."""
+        if self.ledger is None:
+            return 0
+        return await self.ledger.balance(self.wallet)
+
+    async def rent(self, offer: OfferInfo | None = None, *, image: str | None = None, script: str | None = None,
+                   command: Sequence[str] = (), env: dict[str, str] | None = None, max_minutes: int = 10,
+                   gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
+                   gpu_model: str | None = None, min_vram_mib: int = 0) -> Rental:
+        """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match."""
+        rt = self._live()
+        if offer is None:
+            found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,
+                                           max_price_per_minute=max_price_per_minute)
+            if not found:
+                raise NoOffersError("no offer matched; try a wider filter or a longer wait")
+            offer = found[0]
+        executor = Executor.SCRIPT if script is not None else Executor.DOCKER
+        job: dict[str, Any] = {"executor": executor, "image": image, "script": script, "command": tuple(command),
+                               "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
+                               "gpu_model": offer.gpu_model, "min_vram_mib": min_vram_mib, "egress": egress,
+                               "max_price_per_minute": max_price_per_minute or offer.price_per_minute * gpu_count}
+        funder = LedgerFunder(self.ledger, lambda: int.from_bytes(os.urandom(8), "little") >> 1) \
+            if self.ledger is not None else None
+        try:
+            result = await negotiate(rt.node, rt.key, offer.offer, job, escrow=funder, clock=wall_clock,
+                                     nonce=new_nonce, provider_peer=offer.peer_id)
+        except RejectedError as exc:
+            await self._refund_after_failed_negotiation(funder)
+            raise NegotiationFailed(f"provider {offer.provider[:8]}… refused: {exc}", exc.code) from exc
+        except NetworkError as exc:
+            await self._refund_after_failed_negotiation(funder)
+            raise NegotiationFailed(f"could not negotiate with {offer.provider[:8]}…: {exc}") from exc
+        return Rental(self, result.agreement, result.provider_peer, funder.handle if funder else None)
+
+    async def _refund_after_failed_negotiation(self, funder: LedgerFunder | None) -> None:
+        """A deposit locked for a deal that fell through comes straight back (never started)."""
+        if funder is None or funder.handle is None or self.ledger is None:
+            return
+        try:
+            await self.ledger.close(funder.handle)
+        except ContractsError as exc:
+            log.error("deposit of a failed negotiation stays in escrow %s (%s); it is refundable after the start "
+                      "deadline", funder.handle.address, exc)
