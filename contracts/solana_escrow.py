@@ -220,6 +220,11 @@ class SolanaEscrow:
             "renter_token": get_associated_token_address(renter, mint),
             "provider_token": get_associated_token_address(provider, mint), "treasury": config.treasury,
         }
+        # The signer slot (provider of start/claim, renter of top_up/refund_unstarted, caller of
+        # close) is always this key: a wrong key is refused by the program (Unauthorized).
+        for name, is_signer, _ in ix.ACCOUNTS[action]:
+            if is_signer:
+                accounts[name] = me
         out: list[Instruction] = []
         if action in ("claim", "close", "settle_expired"):
             # The payees' token accounts must exist; creating them is idempotent and paid by the sender.

@@ -44,7 +44,7 @@ class LiteSvmRpc:
     def _context(self) -> dict[str, Any]:
         return {"slot": self.svm.get_clock().slot}
 
-    def _getAccountInfo(self, key: str, _opts: Any = None) -> dict[str, Any]:  # noqa: N802
+    def _getAccountInfo(self, key: str, _opts: Any = None) -> dict[str, Any]:
         account = self.svm.get_account(Pubkey.from_string(key))
         if account is None:
             return {"context": self._context(), "value": None}
@@ -53,11 +53,11 @@ class LiteSvmRpc:
             "executable": account.executable, "lamports": account.lamports, "owner": str(account.owner),
             "rentEpoch": 0, "space": len(account.data)}}
 
-    def _getLatestBlockhash(self, _opts: Any = None) -> dict[str, Any]:  # noqa: N802
+    def _getLatestBlockhash(self, _opts: Any = None) -> dict[str, Any]:
         return {"context": self._context(),
                 "value": {"blockhash": str(self.svm.latest_blockhash()), "lastValidBlockHeight": 10**6}}
 
-    def _sendTransaction(self, raw: str, _opts: Any = None) -> str:  # noqa: N802
+    def _sendTransaction(self, raw: str, _opts: Any = None) -> str:
         tx = Transaction.from_bytes(base64.b64decode(raw))
         result = self.svm.send_transaction(tx)
         if isinstance(result, FailedTransactionMetadata):
@@ -70,7 +70,7 @@ class LiteSvmRpc:
         self.landed.add(signature)
         return signature
 
-    def _getSignatureStatuses(self, sigs: list[str], _opts: Any = None) -> dict[str, Any]:  # noqa: N802
+    def _getSignatureStatuses(self, sigs: list[str], _opts: Any = None) -> dict[str, Any]:
         statuses = [
             {"slot": 1, "confirmations": None, "err": None, "status": {"Ok": None},
              "confirmationStatus": "confirmed"}

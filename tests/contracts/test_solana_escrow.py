@@ -120,7 +120,7 @@ async def test_program_error_codes_become_escrow_refusals() -> None:
             "err": {"InstructionError": [1, {"Custom": 6009}]}, "logs": [], "accounts": None,
             "unitsConsumed": 0, "returnData": None}})
 
-    rpc._sendTransaction = refuse  # type: ignore[method-assign]
+    rpc._sendTransaction = refuse  # type: ignore[method-assign,assignment]
     escrow = SolanaEscrow(rpc.client(), PROGRAM_ID, chain.provider, poll_interval_s=0.01)
     address = ix.escrow_pda(PROGRAM_ID, chain.renter.pubkey(), chain.provider.pubkey(), 7)
     account = ix.EscrowAccount(1, 254, "open", chain.renter.pubkey(), chain.provider.pubkey(), chain.mint, 7,
