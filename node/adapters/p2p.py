@@ -281,10 +281,10 @@ class P2PNode:
 
         with trio.move_on_after(timeout_s):
             try:
-                await PingService(self.host).ping(_peer_id(peer), 1)
+                rtts = await PingService(self.host).ping(_peer_id(peer), 1)
             except Exception:  # any failure to ping is "not alive"; the cause is irrelevant
                 return False
-            return True
+            return len(rtts) > 0  # 0.8.1 yields no RTT (rather than raising) on some failures
         return False
 
     # ---- pubsub ----

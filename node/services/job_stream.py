@@ -16,6 +16,7 @@ fails.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.errors import (
     ExecutionError,
     JobLostError,
-    NodeError,
     ReadTimeoutError,
     RejectedError,
     StreamError,
@@ -306,57 +306,62 @@ async def run_job(node: P2PNode, key: SigningKey, agreement: Agreement, provider
     chunks = 0
     try:
         await fs.write_frame(sealed(JobSubmit(agreement=agreement)))
-        cancel_sent = False
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             if cancel is not None:
                 async def send_cancel() -> None:
-                    nonlocal cancel_sent
                     await cancel.wait()
-                    cancel_sent = True
-                    try:
+                    with contextlib.suppress(StreamError):
                         await fs.write_frame(sealed(JobCancel(job_id=job_id,
                                                               reason="cancelled by the renter")))
-                    except StreamError:
-                        pass
                 nursery.start_soon(send_cancel)
             try:
-                while not session.done:
-                    try:
-                        data = await fs.read_frame(timeout_s=idle_probe_s)
-                    except ReadTimeoutError:
-                        if await node.ping(provider_peer):
-                            continue  # alive and busy: a silent job is fine
-                        raise JobLostError(f"provider {provider_peer} stopped answering") from None
-                    except StreamError as exc:
-                        raise JobLostError(
-                            f"provider {provider_peer} closed the job stream before the job "
-                            f"ended (last state: {session.state or 'none'})") from exc
-                    try:
-                        opened = open_envelope(data, TO_RENTER_JOB, now=clock(),
-                                               max_bytes=MAX_FRAME_BYTES, replay_cache=replay,
-                                               max_ttl=ENVELOPE_TTL_S,
-                                               expected_signer=provider_key)
-                        msg = opened.message
-                        if isinstance(msg, Reject):
-                            raise RejectedError(str(msg.code), msg.message)
-                        assert isinstance(msg, JobStatus | LogChunk | UsageReceipt | ResultRef)
-                        session.receive(msg)
-                    except RemoteProtocolError as exc:
-                        raise JobLostError(f"provider broke the job protocol: {exc}") from exc
-                    if isinstance(msg, LogChunk):
-                        chunks += 1
-                        if on_log is not None:
-                            maybe = on_log(msg)
-                            if maybe is not None:
-                                await maybe
-                    elif isinstance(msg, JobStatus) and on_status is not None:
-                        on_status(msg)
-            finally:
-                nursery.cancel_scope.cancel()
-        del cancel_sent
+                chunks = await _follow(node, fs, session, provider_peer, provider_key, replay,
+                                       clock, on_log, on_status, idle_probe_s)
+            except (JobLostError, RejectedError) as exc:
+                failure = exc  # raised below, outside the nursery (no ExceptionGroup)
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         assert session.state is not None
         return JobOutcome(job_id, session.state, session.exit_code, session.reason, chunks)
-    except NodeError:
-        raise
     finally:
         await fs.close()
+
+
+async def _follow(node: P2PNode, fs: FramedStream, session: JobSession, provider_peer: str,
+                  provider_key: PublicKey, replay: ReplayCache, clock: Clock,
+                  on_log: LogSink | None, on_status: Callable[[JobStatus], None] | None,
+                  idle_probe_s: float) -> int:
+    """Read the provider's events until the final status; returns the log chunk count."""
+    chunks = 0
+    while not session.done:
+        try:
+            data = await fs.read_frame(timeout_s=idle_probe_s)
+        except ReadTimeoutError:
+            if await node.ping(provider_peer):
+                continue  # alive and busy: a silent job is fine
+            raise JobLostError(f"provider {provider_peer} stopped answering") from None
+        except StreamError as exc:
+            raise JobLostError(
+                f"provider {provider_peer} closed the job stream before the job "
+                f"ended (last state: {session.state or 'none'})") from exc
+        try:
+            opened = open_envelope(data, TO_RENTER_JOB, now=clock(), max_bytes=MAX_FRAME_BYTES,
+                                   replay_cache=replay, max_ttl=ENVELOPE_TTL_S,
+                                   expected_signer=provider_key)
+            msg = opened.message
+            if isinstance(msg, Reject):
+                raise RejectedError(str(msg.code), msg.message)
+            session.receive(msg)
+        except RemoteProtocolError as exc:
+            raise JobLostError(f"provider broke the job protocol: {exc}") from exc
+        if isinstance(msg, LogChunk):
+            chunks += 1
+            if on_log is not None:
+                maybe = on_log(msg)
+                if maybe is not None:
+                    await maybe
+        elif isinstance(msg, JobStatus) and on_status is not None:
+            on_status(msg)
+    return chunks

@@ -74,6 +74,9 @@ async def test_bad_messages_are_rejected_and_every_node_keeps_working(
     key_a = a.key()
     peer_a, peer_b = a.addr.split("/p2p/")[1], b.addr.split("/p2p/")[1]
     await until(lambda: {peer_a, peer_b} <= set(renter.node.topic_peers(OFFERS_TOPIC)))
+    # router.publish sends to mesh peers: wait until both providers are in our mesh
+    mesh = renter.node.pubsub.router.mesh
+    await until(lambda: {peer_a, peer_b} <= {str(p) for p in mesh.get(OFFERS_TOPIC, ())})
     now = int(time.time())
     before = [a.status(), b.status()]
     ps = renter.node.pubsub

@@ -1,0 +1,157 @@
+"""Negotiation (success and each Reject path) and job streams (logs, cancel, provider death)."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+from typing import Any
+
+import pytest
+import trio
+
+from dgpu.node.errors import JobLostError, RejectedError
+from dgpu.node.services.job_stream import run_job
+from dgpu.node.services.negotiation import UnfundedPlaceholderEscrow, negotiate
+from dgpu.protocol.messages import EscrowRef, Executor, JobState, LogChunk, Offer, Quote
+
+pytestmark = pytest.mark.integration
+
+
+def clock() -> int:
+    return int(time.time())
+
+
+def nonce() -> bytes:
+    return secrets.token_bytes(16)
+
+
+def job(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"executor": Executor.SCRIPT, "script": "echo hi", "max_minutes": 2,
+                            "gpu_count": 1, "max_price_per_minute": 10_000}
+    base.update(over)
+    return base
+
+
+async def offer_of(renter: Any, proc: Any, until: Any) -> Offer:
+    wallet = proc.key().public_key.wallet
+    proc.popen.send_signal(signal.SIGUSR1)  # we may have joined after its last publish
+    await until(lambda: renter.book.get(wallet) is not None)
+    entry = renter.book.get(wallet)
+    return entry.offer
+
+
+class FundedLookingEscrow(UnfundedPlaceholderEscrow):
+    """A reference to a ledger the provider does not accept."""
+
+    def reference(self, quote: Quote) -> EscrowRef:
+        return EscrowRef(ledger="dev", address="NOT-A-REAL-ESCROW", rental_id=1)
+
+
+async def test_negotiation_success_and_every_reject_path(network: Any, renter: Any,
+                                                         until: Any) -> None:
+    b = network.procs["provider-b"]
+    offer = await offer_of(renter, b, until)
+
+    async def go(escrow: Any = None, off: Offer = offer, **over: Any) -> Any:
+        return await negotiate(renter.node, renter.key, off, job(**over),
+                               escrow=escrow or UnfundedPlaceholderEscrow(), clock=clock,
+                               nonce=nonce)
+
+    result = await go()
+    terms = result.agreement.terms
+    assert terms.provider == offer.provider and terms.renter == renter.key.public_key.wallet
+    assert terms.rate_per_minute == offer.price_per_minute and terms.deposit == 2 * 200
+
+    cases = [
+        ({"max_price_per_minute": 1}, "price_too_low"),
+        ({"gpu_model": "H100"}, "gpu_mismatch"),
+        ({"gpu_count": 3}, "gpu_mismatch"),
+        ({"min_vram_mib": 80_000}, "gpu_mismatch"),
+        ({"executor": Executor.DOCKER, "image": "busybox", "script": None},
+         "executor_not_offered"),
+        ({"egress": True}, "egress_not_allowed"),
+        ({"max_minutes": 100_000}, "duration_out_of_range"),
+    ]
+    for over, code in cases:
+        with pytest.raises(RejectedError) as info:
+            await go(**over)
+        assert info.value.code == code, over
+    with pytest.raises(RejectedError) as info:
+        await go(off=offer.model_copy(update={"seq": 1}))
+    assert info.value.code == "stale_offer"
+    with pytest.raises(RejectedError) as info:
+        await go(escrow=FundedLookingEscrow())
+    assert info.value.code == "escrow_invalid"
+
+
+async def test_job_runs_with_streamed_logs_then_no_capacity_while_busy_and_cancel(
+        network: Any, renter: Any, until: Any) -> None:
+    a = network.procs["provider-a"]  # one job slot
+    offer = await offer_of(renter, a, until)
+    script = 'for i in 1 2 3 4 5; do echo "line $i"; done; echo oops >&2; exit 7'
+    res = await negotiate(renter.node, renter.key, offer, job(script=script),
+                          escrow=UnfundedPlaceholderEscrow(), clock=clock, nonce=nonce)
+    lines: list[str] = []
+
+    def on_log(chunk: LogChunk) -> None:
+        lines.extend(chunk.data.splitlines())
+
+    out = await run_job(renter.node, renter.key, res.agreement, res.provider_peer, clock=clock,
+                        nonce=nonce, on_log=on_log)
+    assert out.state is JobState.FAILED and out.exit_code == 7
+    assert [ln for ln in lines if ln.startswith("line")] == [f"line {i}" for i in range(1, 6)]
+    assert "oops" in lines
+
+    # a long job holds the only slot: a second negotiation is refused; cancel ends the job
+    res = await negotiate(renter.node, renter.key, offer, job(script="echo started; sleep 60"),
+                          escrow=UnfundedPlaceholderEscrow(), clock=clock, nonce=nonce)
+    cancel = trio.Event()
+    started = trio.Event()
+    outcome: list[Any] = []
+
+    def on_log2(chunk: LogChunk) -> None:
+        if "started" in chunk.data:
+            started.set()
+
+    async def follow() -> None:
+        outcome.append(await run_job(renter.node, renter.key, res.agreement, res.provider_peer,
+                                     clock=clock, nonce=nonce, on_log=on_log2, cancel=cancel))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        with trio.fail_after(15):
+            await started.wait()
+        with pytest.raises(RejectedError) as info:
+            await negotiate(renter.node, renter.key, offer, job(),
+                            escrow=UnfundedPlaceholderEscrow(), clock=clock, nonce=nonce)
+        assert info.value.code == "no_capacity"
+        cancel.set()
+    assert outcome[0].state is JobState.CANCELLED
+
+
+async def test_provider_killed_mid_job_fails_clearly(network: Any, renter: Any,
+                                                     until: Any) -> None:
+    doomed = network.provider("provider-doomed", "RTX 3090:24576:1", 50)
+    offer = await offer_of(renter, doomed, until)
+    res = await negotiate(renter.node, renter.key, offer, job(script="echo up; sleep 60"),
+                          escrow=UnfundedPlaceholderEscrow(), clock=clock, nonce=nonce)
+    started = trio.Event()
+
+    def on_log(chunk: LogChunk) -> None:
+        started.set()
+
+    async def kill_when_started() -> None:
+        await started.wait()
+        doomed.popen.send_signal(signal.SIGKILL)
+
+    t0 = trio.current_time()
+    with trio.fail_after(30):  # a hang would fail here, not pass
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_when_started)
+            with pytest.raises(JobLostError, match="provider"):
+                await run_job(renter.node, renter.key, res.agreement, res.provider_peer,
+                              clock=clock, nonce=nonce, on_log=on_log, idle_probe_s=5)
+    assert trio.current_time() - t0 < 30
+    doomed.popen.wait()
+    del network.procs["provider-doomed"]
