@@ -191,13 +191,13 @@ def open_escrow(
     paused: bool = False,
 ) -> Outcome:
     """The renter deposits ``rate x max_minutes``; refused when paused or on impossible terms."""
-    _require(not paused, Code.PAUSED)
     _require(0 <= fee_bps <= MAX_FEE_BPS, Code.FEE_TOO_HIGH)
     _require(0 < rate_per_minute <= U64_MAX and 0 < max_minutes <= U32_MAX, Code.INVALID_AMOUNT)
     _require(0 <= rental_id <= U64_MAX, Code.INVALID_AMOUNT, "rental id is a u64")
     deposited = rate_per_minute * max_minutes
     _require(deposited <= U64_MAX, Code.OVERFLOW)
     _require(start_deadline > now, Code.INVALID_DEADLINE)
+    _require(not paused, Code.PAUSED)  # checked last, as the program does
     escrow = Escrow(
         renter=renter, provider=provider, mint=mint, rental_id=rental_id,
         rate_per_minute=rate_per_minute, max_minutes=max_minutes, deposited=deposited,
