@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import threading
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable

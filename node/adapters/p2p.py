@@ -20,6 +20,7 @@ connects to a bounded number of the peers rendezvous returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections import Counter
@@ -356,10 +357,9 @@ def _guard_foreign_handler(host: Any, protocol: str, timeout_s: float) -> None:
         finally:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
-                try:
+                # already closed by the inner handler: the normal case
+                with contextlib.suppress(Exception):
                     await stream.reset()
-                except Exception:  # already closed by the inner handler: the normal case
-                    pass
 
     host.set_stream_handler(TProtocol(protocol), guarded)
 

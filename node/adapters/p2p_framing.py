@@ -13,6 +13,7 @@ services above never see a libp2p type.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import trio
@@ -142,16 +143,12 @@ class FramedStream:
         """Close our side; never raises (the peer may already be gone)."""
         with trio.move_on_after(2) as scope:  # a wedged muxer must not stall shutdown
             scope.shield = True
-            try:
+            with contextlib.suppress(*self._close_errors):
                 await self.raw.close()
-            except self._close_errors:
-                pass
 
     async def reset(self) -> None:
         """Abort the stream; never raises."""
         with trio.move_on_after(2) as scope:
             scope.shield = True
-            try:
+            with contextlib.suppress(*self._close_errors):
                 await self.raw.reset()
-            except self._close_errors:
-                pass

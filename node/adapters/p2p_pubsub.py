@@ -21,6 +21,7 @@ and peer scoring configured, with P4's weight **positive** because 0.8.1 subtrac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from collections.abc import Callable
@@ -149,10 +150,8 @@ class GuardedPubsub(Pubsub):
                      type(exc).__name__)
             with trio.move_on_after(2) as scope:
                 scope.shield = True
-                try:
+                with contextlib.suppress(Exception):  # the stream may already be gone
                     await stream.reset()
-                except Exception:  # the stream may already be gone; nothing to do
-                    pass
             try:
                 self._handle_dead_peer(peer_id)
             except Exception:  # bookkeeping for a peer that was never registered

@@ -10,6 +10,7 @@ limits. Use Docker for anything untrusted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -111,10 +112,8 @@ class ProcessJob:
         return ExitStatus(code, ExitReason.FAILED, f"exit code {code}")
 
     def _signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     async def stop(self, grace_s: float = 10.0) -> None:
         self._cancelled = True

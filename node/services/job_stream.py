@@ -53,8 +53,6 @@ from dgpu.protocol.messages import (
     LogChunk,
     Reject,
     RejectCode,
-    ResultRef,
-    UsageReceipt,
 )
 
 __all__ = ["JobOutcome", "JobServer", "run_job"]
@@ -252,10 +250,9 @@ class JobServer:
             nursery.start_soon(watcher)
 
             async def logs_then_wait() -> None:
-                try:
+                # on a broken stream the watcher notices and stops the job
+                with contextlib.suppress(StreamError):
                     await pump_logs()
-                except StreamError:
-                    pass  # the watcher sees the broken stream and stops the job
                 result.append(await handle.wait())
                 watcher_scope.cancel()
 
@@ -329,7 +326,7 @@ async def run_job(node: P2PNode, key: SigningKey, agreement: Agreement, provider
         await fs.close()
 
 
-async def _follow(node: P2PNode, fs: FramedStream, session: JobSession, provider_peer: str,
+async def _follow(node: P2PNode, fs: FramedStream, session: JobSession, provider_peer: str,  # noqa: PLR0917
                   provider_key: PublicKey, replay: ReplayCache, clock: Clock,
                   on_log: LogSink | None, on_status: Callable[[JobStatus], None] | None,
                   idle_probe_s: float) -> int:

@@ -18,6 +18,7 @@ replaces both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from dgpu.protocol.negotiation import Negotiation, Role, State
 __all__ = [
     "AcceptUnfundedPlaceholder",
     "AgreementStore",
+    "EscrowSource",
     "EscrowVerifier",
     "ProviderNegotiator",
     "ProviderPolicy",
@@ -70,6 +72,12 @@ ENVELOPE_TTL_S: Final = 60
 STEP_READ_TIMEOUT_S: Final = 10.0
 
 PLACEHOLDER_LEDGER: Final = "unfunded-placeholder"
+
+
+class EscrowSource(Protocol):
+    """Renter side: locks (or references) the deposit a quote asks for, before accepting."""
+
+    async def fund(self, quote: Quote) -> EscrowRef: ...
 
 
 class EscrowVerifier(Protocol):
@@ -96,6 +104,9 @@ class UnfundedPlaceholderEscrow:
                         rental_id=self._next)
         self._next += 1
         return ref
+
+    async def fund(self, quote: Quote) -> EscrowRef:
+        return self.reference(quote)
 
 
 class AcceptUnfundedPlaceholder:
@@ -164,6 +175,14 @@ class AgreementStore:
         for aid in [a for a, it in self._items.items() if it.agreement.terms.start_deadline <= now]:
             del self._items[aid]
         return len(self._items)
+
+
+def _code(text: str) -> RejectCode:
+    """A peer's reject code, or PROTOCOL_ERROR for one we do not know."""
+    try:
+        return RejectCode(text)
+    except ValueError:
+        return RejectCode.PROTOCOL_ERROR
 
 
 def _gpu_fits(offer: Offer, request: JobRequest) -> bool:
@@ -267,10 +286,8 @@ class ProviderNegotiator:
             reject = Reject(request_id=request.request_id, code=code, message=message[:512])
         self._count(str(code))
         if reject is not None:
-            try:
+            with contextlib.suppress(StreamError):  # the renter left; nothing more to tell it
                 await fs.write_frame(self._seal(reject))
-            except StreamError:
-                pass  # the renter left; nothing more to tell it
 
     async def handle(self, fs: FramedStream) -> None:
         """One negotiation. Raises nothing on a peer's misbehaviour: it answers or hangs up."""
@@ -308,8 +325,7 @@ class ProviderNegotiator:
             await fs.write_frame(self._seal(agreement))
             self._count("agreed")
         except RemoteProtocolError as exc:
-            code = RejectCode(exc.reject_code) if exc.reject_code in RejectCode.__members__.values() \
-                else RejectCode.PROTOCOL_ERROR
+            code = _code(exc.reject_code)
             await self._reject(fs, neg, code, str(exc)[:200], request)
         except LocalProtocolError as exc:  # our own move was illegal: a bug or a timeout
             log.warning("negotiation with %s: %s", fs.remote_peer, exc)
@@ -329,15 +345,18 @@ class NegotiationResult:
 
 
 async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str, Any], *,
-                    escrow: UnfundedPlaceholderEscrow, clock: Clock, nonce: Nonce,
+                    escrow: EscrowSource | None, clock: Clock, nonce: Nonce,
                     provider_peer: str | None = None,
                     accept_quote: Callable[[Quote], bool] | None = None) -> NegotiationResult:
     """Renter side: request, check the quote, accept with an escrow reference, get the Agreement.
 
     ``job`` holds the JobRequest fields a renter chooses (executor, script/image, command, env,
     gpu_model, gpu_count, min_vram_mib, max_minutes, max_price_per_minute, egress).
-    Raises RejectedError (the provider refused, or we refused its quote), NetworkError.
+    ``escrow`` funds the quote before we accept (None: the UnfundedPlaceholderEscrow, which
+    only development providers accept). Raises RejectedError (the provider refused, or we
+    refused its quote), NetworkError; errors from ``escrow.fund`` propagate unchanged.
     """
+    source: EscrowSource = escrow if escrow is not None else UnfundedPlaceholderEscrow()
     peer = provider_peer or peer_id_of_wallet(offer.provider)
     if offer.addrs:
         node.add_addrs(peer, list(offer.addrs))
@@ -359,14 +378,10 @@ async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str,
             msg = opened.message
             neg.receive(msg, now, signer=opened.signer)
         except RemoteProtocolError as exc:
-            reject = neg.abort(RejectCode(exc.reject_code)
-                               if exc.reject_code in RejectCode.__members__.values()
-                               else RejectCode.PROTOCOL_ERROR, str(exc)[:200], clock())
+            reject = neg.abort(_code(exc.reject_code), str(exc)[:200], clock())
             if reject is not None:
-                try:
+                with contextlib.suppress(StreamError):
                     await fs.write_frame(sealed(reject))
-                except StreamError:
-                    pass
             raise RejectedError(str(exc.reject_code), f"provider broke the protocol: {exc}") from exc
         if isinstance(msg, Reject):
             raise RejectedError(str(msg.code), msg.message)
@@ -386,7 +401,7 @@ async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str,
             if reject is not None:
                 await fs.write_frame(sealed(reject))
             raise RejectedError(str(RejectCode.PRICE_TOO_HIGH), "we declined the quote")
-        accept = neg.accept(escrow.reference(quote), key, clock())
+        accept = neg.accept(await source.fund(quote), key, clock())
         await fs.write_frame(sealed(accept))
         agreement = await receive(fs)
         assert isinstance(agreement, Agreement)

@@ -77,8 +77,7 @@ def test_replayed_envelope_is_rejected_even_after_book_eviction(
     assert v.rejected["replay"] == 1
 
 
-def test_oversized_and_malformed_are_rejected(key: SigningKey, offer_factory: Callable[..., Offer]) -> None:
-    make_offer = offer_factory
+def test_oversized_and_malformed_are_rejected(key: SigningKey) -> None:
     v = _validator()
     assert not v(_msg(b"{" + b" " * MAX_OFFER_BYTES + b"}", key))
     assert not v(_msg(b"\xff\x00not json", key))

@@ -44,7 +44,7 @@ async def offer_of(renter: Any, proc: Any, until: Any) -> Offer:
 class FundedLookingEscrow(UnfundedPlaceholderEscrow):
     """A reference to a ledger the provider does not accept."""
 
-    def reference(self, quote: Quote) -> EscrowRef:
+    async def fund(self, quote: Quote) -> EscrowRef:
         return EscrowRef(ledger="dev", address="NOT-A-REAL-ESCROW", rental_id=1)
 
 

@@ -132,7 +132,7 @@ async def test_bad_messages_are_rejected_and_every_node_keeps_working(
         seq0 = src.status()["own_seq"]
         src.popen.send_signal(signal.SIGUSR1)
         w = src.key().public_key.wallet
-        await until(lambda src=src: src.status()["own_seq"] != seq0)
+        await until(lambda src=src, seq0=seq0: src.status()["own_seq"] != seq0)
         await until(lambda src=src, dst=dst, w=w:
                     dst.status()["offers"].get(w) == src.status()["own_seq"])
     assert a.alive and b.alive

@@ -1,0 +1,210 @@
+"""Network benchmark: offer propagation (10 and 30 node processes), negotiation round trip, RSS.
+
+Prints one JSON object. Every node is its own OS process on 127.0.0.1 (a provider with a
+simulated GPU, so every node both publishes and relays). Propagation of one offer = the time
+from its publication (its ``seq`` is the publisher's clock in ms) until the *last* node
+accepted it, read from each node's status file. Publications are triggered one at a time
+with SIGUSR1 after the mesh has settled. Negotiation: an in-process renter runs JobRequest →
+Agreement against one provider. RSS: resident set of each idle node process.
+
+    .venv/bin/python bench/network.py [--sizes 10 30] [--publishes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+from dgpu.node.adapters.p2p import Discovery, P2PConfig, open_node
+from dgpu.node.adapters.p2p_pubsub import GossipConfig
+from dgpu.node.services.negotiation import UnfundedPlaceholderEscrow, negotiate
+from dgpu.node.services.offers import OfferBook, OfferValidator
+from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
+from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.messages import Executor
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+class Swarm:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.dir = Path(tempfile.mkdtemp(prefix=f"dgpu-bench-{n}-"))
+        self.dir.chmod(0o711)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.status: list[Path] = []
+        self.boot = ""
+
+    def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+        addr = self.dir / f"{name}.addr"
+        log = (self.dir / f"{name}.log").open("wb")
+        p = subprocess.Popen([sys.executable, "-m", "dgpu.node.cli", *args, "--data-dir",
+                              str(self.dir / name), "--addr-file", str(addr),
+                              "--log-level", "WARNING"], stdout=log, stderr=log,
+                             stdin=subprocess.DEVNULL)
+        log.close()
+        self.procs.append(p)
+        return p, addr
+
+    @staticmethod
+    def _wait(path: Path, timeout: float = 120) -> str:
+        end = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > end:
+                raise TimeoutError(str(path))
+            time.sleep(0.05)
+        return path.read_text().strip()
+
+    def start(self) -> None:
+        _, addr = self._spawn("bootstrap", ["bootstrap"])
+        self.boot = self._wait(addr)
+        addrs = []
+        for i in range(self.n):
+            st = self.dir / f"n{i}.status"
+            self.status.append(st)
+            _, a = self._spawn(f"n{i}", [
+                "node", "--role", "provider", "--bootstrap", self.boot, "--simulated-gpu",
+                f"RTX 4090:24576:{1 + i % 4}", "--price", str(100 + i), "--max-jobs", "64",
+                "--allow-unfunded-escrow", "--status-file", str(st), "--accept-simulated"])
+            addrs.append(a)
+        for a in addrs:
+            self._wait(a)
+
+    def statuses(self) -> list[dict[str, Any]]:
+        out = []
+        for st in self.status:
+            try:
+                out.append(json.loads(st.read_text()))
+            except (OSError, ValueError):
+                out.append({})
+        return out
+
+    def settle(self, timeout: float = 90) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            ss = self.statuses()
+            if all(len(s.get("offers", {})) >= self.n for s in ss):
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        return -1.0
+
+    def stop(self) -> list[int | None]:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes: list[int | None] = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=15))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                codes.append(None)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return codes
+
+
+def propagation(sw: Swarm, publishes: int, gap_s: float) -> dict[str, Any]:
+    start_ms = time.time_ns() // 1_000_000
+    # round-robin over a shuffled order: one provider's consecutive publishes are n*gap apart,
+    # so a newer seq never overtakes an older one (which would then be refused as stale)
+    order = sw.procs[1:]
+    random.Random(1).shuffle(order)
+    for i in range(publishes):
+        order[i % len(order)].send_signal(signal.SIGUSR1)
+        time.sleep(gap_s)
+    time.sleep(3)
+    ss = sw.statuses()
+    first_seen: dict[tuple[str, int], list[int]] = {}
+    for s in ss:
+        for provider, seq, recv_ms in s.get("history", []):
+            if seq >= start_ms:
+                first_seen.setdefault((provider, seq), []).append(recv_ms)
+    lat = [max(v) - seq for (_, seq), v in first_seen.items() if len(v) == sw.n]
+    incomplete = sum(1 for v in first_seen.values() if len(v) < sw.n)
+    return {"messages": len(first_seen), "reached_all": len(lat), "incomplete": incomplete,
+            "median_ms": round(statistics.median(lat), 1) if lat else None,
+            "p99_ms": round(pct(lat, 0.99), 1) if lat else None,
+            "max_ms": max(lat) if lat else None}
+
+
+def rss(sw: Swarm) -> dict[str, float]:
+    vals = [psutil.Process(p.pid).memory_info().rss / 2**20 for p in sw.procs[1:]
+            if p.poll() is None]
+    return {"median_mb": round(statistics.median(vals), 1), "max_mb": round(max(vals), 1)}
+
+
+async def negotiation_rtt(boot: str, rounds: int) -> dict[str, Any]:
+    key = SigningKey(secrets.token_bytes(32))
+    times: list[float] = []
+    async with open_node(key, P2PConfig(gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES))
+                         ) as node, trio.open_nursery() as nursery:
+        book = OfferBook()
+        await node.subscribe(OFFERS_TOPIC, OfferValidator(book, clock=lambda: int(time.time()),
+                                                          accept_simulated=True))
+        await nursery.start(Discovery(node, [boot], RENDEZVOUS_NAMESPACE, advertise=False).run)
+        with trio.fail_after(60):
+            while len(book) == 0:
+                await trio.sleep(0.2)
+        entry = next(iter(book._entries.values()))
+        job = {"executor": Executor.SCRIPT, "script": "true", "max_minutes": 1, "gpu_count": 1,
+               "max_price_per_minute": 10**6}
+        for i in range(rounds + 1):
+            t0 = time.perf_counter()
+            await negotiate(node, key, entry.offer, job, escrow=UnfundedPlaceholderEscrow(),
+                            clock=lambda: int(time.time()),
+                            nonce=lambda: secrets.token_bytes(16), provider_peer=entry.peer_id)
+            if i:  # the first one includes the dial
+                times.append((time.perf_counter() - t0) * 1000)
+        nursery.cancel_scope.cancel()
+    return {"rounds": rounds, "median_ms": round(statistics.median(times), 2),
+            "p99_ms": round(pct(times, 0.99), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--publishes", type=int, default=20)
+    ap.add_argument("--gap", type=float, default=0.5)
+    ap.add_argument("--negotiations", type=int, default=30)
+    args = ap.parse_args()
+    out: dict[str, Any] = {"cpus": psutil.cpu_count(), "propagation": {}}
+    for i, n in enumerate(args.sizes):
+        sw = Swarm(n)
+        try:
+            t0 = time.monotonic()
+            sw.start()
+            started = time.monotonic() - t0
+            settled = sw.settle()
+            time.sleep(3)  # let start-up republishes die down
+            entry: dict[str, Any] = {"start_s": round(started, 1), "settle_s": round(settled, 1)}
+            entry["idle_rss"] = rss(sw)
+            entry.update(propagation(sw, args.publishes, args.gap))
+            if i == 0:
+                out["negotiation"] = trio.run(negotiation_rtt, sw.boot, args.negotiations)
+        finally:
+            codes = sw.stop()
+            entry["unclean_exits"] = sum(1 for c in codes if c != 0)
+        out["propagation"][str(n)] = entry
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
