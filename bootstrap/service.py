@@ -1,0 +1,85 @@
+"""``dgpu bootstrap``: the libp2p discovery host and the HTTP services in one trio process.
+
+The HTTP app (``http_app.create_app``) serves wallet-signed login, storage pinning and — unless
+disabled — the development ledger (``/api/v1/ledger``, tokens of no real value), all signed
+with the same identity as the libp2p host, so the bootstrap node's peer id, its JWT issuer key
+and its wallet are one key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dgpu.bootstrap.config import BootstrapHttpConfig
+from dgpu.bootstrap.http_app import create_app
+from dgpu.bootstrap.p2p import run_bootstrap
+from dgpu.contracts.devledger.model import DevLedgerConfig
+from dgpu.contracts.devledger.server import ledger_router
+from dgpu.node.adapters.http_server import serve_http
+from dgpu.node.adapters.keystore import load_or_create
+from dgpu.node.config import BootstrapConfig
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+__all__ = ["BootstrapEndpoints", "LedgerSettings", "run_bootstrap_services"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSettings:
+    """The development ledger this bootstrap node serves (no real value)."""
+
+    enabled: bool = True
+    #: the ledger clock runs this many times faster than the wall clock (demos only)
+    clock_speed: int = 1
+    #: allows POST /api/v1/ledger/admin/time (tests only)
+    test_mode: bool = False
+    fee_bps: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapEndpoints:
+    multiaddr: str
+    http_url: str
+
+
+async def run_bootstrap_services(
+    config: BootstrapConfig,
+    *,
+    http_host: str = "127.0.0.1",
+    http_port: int = 8600,
+    ledger: LedgerSettings = LedgerSettings(),
+    url_file: Path | None = None,
+    task_status: TaskStatus[BootstrapEndpoints] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the discovery host and the HTTP services until cancelled."""
+    from dgpu.node.app import write_addr_file
+
+    key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))
+    http_config = BootstrapHttpConfig(data_dir=config.data_dir / "http", key_path=config.key_file)
+    routers = []
+    if ledger.enabled:
+        routers.append(ledger_router(DevLedgerConfig(
+            db_path=config.data_dir / "ledger.sqlite3", clock_speed=ledger.clock_speed,
+            test_mode=ledger.test_mode, fee_bps=ledger.fee_bps)))
+    app = create_app(http_config, extra_routers=routers, node_key=Ed25519PrivateKey.from_private_bytes(key.seed))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(run_bootstrap, config)
+        port = await nursery.start(partial(serve_http, app, http_host, http_port))
+        url = f"http://{http_host}:{port}"
+        if url_file is not None:
+            write_addr_file(url_file, url)
+        log.info("bootstrap HTTP on %s (ledger: %s)", url,
+                 f"development, clock x{ledger.clock_speed}" if ledger.enabled else "off")
+        print(f"http {url}", flush=True)
+        task_status.started(BootstrapEndpoints(node.multiaddr, url))
