@@ -24,6 +24,7 @@ logged and retried at the next poll; it never kills the job on its own.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -33,9 +34,12 @@ from dgpu.contracts.errors import ContractsError, EscrowRefused
 from dgpu.contracts.escrow_api import EscrowHandle, EscrowLedger, EscrowReceipt, EscrowView
 from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.messages import AgreementTerms, EscrowRef
 
 __all__ = [
     "BillingPolicy",
+    "LedgerEscrowVerifier",
+    "LedgerTime",
     "ProviderBillingResult",
     "RenterBillingResult",
     "close_early",
@@ -229,3 +233,75 @@ async def close_early(ledger: EscrowLedger, handle: EscrowHandle, record: Record
     receipt = await ledger.close(handle)
     await record(receipt)
     return receipt
+
+
+class LedgerTime:
+    """An estimate of the ledger's clock, for deadlines put into quotes.
+
+    Escrow deadlines are compared with the *ledger's* clock, which a development ledger may run
+    faster than the wall clock; Solana's runs at wall speed. ``sync`` reads the ledger once;
+    ``now()`` extrapolates with the ledger's speed (1 unless the ledger reports another)."""
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall
+        self._anchor_wall = wall()
+        self._anchor_ledger = int(self._anchor_wall)
+        self.speed = 1
+
+    async def sync(self, ledger: EscrowLedger) -> None:
+        info = getattr(ledger, "info", None)  # the development ledger reports its clock speed
+        if info is not None:
+            self.speed = int((await info()).get("clock_speed", 1))
+        self._anchor_ledger = await ledger.now()
+        self._anchor_wall = self._wall()
+
+    def now(self) -> int:
+        return self._anchor_ledger + int((self._wall() - self._anchor_wall) * self.speed)
+
+
+class LedgerEscrowVerifier:
+    """Provider side: the escrow an Accept names must be funded exactly for the terms.
+
+    Checked on the ledger, never taken from the renter's word: right ledger, renter, provider
+    (us), rental id, rate, minutes, deposit, fee, mint and start deadline; open, not started,
+    and the vault really holds the deposit."""
+
+    def __init__(self, ledger: EscrowLedger, mint: str) -> None:
+        self.ledger = ledger
+        self.mint = mint
+
+    async def verify(self, escrow: EscrowRef, terms: AgreementTerms) -> bool:
+        problem = await self.problem(escrow, terms)
+        if problem:
+            log.warning("escrow %s refused: %s", escrow.address, problem)
+        return problem is None
+
+    async def problem(self, escrow: EscrowRef, terms: AgreementTerms) -> str | None:
+        """Why the escrow does not fund the terms, or ``None`` when it does."""
+        if escrow.ledger != self.ledger.ledger:
+            return f"escrow on ledger {escrow.ledger!r}, we accept {self.ledger.ledger!r}"
+        try:
+            view = await self.ledger.fetch(escrow.address)
+        except ContractsError as exc:
+            return f"cannot read the escrow: {exc}"
+        expected = {
+            "renter": (view.handle.renter, terms.renter),
+            "provider": (view.handle.provider, self.ledger.wallet),
+            "terms provider": (terms.provider, self.ledger.wallet),
+            "rental id": (view.handle.rental_id, escrow.rental_id),
+            "rate": (view.rate_per_minute, terms.rate_per_minute),
+            "minutes": (view.max_minutes, terms.max_minutes),
+            "deposit": (view.deposited, terms.deposit),
+            "fee": (view.fee_bps, terms.fee_bps),
+            "mint": (view.mint, self.mint),
+            "terms mint": (terms.mint, self.mint),
+            "start deadline": (view.start_deadline, terms.start_deadline),
+        }
+        for name, (actual, wanted) in expected.items():
+            if actual != wanted:
+                return f"{name} is {actual!r}, expected {wanted!r}"
+        if view.status is not EscrowStatus.OPEN or view.started_at is not None:
+            return "the escrow is not open and unstarted"
+        if view.vault_balance < view.deposited:
+            return f"the vault holds {view.vault_balance}, less than the deposit {view.deposited}"
+        return None

@@ -18,9 +18,17 @@ from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.contracts.devledger.model import DevLedgerConfig
 from dgpu.contracts.devledger.server import ledger_router
 from dgpu.contracts.escrow_api import EscrowHandle
-from dgpu.node.services.billing import BillingPolicy, close_early, provider_billing, renter_billing
+from dgpu.node.services.billing import (
+    BillingPolicy,
+    LedgerEscrowVerifier,
+    LedgerTime,
+    close_early,
+    provider_billing,
+    renter_billing,
+)
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.messages import AgreementTerms, Executor
 
 T0 = 1_800_000_000
 RATE = 1_000
@@ -196,3 +204,53 @@ async def test_provider_never_starts_and_the_renter_reclaims_everything(tmp_path
         view = await ledgers.renter.fetch(handle.address)
         assert view.refunded == 10 * RATE
         assert await ledgers.renter.balance(ledgers.renter.wallet) == 1_000_000
+
+
+def terms_for(ledgers: Ledgers, handle: EscrowHandle, mint: str, **over: object) -> AgreementTerms:
+    fields: dict[str, object] = dict(
+        request_id="ab" * 8, quote_id="cd" * 8, job_digest="0" * 64, renter=ledgers.renter.wallet,
+        provider=ledgers.provider.wallet, rate_per_minute=RATE, max_minutes=5, deposit=5 * RATE, fee_bps=500,
+        mint=mint, start_deadline=T0 + 300, executor=Executor.SCRIPT, escrow=handle.to_ref())
+    fields.update(over)
+    return AgreementTerms(**fields)  # type: ignore[arg-type]
+
+
+async def test_provider_verifies_the_escrow_on_the_ledger_not_the_renters_word(tmp_path: Path) -> None:
+    async with dev_ledger(tmp_path) as ledgers:
+        mint = (await ledgers.provider.mint_info()).address
+        handle = await open_rental(ledgers, minutes=5)
+        verifier = LedgerEscrowVerifier(ledgers.provider, mint)
+        assert await verifier.problem(handle.to_ref(), terms_for(ledgers, handle, mint)) is None
+        cases = {
+            "rate": terms_for(ledgers, handle, mint, rate_per_minute=2 * RATE, deposit=10 * RATE),
+            "minutes": terms_for(ledgers, handle, mint, max_minutes=6, deposit=6 * RATE),
+            "start deadline": terms_for(ledgers, handle, mint, start_deadline=T0 + 301),
+            "fee": terms_for(ledgers, handle, mint, fee_bps=100),
+            "renter": terms_for(ledgers, handle, mint, renter=ledgers.provider.wallet),
+        }
+        for name, terms in cases.items():
+            problem = await verifier.problem(handle.to_ref(), terms)
+            assert problem is not None and problem.startswith(name), (name, problem)
+        other_rental = handle.to_ref().model_copy(update={"rental_id": 2})
+        assert "rental id" in str(await verifier.problem(other_rental, terms_for(ledgers, handle, mint)))
+        missing = handle.to_ref().model_copy(update={"address": "1" * 32})
+        assert "cannot read" in str(await verifier.problem(missing, terms_for(ledgers, handle, mint)))
+        placeholder = handle.to_ref().model_copy(update={"ledger": "unfunded-placeholder"})
+        assert not await verifier.verify(placeholder, terms_for(ledgers, handle, mint))
+        await ledgers.provider.start(handle)  # a started escrow cannot fund a new agreement
+        assert "not open and unstarted" in str(await verifier.problem(handle.to_ref(),
+                                                                     terms_for(ledgers, handle, mint)))
+
+
+async def test_ledger_time_follows_an_accelerated_dev_ledger(tmp_path: Path) -> None:
+    app = FastAPI()
+    app.include_router(ledger_router(DevLedgerConfig(db_path=tmp_path / "l.sqlite", clock_speed=60)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ledger") as http:
+        ledger = DevLedgerEscrow("http://ledger", SigningKey(b"r" * 32), client=http)
+        fake_wall = [1000.0]
+        estimate = LedgerTime(wall=lambda: fake_wall[0])
+        await estimate.sync(ledger)
+        start = estimate.now()
+        fake_wall[0] += 2.0
+        assert estimate.speed == 60 and estimate.now() == start + 120
+        assert abs((await ledger.now()) - start) <= 120  # the real ledger agrees within the elapsed time
