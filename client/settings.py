@@ -1,0 +1,140 @@
+"""One configuration scheme for the renter commands: file, then environment, then flags.
+
+Precedence, lowest to highest:
+
+1. the TOML file: ``--config PATH``, else ``$DGPU_CONFIG``, else ``~/.config/dgpu/config.toml``
+   (a missing default file is fine; a missing file that was asked for is an error);
+2. environment variables ``DGPU_API_URL``, ``DGPU_DATA_DIR``, ``DGPU_TOKEN``, ``DGPU_TIMEOUT``;
+3. command-line flags (``--api-url``, ``--data-dir``, ``--timeout``).
+
+TOML keys (all optional)::
+
+    api_url = "http://127.0.0.1:8700"   # the node's local API
+    data_dir = "~/.dgpu/node"            # the node's data dir: identity.json, api-token.json
+    timeout = 30                         # seconds per API request
+
+The access token is never read from the file (it is a secret with a short life): ``dgpu login``
+writes it to ``<data_dir>/api-token.json`` (mode 0600); ``DGPU_TOKEN`` overrides that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_API_URL", "DEFAULT_CONFIG", "HELP", "ClientSettings", "SettingsError", "load_settings"]
+
+DEFAULT_API_URL = "http://127.0.0.1:8700"
+DEFAULT_CONFIG = Path("~/.config/dgpu/config.toml")
+DEFAULT_DATA_DIR = Path(".dgpu/node")  # the same default as ``dgpu node --data-dir``
+TOKEN_FILE = "api-token.json"
+_KEYS = {"api_url", "data_dir", "timeout"}
+#: a config file is a few lines; anything bigger is a mistake
+_MAX_CONFIG_BYTES = 64 * 1024
+
+HELP = (
+    "configuration: a TOML file (--config, $DGPU_CONFIG or ~/.config/dgpu/config.toml: api_url, "
+    "data_dir, timeout), then environment variables (DGPU_API_URL, DGPU_DATA_DIR, DGPU_TOKEN, "
+    "DGPU_TIMEOUT), then flags, each overriding the one before."
+)
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used (unreadable file, unknown key, bad value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    api_url: str
+    data_dir: Path
+    timeout_s: float
+    #: from DGPU_TOKEN; otherwise ``token()`` reads the token file
+    env_token: str | None
+    config_file: Path | None
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / TOKEN_FILE
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "identity.json"
+
+    def token(self) -> str | None:
+        if self.env_token:
+            return self.env_token
+        try:
+            data = json.loads(self.token_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"cannot read {self.token_file}: {type(exc).__name__}") from None
+        token = data.get("access_token") if isinstance(data, dict) else None
+        return str(token) if token else None
+
+
+def _read_file(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise SettingsError(f"config file {path} does not exist") from None
+        return {}
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise SettingsError(f"config file {path} is larger than {_MAX_CONFIG_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    return data
+
+
+def _timeout(value: Any, where: str) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}: timeout must be a number of seconds") from None
+    if not 0 < t <= 3600:
+        raise SettingsError(f"{where}: timeout must be in (0, 3600] seconds")
+    return t
+
+
+def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+                  ) -> ClientSettings:
+    """Merge file < environment < ``flags`` (keys ``config``, ``api_url``, ``data_dir``, ``timeout``;
+    None means "not given")."""
+    flags = dict(flags or {})
+    env = os.environ if env is None else env
+    config_flag = flags.get("config") or env.get("DGPU_CONFIG")
+    path = Path(config_flag).expanduser() if config_flag else DEFAULT_CONFIG.expanduser()
+    file = _read_file(path, required=bool(config_flag))
+    api_url: Any = file.get("api_url", DEFAULT_API_URL)
+    data_dir: Any = file.get("data_dir", DEFAULT_DATA_DIR)
+    timeout = _timeout(file.get("timeout", 30), str(path))
+    if env.get("DGPU_API_URL"):
+        api_url = env["DGPU_API_URL"]
+    if env.get("DGPU_DATA_DIR"):
+        data_dir = env["DGPU_DATA_DIR"]
+    if env.get("DGPU_TIMEOUT"):
+        timeout = _timeout(env["DGPU_TIMEOUT"], "DGPU_TIMEOUT")
+    if flags.get("api_url"):
+        api_url = flags["api_url"]
+    if flags.get("data_dir"):
+        data_dir = flags["data_dir"]
+    if flags.get("timeout") is not None:
+        timeout = _timeout(flags["timeout"], "--timeout")
+    if not isinstance(api_url, str) or not api_url.startswith(("http://", "https://")):
+        raise SettingsError("api_url must be an http:// or https:// URL")
+    return ClientSettings(api_url=api_url.rstrip("/"), data_dir=Path(str(data_dir)).expanduser(),
+                          timeout_s=timeout, env_token=env.get("DGPU_TOKEN") or None,
+                          config_file=path if path.exists() else None)
