@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import secrets
 import shutil
@@ -130,13 +131,18 @@ def propagation(sw: Swarm, publishes: int, gap_s: float) -> dict[str, Any]:
     for i in range(publishes):
         order[i % len(order)].send_signal(signal.SIGUSR1)
         time.sleep(gap_s)
-    time.sleep(3)
-    ss = sw.statuses()
-    first_seen: dict[tuple[str, int], list[int]] = {}
-    for s in ss:
-        for provider, seq, recv_ms in s.get("history", []):
-            if seq >= start_ms:
-                first_seen.setdefault((provider, seq), []).append(recv_ms)
+    # poll until every triggered offer reached every node (or give up after 20 s: lost)
+    end = time.monotonic() + 20
+    while True:
+        time.sleep(1)
+        first_seen: dict[tuple[str, int], list[int]] = {}
+        for s in sw.statuses():
+            for provider, seq, recv_ms in s.get("history", []):
+                if seq >= start_ms:
+                    first_seen.setdefault((provider, seq), []).append(recv_ms)
+        if (len(first_seen) >= publishes and all(len(v) == sw.n for v in first_seen.values())
+                or time.monotonic() > end):
+            break
     lat = [max(v) - seq for (_, seq), v in first_seen.items() if len(v) == sw.n]
     incomplete = sum(1 for v in first_seen.values() if len(v) < sw.n)
     return {"messages": len(first_seen), "reached_all": len(lat), "incomplete": incomplete,
@@ -185,16 +191,18 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=0.5)
     ap.add_argument("--negotiations", type=int, default=30)
     args = ap.parse_args()
-    out: dict[str, Any] = {"cpus": psutil.cpu_count(), "propagation": {}}
+    out: dict[str, Any] = {"cpus": psutil.cpu_count(), "loadavg_before": os.getloadavg(),
+                           "propagation": {}}
     for i, n in enumerate(args.sizes):
         sw = Swarm(n)
+        entry: dict[str, Any] = {}
         try:
             t0 = time.monotonic()
             sw.start()
             started = time.monotonic() - t0
             settled = sw.settle()
             time.sleep(3)  # let start-up republishes die down
-            entry: dict[str, Any] = {"start_s": round(started, 1), "settle_s": round(settled, 1)}
+            entry = {"start_s": round(started, 1), "settle_s": round(settled, 1)}
             entry["idle_rss"] = rss(sw)
             entry.update(propagation(sw, args.publishes, args.gap))
             if i == 0:
@@ -203,6 +211,7 @@ def main() -> None:
             codes = sw.stop()
             entry["unclean_exits"] = sum(1 for c in codes if c != 0)
         out["propagation"][str(n)] = entry
+    out["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))
 
 

@@ -85,7 +85,10 @@ def score_params(cfg: GossipConfig) -> ScoreParams:
         p3_mesh_message_deliveries=TopicScoreParams(weight=0.0, cap=0.0, decay=1.0),
         # POSITIVE: 0.8.1 computes score -= weight * invalid (go-libp2p: score += w*invalid, w<0)
         p4_invalid_messages=TopicScoreParams(weight=10.0, cap=100.0, decay=0.95),
-        p5_behavior_penalty_weight=1.0,
+        # P5 off: 0.8.1's GRAFT-flood detector fires on honest peers while a mesh forms (a
+        # PRUNEd peer re-GRAFTs), and with P5 on, those peers were graylisted and offers
+        # stopped reaching every node (bench/network.py: 0 of 20 complete at 30 nodes)
+        p5_behavior_penalty_weight=0.0,
         p5_behavior_penalty_decay=0.9,
         p5_behavior_penalty_threshold=5.0,
         p7_ip_colocation_weight=cfg.ip_colocation_weight,

@@ -215,6 +215,7 @@ class ProviderNegotiator:
         self.replay_cache = ReplayCache(capacity=20_000)
         #: outcome counters (tests, metrics)
         self.outcomes: dict[str, int] = {}
+        self._refused_request: JobRequest | None = None
 
     def _count(self, what: str) -> None:
         self.outcomes[what] = self.outcomes.get(what, 0) + 1
@@ -235,10 +236,16 @@ class ProviderNegotiator:
             raise RemoteProtocolError("envelope signer is not the connected peer",
                                       reject_code=RejectCode.BAD_SIGNATURE)
         msg = opened.message
-        if isinstance(msg, JobRequest) and msg.provider != self.key.public_key.wallet:
-            raise RemoteProtocolError("request for another provider",
-                                      reject_code=RejectCode.INVALID_REQUEST)
-        neg.receive(msg, now, signer=opened.signer)
+        try:
+            if isinstance(msg, JobRequest) and msg.provider != self.key.public_key.wallet:
+                raise RemoteProtocolError("request for another provider",
+                                          reject_code=RejectCode.INVALID_REQUEST)
+            neg.receive(msg, now, signer=opened.signer)
+        except RemoteProtocolError as exc:
+            if isinstance(msg, JobRequest):
+                # the machine refused it, so it holds no request id: keep one to answer with
+                self._refused_request = msg
+            raise
         return msg
 
     def decide(self, request: JobRequest, now: int) -> tuple[RejectCode, str] | Quote:
@@ -326,7 +333,8 @@ class ProviderNegotiator:
             self._count("agreed")
         except RemoteProtocolError as exc:
             code = _code(exc.reject_code)
-            await self._reject(fs, neg, code, str(exc)[:200], request)
+            refused, self._refused_request = self._refused_request, None
+            await self._reject(fs, neg, code, str(exc)[:200], request or refused)
         except LocalProtocolError as exc:  # our own move was illegal: a bug or a timeout
             log.warning("negotiation with %s: %s", fs.remote_peer, exc)
             await self._reject(fs, neg, RejectCode.INTERNAL_ERROR, "provider error", request)
