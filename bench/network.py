@@ -140,7 +140,7 @@ def propagation(sw: Swarm, publishes: int, gap_s: float) -> dict[str, Any]:
             for provider, seq, recv_ms in s.get("history", []):
                 if seq >= start_ms:
                     first_seen.setdefault((provider, seq), []).append(recv_ms)
-        if (len(first_seen) >= publishes and all(len(v) == sw.n for v in first_seen.values())
+        if ((len(first_seen) >= publishes and all(len(v) == sw.n for v in first_seen.values()))
                 or time.monotonic() > end):
             break
     lat = [max(v) - seq for (_, seq), v in first_seen.items() if len(v) == sw.n]
