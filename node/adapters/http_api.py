@@ -408,7 +408,13 @@ class ObjectOut(_Out):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing, forged or expired token"},
     403: {"model": ErrorOut, "description": "not this node's owner or an admin"},
+    413: {"model": ErrorOut, "description": "request body too large"},
     422: {"model": ErrorOut, "description": "invalid request"},
+}
+#: the bootstrap node's refusals, passed through by the auth proxy with their status and code
+_UPSTREAM: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": "the bootstrap node's answer, passed through"}
+    for status in (400, 401, 403, 413, 422, 429, 502, 503)
 }
 
 
@@ -417,8 +423,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _auth_router() -> APIRouter:
     """Proxied to the bootstrap node: the caller signs; the node only passes messages on."""
-    router = APIRouter(prefix="/api/v1/auth", tags=["auth"],
-                       responses={502: {"model": ErrorOut}, 503: {"model": ErrorOut}})
+    router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=_UPSTREAM)
 
     async def forward(ctx: ApiContext, path: str, body: BaseModel) -> JSONResponse:
         data = await _upstream_json(ctx.upstream(), "POST", path, body.model_dump(mode="json"))
@@ -613,8 +618,7 @@ def _control(ctx: ApiContext) -> svc.ProviderControl:
 def _storage_router() -> APIRouter:
     """Streamed through to the bootstrap node's pinning API with the node's own token."""
     router = APIRouter(prefix="/api/v1/storage", tags=["storage"], dependencies=Protected,
-                       responses={**_ERRORS, 404: {"model": ErrorOut}, 502: {"model": ErrorOut},
-                                  503: {"model": ErrorOut}})
+                       responses={**_ERRORS, **_UPSTREAM, 404: {"model": ErrorOut}})
 
     def target(bucket: str, key: str) -> str:
         validate_bucket(bucket)
