@@ -119,7 +119,8 @@ async def test_rent_streams_logs_and_jobs_commands(tmp_path: Path) -> None:
             r = await dgpu(s, "rent", "--script", str(script), "--max-minutes", "5", data_dir=data_dir)
         assert r.stdout.decode().splitlines()[:2] == ["echo hello", "echo world"]
         err = r.stderr.decode()
-        assert "[finished] 2 min, spent 0.002000 dGPU" in err and "finished (exit code 0): 2 min, paid 0.001900 + fee 0.000100" in err
+        assert "[finished] 2 min, spent 0.002000 dGPU" in err
+        assert "finished (exit code 0): 2 min, paid 0.001900 + fee 0.000100" in err
         job_id = s.double.started[0]
         listed = json.loads((await dgpu(s, "jobs", "list", "--json", data_dir=data_dir)).stdout)
         assert listed["jobs"][0]["id"] == job_id and listed["jobs"][0]["state"] == "finished"
