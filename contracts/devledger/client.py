@@ -42,6 +42,7 @@ from .messages import (
     SettleExpiredRequest,
     StartRequest,
     TopUpRequest,
+    TransferRequest,
 )
 from .server import PREFIX
 
@@ -203,6 +204,11 @@ class DevLedgerEscrow:
         """Mint ``amount`` development base units (worth nothing) to this wallet; returns the amount."""
         body = await self._send(FaucetRequest(ledger=await self._ledger(), amount=amount))
         return int(body["minted"])
+
+    async def transfer(self, to: str, amount: int) -> str:
+        """Send ``amount`` base units from this wallet to ``to`` (a withdrawal); returns the tx id."""
+        body = await self._send(TransferRequest(ledger=await self._ledger(), to=to, amount=amount))
+        return str(body["tx"])
 
     async def set_time(self, now: int, *, frozen: bool = True) -> int:
         """Set the ledger clock; the ledger refuses unless it runs in test mode."""

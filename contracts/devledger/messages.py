@@ -23,6 +23,7 @@ __all__ = [
     "CloseRequest",
     "FaucetRequest",
     "LedgerRequest",
+    "TransferRequest",
     "OpenRequest",
     "RefundUnstartedRequest",
     "SettleExpiredRequest",
@@ -89,9 +90,17 @@ class FaucetRequest(_Request):
     amount: U64
 
 
+class TransferRequest(_Request):
+    """Move tokens from the signer's wallet to another wallet (a withdrawal)."""
+
+    type: Literal["devledger_transfer"] = "devledger_transfer"
+    to: Address
+    amount: U64
+
+
 LedgerRequest = Annotated[
     OpenRequest | StartRequest | ClaimRequest | TopUpRequest | CloseRequest | SettleExpiredRequest
-    | RefundUnstartedRequest | FaucetRequest,
+    | RefundUnstartedRequest | FaucetRequest | TransferRequest,
     Field(discriminator="type"),
 ]
 #: what ``POST /tx`` accepts inside the envelope

@@ -62,6 +62,7 @@ from .messages import (
     LedgerRequest,
     OpenRequest,
     TopUpRequest,
+    TransferRequest,
 )
 
 __all__ = [
@@ -179,6 +180,9 @@ class TxOutcome:
     fee: int = 0
     refunded: int = 0
     minted: int = 0
+    #: signer -> ``destination`` (transfer)
+    transferred: int = 0
+    destination: str | None = None
 
 
 _SCHEMA = """
@@ -393,6 +397,8 @@ class DevLedger:
     def _execute(self, tx: str, actor: str, request: LedgerRequest, now: int, wall: int) -> TxOutcome:
         if isinstance(request, FaucetRequest):
             return self._faucet(tx, actor, request.amount, now, wall)
+        if isinstance(request, TransferRequest):
+            return self._transfer(tx, actor, request.to, request.amount, now)
         if isinstance(request, OpenRequest):
             return self._open(tx, actor, request, now)
         action = ESCROW_ACTIONS[request.type]
@@ -456,6 +462,17 @@ class DevLedger:
                          (tx, wallet, amount, now))
         self._credit(wallet, amount)
         return TxOutcome(tx=tx, action="faucet", now=now, minted=amount)
+
+    def _transfer(self, tx: str, actor: str, to: str, amount: int, now: int) -> TxOutcome:
+        if amount <= 0:
+            raise RequestRejected("invalid_request", "a transfer moves at least 1 base unit")
+        if to == actor:
+            raise ProgramError("SameParty", "a transfer needs a different destination")
+        if self._db.execute("SELECT 1 FROM escrows WHERE address = ?", (to,)).fetchone():
+            # vaults move only through escrow instructions, so their accounting stays exact
+            raise ProgramError("InvalidDestination", "tokens cannot be sent to an escrow vault")
+        self._move(tx, actor, to, amount)
+        return TxOutcome(tx=tx, action="transfer", now=now, transferred=amount, destination=to)
 
     def _supply(self) -> int:
         (total,) = self._db.execute("SELECT COALESCE(SUM(amount), 0) FROM mints").fetchone()

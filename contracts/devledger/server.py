@@ -96,7 +96,7 @@ def _outcome(out: TxOutcome) -> dict[str, Any]:
         "tx": out.tx, "action": out.action, "now": out.now, "escrow": out.escrow,
         "renter": out.renter, "provider": out.provider, "rental_id": out.rental_id,
         "deposited": out.deposited, "paid": out.paid, "fee": out.fee, "refunded": out.refunded,
-        "minted": out.minted,
+        "minted": out.minted, "transferred": out.transferred, "destination": out.destination,
     }
 
 
