@@ -23,12 +23,12 @@ __all__ = [
     "CloseRequest",
     "FaucetRequest",
     "LedgerRequest",
-    "TransferRequest",
     "OpenRequest",
     "RefundUnstartedRequest",
     "SettleExpiredRequest",
     "StartRequest",
     "TopUpRequest",
+    "TransferRequest",
 ]
 
 U64 = Annotated[int, Field(ge=0, le=2**64 - 1, strict=True)]
