@@ -446,7 +446,8 @@ class DevLedger:
         if vault != expected:  # cannot happen unless the rules and this adapter disagree
             raise AssertionError(f"vault of {address} holds {vault}, accounting says {expected}")
         return TxOutcome(tx=tx, action=action, now=now, escrow=address, renter=e.renter,
-                         provider=e.provider, rental_id=e.rental_id, **moved)
+                         provider=e.provider, rental_id=e.rental_id, deposited=moved["deposited"],
+                         paid=moved["paid"], fee=moved["fee"], refunded=moved["refunded"])
 
     def _faucet(self, tx: str, wallet: str, amount: int, now: int, wall: int) -> TxOutcome:
         if not 0 < amount <= self.config.faucet_max:
