@@ -24,13 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from dgpu.contracts.errors import ContractsError
+from dgpu.contracts.escrow_api import EscrowHandle, EscrowReceipt
 from dgpu.node.adapters.executor import ResourceLimits
 from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.config import DEV_MINT, NodeConfig
 from dgpu.node.errors import NetworkError
-from dgpu.node.services.job_stream import ExecutorLike, JobServer
+from dgpu.node.services.billing import BillingPolicy, LedgerEscrowVerifier, LedgerTime, provider_billing
+from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.negotiation import (
     AcceptUnfundedPlaceholder,
     AgreementStore,
@@ -49,10 +52,12 @@ from dgpu.protocol.ids import (
     RENDEZVOUS_NAMESPACE,
 )
 from dgpu.protocol.keys import SigningKey
-from dgpu.protocol.messages import Executor, Offer
+from dgpu.protocol.messages import Agreement, Executor, Offer
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
+
+    from dgpu.node.services.api import ApiSettings
 
 __all__ = ["NodeRuntime", "run_node", "status_snapshot", "wall_clock", "write_addr_file"]
 
@@ -93,28 +98,48 @@ class NodeRuntime:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def _executors(config: NodeConfig, nursery: trio.Nursery
-                     ) -> Callable[[Executor], ExecutorLike | None]:
-    """The executors this provider offers: the execution layer's, else our process runner."""
-    table: dict[Executor, ExecutorLike] = {}
-    if Executor.SCRIPT in config.executors:
-        try:
-            from dgpu.node.adapters.script_executor import ScriptExecutor, ScriptPolicy
+async def _executors(rt: NodeRuntime, nursery: trio.Nursery
+                     ) -> dict[Executor, ExecutorLike]:
+    """The executors this provider can really run, each behind the durable job service.
 
-            table[Executor.SCRIPT] = await ScriptExecutor.create(
-                ScriptPolicy(enabled=True, scratch_root=config.data_dir / "jobs"))
-        except (ImportError, OSError) as exc:
-            from dgpu.node.adapters.process_executor import ProcessExecutor
+    Jobs go through :class:`JobService` (SQLite lifecycle, per-minute meter, reconcile after a
+    restart). Docker is offered only when an engine answers; the script executor only when the
+    provider opted in (``--executor script``) — its weaker isolation is stated in the logs."""
+    from dgpu.node.adapters.gpu import NvmlGpus
+    from dgpu.node.adapters.store import Store
+    from dgpu.node.errors import ExecutionError
+    from dgpu.node.services.durable import DurableExecutor
+    from dgpu.node.services.jobs import JobService
+    from dgpu.node.services.meter import Meter
 
-            log.warning("script executor unavailable (%s); using the local process runner", exc)
-            runner = ProcessExecutor(config.data_dir)
-            await nursery.start(runner.run)
-            table[Executor.SCRIPT] = runner
+    config = rt.config
+    raw: dict[str, Any] = {}
     if Executor.DOCKER in config.executors:
-        # the Docker executor needs an engine client and a pull policy; wiring it belongs to
-        # the job service (node/services/jobs.py). Until then docker requests get FAILED.
-        log.warning("docker jobs are advertised but not wired into the job stream yet")
-    return table.get
+        from dgpu.node.adapters.docker_executor import DockerExecutor, DockerPolicy
+
+        try:
+            raw["docker"] = await DockerExecutor.connect(DockerPolicy(
+                workspace_root=config.data_dir / "docker", instance=rt.key.public_key.wallet[:16],
+                allowed_images=frozenset(config.allowed_images),
+                max_concurrent_jobs=config.max_concurrent_jobs))
+        except ExecutionError as exc:
+            log.warning("docker executor unavailable (%s); not offering docker jobs", exc)
+    if Executor.SCRIPT in config.executors:
+        from dgpu.node.adapters.script_executor import ScriptExecutor, ScriptPolicy
+
+        script = await ScriptExecutor.create(ScriptPolicy(enabled=True, scratch_root=config.data_dir / "jobs"))
+        log.warning("script executor enabled: %s", script.isolation_statement)
+        raw["script"] = script
+    store = await Store.open(config.data_dir / "node.sqlite3")
+    rt.extra["store"] = store
+    gpus = NvmlGpus()
+    meter = Meter(store, gpus if (await gpus.inventory()).available else None, interval_s=config.meter_interval_s)
+    service = JobService(store, raw, meter)
+    report = await service.reconcile(nursery)
+    if report.reattached or report.finished or report.failed:
+        log.info("reconciled after restart: %d re-attached, %d finished meanwhile, %d failed",
+                 len(report.reattached), len(report.finished), len(report.failed))
+    return {Executor(name): DurableExecutor(service, store, name, nursery) for name in raw}
 
 
 async def _watch_peers(rt: NodeRuntime) -> None:
@@ -166,6 +191,7 @@ async def _republish_on_signal(rt: NodeRuntime) -> None:
 
 async def run_node(config: NodeConfig, *,
                    main: Callable[[NodeRuntime], Awaitable[None]] | None = None,
+                   api: ApiSettings | None = None,
                    task_status: TaskStatus[NodeRuntime] = trio.TASK_STATUS_IGNORED) -> None:
     key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))
     p2p_config = P2PConfig(
@@ -196,10 +222,29 @@ async def run_node(config: NodeConfig, *,
         if config.addr_file is not None:
             write_addr_file(config.addr_file, node.multiaddr)
         log.info("%s %s listening on %s", config.role, key.public_key.wallet, node.multiaddr)
+        if api is not None:
+            from dgpu.node.adapters.http_api import serve_node_api
+
+            rt.extra["api_port"] = await nursery.start(serve_node_api, rt, api)
+            log.info("local API on http://%s:%d/docs", api.host, rt.extra["api_port"])
         task_status.started(rt)
         if main is not None:
             await main(rt)
             nursery.cancel_scope.cancel()
+
+
+async def _open_ledger(rt: NodeRuntime) -> tuple[Any, str, LedgerTime] | None:
+    """The provider's ledger client, the mint it pays in and an estimate of the ledger's clock."""
+    if rt.config.ledger_url is None:
+        return None
+    from dgpu.contracts.devledger.client import DevLedgerEscrow
+
+    ledger = DevLedgerEscrow(rt.config.ledger_url, rt.key)
+    mint = (await ledger.mint_info()).address
+    clock = LedgerTime()
+    await clock.sync(ledger)
+    rt.extra["ledger"] = ledger
+    return ledger, mint, clock
 
 
 async def _start_provider(rt: NodeRuntime, nursery: trio.Nursery) -> None:
@@ -207,10 +252,20 @@ async def _start_provider(rt: NodeRuntime, nursery: trio.Nursery) -> None:
     if not config.gpus:
         log.warning("provider has no GPU inventory; its offer lists none and it will not publish")
         return
+    executors = await _executors(rt, nursery)
+    offered = tuple(e for e in config.executors if e in executors)
+    if not offered:
+        log.warning("no executor can run jobs here; the provider will not publish an offer")
+        return
+    ledger_setup = await _open_ledger(rt)
+    if ledger_setup is None:
+        log.warning("no ledger configured (--ledger-url): every escrow will be refused")
+    ledger_name, mint = (ledger_setup[0].ledger, ledger_setup[1]) if ledger_setup else ("none", DEV_MINT)
+    deadline_clock = ledger_setup[2].now if ledger_setup else wall_clock
     template = Offer(
         provider=key.public_key.wallet, addrs=tuple(node.addrs)[:8], gpus=config.gpus,
-        price_per_minute=config.price_per_gpu_minute, mint=DEV_MINT, ledger="dev",
-        region=config.region, executors=config.executors, seq=0, issued_at=0, expires_at=1,
+        price_per_minute=config.price_per_gpu_minute, mint=mint, ledger=ledger_name,
+        region=config.region, executors=offered, seq=0, issued_at=0, expires_at=1,
     )
     # the offers we published recently, by seq: a request may quote one a republish ago
     recent: OrderedDict[int, Offer] = OrderedDict()
@@ -231,20 +286,26 @@ async def _start_provider(rt: NodeRuntime, nursery: trio.Nursery) -> None:
 
     publisher.make = make_and_remember  # type: ignore[method-assign]
     agreements = AgreementStore()
-    executor_for = await _executors(config, nursery)
     limits_cap = ResourceLimits(memory_bytes=2 * 1024**3, cpus=2.0, pids=256,
                                 time_limit_s=24 * 3600.0)
-    jobs = JobServer(key, agreements, executor_for=executor_for, limits_cap=limits_cap,
-                     clock=wall_clock, nonce=new_nonce)
-    verifier: EscrowVerifier = (AcceptUnfundedPlaceholder() if config.allow_unfunded_escrow
-                                else RefuseAll())
+    on_running = _billing_hook(rt, nursery, ledger_setup[0]) if ledger_setup else None
+    jobs = JobServer(key, agreements, executor_for=executors.get, limits_cap=limits_cap,
+                     clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock)
+    verifier: EscrowVerifier
+    if ledger_setup is not None:
+        verifier = LedgerEscrowVerifier(ledger_setup[0], mint)
+    elif config.allow_unfunded_escrow:
+        verifier = AcceptUnfundedPlaceholder()
+    else:
+        verifier = RefuseAll()
     negotiator = ProviderNegotiator(
         key,
         ProviderPolicy(price_floor_per_gpu_minute=config.price_per_gpu_minute,
-                       executors=config.executors, allowed_images=config.allowed_images,
+                       executors=offered, allowed_images=config.allowed_images,
                        max_concurrent_jobs=config.max_concurrent_jobs),
         offer_for_seq=recent.get, verifier=verifier, agreements=agreements,
         running_jobs=lambda: len(jobs.running), clock=wall_clock, nonce=new_nonce,
+        deadline_clock=deadline_clock, ledger_speed=ledger_setup[2].speed if ledger_setup else 1,
     )
     node.set_handler(NEGOTIATE_PROTOCOL, negotiator.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=10.0, handler_timeout_s=60.0)
@@ -252,3 +313,37 @@ async def _start_provider(rt: NodeRuntime, nursery: trio.Nursery) -> None:
     node.set_handler(JOB_PROTOCOL, jobs.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=10.0, handler_timeout_s=24 * 3600.0 + 60)
     rt.publisher, rt.negotiator, rt.jobs = publisher, negotiator, jobs
+
+
+def _billing_hook(rt: NodeRuntime, nursery: trio.Nursery, ledger: Any) -> OnRunning:
+    """When a job starts: start its escrow, claim periodically, stop it when the money runs out,
+    settle at the end; every receipt is recorded per rental (earnings)."""
+    config = rt.config
+    policy = BillingPolicy(claim_interval_s=config.claim_interval_s, grace_s=config.billing_grace_s,
+                           poll_interval_s=config.billing_poll_s)
+
+    async def record(receipt: EscrowReceipt) -> None:
+        store = rt.extra.get("store")
+        if store is not None:
+            await store.record_receipt("provider", receipt)
+        log.info("escrow %s: %s paid %d fee %d refunded %d", receipt.escrow.address[:8], receipt.action,
+                 receipt.paid, receipt.fee, receipt.refunded)
+
+    async def bill(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
+        terms = agreement.terms
+        handle = EscrowHandle(ledger=terms.escrow.ledger, address=terms.escrow.address, renter=terms.renter,
+                              provider=terms.provider, rental_id=terms.escrow.rental_id)
+        try:
+            result = await provider_billing(ledger, handle, job_done=job_done, stop_job=stop, policy=policy,
+                                            record=record)
+        except ContractsError as exc:  # could not even start the escrow: the renter must not run free
+            log.error("escrow %s could not be started (%s); stopping the job", handle.address[:8], exc)
+            await stop(f"escrow could not be started: {exc}")
+            return
+        log.info("rental %s settled: earned %d in %d claim(s)%s", handle.address[:8], result.earned,
+                 result.claims, f"; stopped: {result.stopped_for}" if result.stopped_for else "")
+
+    def on_running(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
+        nursery.start_soon(bill, agreement, stop, job_done)
+
+    return on_running

@@ -14,14 +14,6 @@ import trio
 
 __all__ = ["main"]
 
-_NOT_YET = {
-    "wallet": "wallet management (balances, transfers)",
-    "offers": "browsing offers from the command line",
-    "rent": "renting from the command line",
-    "jobs": "listing and following jobs",
-}
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=Path(".dgpu/node"),
                    help="identity and state (identity.json is created on first run, mode 0600)")
@@ -40,9 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="keep the work dir and logs")
     d.add_argument("--log-level", default="WARNING", help="children's log level")
 
-    b = sub.add_parser("bootstrap", help="run a bootstrap node (DHT server + rendezvous)")
+    b = sub.add_parser("bootstrap", help="run a bootstrap node (DHT server + rendezvous, login, pinning, "
+                                         "development ledger)")
     _common(b)
     b.set_defaults(data_dir=Path(".dgpu/bootstrap"))
+    b.add_argument("--http-host", default="127.0.0.1", help="HTTP listen address (login, pinning, ledger)")
+    b.add_argument("--http-port", type=int, default=8600, help="HTTP port (0: the kernel picks)")
+    b.add_argument("--http-url-file", type=Path, default=None, help="write the HTTP base URL here once listening")
+    b.add_argument("--no-ledger", action="store_true", help="do not serve the development ledger")
+    b.add_argument("--ledger-clock-speed", type=int, default=1,
+                   help="development ledger: its clock runs this many times faster (demos)")
+    b.add_argument("--ledger-test-mode", action="store_true",
+                   help="development ledger: allow setting its clock over HTTP (tests only)")
 
     n = sub.add_parser("node", help="run a provider or renter node")
     _common(n)
@@ -67,9 +68,27 @@ def _parser() -> argparse.ArgumentParser:
                    help="renter: run this script once on the cheapest match, then exit")
     n.add_argument("--rent-min-vram", type=int, default=0)
     n.add_argument("--rent-expect-offers", type=int, default=1)
+    n.add_argument("--rent-minutes", type=int, default=5, help="renter (--rent-script): minutes to pay for")
+    n.add_argument("--ledger-url", default=None,
+                   help="development ledger (a bootstrap node's HTTP URL): providers verify and claim escrows, "
+                        "renters fund them")
+    n.add_argument("--claim-interval", type=int, default=600, help="provider: ledger seconds between claims")
+    n.add_argument("--billing-grace", type=int, default=60,
+                   help="provider: ledger seconds an exhausted rental keeps running, waiting for a top-up")
+    n.add_argument("--billing-poll", type=float, default=5.0, help="seconds between looks at the escrow")
+    n.add_argument("--meter-interval", type=float, default=60.0, help="provider: seconds per metered minute")
+    n.add_argument("--api-port", type=int, default=None,
+                   help="serve the local HTTP API on this port (8700 is usual; needs --bootstrap-url)")
+    n.add_argument("--api-host", default="127.0.0.1")
+    n.add_argument("--bootstrap-url", default=None, help="HTTP URL of a bootstrap node (login, storage)")
+    n.add_argument("--api-admin", action="append", default=[], metavar="WALLET",
+                   help="another wallet allowed to use the API")
+    n.add_argument("--development", action="store_true",
+                   help="development network: simulated GPUs and the faucet through the API")
 
-    for name, what in _NOT_YET.items():
-        sub.add_parser(name, help=f"{what} (not available yet)")
+    from dgpu.client.cli import add_commands
+
+    add_commands(sub)
     return ap
 
 
@@ -89,9 +108,8 @@ async def _until_signal(body: Callable[[], Awaitable[None]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.cmd in _NOT_YET:
-        print(f"dgpu {args.cmd}: {_NOT_YET[args.cmd]} is not available yet.", file=sys.stderr)
-        return 2
+    if hasattr(args, "handler"):  # renter commands (dgpu.client.cli) talk to a running node
+        return int(args.handler(args))
     if args.cmd == "demo":
         from dgpu.node.demo import run_demo
 
@@ -113,15 +131,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from dgpu.bootstrap.p2p import run_bootstrap
+    from dgpu.bootstrap.service import LedgerSettings, run_bootstrap_services
     from dgpu.node.config import BootstrapConfig
 
     config = BootstrapConfig(data_dir=args.data_dir, listen_host=args.host,
                              listen_port=args.port, addr_file=args.addr_file,
                              log_level=args.log_level)
+    ledger = LedgerSettings(enabled=not args.no_ledger, clock_speed=args.ledger_clock_speed,
+                            test_mode=args.ledger_test_mode)
 
     async def body() -> None:
-        await run_bootstrap(config)
+        await run_bootstrap_services(config, http_host=args.http_host, http_port=args.http_port, ledger=ledger,
+                                     url_file=args.http_url_file)
 
     trio.run(_until_signal, body)
     return 0
@@ -144,8 +165,20 @@ def _node(args: argparse.Namespace) -> int:
             executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
             allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
             allow_unfunded_escrow=args.allow_unfunded_escrow, offer_ttl_s=args.offer_ttl,
-            status_file=args.status_file,
+            status_file=args.status_file, ledger_url=args.ledger_url, claim_interval_s=args.claim_interval,
+            billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
+            meter_interval_s=args.meter_interval,
         )
+        api = None
+        if args.api_port is not None:
+            from dgpu.node.services.api import ApiSettings
+
+            if args.bootstrap_url is None:
+                print("dgpu node: --api-port needs --bootstrap-url (login and storage)", file=sys.stderr)
+                return 2
+            api = ApiSettings(host=args.api_host, port=args.api_port, bootstrap_url=args.bootstrap_url,
+                              ledger_url=args.ledger_url, development=args.development,
+                              admin_wallets=frozenset(args.api_admin))
     except ValidationError as exc:
         print(f"dgpu node: invalid configuration: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
@@ -158,12 +191,13 @@ def _node(args: argparse.Namespace) -> int:
             result.update(await rent_once(rt, script=args.rent_script,
                                           min_vram_mib=args.rent_min_vram,
                                           expect_offers=args.rent_expect_offers,
-                                          out=sys.stdout))
+                                          out=sys.stdout, ledger_url=args.ledger_url,
+                                          minutes=args.rent_minutes))
 
         main_fn = rent
 
     async def body() -> None:
-        await run_node(config, main=main_fn)
+        await run_node(config, main=main_fn, api=api)
 
     trio.run(_until_signal, body)
     if args.rent_script is not None:

@@ -70,6 +70,15 @@ class NodeConfig(_Config):
     offer_ttl_s: int = Field(300, ge=60, le=3600)
     #: write a JSON status (offers seen, rejections, peers) here every half second (tests, bench)
     status_file: Path | None = None
+    #: the development ledger (a bootstrap node's HTTP URL): providers verify escrows there and
+    #: claim from them, renters fund them; without it a provider refuses every escrow
+    ledger_url: str | None = None
+    #: provider billing: ledger seconds between claims, grace after exhaustion, wall s between polls
+    claim_interval_s: int = Field(600, ge=1)
+    billing_grace_s: int = Field(60, ge=0)
+    billing_poll_s: float = Field(5.0, gt=0)
+    #: length of a metered usage "minute" in wall seconds (60; shorter only for tests)
+    meter_interval_s: float = Field(60.0, gt=0)
 
     @field_validator("bootstrap")
     @classmethod

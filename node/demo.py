@@ -24,23 +24,49 @@ import time
 from pathlib import Path
 from typing import IO, Any, Final
 
-import trio
-
 __all__ = ["DEADLINE_S", "DemoNetwork", "rent_once", "run_demo"]
 
 DEADLINE_S: Final = 60.0
+#: the development ledger's clock runs this much faster: one wall second is one billed minute
+LEDGER_SPEED: Final = 60
 DEMO_SCRIPT: Final = (
     'echo "hello from $(uname -n): a dGPU job"\n'
-    'for i in 1 2 3; do echo "step $i/3"; sleep 0.3; done\n'
+    'for i in 1 2 3 4; do echo "step $i/4"; sleep 1; done\n'
     'echo "GPU (simulated): $DGPU_DEMO_GPU" >&2\n'
     "echo done\n"
 )
+#: a busybox image built locally (no registry is reachable); used when Docker answers
+DEMO_IMAGE: Final = "dgpu-demo/busybox:1"
 
 _PROVIDERS: Final = (
     # name, GPU, price per GPU-minute (base units, 6 decimals)
     ("provider-a", "RTX 4090:24576:1", 8_334),
     ("provider-b", "RTX 4080:16384:1", 6_667),
 )
+
+
+def _docker_image_ready() -> bool:
+    """Build the demo's busybox image from the host's busybox-static when Docker answers."""
+    docker, busybox = shutil.which("docker"), shutil.which("busybox")
+    if docker is None or busybox is None:
+        return False
+    try:
+        if subprocess.run([docker, "info"], capture_output=True, timeout=5, check=False).returncode != 0:
+            return False
+        if subprocess.run([docker, "image", "inspect", DEMO_IMAGE], capture_output=True, timeout=10,
+                          check=False).returncode == 0:
+            return True
+        with tempfile.TemporaryDirectory() as root:
+            (Path(root) / "bin").mkdir()
+            shutil.copy2(busybox, Path(root) / "bin" / "busybox")
+            for tool in ("sh", "echo", "sleep", "uname", "cat", "ls", "env"):
+                (Path(root) / "bin" / tool).symlink_to("busybox")
+            tar = subprocess.run(["tar", "-C", root, "-c", "."], capture_output=True, timeout=30, check=True)
+            subprocess.run([docker, "import", "--change", "ENV PATH=/bin", "-", DEMO_IMAGE], input=tar.stdout,
+                           capture_output=True, timeout=60, check=True)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _cli() -> list[str]:
@@ -66,6 +92,7 @@ class DemoNetwork:
         self.procs: dict[str, subprocess.Popen[Any]] = {}
         self._logs: list[IO[bytes]] = []
         self.addrs: dict[str, str] = {}
+        self.ledger_url = ""
 
     def _spawn(self, name: str, args: list[str], *, stdout: int | IO[bytes] | None = None
                ) -> subprocess.Popen[Any]:
@@ -79,11 +106,15 @@ class DemoNetwork:
         self.procs[name] = proc
         return proc
 
-    def start_bootstrap(self, deadline: float) -> str:
-        addr_file = self.workdir / "bootstrap.addr"
+    def start_bootstrap(self, deadline: float, *, ledger_speed: int = LEDGER_SPEED) -> str:
+        """The bootstrap node with its HTTP services; ``self.ledger_url`` is its development ledger."""
+        addr_file, url_file = self.workdir / "bootstrap.addr", self.workdir / "bootstrap.url"
         proc = self._spawn("bootstrap", ["bootstrap", "--data-dir", str(self.workdir / "bootstrap"),
-                                         "--addr-file", str(addr_file)])
+                                         "--addr-file", str(addr_file), "--http-port", "0",
+                                         "--http-url-file", str(url_file),
+                                         "--ledger-clock-speed", str(ledger_speed)])
         self.addrs["bootstrap"] = _wait_file(addr_file, proc, deadline)
+        self.ledger_url = _wait_file(url_file, proc, deadline)
         return self.addrs["bootstrap"]
 
     def start_provider(self, name: str, gpu: str, price: int, deadline: float,
@@ -92,8 +123,10 @@ class DemoNetwork:
         proc = self._spawn(name, [
             "node", "--role", "provider", "--bootstrap", self.addrs["bootstrap"],
             "--data-dir", str(self.workdir / name), "--addr-file", str(addr_file),
-            "--simulated-gpu", gpu, "--price", str(price), "--allow-unfunded-escrow",
-            *(extra or []),
+            "--simulated-gpu", gpu, "--price", str(price), "--ledger-url", self.ledger_url,
+            # ledger seconds: claim every 2 accelerated minutes; poll and meter per wall second
+            "--claim-interval", "120", "--billing-poll", "0.5", "--meter-interval", "1",
+            *(extra or ["--executor", "script"]),
         ])
         self.addrs[name] = _wait_file(addr_file, proc, deadline)
         return self.addrs[name]
@@ -101,7 +134,7 @@ class DemoNetwork:
     def start_renter(self, name: str, args: list[str]) -> subprocess.Popen[Any]:
         return self._spawn(name, [
             "node", "--role", "renter", "--bootstrap", self.addrs["bootstrap"],
-            "--data-dir", str(self.workdir / name), "--accept-simulated", *args,
+            "--data-dir", str(self.workdir / name), "--accept-simulated", "--ledger-url", self.ledger_url, *args,
         ], stdout=subprocess.PIPE)
 
     def stop(self, grace_s: float = 10.0) -> dict[str, int | None]:
@@ -149,8 +182,16 @@ def run_demo(*, keep: bool = False, log_level: str = "WARNING") -> int:
         print(f"dGPU demo: local network on 127.0.0.1 (work dir {workdir})", flush=True)
         boot = net.start_bootstrap(deadline)
         print(f"  bootstrap  {boot}", flush=True)
+        print(f"  ledger     {net.ledger_url}/api/v1/ledger  (development: no real value; clock x{LEDGER_SPEED}, "
+              "one wall second is one billed minute)", flush=True)
+        executors = ["--executor", "script"]
+        if _docker_image_ready():
+            executors = ["--executor", "docker", "--executor", "script", "--allow-image", DEMO_IMAGE]
+            print(f"  Docker engine found: providers run jobs in {DEMO_IMAGE} containers", flush=True)
+        else:
+            print("  no Docker engine: providers run jobs with the script executor (weaker isolation)", flush=True)
         for name, gpu, price in _PROVIDERS:
-            addr = net.start_provider(name, gpu, price, deadline)
+            addr = net.start_provider(name, gpu, price, deadline, extra=executors)
             print(f"  {name} {addr}  [{gpu}, simulated, {price} base units/GPU-min]", flush=True)
         renter = net.start_renter("renter", ["--rent-script", DEMO_SCRIPT,
                                              "--rent-min-vram", "16000",
@@ -185,67 +226,74 @@ def run_demo(*, keep: bool = False, log_level: str = "WARNING") -> int:
 
 
 async def rent_once(rt: Any, *, script: str, min_vram_mib: int, expect_offers: int,
-                    out: IO[str], wait_s: float = 20.0) -> dict[str, Any]:
-    """Renter: find offers, pick the cheapest match, negotiate, run ``script``, stream logs."""
-    from dgpu.node.app import new_nonce, wall_clock
-    from dgpu.node.errors import JobLostError, NetworkError, RejectedError
-    from dgpu.node.services.job_stream import run_job
-    from dgpu.node.services.negotiation import UnfundedPlaceholderEscrow, negotiate
-    from dgpu.node.services.offers import OfferQuery
+                    out: IO[str], ledger_url: str | None, minutes: int = 5,
+                    wait_s: float = 20.0) -> dict[str, Any]:
+    """Renter: fund itself from the faucet, find offers, rent the cheapest match with a real
+    escrow, run ``script`` (in Docker when the provider offers it), stream its logs, and report
+    what the rental cost: minutes, rate, paid, fee, refund and balances before and after."""
+    from dgpu.client.client import Client
+    from dgpu.client.errors import ClientError
+    from dgpu.contracts.devledger.client import DevLedgerEscrow
+    from dgpu.contracts.errors import ContractsError
     from dgpu.protocol.messages import Executor, LogChunk
 
-    query = OfferQuery(min_vram_mib=min_vram_mib, executor=Executor.SCRIPT,
-                       include_simulated=True)
-    t0 = time.monotonic()
-    with trio.move_on_after(wait_s):
-        await rt.book.wait_for(query, now=wall_clock, count=1)
-        # give the other offers a moment to arrive, so "cheapest" compares them all
-        with trio.move_on_after(3):
-            await rt.book.wait_for(query, now=wall_clock, count=expect_offers)
-    hits = rt.book.query(query, now=wall_clock())
-    result: dict[str, Any] = {"offers_seen": len(rt.book), "offers_matching": len(hits),
-                              "discovery_s": round(time.monotonic() - t0, 3)}
-    if not hits:
-        result["state"] = "no_offers"
+    result: dict[str, Any] = {}
+    if ledger_url is None:
+        result["state"] = "no_ledger"
         return result
-    best = hits[0]
-    offer = best.offer
-    print(f"renter: {len(hits)} matching offer(s); cheapest is {offer.provider[:8]}… "
-          f"{offer.gpus[0].model} at {offer.price_per_minute} base units/GPU-min"
-          f"{' (simulated)' if offer.simulated else ''}", file=out, flush=True)
-    job = {"executor": Executor.SCRIPT, "script": script, "max_minutes": 5,
-           "gpu_count": 1, "min_vram_mib": min_vram_mib,
-           "max_price_per_minute": offer.price_per_minute,
-           "env": {"DGPU_DEMO_GPU": offer.gpus[0].model}}
-    t1 = time.monotonic()
+    ledger = DevLedgerEscrow(ledger_url, rt.key)
+    client = Client(rt, ledger)
     try:
-        neg = await negotiate(rt.node, rt.key, offer, job, escrow=UnfundedPlaceholderEscrow(),
-                              clock=wall_clock, nonce=new_nonce, provider_peer=best.peer_id)
-    except (RejectedError, NetworkError) as exc:
-        result["state"] = "negotiation_failed"
-        result["error"] = str(exc)
-        return result
-    result["negotiation_ms"] = round((time.monotonic() - t1) * 1000, 1)
-    terms = neg.agreement.terms
-    print(f"renter: agreement {neg.agreement.agreement_id[:16]}… rate {terms.rate_per_minute}"
-          f"/min, deposit {terms.deposit} (escrow: {terms.escrow.ledger}, NOT FUNDED)",
-          file=out, flush=True)
+        info = await ledger.info()
+        treasury = str(info["treasury"])
+        await ledger.faucet(10_000_000)  # 10 development dGPU (6 decimals), worth nothing
+        t0 = time.monotonic()
+        offers = await client.find_offers(min_vram_mib=min_vram_mib, include_simulated=True, wait_s=wait_s)
+        if offers and len(offers) < expect_offers:  # let the others arrive so "cheapest" compares them all
+            offers = await client.find_offers(min_vram_mib=min_vram_mib, include_simulated=True, wait_s=3,
+                                              min_results=expect_offers)
+        result.update(offers_seen=len(rt.book), offers_matching=len(offers),
+                      discovery_s=round(time.monotonic() - t0, 3))
+        if not offers:
+            result["state"] = "no_offers"
+            return result
+        best = offers[0]
+        docker = Executor.DOCKER in best.offer.executors
+        print(f"renter: {len(offers)} matching offer(s); cheapest is {best.provider[:8]}… {best.gpu_model} at "
+              f"{best.price_per_minute} base units/GPU-min{' (simulated)' if best.simulated else ''}",
+              file=out, flush=True)
+        before = {"renter": await ledger.balance(client.wallet), "provider": await ledger.balance(best.provider),
+                  "treasury": await ledger.balance(treasury)}
+        job: dict[str, Any] = {"image": DEMO_IMAGE, "command": ["sh", "-c", script]} if docker \
+            else {"script": script}
+        t1 = time.monotonic()
+        rental = await client.rent(best, max_minutes=minutes, min_vram_mib=min_vram_mib,
+                                   env={"DGPU_DEMO_GPU": best.gpu_model}, **job)
+        result["negotiation_ms"] = round((time.monotonic() - t1) * 1000, 1)
+        terms = rental.agreement.terms
+        print(f"renter: agreement {rental.id[:16]}… rate {terms.rate_per_minute}/min, deposit {terms.deposit} "
+              f"locked in escrow {terms.escrow.address[:8]}… ({'docker' if docker else 'script'} executor)",
+              file=out, flush=True)
 
-    def show(chunk: LogChunk) -> None:
-        for line in chunk.data.splitlines():
-            print(f"  [job {chunk.stream}] {line}", file=out, flush=True)
+        def show(chunk: LogChunk) -> None:
+            for line in chunk.data.splitlines():
+                print(f"  [job {chunk.stream}] {line}", file=out, flush=True)
 
-    t2 = time.monotonic()
-    try:
-        outcome = await run_job(rt.node, rt.key, neg.agreement, neg.provider_peer,
-                                clock=wall_clock, nonce=new_nonce, on_log=show)
-    except (JobLostError, RejectedError, NetworkError) as exc:
-        result["state"] = "job_lost"
-        result["error"] = str(exc)
+        t2 = time.monotonic()
+        outcome = await rental.run(on_log=show)
+        after = {"renter": await ledger.balance(client.wallet), "provider": await ledger.balance(best.provider),
+                 "treasury": await ledger.balance(treasury)}
+    except (ClientError, ContractsError) as exc:
+        result.update(state="failed", error=str(exc))
         return result
-    result.update(provider=offer.provider, gpu=offer.gpus[0].model,
-                  price_per_gpu_minute=offer.price_per_minute, state=str(outcome.state),
-                  exit_code=outcome.exit_code, log_chunks=outcome.log_chunks,
-                  job_s=round(time.monotonic() - t2, 3))
-    print(f"renter: job {outcome.state} with exit code {outcome.exit_code}", file=out, flush=True)
+    finally:
+        await ledger.aclose()
+    result.update(provider=best.provider, gpu=best.gpu_model, executor="docker" if docker else "script",
+                  state=str(outcome.state), exit_code=outcome.exit_code, log_chunks=outcome.log_chunks,
+                  job_s=round(time.monotonic() - t2, 3), rate_per_minute=terms.rate_per_minute,
+                  deposited=terms.deposit, minutes_billed=outcome.minutes, paid_to_provider=outcome.paid,
+                  fee=outcome.fee, refunded=outcome.refunded, balances_before=before, balances_after=after,
+                  conserved=outcome.paid + outcome.fee + outcome.refunded == terms.deposit)
+    print(f"renter: job {outcome.state} with exit code {outcome.exit_code}; billed {outcome.minutes} minute(s): "
+          f"{outcome.paid} to the provider, {outcome.fee} fee, {outcome.refunded} refunded", file=out, flush=True)
     return result

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from dgpu.contracts.escrow_api import EscrowReceipt
 from dgpu.node.errors import IllegalTransition, SchemaError, StoreError, UnknownJob
 from dgpu.protocol.job_session import JOB_TRANSITIONS
 from dgpu.protocol.messages import JobState
@@ -97,6 +98,22 @@ MIGRATIONS: tuple[str, ...] = (
         samples_json TEXT NOT NULL DEFAULT '[]',
         UNIQUE (job_id, minute_index)
     );
+    """,
+    # 2: money per rental: every escrow instruction this node made or saw settle, by tx
+    """
+    CREATE TABLE escrow_receipts (
+        tx TEXT PRIMARY KEY,
+        escrow TEXT NOT NULL,
+        rental_id TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('provider', 'renter')),
+        action TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        deposited INTEGER NOT NULL CHECK (deposited >= 0),
+        paid INTEGER NOT NULL CHECK (paid >= 0),
+        fee INTEGER NOT NULL CHECK (fee >= 0),
+        refunded INTEGER NOT NULL CHECK (refunded >= 0)
+    );
+    CREATE INDEX escrow_receipts_escrow ON escrow_receipts (escrow);
     """,
 )
 
@@ -380,6 +397,36 @@ class Store:
             return [
                 UsageMinute(r[0], r[1], r[2], r[3], bool(r[4]), json.loads(r[5])) for r in rows
             ]
+
+        return await self._run(q)
+
+    async def record_receipt(self, role: str, receipt: EscrowReceipt) -> bool:
+        """Record one escrow instruction's money movements; False if this tx was recorded."""
+        r = receipt
+
+        def q() -> bool:
+            with self._conn:
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO escrow_receipts (tx, escrow, rental_id, role, action, at, deposited, "
+                    "paid, fee, refunded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r.tx, r.escrow.address, str(r.escrow.rental_id), role, r.action, r.now, r.deposited, r.paid,
+                     r.fee, r.refunded),
+                )
+                return cur.rowcount == 1
+
+        return await self._run(q)
+
+    async def rental_totals(self, role: str) -> list[dict[str, Any]]:
+        """Per escrow: what was deposited, paid to the provider, taken as fee and refunded."""
+
+        def q() -> list[dict[str, Any]]:
+            rows = self._conn.execute(
+                "SELECT escrow, rental_id, SUM(deposited), SUM(paid), SUM(fee), SUM(refunded), MIN(at), MAX(at), "
+                "COUNT(*) FROM escrow_receipts WHERE role = ? GROUP BY escrow ORDER BY MIN(at)", (role,)
+            ).fetchall()
+            keys = ("escrow", "rental_id", "deposited", "paid", "fee", "refunded", "first_at", "last_at",
+                    "transactions")
+            return [dict(zip(keys, r, strict=True)) for r in rows]
 
         return await self._run(q)
 

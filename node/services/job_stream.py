@@ -71,6 +71,12 @@ class ExecutorLike(Protocol):
     async def start(self, spec: JobSpec, limits: ResourceLimits) -> JobHandle: ...
 
 
+#: called when a job starts running: (agreement, stop(reason), job_done). The provider's billing
+#: uses it to start the escrow, claim, and stop the job when the money runs out; it must only
+#: schedule work (in a long-lived nursery) and return at once.
+OnRunning = Callable[[Agreement, Callable[[str], Awaitable[None]], trio.Event], None]
+
+
 _EXIT_STATE: Final = {
     ExitReason.FINISHED: JobState.FINISHED,
     ExitReason.FAILED: JobState.FAILED,
@@ -89,8 +95,12 @@ class JobServer:
 
     def __init__(self, key: SigningKey, agreements: AgreementStore, *,
                  executor_for: Callable[[Executor], ExecutorLike | None],
-                 limits_cap: ResourceLimits, clock: Clock, nonce: Nonce) -> None:
+                 limits_cap: ResourceLimits, clock: Clock, nonce: Nonce,
+                 on_running: OnRunning | None = None, deadline_clock: Clock | None = None) -> None:
         self.key = key
+        #: the escrow ledger's clock, which start deadlines are set on
+        self.deadline_clock = deadline_clock or clock
+        self.on_running = on_running
         self.agreements = agreements
         self.executor_for = executor_for
         self.limits_cap = limits_cap
@@ -120,7 +130,7 @@ class JobServer:
         if stored is None or stored.agreement != agreement:
             raise RemoteProtocolError("unknown or already used agreement",
                                       reject_code=RejectCode.INVALID_REQUEST)
-        if terms.start_deadline <= self.clock():
+        if terms.start_deadline <= self.deadline_clock():
             raise RemoteProtocolError("the start deadline passed",
                                       reject_code=RejectCode.EXPIRED)
         return stored.request
@@ -186,11 +196,24 @@ class JobServer:
                 return
             try:
                 await status(JobState.RUNNING)
-                final = await self._supervise(fs, handle, job_id, renter)
+                stopped_for: list[str] = []
+                job_done = trio.Event()
+
+                async def stop(reason: str) -> None:
+                    stopped_for.append(reason)
+                    await handle.stop(grace_s=5)
+
+                if self.on_running is not None:
+                    self.on_running(agreement, stop, job_done)
+                try:
+                    final = await self._supervise(fs, handle, job_id, renter)
+                finally:
+                    job_done.set()
                 if final is None:  # the renter vanished: the job was stopped
                     return
                 state = _EXIT_STATE.get(final.reason, JobState.FAILED)
-                await status(state, _clamp_exit(final.exit_code), final.detail or final.reason)
+                reason = stopped_for[0] if stopped_for else final.detail or final.reason
+                await status(state, _clamp_exit(final.exit_code), reason)
                 self.finished[job_id] = state
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(15):
@@ -249,10 +272,20 @@ class JobServer:
 
             nursery.start_soon(watcher)
 
+            async def pump_usage() -> None:
+                usage = getattr(handle, "usage", None)  # durable jobs meter their minutes
+                if usage is None:
+                    return
+                with contextlib.suppress(StreamError):
+                    async for receipt in usage(job_id):
+                        await fs.write_frame(self._seal(receipt))
+
             async def logs_then_wait() -> None:
                 # on a broken stream the watcher notices and stops the job
-                with contextlib.suppress(StreamError):
-                    await pump_logs()
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(pump_usage)
+                    with contextlib.suppress(StreamError):
+                        await pump_logs()
                 result.append(await handle.wait())
                 watcher_scope.cancel()
 

@@ -202,8 +202,12 @@ class ProviderNegotiator:
     def __init__(self, key: SigningKey, policy: ProviderPolicy, *,
                  offer_for_seq: Callable[[int], Offer | None], verifier: EscrowVerifier,
                  agreements: AgreementStore, running_jobs: Callable[[], int], clock: Clock,
-                 nonce: Nonce) -> None:
+                 nonce: Nonce, deadline_clock: Clock | None = None, ledger_speed: int = 1) -> None:
         self.key = key
+        #: start deadlines are checked by the escrow's ledger, so they are set on its clock;
+        #: a development ledger may run ``ledger_speed`` times faster than the wall clock
+        self.deadline_clock = deadline_clock or clock
+        self.ledger_speed = ledger_speed
         self.policy = policy
         self.offer_for_seq = offer_for_seq
         self.verifier = verifier
@@ -254,7 +258,7 @@ class ProviderNegotiator:
         offer = self.offer_for_seq(request.offer_seq)
         if offer is None or offer.expires_at <= now:
             return RejectCode.STALE_OFFER, "that offer is no longer valid; re-read the offers"
-        if self.running_jobs() + self.agreements.pending(now) >= p.max_concurrent_jobs:
+        if self.running_jobs() + self.agreements.pending(self.deadline_clock()) >= p.max_concurrent_jobs:
             return RejectCode.NO_CAPACITY, "all job slots are taken"
         if request.executor not in p.executors or request.executor not in offer.executors:
             return RejectCode.EXECUTOR_NOT_OFFERED, f"{request.executor} jobs are not offered"
@@ -282,7 +286,7 @@ class ProviderNegotiator:
             fee_bps=p.fee_bps,
             mint=offer.mint,
             ledger=offer.ledger,
-            start_deadline=now + p.start_window_s,
+            start_deadline=self.deadline_clock() + p.start_window_s * self.ledger_speed,
             expires_at=now + p.quote_ttl_s,
         )
 
@@ -324,7 +328,7 @@ class ProviderNegotiator:
                                    "the escrow is not funded for these terms")
                 return
             now = self.clock()
-            if self.running_jobs() + self.agreements.pending(now) >= self.policy.max_concurrent_jobs:
+            if self.running_jobs() + self.agreements.pending(self.deadline_clock()) >= self.policy.max_concurrent_jobs:
                 await self._reject(fs, neg, RejectCode.NO_CAPACITY, "capacity taken meanwhile")
                 return
             agreement = neg.agree(self.key, now)

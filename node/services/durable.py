@@ -1,0 +1,102 @@
+"""Durable jobs behind the job stream: the job service (SQLite, meter, reconcile) as an executor.
+
+The job stream (``job_stream.JobServer``) drives an executor: ``start`` → handle with
+``logs()``, ``wait()``, ``stop()``, ``cleanup()``. :class:`DurableExecutor` gives it exactly that
+shape, but runs every job through :class:`~dgpu.node.services.jobs.JobService`: each lifecycle
+transition is persisted, every minute is metered once, and a restarted daemon reconciles the
+containers it finds. Its handles also offer ``usage(agreement_id)``: the metered minutes as
+protocol ``UsageReceipt`` messages, which the job stream signs and sends to the renter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import trio
+
+from dgpu.node.adapters.executor import ExitStatus, JobSpec, LogChunk, ResourceLimits
+from dgpu.node.adapters.store import Store, UsageMinute
+from dgpu.node.services.jobs import JobService
+from dgpu.node.services.meter import build_usage_receipts
+from dgpu.protocol.messages import UsageReceipt
+
+__all__ = ["DurableExecutor", "DurableHandle"]
+
+#: log chunks buffered between the job and a slow renter stream; when full the job's log
+#: reader waits (backpressure), it never drops a line
+LOG_BUFFER = 256
+#: metered minutes waiting to be sent; one per minute, so this is hours of slack
+USAGE_BUFFER = 64
+
+
+class DurableHandle:
+    """One job run through the job service; the job stream's view of it."""
+
+    def __init__(self, service: JobService, store: Store, job_id: str) -> None:
+        self._service = service
+        self._store = store
+        self.job_id = job_id
+        self._logs_send, self._logs_recv = trio.open_memory_channel[LogChunk](LOG_BUFFER)
+        self._usage_send, self._usage_recv = trio.open_memory_channel[UsageMinute](USAGE_BUFFER)
+        self._done = trio.Event()
+        self._status: ExitStatus | None = None
+
+    async def _run(self) -> None:
+        async def on_log(job_id: str, chunk: LogChunk) -> None:
+            await self._logs_send.send(chunk)
+
+        async def on_minute(minute: UsageMinute) -> None:
+            await self._usage_send.send(minute)
+
+        try:
+            self._status = await self._service.run(self.job_id, log_sink=on_log, minute_sink=on_minute)
+        finally:
+            await self._logs_send.aclose()
+            await self._usage_send.aclose()
+            self._done.set()
+
+    async def logs(self) -> AsyncIterator[LogChunk]:
+        async with self._logs_recv:
+            async for chunk in self._logs_recv:
+                yield chunk
+
+    async def usage(self, agreement_id: str) -> AsyncIterator[UsageReceipt]:
+        """Each metered minute once, as an unsigned receipt, in minute order."""
+        async with self._usage_recv:
+            async for minute in self._usage_recv:
+                for receipt in await build_usage_receipts(self._store, self.job_id, agreement_id,
+                                                          from_index=minute.minute_index):
+                    if receipt.minute_index == minute.minute_index:
+                        yield receipt
+
+    async def wait(self) -> ExitStatus:
+        await self._done.wait()
+        assert self._status is not None
+        return self._status
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        del grace_s  # the job service applies its own stop grace period
+        await self._service.cancel(self.job_id)
+
+    async def cleanup(self) -> None:
+        """Nothing: the job service removes the container and workspace itself."""
+
+
+class DurableExecutor:
+    """Runs jobs of one executor kind (``docker`` or ``script``) through the job service."""
+
+    def __init__(self, service: JobService, store: Store, executor: str, nursery: trio.Nursery) -> None:
+        self._service = service
+        self._store = store
+        self._executor = executor
+        self._nursery = nursery
+
+    async def start(self, spec: JobSpec, limits: ResourceLimits) -> DurableHandle:
+        """Persist the job (ACCEPTED) and start running it; raises what ``accept`` raises."""
+        spec = replace(spec, limits=limits)
+        await self._service.accept(spec, self._executor)
+        handle = DurableHandle(self._service, self._store, spec.job_id)
+        self._nursery.start_soon(handle._run)
+        return handle
+
