@@ -28,7 +28,14 @@ from typing import Any
 
 import trio
 
-from dgpu.client.errors import EscrowFailed, JobFailed, NegotiationFailed, NoOffersError, NotConnected
+from dgpu.client.errors import (
+    ClientError,
+    EscrowFailed,
+    JobFailed,
+    NegotiationFailed,
+    NoOffersError,
+    NotConnected,
+)
 from dgpu.contracts.errors import ContractsError, EscrowRefused
 from dgpu.contracts.escrow_api import EscrowHandle, EscrowLedger, EscrowView
 from dgpu.node.app import NodeRuntime, new_nonce, run_node, wall_clock
@@ -167,6 +174,7 @@ class Rental:
             if on_warning is not None:
                 on_warning(remaining)
 
+        failure: ClientError | None = None
         async with trio.open_nursery() as nursery:
             if self.escrow is not None and self.client.ledger is not None:
                 nursery.start_soon(lambda: renter_billing(self.client.ledger, self.escrow,  # type: ignore[arg-type]
@@ -176,16 +184,17 @@ class Rental:
                 outcome = await run_job(rt.node, rt.key, self.agreement, self.provider_peer, clock=wall_clock,
                                         nonce=new_nonce, on_log=on_log, cancel=self._cancel)
             except (JobLostError, NetworkError) as exc:
-                done.set()
-                await self._recover()
-                raise JobFailed(f"job {self.id[:12]} lost: {exc}; the escrow was closed, unused minutes refunded"
-                                ) from exc
+                failure = JobFailed(f"job {self.id[:12]} lost: {exc}; the escrow was closed, unused minutes "
+                                    "refunded")
+                failure.__cause__ = exc
             except RejectedError as exc:
-                done.set()
-                await self._recover()
-                raise NegotiationFailed(f"the provider refused the job: {exc}", exc.code) from exc
+                failure = NegotiationFailed(f"the provider refused the job: {exc}", exc.code)
+                failure.__cause__ = exc
             finally:
                 done.set()
+        if failure is not None:  # raised outside the nursery, so callers see it unwrapped
+            await self._recover()
+            raise failure
         final = await self._settled()
         return RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings)
 

@@ -127,9 +127,13 @@ async def _executors(rt: NodeRuntime, nursery: trio.Nursery
     if Executor.SCRIPT in config.executors:
         from dgpu.node.adapters.script_executor import ScriptExecutor, ScriptPolicy
 
-        script = await ScriptExecutor.create(ScriptPolicy(enabled=True, scratch_root=config.data_dir / "jobs"))
-        log.warning("script executor enabled: %s", script.isolation_statement)
-        raw["script"] = script
+        try:
+            script = await ScriptExecutor.create(ScriptPolicy(enabled=True, scratch_root=config.data_dir / "jobs"))
+        except ExecutionError as exc:
+            log.warning("script executor unavailable (%s); not offering script jobs", exc)
+        else:
+            log.warning("script executor enabled: %s", script.isolation_statement)
+            raw["script"] = script
     store = await Store.open(config.data_dir / "node.sqlite3")
     rt.extra["store"] = store
     gpus = NvmlGpus()
@@ -302,7 +306,7 @@ async def _start_provider(rt: NodeRuntime, nursery: trio.Nursery) -> None:
         key,
         ProviderPolicy(price_floor_per_gpu_minute=config.price_per_gpu_minute,
                        executors=offered, allowed_images=config.allowed_images,
-                       max_concurrent_jobs=config.max_concurrent_jobs),
+                       max_concurrent_jobs=config.max_concurrent_jobs, start_window_s=config.start_window_s),
         offer_for_seq=recent.get, verifier=verifier, agreements=agreements,
         running_jobs=lambda: len(jobs.running), clock=wall_clock, nonce=new_nonce,
         deadline_clock=deadline_clock, ledger_speed=ledger_setup[2].speed if ledger_setup else 1,

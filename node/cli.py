@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="provider: ledger seconds an exhausted rental keeps running, waiting for a top-up")
     n.add_argument("--billing-poll", type=float, default=5.0, help="seconds between looks at the escrow")
     n.add_argument("--meter-interval", type=float, default=60.0, help="provider: seconds per metered minute")
+    n.add_argument("--start-window", type=int, default=120,
+                   help="provider: seconds a renter has to submit an agreed job (then its escrow is refundable)")
     n.add_argument("--api-port", type=int, default=None,
                    help="serve the local HTTP API on this port (8700 is usual; needs --bootstrap-url)")
     n.add_argument("--api-host", default="127.0.0.1")
@@ -167,7 +169,7 @@ def _node(args: argparse.Namespace) -> int:
             allow_unfunded_escrow=args.allow_unfunded_escrow, offer_ttl_s=args.offer_ttl,
             status_file=args.status_file, ledger_url=args.ledger_url, claim_interval_s=args.claim_interval,
             billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
-            meter_interval_s=args.meter_interval,
+            meter_interval_s=args.meter_interval, start_window_s=args.start_window,
         )
         api = None
         if args.api_port is not None:

@@ -1,0 +1,165 @@
+"""Every billing path end to end: a bootstrap node (serving the development ledger, clock x60)
+and provider processes on 127.0.0.1, a renter (``dgpu.client``) in the test process.
+
+One wall second is one ledger minute, so rentals of a few "minutes" take a few seconds. After
+each path the escrow is checked on the ledger: paid + fee + refunded == deposited.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from dgpu.client import Client, JobFailed
+from dgpu.client.client import RentalResult
+from dgpu.contracts.escrow_api import EscrowView
+from dgpu.node.demo import DemoNetwork
+from dgpu.node.services.billing import BillingPolicy, renter_billing
+from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.messages import JobState, LogChunk
+
+pytestmark = pytest.mark.integration
+
+PROVIDER_FLAGS = ["--executor", "script", "--claim-interval", "120", "--billing-grace", "60",
+                  "--billing-poll", "0.3", "--meter-interval", "1", "--start-window", "3"]
+PRICE = 1_000
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[DemoNetwork]:
+    # script jobs run as nobody under the providers' folders: every parent must be traversable,
+    # which pytest's own tmp folders (0700) are not
+    workdir = Path(tempfile.mkdtemp(prefix="dgpu-billing-"))
+    workdir.chmod(0o711)
+    net = DemoNetwork(workdir, log_level="INFO")
+    deadline = time.monotonic() + 60
+    try:
+        net.start_bootstrap(deadline, ledger_speed=60)
+        net.start_provider("provider", "RTX 4090:24576:1", PRICE, deadline, extra=PROVIDER_FLAGS)
+        yield net
+    finally:
+        net.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def renter(net: DemoNetwork, tmp_path: Path, **policy: float) -> AsyncIterator[Client]:
+    billing = BillingPolicy(poll_interval_s=0.3, **policy)  # type: ignore[arg-type]
+    async with Client.connect([net.addrs["bootstrap"]], ledger_url=net.ledger_url, data_dir=tmp_path,
+                              accept_simulated=True, billing_policy=billing) as client:
+        assert client.ledger is not None
+        await client.ledger.faucet(1_000_000)  # type: ignore[attr-defined]
+        yield client
+
+
+def script(seconds: int) -> str:
+    return f'echo started\nfor i in $(seq 1 {seconds}); do sleep 1; echo "tick $i"; done\necho done\n'
+
+
+def assert_conserved(view: EscrowView | None, deposited: int) -> None:
+    assert view is not None and view.status is EscrowStatus.CLOSED and view.vault_balance == 0
+    assert view.deposited == deposited
+    assert view.paid + view.fee_paid + view.refunded == view.deposited
+    assert view.paid + view.fee_paid == view.claimed_minutes * view.rate_per_minute
+    assert view.fee_paid == view.claimed_minutes * view.rate_per_minute * view.fee_bps // 10_000
+
+
+async def test_full_run_pays_the_minutes_used_and_refunds_the_rest(network: DemoNetwork, tmp_path: Path) -> None:
+    async with renter(network, tmp_path) as client:
+        start = await client.balance()
+        rental = await client.rent(script=script(3), max_minutes=10, gpu_model="RTX 4090")
+        lines: list[str] = []
+        result = await rental.run(on_log=lambda c: lines.extend(c.data.splitlines()))
+        assert result.state is JobState.FINISHED and result.exit_code == 0
+        assert lines[0] == "started" and lines[-1] == "done"
+        assert_conserved(result.escrow, 10 * PRICE)
+        assert 1 <= result.minutes < 10 and result.refunded == (10 - result.minutes) * PRICE
+        assert await client.balance() == start - result.paid - result.fee
+
+
+async def test_early_close_stops_the_job_and_refunds_every_unaccrued_minute(network: DemoNetwork,
+                                                                          tmp_path: Path) -> None:
+    async with renter(network, tmp_path) as client:
+        rental = await client.rent(script=script(60), max_minutes=30, gpu_model="RTX 4090")
+        started = trio.Event()
+
+        def on_log(chunk: LogChunk) -> None:
+            if "tick 2" in chunk.data:
+                started.set()
+
+        results: list[RentalResult] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _collect(rental.run(on_log=on_log), results))
+            await started.wait()
+            closed = await rental.close()
+        assert closed.status is EscrowStatus.CLOSED
+        result = results[0]
+        assert result.state is JobState.CANCELLED  # the provider saw the closed escrow and stopped
+        assert_conserved(result.escrow, 30 * PRICE)
+        assert result.refunded >= 20 * PRICE
+
+
+async def _collect(coro: object, into: list[RentalResult]) -> None:
+    into.append(await coro)  # type: ignore[misc]
+
+
+async def test_top_up_keeps_an_exhausting_job_running(network: DemoNetwork, tmp_path: Path) -> None:
+    async with renter(network, tmp_path, warn_remaining_minutes=1, auto_top_up_minutes=10) as client:
+        rental = await client.rent(script=script(5), max_minutes=3, gpu_model="RTX 4090")
+        result = await rental.run()
+        assert result.warnings  # warned when one paid minute was left, and topped up
+        assert result.state is JobState.FINISHED and result.exit_code == 0
+        assert result.escrow is not None and result.escrow.max_minutes == 13
+        assert_conserved(result.escrow, 13 * PRICE)
+
+
+async def test_exhaustion_then_grace_then_stop(network: DemoNetwork, tmp_path: Path) -> None:
+    async with renter(network, tmp_path) as client:
+        rental = await client.rent(script=script(60), max_minutes=2, gpu_model="RTX 4090")
+        result = await rental.run()
+        assert result.state is JobState.CANCELLED
+        assert "exhausted" in result.reason
+        assert_conserved(result.escrow, 2 * PRICE)
+        assert result.minutes == 2 and result.refunded == 0
+
+
+async def test_a_rental_never_started_is_refunded_after_the_deadline(network: DemoNetwork, tmp_path: Path) -> None:
+    async with renter(network, tmp_path) as client:
+        before = await client.balance()
+        rental = await client.rent(script=script(1), max_minutes=10, gpu_model="RTX 4090")
+        assert await client.balance() == before - 10 * PRICE  # locked
+        assert client.ledger is not None and rental.escrow is not None
+        # the job is never submitted, so the provider never starts the escrow
+        result = await renter_billing(client.ledger, rental.escrow, policy=BillingPolicy(poll_interval_s=0.3))
+        assert [r.action for r in result.receipts] == ["refund_unstarted"]
+        assert await client.balance() == before
+        assert_conserved(await rental.escrow_state(), 10 * PRICE)
+
+
+async def test_a_provider_killed_mid_rental_leaves_the_renters_funds_recoverable(network: DemoNetwork,
+                                                                                tmp_path: Path) -> None:
+    victim = network.start_provider("victim", "A100:81920:1", PRICE, time.monotonic() + 30,
+                                    extra=PROVIDER_FLAGS)
+    assert victim
+    async with renter(network, tmp_path) as client:
+        offers = await client.find_offers(gpu_model="A100", wait_s=20)
+        assert offers, "the victim's offer never arrived"
+        rental = await client.rent(offers[0], script=script(60), max_minutes=30)
+
+        def kill_on_tick(chunk: LogChunk) -> None:
+            if "tick 2" in chunk.data:
+                network.procs["victim"].send_signal(signal.SIGKILL)
+
+        with trio.fail_after(60), pytest.raises(JobFailed, match="lost"):
+            await rental.run(on_log=kill_on_tick)
+        view = await rental.escrow_state()  # the renter closed it: accrued minutes paid, the rest back
+        assert_conserved(view, 30 * PRICE)
+        assert view.refunded >= 20 * PRICE
