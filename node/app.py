@@ -147,13 +147,19 @@ async def _executors(rt: NodeRuntime, nursery: trio.Nursery
 
 
 async def _watch_peers(rt: NodeRuntime) -> None:
-    """Republish our offer when new peers join the topic (they missed the last one)."""
+    """Republish our offer when peers we never saw join the topic (they missed it).
+
+    Only first sightings count: peers that flap in and out of the topic (reconnects,
+    stream repairs) must not turn every node into a continuous republisher.
+    """
     seen: set[str] = set()
     while True:
         peers = set(rt.node.topic_peers(OFFERS_TOPIC))
         if peers - seen and rt.publisher is not None:
             rt.publisher.changed()
-        seen = peers
+        seen |= peers
+        if len(seen) > 10_000:  # bounded; forgetting only means one extra republish
+            seen = peers
         await trio.sleep(0.5)
 
 

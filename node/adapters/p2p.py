@@ -48,6 +48,7 @@ from dgpu.node.adapters.p2p_pubsub import (
     GossipConfig,
     GossipMessage,
     GuardedPubsub,
+    Verdict,
     build_gossip,
     gossip_message,
 )
@@ -77,7 +78,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 StreamHandler = Callable[[FramedStream], Awaitable[None]]
-TopicValidator = Callable[[GossipMessage], bool]
+TopicValidator = Callable[[GossipMessage], "bool | Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,17 +299,22 @@ class P2PNode:
                         on_message: Callable[[GossipMessage], None] | None = None) -> None:
         """Join ``topic``; ``validator`` decides (synchronously) what is accepted and relayed.
 
-        The validator is the gate: whatever it accepts is delivered locally and forwarded;
-        whatever it refuses (or raises on) is dropped and counted against the forwarder's score.
+        The validator is the gate: ACCEPT (or True) is delivered locally and forwarded;
+        IGNORE is dropped without blame; REJECT (or False, or raising) is dropped and counted
+        against the forwarder's score.
         """
         ps = self._require_pubsub()
 
         def libp2p_validator(forwarder: ID, msg: Any) -> bool:
             try:
-                return bool(validator(gossip_message(topic, forwarder, msg)))
+                verdict = validator(gossip_message(topic, forwarder, msg))
             except Exception:  # a validator must answer, never raise into pubsub
                 log.exception("topic validator for %s raised; message rejected", topic)
                 return False
+            if verdict is Verdict.IGNORE:
+                ps.mark_ignored(msg)
+                return False
+            return verdict is Verdict.ACCEPT or verdict is True
 
         ps.set_topic_validator(topic, libp2p_validator, is_async_validator=False)
         sub = await ps.subscribe(topic)
@@ -419,6 +425,29 @@ async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode
             pubsub.seen_messages.stop()  # its sweeper is an OS thread nothing else stops
 
 
+async def _repair_pubsub_streams(host: Any, pubsub: GuardedPubsub) -> None:
+    """Re-open pubsub streams to connected peers that lost theirs.
+
+    When two nodes dial each other at once, one of the two connections is closed; a pubsub
+    stream opened on it dies with it while the peer stays connected, and 0.8.1 never
+    notices. Such a pair exchanges no gossip: at 30 nodes offers stopped reaching everyone.
+    """
+    wanted = {str(p) for p in pubsub.protocols}
+    store = host.get_peerstore()
+    while True:
+        await trio.sleep(2)
+        for pid in list(host.get_connected_peers()):
+            if pid in pubsub.peers or pubsub.is_peer_blacklisted(pid):
+                continue
+            try:
+                speaks = wanted & {str(p) for p in store.get_protocols(pid)}
+            except Exception:  # peerstore raises for peers identify has not filled yet
+                continue
+            if speaks:  # e.g. a bootstrap node speaks no pubsub: leave it alone
+                pubsub.repairs += 1
+                pubsub._schedule_peer_stream_retry(pid)
+
+
 async def _run_services(pubsub: GuardedPubsub | None, dht: KadDHT,
                         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     async with background_trio_service(dht):
@@ -430,7 +459,7 @@ async def _run_services(pubsub: GuardedPubsub | None, dht: KadDHT,
         async with background_trio_service(pubsub), background_trio_service(router):
             await pubsub.wait_until_ready()
             task_status.started()
-            await trio.sleep_forever()
+            await _repair_pubsub_streams(pubsub.host, pubsub)
 
 
 class Discovery:

@@ -22,8 +22,10 @@ and peer scoring configured, with P4's weight **positive** because 0.8.1 subtrac
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,7 @@ __all__ = [
     "GossipConfig",
     "GossipMessage",
     "GuardedPubsub",
+    "Verdict",
     "build_gossip",
 ]
 
@@ -48,6 +51,21 @@ log = logging.getLogger(__name__)
 #: inbound pubsub frame cap: below the ~64 KiB interleaving hazard; an RPC carries one offer
 #: (<= 8 KiB) or control data, so honest peers never come close
 MAX_INBOUND_RPC_BYTES = 60 * 1024
+
+
+class Verdict(enum.Enum):
+    """A topic validator's answer (gossipsub v1.1's accept / ignore / reject)."""
+
+    ACCEPT = "accept"
+    """Deliver locally and forward."""
+    IGNORE = "ignore"
+    """Drop without blame: valid but not useful (e.g. an older seq arriving out of order)."""
+    REJECT = "reject"
+    """Drop and count against the forwarder's score (P4): forged, expired, malformed."""
+
+
+class _Ignored(Exception):
+    """Internal: validation said IGNORE; push_msg drops the message without a penalty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +160,30 @@ class GuardedPubsub(Pubsub):
         )
         #: counters for tests and metrics: frames/messages the guards dropped
         self.guard_drops: dict[str, int] = {"bad_frame": 0, "bad_message": 0, "oversize": 0}
+        #: message ids a validator answered IGNORE for; bounded (the seen cache covers 2 min)
+        self._ignored: OrderedDict[bytes, None] = OrderedDict()
+        self.ignored_count = 0
+        #: pubsub streams re-opened to peers that were connected without one
+        self.repairs = 0
+
+    def mark_ignored(self, msg: rpc_pb2.Message) -> None:
+        """Called by a topic validator that answers IGNORE, before it returns False."""
+        self._ignored[self._msg_id_constructor(msg)] = None
+        while len(self._ignored) > 4096:
+            self._ignored.popitem(last=False)
+
+    async def validate_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        # 0.8.1 knows only valid/invalid, and blames the forwarder for every invalid message
+        # (also for a cached result when a second peer forwards the same one). Out-of-order
+        # offers are normal in gossip: blaming honest relays for them graylisted them.
+        from libp2p.exceptions import ValidationError
+
+        try:
+            await super().validate_msg(msg_forwarder, msg)
+        except ValidationError:
+            if self._msg_id_constructor(msg) in self._ignored:
+                raise _Ignored from None
+            raise
 
     async def stream_handler(self, stream: Any) -> None:
         peer_id = stream.muxed_conn.peer_id
@@ -162,7 +204,10 @@ class GuardedPubsub(Pubsub):
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         if msg_forwarder == self.my_id:
-            await super().push_msg(msg_forwarder, msg)
+            try:
+                await super().push_msg(msg_forwarder, msg)
+            except _Ignored:
+                self.ignored_count += 1
             return
         if len(msg.data) > self.max_data_bytes:
             self.guard_drops["oversize"] += 1
@@ -170,6 +215,8 @@ class GuardedPubsub(Pubsub):
             return
         try:
             await super().push_msg(msg_forwarder, msg)
+        except _Ignored:
+            self.ignored_count += 1
         except Exception as exc:  # runs as a pubsub service task: an escape ends pubsub
             self.guard_drops["bad_message"] += 1
             self._count_invalid(msg_forwarder, msg)

@@ -10,9 +10,11 @@ Rules of the offer book:
 
 The validator is the gossipsub gate (see ``adapters.p2p.P2PNode.subscribe``): an offer it
 accepts is stored *and* relayed; one it refuses is neither, and counts against the peer that
-forwarded it. It checks, in order: size, envelope (schema, signature, validity window),
-that the envelope's signer is the pubsub origin (the peer that libp2p says signed the
-message) and the offer's provider, expiry, the simulated-inventory policy, and ``seq``.
+forwarded it — except an older ``seq`` that is not a replay, which gossip delivers out of
+order in normal operation: it is ignored without blame. It checks, in order: size, envelope
+(schema, signature, validity window), that the envelope's signer is the pubsub origin (the
+peer that libp2p says signed the message) and the offer's provider, expiry, the
+simulated-inventory policy, and ``seq``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dgpu.node.adapters.p2p_pubsub import GossipMessage
+from dgpu.node.adapters.p2p_pubsub import GossipMessage, Verdict
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal
 from dgpu.protocol.errors import RemoteProtocolError
 from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S
@@ -168,7 +170,7 @@ class OfferValidator:
         log.info("rejected offer from %s via %s: %s", msg.origin, msg.forwarder, reason)
         return False
 
-    def __call__(self, msg: GossipMessage) -> bool:
+    def __call__(self, msg: GossipMessage) -> bool | Verdict:
         now = self.clock()
         if len(msg.data) > MAX_OFFER_BYTES:
             return self._refuse("oversize", msg)
@@ -188,7 +190,15 @@ class OfferValidator:
             return self._refuse("simulated", msg)
         last = self.book.last_seq(offer.provider)
         if last is not None and offer.seq <= last:
-            return self._refuse("stale_seq", msg)
+            # normal in gossip (two paths, out of order) unless it is a replay (caught below
+            # by nonce first): not stored, not relayed, but no blame on the relay
+            try:
+                self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at,
+                                                now)
+            except RemoteProtocolError:
+                return self._refuse("replay", msg)
+            self._refuse("stale_seq", msg)
+            return Verdict.IGNORE
         try:
             self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at, now)
         except RemoteProtocolError:

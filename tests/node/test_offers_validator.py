@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from dgpu.node.adapters.p2p_pubsub import GossipMessage
+from dgpu.node.adapters.p2p_pubsub import GossipMessage, Verdict
 from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferValidator
 from dgpu.protocol.envelope import seal
 from dgpu.protocol.ids import MAX_OFFER_BYTES
@@ -59,10 +59,11 @@ def test_expired_offer_is_rejected(key: SigningKey, offer_factory: Callable[...,
 def test_older_or_equal_seq_is_rejected(key: SigningKey, offer_factory: Callable[..., Offer]) -> None:
     make_offer = offer_factory
     v = _validator()
-    assert v(_msg(_sealed(make_offer(key, seq=7), key), key))
-    assert not v(_msg(_sealed(make_offer(key, seq=7), key), key))
-    assert not v(_msg(_sealed(make_offer(key, seq=3), key), key))
+    assert v(_msg(_sealed(make_offer(key, seq=7), key), key)) is True
+    assert v(_msg(_sealed(make_offer(key, seq=7), key), key)) is Verdict.IGNORE
+    assert v(_msg(_sealed(make_offer(key, seq=3), key), key)) is Verdict.IGNORE
     assert v.rejected["stale_seq"] == 2
+    assert v.book.last_seq(key.public_key.wallet) == 7
 
 
 def test_replayed_envelope_is_rejected_even_after_book_eviction(
