@@ -1,0 +1,5 @@
+pub mod config;
+pub mod escrow;
+
+pub use config::*;
+pub use escrow::*;
