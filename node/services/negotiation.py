@@ -245,7 +245,7 @@ class ProviderNegotiator:
                 raise RemoteProtocolError("request for another provider",
                                           reject_code=RejectCode.INVALID_REQUEST)
             neg.receive(msg, now, signer=opened.signer)
-        except RemoteProtocolError as exc:
+        except RemoteProtocolError:
             if isinstance(msg, JobRequest):
                 # the machine refused it, so it holds no request id: keep one to answer with
                 self._refused_request = msg
