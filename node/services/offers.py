@@ -19,6 +19,8 @@ simulated-inventory policy, and ``seq``.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import logging
 import secrets
 import time
@@ -90,12 +92,44 @@ class OfferQuery:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What queries test, computed once when an offer is stored (queries scan thousands)."""
+
+    region: str
+    price: int
+    executors: frozenset[Executor]
+    simulated: bool
+    #: (model casefolded, VRAM MiB, count) per GPU kind
+    gpus: tuple[tuple[str, int, int], ...]
+
+    @classmethod
+    def of(cls, offer: Offer) -> _Facts:
+        return cls(offer.region, offer.price_per_minute, frozenset(offer.executors), offer.simulated,
+                   tuple((g.model.casefold(), g.vram_mib, g.count) for g in offer.gpus))
+
+
+def _order_key(offer: Offer) -> tuple[int, int, str]:
+    """Cheapest first; ties: more VRAM, then provider (stable)."""
+    return (offer.price_per_minute, -max(g.vram_mib for g in offer.gpus), offer.provider)
+
+
 class OfferBook:
-    """The offers this node knows, newest ``seq`` per provider, bounded and expiry-pruned."""
+    """The offers this node knows, newest ``seq`` per provider, bounded and expiry-pruned.
+
+    Kept in price order (a sorted key list, updated by bisection on every change) with each
+    offer's query facts precomputed, and expired lazily from a heap, so a query is one scan
+    with no sort and a store is logarithmic plus a list shift."""
 
     def __init__(self, capacity: int = 1000) -> None:
         self.capacity = capacity  # providers; ~2 KiB each, so 1000 is ~2 MiB at most
         self._entries: dict[str, BookEntry] = {}
+        self._facts: dict[str, _Facts] = {}
+        #: (*_order_key, facts, entry) of every stored offer, sorted by the key (unique per
+        #: provider, so the trailing items are never compared)
+        self._order: list[tuple[int, int, str, _Facts, BookEntry]] = []
+        #: (expires_at, provider, seq); entries for replaced offers are skipped when popped
+        self._expiry: list[tuple[int, str, int]] = []
         #: changes are signalled here (renters waiting for offers); replaced on every change
         self._changed = trio.Event()
 
@@ -109,11 +143,29 @@ class OfferBook:
     def get(self, provider: str) -> BookEntry | None:
         return self._entries.get(provider)
 
+    def _remove(self, provider: str) -> None:
+        entry = self._entries.pop(provider)
+        del self._facts[provider]
+        del self._order[bisect.bisect_left(self._order, _order_key(entry.offer))]
+
     def drop_expired(self, now: int) -> int:
-        gone = [p for p, e in self._entries.items() if e.offer.expires_at <= now]
-        for p in gone:
-            del self._entries[p]
-        return len(gone)
+        dropped = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            expires_at, provider, seq = heapq.heappop(self._expiry)
+            entry = self._entries.get(provider)
+            if entry is not None and entry.offer.seq == seq and entry.offer.expires_at == expires_at:
+                self._remove(provider)
+                dropped += 1
+        return dropped
+
+    def _soonest_expiring(self) -> BookEntry | None:
+        while self._expiry:
+            expires_at, provider, seq = self._expiry[0]
+            entry = self._entries.get(provider)
+            if entry is not None and entry.offer.seq == seq and entry.offer.expires_at == expires_at:
+                return entry
+            heapq.heappop(self._expiry)  # stale: that offer was replaced or removed
+        return None
 
     def put(self, offer: Offer, peer_id: str, *, now: int) -> bool:
         """Store ``offer`` if it is newer than what we hold; False when not stored."""
@@ -122,11 +174,18 @@ class OfferBook:
         if old is not None and offer.seq <= old.offer.seq:
             return False
         if old is None and len(self._entries) >= self.capacity:
-            victim = min(self._entries.values(), key=lambda e: e.offer.expires_at)
-            if victim.offer.expires_at >= offer.expires_at:
+            victim = self._soonest_expiring()
+            if victim is None or victim.offer.expires_at >= offer.expires_at:
                 return False
-            del self._entries[victim.offer.provider]
-        self._entries[offer.provider] = BookEntry(offer, peer_id)
+            self._remove(victim.offer.provider)
+        if old is not None:
+            self._remove(offer.provider)
+        entry = BookEntry(offer, peer_id)
+        facts = _Facts.of(offer)
+        self._entries[offer.provider] = entry
+        self._facts[offer.provider] = facts
+        bisect.insort(self._order, (*_order_key(offer), facts, entry))
+        heapq.heappush(self._expiry, (offer.expires_at, offer.provider, offer.seq))
         self._changed.set()
         self._changed = trio.Event()
         return True
@@ -134,9 +193,21 @@ class OfferBook:
     def query(self, q: OfferQuery, *, now: int) -> list[BookEntry]:
         """Matching offers, cheapest first (ties: more VRAM, then provider for stability)."""
         self.drop_expired(now)
-        hits = [e for e in self._entries.values() if q.matches(e.offer)]
-        hits.sort(key=lambda e: (e.offer.price_per_minute,
-                                 -max(g.vram_mib for g in e.offer.gpus), e.offer.provider))
+        want = q.gpu_model.casefold() if q.gpu_model else None
+        region, max_price, executor = q.region, q.max_price_per_minute, q.executor
+        min_vram, count_wanted, simulated_ok = q.min_vram_mib, q.gpu_count, q.include_simulated
+        hits = []
+        for price, _, _, f, entry in self._order:
+            if max_price is not None and price > max_price:
+                break  # price order: nothing further can match
+            if ((region is not None and f.region != region)
+                    or (executor is not None and executor not in f.executors)
+                    or (f.simulated and not simulated_ok)):
+                continue
+            for model, vram, count in f.gpus:
+                if (want is None or model == want) and vram >= min_vram and count >= count_wanted:
+                    hits.append(entry)
+                    break
         return hits
 
     async def wait_for(self, q: OfferQuery, *, now: Clock, count: int = 1) -> list[BookEntry]:
