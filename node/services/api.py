@@ -48,6 +48,7 @@ from dgpu.protocol.pricing import (
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
+    from dgpu.contracts.escrow_api import EscrowLedger
     from dgpu.node.services.negotiation import ProviderNegotiator
     from dgpu.node.services.offers import OfferPublisher
 
@@ -145,12 +146,11 @@ class ApiSettings(BaseModel):
     port: int = Field(8700, ge=0, le=65535)
     #: HTTP base URL of the bootstrap node whose auth (JWKS, login) and storage the API uses
     bootstrap_url: str = Field(min_length=1, max_length=512)
-    #: the development ledger's HTTP base URL (a bootstrap node); None: no ledger, no payments
+    #: the development ledger's HTTP base URL (a bootstrap node); None: no ledger, so no job
+    #: can be paid for and ``POST /api/v1/jobs`` is refused (503 ``no_ledger``)
     ledger_url: str | None = Field(None, max_length=512)
     #: development networks only: simulated GPUs may be registered and the faucet may be used
     development: bool = False
-    #: development networks only, with no ledger: rent with the UNFUNDED placeholder escrow
-    allow_unfunded: bool = False
     #: wallets besides the owner allowed to use the API (tokens with role "admin" always are)
     admin_wallets: frozenset[str] = frozenset()
     #: each running API job holds a stream, an escrow poller and a log buffer
@@ -205,18 +205,13 @@ class MarketQuery:
 
 
 def _max_vram(offer: Offer) -> int:
-    return max(g.vram_mib for g in offer.gpus)
+    gpus = offer.gpus
+    return gpus[0].vram_mib if len(gpus) == 1 else max(g.vram_mib for g in gpus)
 
 
 def market_page(book: OfferBook, q: MarketQuery, *, now: int) -> tuple[int, list[BookEntry]]:
     """(total matches, the requested page) — sorted by price (cheapest first) or VRAM."""
-    hits = book.query(q.offer_query(), now=now)  # cheapest first, ties: more VRAM, provider
-    if q.sort == "-price":
-        hits.sort(key=lambda e: (-e.offer.price_per_minute, -_max_vram(e.offer), e.offer.provider))
-    elif q.sort == "vram":
-        hits.sort(key=lambda e: (_max_vram(e.offer), e.offer.price_per_minute, e.offer.provider))
-    elif q.sort == "-vram":
-        hits.sort(key=lambda e: (-_max_vram(e.offer), e.offer.price_per_minute, e.offer.provider))
+    hits = book.query(q.offer_query(), now=now, order=q.sort)
     return len(hits), hits[q.offset:q.offset + min(q.limit, MAX_PAGE)]
 
 
@@ -386,7 +381,7 @@ class JobBackend(Protocol):
 class JobManager:
     """The API's jobs: bounded, supervised, in the node's nursery (``await nursery.start(m.run)``)."""
 
-    def __init__(self, backend: JobBackend, *, max_active: int, max_records: int, log_lines: int,
+    def __init__(self, backend: JobBackend | None, *, max_active: int, max_records: int, log_lines: int,
                  clock: Callable[[], int]) -> None:
         self.backend = backend
         self.max_active = max_active
@@ -412,6 +407,9 @@ class JobManager:
         return self._active
 
     def submit(self, spec: JobSpec) -> ApiJob:
+        if self.backend is None:
+            raise Unavailable("this node has no ledger configured (--ledger-url), so it cannot pay for "
+                              "jobs; nothing was submitted", "no_ledger")
         if self._nursery is None:
             raise Unavailable("the job service is not running")
         if self._active >= self.max_active:
@@ -451,6 +449,7 @@ class JobManager:
         return job
 
     async def _supervise(self, job: ApiJob) -> None:
+        assert self.backend is not None  # submit refuses every job without one
         try:
             final = await self.backend.run(job.spec, job)
         except JobRunError as exc:
@@ -598,15 +597,15 @@ OFFER_WAIT_S = 5.0
 
 class NetworkJobBackend:
     """Runs API jobs on the network from this node: the renter library's ``Client`` over the
-    node's own runtime (escrow on ``ledger``, billing, settlement), or, on development networks
-    whose providers accept it and with no ledger configured, the UNFUNDED placeholder escrow
-    (nothing is paid; the job is labelled so in its reason)."""
+    node's own runtime. Every job is paid for: ``negotiate`` with a ``LedgerFunder`` (the
+    escrow is opened on ``ledger`` before the quote is accepted), then the job stream with
+    billing, then settlement. There is no unpaid path: a node without a ledger has no backend
+    (``JobManager`` refuses submissions with ``no_ledger``)."""
 
-    def __init__(self, runtime: Any, ledger: Any | None, *, allow_unfunded: bool,
+    def __init__(self, runtime: Any, ledger: EscrowLedger, *,
                  progress_interval_s: float, clock: Callable[[], int]) -> None:
         self.runtime = runtime
         self.ledger = ledger
-        self.allow_unfunded = allow_unfunded
         self.progress_interval_s = progress_interval_s
         self.clock = clock
 
@@ -630,24 +629,11 @@ class NetworkJobBackend:
             raise JobRunError("no offer matches this job", "no_offers")
         return hits[0]
 
-    @staticmethod
-    def _job_fields(spec: JobSpec, offer: Offer) -> dict[str, Any]:
-        return {"executor": spec.executor, "image": spec.image, "script": spec.script,
-                "command": spec.command, "env": dict(spec.env), "max_minutes": spec.max_minutes,
-                "gpu_count": spec.gpu_count, "gpu_model": spec.gpu_model or offer.gpus[0].model,
-                "min_vram_mib": spec.min_vram_mib, "egress": spec.egress,
-                "max_price_per_minute": spec.max_price_per_minute
-                or offer.price_per_minute * spec.gpu_count}
-
     async def run(self, spec: JobSpec, job: ApiJob) -> JobFinal:
         entry = await self._pick(spec)
-        if self.ledger is None:
-            if not self.allow_unfunded:
-                raise JobRunError("this node has no ledger configured, so it cannot pay", "no_ledger")
-            return await self._run_unfunded(spec, job, entry)
-        return await self._run_funded(spec, job, entry)
+        return await self._run_paid(spec, job, entry)
 
-    async def _run_funded(self, spec: JobSpec, job: ApiJob, entry: BookEntry) -> JobFinal:
+    async def _run_paid(self, spec: JobSpec, job: ApiJob, entry: BookEntry) -> JobFinal:
         from dgpu.client.client import Client, OfferInfo
         from dgpu.client.errors import ClientError, EscrowFailed, NegotiationFailed
 
@@ -700,31 +686,6 @@ class NetworkJobBackend:
                 nursery.cancel_scope.cancel()
         return JobFinal(_final_state(str(result.state)), result.exit_code, result.reason,
                         result.minutes, result.paid, result.fee, result.refunded)
-
-    async def _run_unfunded(self, spec: JobSpec, job: ApiJob, entry: BookEntry) -> JobFinal:
-        from dgpu.node.app import new_nonce
-        from dgpu.node.errors import JobLostError, NetworkError, RejectedError
-        from dgpu.node.services.job_stream import run_job
-        from dgpu.node.services.negotiation import UnfundedPlaceholderEscrow, negotiate
-
-        rt = self.runtime
-        try:
-            neg = await negotiate(rt.node, rt.key, entry.offer, self._job_fields(spec, entry.offer),
-                                  escrow=UnfundedPlaceholderEscrow(), clock=self.clock,
-                                  nonce=new_nonce, provider_peer=entry.peer_id)
-        except (RejectedError, NetworkError) as exc:
-            raise JobRunError(f"negotiation failed: {exc}", "negotiation_failed") from exc
-        job.agreed(entry.offer.provider, neg.agreement.terms.rate_per_minute, escrow=None,
-                   agreement_id=neg.agreement.agreement_id)
-        try:
-            outcome = await run_job(rt.node, rt.key, neg.agreement, neg.provider_peer,
-                                    clock=self.clock, nonce=new_nonce,
-                                    on_log=lambda c: job.log(c.stream, c.data),
-                                    cancel=job.cancel_requested)
-        except (JobLostError, RejectedError, NetworkError) as exc:
-            raise JobRunError(f"job lost: {exc}", "job_lost") from exc
-        reason = f"{outcome.reason} (UNFUNDED development escrow: nothing was paid)".strip()
-        return JobFinal(_final_state(str(outcome.state)), outcome.exit_code, reason)
 
 
 def _final_state(value: str) -> ApiJobState:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import logging
+import operator
 import secrets
 import time
 from collections import Counter, deque
@@ -96,8 +97,10 @@ class OfferQuery:
 class _Facts:
     """What queries test, computed once when an offer is stored (queries scan thousands)."""
 
+    provider: str
     region: str
     price: int
+    max_vram: int
     executors: frozenset[Executor]
     simulated: bool
     #: (model casefolded, VRAM MiB, count) per GPU kind
@@ -105,8 +108,19 @@ class _Facts:
 
     @classmethod
     def of(cls, offer: Offer) -> _Facts:
-        return cls(offer.region, offer.price_per_minute, frozenset(offer.executors), offer.simulated,
+        return cls(offer.provider, offer.region, offer.price_per_minute, max(g.vram_mib for g in offer.gpus),
+                   frozenset(offer.executors), offer.simulated,
                    tuple((g.model.casefold(), g.vram_mib, g.count) for g in offer.gpus))
+
+
+#: the other orders a query can return: (fact, descending) re-sorts of the price order, which
+#: Python's stable sort turns into (-price, -VRAM, provider), (VRAM, price, provider) and
+#: (-VRAM, price, provider) without building a key tuple per offer
+ORDERS: dict[str, tuple[Callable[[_Facts], int], bool]] = {
+    "-price": (operator.attrgetter("price"), True),
+    "vram": (operator.attrgetter("max_vram"), False),
+    "-vram": (operator.attrgetter("max_vram"), True),
+}
 
 
 def _order_key(offer: Offer) -> tuple[int, int, str]:
@@ -190,14 +204,25 @@ class OfferBook:
         self._changed = trio.Event()
         return True
 
-    def query(self, q: OfferQuery, *, now: int) -> list[BookEntry]:
-        """Matching offers, cheapest first (ties: more VRAM, then provider for stability)."""
+    def query(self, q: OfferQuery, *, now: int, order: str = "price") -> list[BookEntry]:
+        """Matching offers, cheapest first (ties: more VRAM, then provider for stability), or in
+        another of :data:`ORDERS` ("-price", "vram", "-vram")."""
+        matched = self._scan(q, now)
+        if order != "price":
+            key, descending = ORDERS[order]
+            matched.sort(key=key, reverse=descending)
+        entries = self._entries
+        return [entries[f.provider] for f in matched]
+
+    def _scan(self, q: OfferQuery, now: int) -> list[_Facts]:
+        """The facts of every match, in price order (no per-match allocation: a scan of
+        thousands must not feed the garbage collector)."""
         self.drop_expired(now)
         want = q.gpu_model.casefold() if q.gpu_model else None
         region, max_price, executor = q.region, q.max_price_per_minute, q.executor
         min_vram, count_wanted, simulated_ok = q.min_vram_mib, q.gpu_count, q.include_simulated
         hits = []
-        for price, _, _, f, entry in self._order:
+        for price, _, _, f, _ in self._order:
             if max_price is not None and price > max_price:
                 break  # price order: nothing further can match
             if ((region is not None and f.region != region)
@@ -206,7 +231,7 @@ class OfferBook:
                 continue
             for model, vram, count in f.gpus:
                 if (want is None or model == want) and vram >= min_vram and count >= count_wanted:
-                    hits.append(entry)
+                    hits.append(f)
                     break
         return hits
 

@@ -56,7 +56,17 @@ def test_index_matches_a_naive_book(puts: list[tuple[Offer, int]], query: OfferQ
         assert stored
         naive[offer.provider] = offer
     at = clock + now
-    expected = sorted((o for o in naive.values() if o.expires_at > at and query.matches(o)),
-                      key=lambda o: (o.price_per_minute, -max(g.vram_mib for g in o.gpus), o.provider))
-    assert [e.offer for e in book.query(query, now=at)] == expected
+    live = [o for o in naive.values() if o.expires_at > at and query.matches(o)]
+
+    def vram(o: Offer) -> int:
+        return max(g.vram_mib for g in o.gpus)
+
+    orders = {
+        "price": lambda o: (o.price_per_minute, -vram(o), o.provider),
+        "-price": lambda o: (-o.price_per_minute, -vram(o), o.provider),
+        "vram": lambda o: (vram(o), o.price_per_minute, o.provider),
+        "-vram": lambda o: (-vram(o), o.price_per_minute, o.provider),
+    }
+    for order, key in orders.items():
+        assert [e.offer for e in book.query(query, now=at, order=order)] == sorted(live, key=key), order
     assert len(book) == sum(1 for o in naive.values() if o.expires_at > at)
