@@ -5,7 +5,11 @@ simulated GPU, so every node both publishes and relays). Propagation of one offe
 from its publication (its ``seq`` is the publisher's clock in ms) until the *last* node
 accepted it, read from each node's status file. Publications are triggered one at a time
 with SIGUSR1 after the mesh has settled. Negotiation: an in-process renter runs JobRequest →
-Agreement against one provider. RSS: resident set of each idle node process.
+Agreement against one provider, paying for real: the bootstrap node serves the development
+ledger and the providers verify escrows on it (``--ledger-url``), so each round trip includes
+opening the escrow on the ledger (``LedgerFunder``) and the provider reading it back. The
+ledger ``open`` call is also timed alone, and the round trip is reported without it.
+RSS: resident set of each idle node process.
 
     .venv/bin/python bench/network.py [--sizes 10 30] [--publishes 20]
 """
@@ -30,13 +34,15 @@ from typing import Any
 import psutil
 import trio
 
+from dgpu.client.client import LedgerFunder
+from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.node.adapters.p2p import Discovery, P2PConfig, open_node
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
-from dgpu.node.services.negotiation import UnfundedPlaceholderEscrow, negotiate
+from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
-from dgpu.protocol.messages import Executor
+from dgpu.protocol.messages import EscrowRef, Executor, Quote
 
 
 def pct(values: list[float], q: float) -> float:
@@ -52,6 +58,8 @@ class Swarm:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.status: list[Path] = []
         self.boot = ""
+        #: the bootstrap node's HTTP base URL: the development ledger
+        self.ledger_url = ""
 
     def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
         addr = self.dir / f"{name}.addr"
@@ -74,8 +82,10 @@ class Swarm:
         return path.read_text().strip()
 
     def start(self) -> None:
-        _, addr = self._spawn("bootstrap", ["bootstrap"])
+        url = self.dir / "bootstrap.url"
+        _, addr = self._spawn("bootstrap", ["bootstrap", "--http-port", "0", "--http-url-file", str(url)])
         self.boot = self._wait(addr)
+        self.ledger_url = self._wait(url)
         addrs = []
         for i in range(self.n):
             st = self.dir / f"n{i}.status"
@@ -83,7 +93,7 @@ class Swarm:
             _, a = self._spawn(f"n{i}", [
                 "node", "--role", "provider", "--bootstrap", self.boot, "--simulated-gpu",
                 f"RTX 4090:24576:{1 + i % 4}", "--price", str(100 + i), "--max-jobs", "64",
-                "--allow-unfunded-escrow", "--status-file", str(st), "--accept-simulated"])
+                "--ledger-url", self.ledger_url, "--status-file", str(st), "--accept-simulated"])
             addrs.append(a)
         for a in addrs:
             self._wait(a)
@@ -157,9 +167,42 @@ def rss(sw: Swarm) -> dict[str, float]:
     return {"median_mb": round(statistics.median(vals), 1), "max_mb": round(max(vals), 1)}
 
 
-async def negotiation_rtt(boot: str, rounds: int) -> dict[str, Any]:
+class TimedFunder:
+    """``LedgerFunder`` with the duration of its last ``fund`` (the ledger's ``open``) recorded."""
+
+    def __init__(self, inner: LedgerFunder) -> None:
+        self.inner = inner
+        self.last_s = 0.0
+
+    async def fund(self, quote: Quote) -> EscrowRef:
+        t0 = time.perf_counter()
+        try:
+            return await self.inner.fund(quote)
+        finally:
+            self.last_s = time.perf_counter() - t0
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(times), 2), "p99_ms": round(pct(times, 0.99), 2)}
+
+
+async def negotiation_rtt(boot: str, ledger_url: str, rounds: int) -> dict[str, Any]:
     key = SigningKey(secrets.token_bytes(32))
+    ledger = DevLedgerEscrow(ledger_url, key)
+    try:
+        await ledger.faucet(10_000_000)  # development tokens: each round locks one small deposit
+        times, funding = await _negotiate_rounds(boot, key, ledger, rounds)
+    finally:
+        await ledger.aclose()
+    return {"rounds": rounds, "with_funding": _summary(times), "ledger_open": _summary(funding),
+            "without_ledger_call": _summary([t - f for t, f in zip(times, funding, strict=True)])}
+
+
+async def _negotiate_rounds(boot: str, key: SigningKey, ledger: DevLedgerEscrow, rounds: int
+                            ) -> tuple[list[float], list[float]]:
+    """(round trips, ledger opens) in ms, the first round (the dial) left out."""
     times: list[float] = []
+    funding: list[float] = []
     async with open_node(key, P2PConfig(gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES))
                          ) as node, trio.open_nursery() as nursery:
         book = OfferBook()
@@ -173,15 +216,18 @@ async def negotiation_rtt(boot: str, rounds: int) -> dict[str, Any]:
         job = {"executor": Executor.SCRIPT, "script": "true", "max_minutes": 1, "gpu_count": 1,
                "max_price_per_minute": 10**6}
         for i in range(rounds + 1):
+            funder = TimedFunder(LedgerFunder(ledger, lambda: secrets.randbits(62)))
             t0 = time.perf_counter()
-            await negotiate(node, key, entry.offer, job, escrow=UnfundedPlaceholderEscrow(),
+            await negotiate(node, key, entry.offer, job, escrow=funder,
                             clock=lambda: int(time.time()),
                             nonce=lambda: secrets.token_bytes(16), provider_peer=entry.peer_id)
             if i:  # the first one includes the dial
                 times.append((time.perf_counter() - t0) * 1000)
+                funding.append(funder.last_s * 1000)
+            if funder.inner.handle is not None:  # never started: the deposit comes back (untimed)
+                await ledger.close(funder.inner.handle)
         nursery.cancel_scope.cancel()
-    return {"rounds": rounds, "median_ms": round(statistics.median(times), 2),
-            "p99_ms": round(pct(times, 0.99), 2)}
+    return times, funding
 
 
 def main() -> None:
@@ -206,7 +252,7 @@ def main() -> None:
             entry["idle_rss"] = rss(sw)
             entry.update(propagation(sw, args.publishes, args.gap))
             if i == 0:
-                out["negotiation"] = trio.run(negotiation_rtt, sw.boot, args.negotiations)
+                out["negotiation"] = trio.run(negotiation_rtt, sw.boot, sw.ledger_url, args.negotiations)
         finally:
             codes = sw.stop()
             entry["unclean_exits"] = sum(1 for c in codes if c != 0)

@@ -332,8 +332,13 @@ class Client:
                    command: Sequence[str] = (), env: dict[str, str] | None = None, max_minutes: int = 10,
                    gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
                    gpu_model: str | None = None, min_vram_mib: int = 0) -> Rental:
-        """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match."""
+        """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match.
+
+        Needs a ledger (``ledger_url`` or ``ledger`` at connect): every rental is paid for."""
         rt = self._live()
+        if self.ledger is None:
+            raise EscrowFailed("this client has no ledger (connect with ledger_url or ledger), so it cannot "
+                               "fund a rental", "no_ledger")
         if offer is None:
             found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,
                                            max_price_per_minute=max_price_per_minute)
@@ -345,8 +350,7 @@ class Client:
                                "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
                                "gpu_model": offer.gpu_model, "min_vram_mib": min_vram_mib, "egress": egress,
                                "max_price_per_minute": max_price_per_minute or offer.price_per_minute * gpu_count}
-        funder = LedgerFunder(self.ledger, lambda: int.from_bytes(os.urandom(8), "little") >> 1) \
-            if self.ledger is not None else None
+        funder = LedgerFunder(self.ledger, lambda: int.from_bytes(os.urandom(8), "little") >> 1)
         try:
             result = await negotiate(rt.node, rt.key, offer.offer, job, escrow=funder, clock=wall_clock,
                                      nonce=new_nonce, provider_peer=offer.peer_id)
@@ -356,11 +360,11 @@ class Client:
         except NetworkError as exc:
             await self._refund_after_failed_negotiation(funder)
             raise NegotiationFailed(f"could not negotiate with {offer.provider[:8]}…: {exc}") from exc
-        return Rental(self, result.agreement, result.provider_peer, funder.handle if funder else None)
+        return Rental(self, result.agreement, result.provider_peer, funder.handle)
 
-    async def _refund_after_failed_negotiation(self, funder: LedgerFunder | None) -> None:
+    async def _refund_after_failed_negotiation(self, funder: LedgerFunder) -> None:
         """A deposit locked for a deal that fell through comes straight back (never started)."""
-        if funder is None or funder.handle is None or self.ledger is None:
+        if funder.handle is None or self.ledger is None:
             return
         try:
             await self.ledger.close(funder.handle)

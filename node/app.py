@@ -35,7 +35,6 @@ from dgpu.node.errors import NetworkError
 from dgpu.node.services.billing import BillingPolicy, LedgerEscrowVerifier, LedgerTime, provider_billing
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.negotiation import (
-    AcceptUnfundedPlaceholder,
     AgreementStore,
     EscrowVerifier,
     ProviderNegotiator,
@@ -304,8 +303,6 @@ async def _start_provider(rt: NodeRuntime, nursery: trio.Nursery) -> None:
     verifier: EscrowVerifier
     if ledger_setup is not None:
         verifier = LedgerEscrowVerifier(ledger_setup[0], mint)
-    elif config.allow_unfunded_escrow:
-        verifier = AcceptUnfundedPlaceholder()
     else:
         verifier = RefuseAll()
     negotiator = ProviderNegotiator(

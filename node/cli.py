@@ -57,8 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--max-jobs", type=int, default=1, help="provider: concurrent jobs")
     n.add_argument("--allow-image", action="append", default=[], help="provider: docker image")
     n.add_argument("--executor", action="append", default=[], choices=["script", "docker"])
-    n.add_argument("--allow-unfunded-escrow", action="store_true",
-                   help="provider: accept the UNFUNDED placeholder escrow (development only)")
     n.add_argument("--offer-ttl", type=int, default=300)
     n.add_argument("--status-file", type=Path, default=None,
                    help="write a JSON status here every 0.5 s (tests, benchmarks)")
@@ -166,7 +164,7 @@ def _node(args: argparse.Namespace) -> int:
             price_per_gpu_minute=args.price, region=args.region,
             executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
             allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
-            allow_unfunded_escrow=args.allow_unfunded_escrow, offer_ttl_s=args.offer_ttl,
+            offer_ttl_s=args.offer_ttl,
             status_file=args.status_file, ledger_url=args.ledger_url, claim_interval_s=args.claim_interval,
             billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
             meter_interval_s=args.meter_interval, start_window_s=args.start_window,

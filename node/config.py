@@ -65,8 +65,6 @@ class NodeConfig(_Config):
     executors: tuple[Executor, ...] = (Executor.SCRIPT,)
     allowed_images: tuple[str, ...] = ()
     max_concurrent_jobs: int = Field(1, ge=1, le=64)
-    #: accept the UnfundedPlaceholderEscrow (development networks until payments land)
-    allow_unfunded_escrow: bool = False
     offer_ttl_s: int = Field(300, ge=60, le=3600)
     #: write a JSON status (offers seen, rejections, peers) here every half second (tests, bench)
     status_file: Path | None = None

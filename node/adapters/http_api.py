@@ -454,9 +454,12 @@ def _jobs_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=Protected, responses=_ERRORS)
 
     @router.post("", status_code=202, response_model=JobOut,
-                 responses={429: {"model": ErrorOut, "description": "too many running API jobs"}})
+                 responses={429: {"model": ErrorOut, "description": "too many running API jobs"},
+                            503: {"model": ErrorOut, "description": "no ledger configured (no_ledger): "
+                                  "jobs cannot be paid for"}})
     async def submit(spec: svc.JobSpec, ctx: Ctx, response: Response) -> JobOut:
-        """Submit a job: it is negotiated, funded and run in the background; poll its status."""
+        """Submit a job: it is negotiated, funded on the ledger (escrow) and run in the background;
+        poll its status. A node without a ledger refuses (503 ``no_ledger``)."""
         async def go() -> svc.ApiJob:
             return ctx.jobs.submit(spec)
 
@@ -832,7 +835,8 @@ async def serve_node_api(runtime: Any, settings: svc.ApiSettings, *,
     """Serve the local API for ``runtime`` (a ``NodeRuntime``) until cancelled; reports the port.
 
     ``ledger`` defaults to the development ledger at ``settings.ledger_url`` (acting as the node's
-    key) when that is set; ``backend`` defaults to ``NetworkJobBackend`` (tests pass a double).
+    key) when that is set; ``backend`` defaults to ``NetworkJobBackend`` over that ledger (tests
+    pass a double). With neither a ledger nor a backend, job submissions are refused (503 no_ledger).
     Raises HttpServerError when the JWKS cannot be fetched or the port cannot be bound."""
     from dgpu.node.app import wall_clock
 
@@ -843,10 +847,11 @@ async def serve_node_api(runtime: Any, settings: svc.ApiSettings, *,
         ledger = own_ledger = DevLedgerEscrow(settings.ledger_url, runtime.key)
     metrics = metrics or runtime.extra.setdefault("metrics", NodeMetrics())
     verifier = await fetch_verifier(settings.bootstrap_url, leeway_s=settings.token_leeway_s)
+    if backend is None and ledger is not None:  # no ledger: nothing can be paid, jobs are refused
+        backend = svc.NetworkJobBackend(runtime, ledger, progress_interval_s=settings.progress_interval_s,
+                                        clock=wall_clock)
     jobs = svc.JobManager(
-        backend or svc.NetworkJobBackend(runtime, ledger, allow_unfunded=settings.allow_unfunded,
-                                         progress_interval_s=settings.progress_interval_s,
-                                         clock=wall_clock),
+        backend,
         max_active=settings.max_active_jobs, max_records=settings.max_job_records,
         log_lines=settings.log_lines, clock=wall_clock)
     providers = None

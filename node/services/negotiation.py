@@ -9,11 +9,10 @@ egress, duration, offer freshness) → ``Quote`` or ``Reject``; ``Accept`` → e
 ``Agreement`` (countersigned) or ``Reject``. The Agreement is kept in :class:`AgreementStore`
 until the renter submits the job (one job per agreement).
 
-Escrow: until the payments work lands, the renter's escrow reference comes from
-:class:`UnfundedPlaceholderEscrow` and the provider checks it with an :class:`EscrowVerifier`;
-:class:`AcceptUnfundedPlaceholder` is the only verifier so far and accepts *only* placeholder
-references, and only when the provider opted in (development networks). The payments work
-replaces both.
+Escrow: the renter funds the quote through an :class:`EscrowSource` (the renter library's
+``LedgerFunder`` opens the escrow on the ledger) before it accepts, and the provider checks the
+reference with an :class:`EscrowVerifier` (``LedgerEscrowVerifier`` reads the escrow on its
+ledger). Nothing fakes funding: a provider with no ledger refuses every escrow (:class:`RefuseAll`).
 """
 
 from __future__ import annotations
@@ -51,13 +50,12 @@ from dgpu.protocol.messages import (
 from dgpu.protocol.negotiation import Negotiation, Role, State
 
 __all__ = [
-    "AcceptUnfundedPlaceholder",
     "AgreementStore",
     "EscrowSource",
     "EscrowVerifier",
     "ProviderNegotiator",
     "ProviderPolicy",
-    "UnfundedPlaceholderEscrow",
+    "RefuseAll",
     "negotiate",
 ]
 
@@ -71,9 +69,6 @@ ENVELOPE_TTL_S: Final = 60
 #: deadline for one read of the peer's next message
 STEP_READ_TIMEOUT_S: Final = 10.0
 
-PLACEHOLDER_LEDGER: Final = "unfunded-placeholder"
-
-
 class EscrowSource(Protocol):
     """Renter side: locks (or references) the deposit a quote asks for, before accepting."""
 
@@ -84,37 +79,6 @@ class EscrowVerifier(Protocol):
     """Checks that the escrow an Accept names is funded for the terms (provider side)."""
 
     async def verify(self, escrow: EscrowRef, terms: AgreementTerms) -> bool: ...
-
-
-class UnfundedPlaceholderEscrow:
-    """NOT AN ESCROW. A reference that says "nothing was deposited"; removed by the payments work.
-
-    Renters use it only on development networks whose providers opted in with
-    :class:`AcceptUnfundedPlaceholder`; any real provider refuses it (``escrow_invalid``).
-    """
-
-    ledger: Final = PLACEHOLDER_LEDGER
-
-    def __init__(self) -> None:
-        self._next = 1
-
-    def reference(self, quote: Quote) -> EscrowRef:
-        del quote  # nothing is locked: the placeholder does not depend on the amount
-        ref = EscrowRef(ledger=PLACEHOLDER_LEDGER, address="UNFUNDED-PLACEHOLDER",
-                        rental_id=self._next)
-        self._next += 1
-        return ref
-
-    async def fund(self, quote: Quote) -> EscrowRef:
-        return self.reference(quote)
-
-
-class AcceptUnfundedPlaceholder:
-    """Verifier for development networks: accepts placeholder references and nothing else."""
-
-    async def verify(self, escrow: EscrowRef, terms: AgreementTerms) -> bool:
-        del terms
-        return escrow.ledger == PLACEHOLDER_LEDGER and escrow.address == "UNFUNDED-PLACEHOLDER"
 
 
 class RefuseAll:
@@ -357,18 +321,17 @@ class NegotiationResult:
 
 
 async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str, Any], *,
-                    escrow: EscrowSource | None, clock: Clock, nonce: Nonce,
+                    escrow: EscrowSource, clock: Clock, nonce: Nonce,
                     provider_peer: str | None = None,
                     accept_quote: Callable[[Quote], bool] | None = None) -> NegotiationResult:
     """Renter side: request, check the quote, accept with an escrow reference, get the Agreement.
 
     ``job`` holds the JobRequest fields a renter chooses (executor, script/image, command, env,
     gpu_model, gpu_count, min_vram_mib, max_minutes, max_price_per_minute, egress).
-    ``escrow`` funds the quote before we accept (None: the UnfundedPlaceholderEscrow, which
-    only development providers accept). Raises RejectedError (the provider refused, or we
-    refused its quote), NetworkError; errors from ``escrow.fund`` propagate unchanged.
+    ``escrow`` funds the quote before we accept (the renter library's ``LedgerFunder`` opens the
+    escrow on the ledger). Raises RejectedError (the provider refused, or we refused its quote),
+    NetworkError; errors from ``escrow.fund`` propagate unchanged.
     """
-    source: EscrowSource = escrow if escrow is not None else UnfundedPlaceholderEscrow()
     peer = provider_peer or peer_id_of_wallet(offer.provider)
     if offer.addrs:
         node.add_addrs(peer, list(offer.addrs))
@@ -413,7 +376,7 @@ async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str,
             if reject is not None:
                 await fs.write_frame(sealed(reject))
             raise RejectedError(str(RejectCode.PRICE_TOO_HIGH), "we declined the quote")
-        accept = neg.accept(await source.fund(quote), key, clock())
+        accept = neg.accept(await escrow.fund(quote), key, clock())
         await fs.write_frame(sealed(accept))
         agreement = await receive(fs)
         assert isinstance(agreement, Agreement)

@@ -235,8 +235,11 @@ async def test_provider_verifies_the_escrow_on_the_ledger_not_the_renters_word(t
         assert "rental id" in str(await verifier.problem(other_rental, terms_for(ledgers, handle, mint)))
         missing = handle.to_ref().model_copy(update={"address": "1" * 32})
         assert "cannot read" in str(await verifier.problem(missing, terms_for(ledgers, handle, mint)))
-        placeholder = handle.to_ref().model_copy(update={"ledger": "unfunded-placeholder"})
-        assert not await verifier.verify(placeholder, terms_for(ledgers, handle, mint))
+        # the same escrow named on a ledger the provider does not use: refused, whatever it says
+        unknown_ledger = handle.to_ref().model_copy(update={"ledger": "some-other-ledger"})
+        assert not await verifier.verify(unknown_ledger, terms_for(ledgers, handle, mint))
+        assert "ledger 'some-other-ledger'" in str(await verifier.problem(unknown_ledger,
+                                                                          terms_for(ledgers, handle, mint)))
         await ledgers.provider.start(handle)  # a started escrow cannot fund a new agreement
         assert "not open and unstarted" in str(await verifier.problem(handle.to_ref(),
                                                                      terms_for(ledgers, handle, mint)))

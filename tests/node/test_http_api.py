@@ -246,6 +246,16 @@ async def test_jobs_are_bounded_and_finish(tmp_path: Path) -> None:
         assert failed["error_code"] == "no_offers"
 
 
+async def test_a_node_without_a_ledger_refuses_jobs(tmp_path: Path) -> None:
+    async with api_stack(tmp_path, job_backend=False) as s:
+        h = s.owner_headers
+        r = await s.api.post("/api/v1/jobs", json={"script": "echo hi", "max_minutes": 2}, headers=h)
+        assert err(r) == (503, "no_ledger")
+        assert "ledger" in r.json()["error"]["message"]
+        assert (await s.api.get("/api/v1/jobs", headers=h)).json()["total"] == 0  # nothing was recorded
+        assert s.double.started == []
+
+
 @pytest.mark.parametrize("body", [
     {"script": "x", "image": "y"}, {}, {"script": "x", "max_minutes": 0}, {"script": "x", "surprise": 1},
     {"script": "x", "command": ["no"]}, {"image": "i", "gpu_count": 65},

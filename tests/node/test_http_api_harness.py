@@ -142,7 +142,9 @@ async def login(client: httpx.AsyncClient, key: SigningKey, *, role: str = "rent
 
 @contextlib.asynccontextmanager
 async def api_stack(tmp_path: Path, *, providers: svc.ProviderControl | None = None,
-                    development: bool = True, now: float | None = None) -> AsyncIterator[Stack]:
+                    development: bool = True, now: float | None = None,
+                    job_backend: bool = True) -> AsyncIterator[Stack]:
+    """``job_backend=False``: the job manager has no backend, as on a node with no ledger."""
     import time
 
     clock = Clock(now if now is not None else time.time())
@@ -163,7 +165,7 @@ async def api_stack(tmp_path: Path, *, providers: svc.ProviderControl | None = N
                                    max_job_records=50, log_lines=100)
         verifier = await fetch_verifier(boot_url)
         ledger = DevLedgerEscrow(boot_url, node_key)
-        jobs = svc.JobManager(double, max_active=settings.max_active_jobs,
+        jobs = svc.JobManager(double if job_backend else None, max_active=settings.max_active_jobs,
                               max_records=settings.max_job_records, log_lines=settings.log_lines,
                               clock=lambda: int(clock()))
         ctx = ApiContext(settings=settings, owner=node_key.public_key.wallet, key=node_key, book=book,

@@ -11,17 +11,18 @@ import trio.testing
 
 from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.services.negotiation import (
-    AcceptUnfundedPlaceholder,
     AgreementStore,
     ProviderNegotiator,
     ProviderPolicy,
-    UnfundedPlaceholderEscrow,
+    RefuseAll,
 )
 from dgpu.protocol.envelope import open_envelope, seal
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import (
     TO_RENTER_NEGOTIATION,
     Agreement,
+    AgreementTerms,
+    EscrowRef,
     Executor,
     JobRequest,
     Offer,
@@ -32,6 +33,32 @@ from dgpu.protocol.messages import (
 from dgpu.protocol.negotiation import Negotiation, Role
 
 NOW = 10_000
+
+
+class StaticFunderForTests:
+    """TEST DOUBLE of the renter's ``EscrowSource`` (in-memory tests only): returns a fixed
+    reference and locks nothing. Real renters fund with ``dgpu.client.client.LedgerFunder``."""
+
+    def __init__(self, ref: EscrowRef | None = None) -> None:
+        self.ref = ref or EscrowRef(ledger="tests", address="TEST-ESCROW-NOT-ON-ANY-LEDGER", rental_id=7)
+        self.funded: list[Quote] = []
+
+    async def fund(self, quote: Quote) -> EscrowRef:
+        self.funded.append(quote)
+        return self.ref
+
+
+class VerifierForTests:
+    """TEST DOUBLE of the provider's ``EscrowVerifier`` (in-memory tests only): answers ``accept``
+    and records what it was asked. Real providers use ``LedgerEscrowVerifier`` (or ``RefuseAll``)."""
+
+    def __init__(self, accept: bool) -> None:
+        self.accept = accept
+        self.asked: list[tuple[EscrowRef, AgreementTerms]] = []
+
+    async def verify(self, escrow: EscrowRef, terms: AgreementTerms) -> bool:
+        self.asked.append((escrow, terms))
+        return self.accept
 
 
 class MemRaw:
@@ -58,7 +85,7 @@ def _provider(offer: Offer, key: SigningKey, running: int = 0, **policy: Any
     return ProviderNegotiator(
         key, ProviderPolicy(price_floor_per_gpu_minute=100, **policy),
         offer_for_seq=lambda seq: offer if seq == offer.seq else None,
-        verifier=AcceptUnfundedPlaceholder(), agreements=AgreementStore(),
+        verifier=VerifierForTests(accept=True), agreements=AgreementStore(),
         running_jobs=lambda: running, clock=lambda: NOW, nonce=lambda: secrets.token_bytes(16))
 
 
@@ -97,13 +124,14 @@ def test_policy_reject_paths(key: SigningKey, offer_factory: Callable[..., Offer
 
 
 async def _exchange(prov: ProviderNegotiator, renter: SigningKey, request: JobRequest,
-                    ) -> list[Any]:
+                    funder: StaticFunderForTests | None = None) -> list[Any]:
     """Run the provider's handler against a hand-driven renter; returns what the renter got."""
     a, b = trio.testing.memory_stream_pair()
     server = FramedStream(MemRaw(a), max_frame_bytes=65536, read_timeout_s=5)
     client = FramedStream(MemRaw(b), max_frame_bytes=65536, read_timeout_s=5)
     got: list[Any] = []
     neg = Negotiation(Role.RENTER)
+    source = funder or StaticFunderForTests()
 
     def sealed(m: Any) -> bytes:
         return seal(m, renter, nonce=secrets.token_bytes(16), issued_at=NOW, expires_at=NOW + 60)
@@ -118,7 +146,7 @@ async def _exchange(prov: ProviderNegotiator, renter: SigningKey, request: JobRe
             if not isinstance(msg, Quote):
                 return
             neg.receive(msg, NOW)
-            ref = await UnfundedPlaceholderEscrow().fund(msg)
+            ref = await source.fund(msg)
             await client.write_frame(sealed(neg.accept(ref, renter, NOW)))
 
     async with trio.open_nursery() as n:
@@ -132,9 +160,13 @@ async def test_full_negotiation_yields_a_doubly_signed_agreement(
     renter = SigningKey(secrets.token_bytes(32))
     offer = offer_factory(key, seq=3, now=NOW, price=100, executors=(Executor.SCRIPT,))
     prov = _provider(offer, key)
-    got = await _exchange(prov, renter, _request(renter, offer))
+    funder = StaticFunderForTests()
+    got = await _exchange(prov, renter, _request(renter, offer), funder)
     assert isinstance(got[0], Quote) and isinstance(got[1], Agreement)
     assert got[1].terms.rate_per_minute == 100 and got[1].terms.deposit == 1000
+    assert got[1].terms.escrow == funder.ref and funder.funded == [got[0]]  # funded for that quote
+    assert isinstance(prov.verifier, VerifierForTests)
+    assert prov.verifier.asked == [(funder.ref, got[1].terms)]  # verified before agreeing
     assert len(prov.agreements) == 1 and prov.outcomes == {"agreed": 1}
 
 
@@ -149,13 +181,27 @@ async def test_request_signed_by_someone_else_is_rejected(
     assert len(prov.agreements) == 0
 
 
-async def test_unfunded_placeholder_refused_without_opt_in(
+async def test_escrow_the_verifier_refuses_is_rejected_as_escrow_invalid(
         key: SigningKey, offer_factory: Callable[..., Offer]) -> None:
-    from dgpu.node.services.negotiation import RefuseAll
+    renter = SigningKey(secrets.token_bytes(32))
+    offer = offer_factory(key, seq=3, now=NOW, executors=(Executor.SCRIPT,))
+    prov = _provider(offer, key)
+    verifier = VerifierForTests(accept=False)
+    prov.verifier = verifier
+    funder = StaticFunderForTests()
+    got = await _exchange(prov, renter, _request(renter, offer), funder)
+    assert isinstance(got[0], Quote)
+    assert isinstance(got[1], Reject) and got[1].code is RejectCode.ESCROW_INVALID
+    assert [ref for ref, _ in verifier.asked] == [funder.ref]
+    assert len(prov.agreements) == 0 and prov.outcomes == {str(RejectCode.ESCROW_INVALID): 1}
 
+
+async def test_provider_without_a_ledger_refuses_every_escrow(
+        key: SigningKey, offer_factory: Callable[..., Offer]) -> None:
     renter = SigningKey(secrets.token_bytes(32))
     offer = offer_factory(key, seq=3, now=NOW, executors=(Executor.SCRIPT,))
     prov = _provider(offer, key)
     prov.verifier = RefuseAll()
     got = await _exchange(prov, renter, _request(renter, offer))
     assert isinstance(got[1], Reject) and got[1].code is RejectCode.ESCROW_INVALID
+    assert len(prov.agreements) == 0

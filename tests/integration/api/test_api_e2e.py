@@ -2,8 +2,10 @@
 ``dgpu demo``) and a renter node in this process serving the local API; a job submitted through
 ``POST /api/v1/jobs`` runs on a provider and its logs come back through the API.
 
-The providers accept only the UNFUNDED development placeholder escrow today (the escrow is being
-wired into negotiation), so the node runs with ``allow_unfunded`` and no ledger.
+The job is paid for: the bootstrap node serves the development ledger, the providers verify and
+bill escrows on it (``--ledger-url``), and the API node (``ledger_url`` set) funds its wallet
+from the faucet through the API, opens the escrow for the quote before accepting, and reports
+the escrow's final accounting, which is checked against the ledger itself.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dgpu.bootstrap.config import BootstrapHttpConfig
 from dgpu.bootstrap.http_app import create_app
+from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.node.adapters.http_api import serve_node_api
 from dgpu.node.adapters.http_server import serve_http
 from dgpu.node.app import NodeRuntime, run_node
 from dgpu.node.config import NodeConfig
 from dgpu.node.demo import DemoNetwork
 from dgpu.node.services.api import ApiSettings
+from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.keys import b58encode
 
 pytestmark = pytest.mark.integration
@@ -65,11 +69,14 @@ async def test_job_submitted_through_the_api_runs_on_a_real_provider() -> None:
             boot_port = await nursery.start(serve_http, boot_http, "127.0.0.1", 0)
             rt: NodeRuntime = await nursery.start(run_node, config)
             settings = ApiSettings(port=0, bootstrap_url=f"http://127.0.0.1:{boot_port}", development=True,
-                                   allow_unfunded=True)
+                                   ledger_url=net.ledger_url)
             port = await nursery.start(serve_node_api, rt, settings)
+            wallet = rt.key.public_key.wallet
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
                 token = await login(api, rt)
                 h = {"authorization": f"Bearer {token}"}
+                r = await api.post(f"/api/v1/billing/wallet/{wallet}/deposit", json={"amount": 1_000_000}, headers=h)
+                assert r.status_code == 200 and r.json()["credited"] == 1_000_000, r.text
                 with trio.fail_after(30):  # gossip: both offers reach the renter's book
                     while (await api.get("/api/v1/billing/marketplace", params={"include_simulated": True},
                                          headers=h)).json()["total"] < 2:
@@ -90,7 +97,21 @@ async def test_job_submitted_through_the_api_runs_on_a_real_provider() -> None:
                 cheapest = (await api.get("/api/v1/billing/marketplace", params={"include_simulated": True},
                                           headers=h)).json()["offers"][0]
                 assert job["provider"] == cheapest["provider"] and cheapest["gpus"][0]["model"] == "RTX 4080"
-                assert job["rate_per_minute"] == 6_667 and "UNFUNDED" in job["reason"]
+                assert job["rate_per_minute"] == 6_667
+                # paid through a real escrow: the whole deposit is accounted for, on the ledger too
+                deposit = 6_667 * 2
+                assert job["escrow"] is not None
+                assert job["paid"] + job["fee"] + job["refunded"] == deposit, job
+                ledger = DevLedgerEscrow(net.ledger_url, rt.key)
+                try:
+                    view = await ledger.fetch(job["escrow"])
+                    balance = await ledger.balance(wallet)
+                finally:
+                    await ledger.aclose()
+                assert view.status is EscrowStatus.CLOSED and view.deposited == deposit
+                assert (view.paid, view.fee_paid, view.refunded) == (job["paid"], job["fee"], job["refunded"])
+                assert view.handle.renter == wallet and view.handle.provider == job["provider"]
+                assert balance == 1_000_000 - job["paid"] - job["fee"]  # charged only what was used
                 logs = (await api.get(f"/api/v1/jobs/{job_id}/logs", headers=h)).json()
                 assert ("stdout", f"e2e {marker}") in [(x["stream"], x["line"]) for x in logs["lines"]]
                 metrics = (await api.get("/metrics")).text

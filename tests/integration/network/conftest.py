@@ -1,9 +1,11 @@
 """A little dGPU network of OS processes on 127.0.0.1, shared by the module's tests.
 
-``network``: 1 bootstrap node and 2 providers (simulated GPUs, unfunded escrow allowed),
-started once per module (CI has 2 cores). ``renter``: an in-process node in the test's own
-trio loop (a separate process from every provider), with an offer book and the validator.
-Each child binds port 0 and reports its multiaddr through a file.
+``network``: 1 bootstrap node serving the development ledger over HTTP, and 2 providers
+(simulated GPUs) that verify and bill escrows on that ledger (``--ledger-url``), started once
+per module (CI has 2 cores). ``renter``: an in-process node in the test's own trio loop (a
+separate process from every provider), with an offer book, the validator and a wallet on the
+ledger funded by the faucet; it pays with ``LedgerFunder`` (``renter.funder()``). Each child
+binds port 0 and reports its multiaddr (and the bootstrap its HTTP URL) through a file.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 import pytest
 import trio
 
+from dgpu.client.client import LedgerFunder
+from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.offers import OfferBook, OfferValidator
@@ -31,6 +35,8 @@ from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPAC
 from dgpu.protocol.keys import SigningKey
 
 START_TIMEOUT_S = 20.0
+#: development base units the faucet gives each test's renter (deposits here are a few hundred)
+RENTER_FUNDS = 1_000_000
 
 
 @dataclass
@@ -58,6 +64,8 @@ class Proc:
 class Network:
     workdir: Path
     procs: dict[str, Proc] = field(default_factory=dict)
+    #: the bootstrap node's HTTP base URL: the development ledger
+    ledger_url: str = ""
 
     @property
     def bootstrap(self) -> str:
@@ -88,7 +96,21 @@ class Network:
     def provider(self, name: str, gpu: str, price: int, *extra: str) -> Proc:
         return self.spawn(name, ["node", "--role", "provider", "--bootstrap", self.bootstrap,
                                  "--simulated-gpu", gpu, "--price", str(price),
-                                 "--allow-unfunded-escrow", *extra])
+                                 "--ledger-url", self.ledger_url, "--billing-poll", "0.5", *extra])
+
+    def start_bootstrap(self) -> Proc:
+        """The bootstrap node with its HTTP services (the development ledger); sets ``ledger_url``."""
+        url_file = self.workdir / "bootstrap.url"
+        proc = self.spawn("bootstrap", ["bootstrap", "--http-port", "0", "--http-url-file", str(url_file)],
+                          status=False)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not url_file.exists():
+            if not proc.alive or time.monotonic() > deadline:
+                raise RuntimeError("the bootstrap node did not serve HTTP:\n"
+                                   + (self.workdir / "bootstrap.log").read_text()[-3000:])
+            time.sleep(0.05)
+        self.ledger_url = url_file.read_text().strip()
+        return proc
 
     def stop_all(self) -> dict[str, int | None]:
         for p in self.procs.values():
@@ -111,7 +133,7 @@ def network() -> Iterator[Network]:
     workdir.chmod(0o711)  # a root provider runs script jobs as nobody below it
     net = Network(workdir)
     try:
-        net.spawn("bootstrap", ["bootstrap"], status=False)
+        net.start_bootstrap()
         net.provider("provider-a", "RTX 4090:24576:1", 100, "--max-jobs", "1")
         net.provider("provider-b", "RTX 4080:16384:2", 200, "--max-jobs", "4")
         yield net
@@ -128,20 +150,31 @@ class Renter:
     node: P2PNode
     book: OfferBook
     validator: OfferValidator
+    #: this renter's wallet on the network's development ledger (funded by the faucet)
+    ledger: DevLedgerEscrow
+
+    def funder(self) -> LedgerFunder:
+        """Opens a real escrow on the ledger for each quote (a fresh rental id each time)."""
+        return LedgerFunder(self.ledger, lambda: secrets.randbits(62))
 
 
 @pytest.fixture
 async def renter(network: Network) -> AsyncIterator[Renter]:
     key = SigningKey(secrets.token_bytes(32))
-    async with open_node(key, P2PConfig(gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES))
-                         ) as node, trio.open_nursery() as nursery:
-        book = OfferBook()
-        validator = OfferValidator(book, clock=lambda: int(time.time()), accept_simulated=True)
-        await node.subscribe(OFFERS_TOPIC, validator)
-        disc = Discovery(node, [network.bootstrap], RENDEZVOUS_NAMESPACE, advertise=False)
-        await nursery.start(disc.run)
-        yield Renter(key, node, book, validator)
-        nursery.cancel_scope.cancel()
+    ledger = DevLedgerEscrow(network.ledger_url, key)
+    try:
+        assert await ledger.faucet(RENTER_FUNDS) == RENTER_FUNDS
+        async with open_node(key, P2PConfig(gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES))
+                             ) as node, trio.open_nursery() as nursery:
+            book = OfferBook()
+            validator = OfferValidator(book, clock=lambda: int(time.time()), accept_simulated=True)
+            await node.subscribe(OFFERS_TOPIC, validator)
+            disc = Discovery(node, [network.bootstrap], RENDEZVOUS_NAMESPACE, advertise=False)
+            await nursery.start(disc.run)
+            yield Renter(key, node, book, validator, ledger)
+            nursery.cancel_scope.cancel()
+    finally:
+        await ledger.aclose()
 
 
 async def wait_until(pred: Any, timeout: float = 15.0, interval: float = 0.1) -> None:

@@ -1,4 +1,8 @@
-"""Negotiation (success and each Reject path) and job streams (logs, cancel, provider death)."""
+"""Negotiation (success and each Reject path) and job streams (logs, cancel, provider death).
+
+Every negotiation is paid for: the renter opens a real escrow on the network's development
+ledger for the quote (``LedgerFunder``) and the provider reads it there before it agrees.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from typing import Any
 import pytest
 import trio
 
+from dgpu.contracts.devledger.client import DevLedgerEscrow
+from dgpu.contracts.escrow_api import EscrowHandle, EscrowView
 from dgpu.node.errors import JobLostError, RejectedError
 from dgpu.node.services.job_stream import run_job
-from dgpu.node.services.negotiation import UnfundedPlaceholderEscrow, negotiate
+from dgpu.node.services.negotiation import negotiate
+from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.messages import EscrowRef, Executor, JobState, LogChunk, Offer, Quote
 
 pytestmark = pytest.mark.integration
@@ -41,27 +48,68 @@ async def offer_of(renter: Any, proc: Any, until: Any) -> Offer:
     return entry.offer
 
 
-class FundedLookingEscrow(UnfundedPlaceholderEscrow):
-    """A reference to a ledger the provider does not accept."""
+class MisfundingRenter:
+    """A renter that really opens an escrow on the ledger, but not the one the quote asks for:
+    ``minutes_short`` fewer minutes (a smaller deposit), another ``provider``, or the reference
+    named on another ``ledger``. The provider must refuse each (``escrow_invalid``)."""
+
+    def __init__(self, ledger: DevLedgerEscrow, *, minutes_short: int = 0, provider: str | None = None,
+                 ledger_name: str | None = None) -> None:
+        self.ledger = ledger
+        self.minutes_short, self.provider, self.ledger_name = minutes_short, provider, ledger_name
+        self.handle: EscrowHandle | None = None
 
     async def fund(self, quote: Quote) -> EscrowRef:
-        return EscrowRef(ledger="dev", address="NOT-A-REAL-ESCROW", rental_id=1)
+        receipt = await self.ledger.open(secrets.randbits(62), self.provider or quote.provider,
+                                         quote.rate_per_minute, quote.max_minutes - self.minutes_short,
+                                         quote.start_deadline)
+        self.handle = receipt.escrow
+        ref = receipt.escrow.to_ref()
+        return ref.model_copy(update={"ledger": self.ledger_name}) if self.ledger_name else ref
+
+
+async def settled(ledger: DevLedgerEscrow, address: str) -> EscrowView:
+    """The escrow once the provider has settled it (closed), for the accounting checks."""
+    views: list[EscrowView] = []
+
+    async def closed() -> bool:
+        views.append(await ledger.fetch(address))
+        return views[-1].status is EscrowStatus.CLOSED
+
+    with trio.fail_after(20):
+        while not await closed():
+            await trio.sleep(0.2)
+    return views[-1]
 
 
 async def test_negotiation_success_and_every_reject_path(network: Any, renter: Any,
                                                          until: Any) -> None:
     b = network.procs["provider-b"]
     offer = await offer_of(renter, b, until)
+    assert offer.ledger == renter.ledger.ledger  # the provider runs on the network's ledger
+    opened: list[EscrowHandle] = []
+    funds = await renter.ledger.balance(renter.key.public_key.wallet)  # the faucet's, in the fixture
+    assert funds > 0
 
     async def go(escrow: Any = None, off: Offer = offer, **over: Any) -> Any:
-        return await negotiate(renter.node, renter.key, off, job(**over),
-                               escrow=escrow or UnfundedPlaceholderEscrow(), clock=clock,
-                               nonce=nonce)
+        source = escrow or renter.funder()
+        try:
+            return await negotiate(renter.node, renter.key, off, job(**over), escrow=source,
+                                   clock=clock, nonce=nonce)
+        finally:
+            if source.handle is not None:
+                opened.append(source.handle)
 
-    result = await go()
+    funder = renter.funder()
+    result = await go(funder)
     terms = result.agreement.terms
     assert terms.provider == offer.provider and terms.renter == renter.key.public_key.wallet
     assert terms.rate_per_minute == offer.price_per_minute and terms.deposit == 2 * 200
+    assert funder.handle is not None and terms.escrow == funder.handle.to_ref()
+    locked = await renter.ledger.fetch(funder.handle.address)  # the deposit really is on the ledger
+    assert (locked.deposited, locked.handle.provider, locked.status) == (terms.deposit, offer.provider,
+                                                                         EscrowStatus.OPEN)
+    assert await renter.ledger.balance(renter.key.public_key.wallet) == funds - terms.deposit
 
     cases = [
         ({"max_price_per_minute": 1}, "price_too_low"),
@@ -80,9 +128,27 @@ async def test_negotiation_success_and_every_reject_path(network: Any, renter: A
     with pytest.raises(RejectedError) as info:
         await go(off=offer.model_copy(update={"seq": 1}))
     assert info.value.code == "stale_offer"
-    with pytest.raises(RejectedError) as info:
-        await go(escrow=FundedLookingEscrow())
-    assert info.value.code == "escrow_invalid"
+    assert len(opened) == 1  # a refused request is refused before anything is funded
+
+    a_wallet = network.procs["provider-a"].key().public_key.wallet
+    misfunded = {
+        "too small a deposit": MisfundingRenter(renter.ledger, minutes_short=1),
+        "another provider": MisfundingRenter(renter.ledger, provider=a_wallet),
+        "an unknown ledger": MisfundingRenter(renter.ledger, ledger_name="some-other-ledger"),
+    }
+    for what, source in misfunded.items():
+        with pytest.raises(RejectedError) as info:
+            await go(escrow=source)
+        assert info.value.code == "escrow_invalid", what
+        assert source.handle is not None, what  # it was really funded, just not for these terms
+
+    # every deposit locked here comes back: none of these escrows was started
+    assert len(opened) == 4
+    for handle in opened:
+        await renter.ledger.close(handle)
+        view = await renter.ledger.fetch(handle.address)
+        assert view.status is EscrowStatus.CLOSED and view.refunded == view.deposited
+    assert await renter.ledger.balance(renter.key.public_key.wallet) == funds
 
 
 async def test_job_runs_with_streamed_logs_then_no_capacity_while_busy_and_cancel(
@@ -90,8 +156,9 @@ async def test_job_runs_with_streamed_logs_then_no_capacity_while_busy_and_cance
     a = network.procs["provider-a"]  # one job slot
     offer = await offer_of(renter, a, until)
     script = 'for i in 1 2 3 4 5; do echo "line $i"; done; echo oops >&2; exit 7'
+    funder = renter.funder()
     res = await negotiate(renter.node, renter.key, offer, job(script=script),
-                          escrow=UnfundedPlaceholderEscrow(), clock=clock, nonce=nonce)
+                          escrow=funder, clock=clock, nonce=nonce)
     lines: list[str] = []
 
     def on_log(chunk: LogChunk) -> None:
@@ -102,10 +169,14 @@ async def test_job_runs_with_streamed_logs_then_no_capacity_while_busy_and_cance
     assert out.state is JobState.FAILED and out.exit_code == 7
     assert [ln for ln in lines if ln.startswith("line")] == [f"line {i}" for i in range(1, 6)]
     assert "oops" in lines
+    assert funder.handle is not None  # the provider started, billed and settled the escrow
+    view = await settled(renter.ledger, funder.handle.address)
+    assert view.started_at is not None and view.deposited == res.agreement.terms.deposit
+    assert view.paid + view.fee_paid + view.refunded == view.deposited
 
     # a long job holds the only slot: a second negotiation is refused; cancel ends the job
     res = await negotiate(renter.node, renter.key, offer, job(script="echo started; sleep 60"),
-                          escrow=UnfundedPlaceholderEscrow(), clock=clock, nonce=nonce)
+                          escrow=renter.funder(), clock=clock, nonce=nonce)
     cancel = trio.Event()
     started = trio.Event()
     outcome: list[Any] = []
@@ -124,7 +195,7 @@ async def test_job_runs_with_streamed_logs_then_no_capacity_while_busy_and_cance
             await started.wait()
         with pytest.raises(RejectedError) as info:
             await negotiate(renter.node, renter.key, offer, job(),
-                            escrow=UnfundedPlaceholderEscrow(), clock=clock, nonce=nonce)
+                            escrow=renter.funder(), clock=clock, nonce=nonce)
         assert info.value.code == "no_capacity"
         cancel.set()
     assert outcome[0].state is JobState.CANCELLED
@@ -135,7 +206,7 @@ async def test_provider_killed_mid_job_fails_clearly(network: Any, renter: Any,
     doomed = network.provider("provider-doomed", "RTX 3090:24576:1", 50)
     offer = await offer_of(renter, doomed, until)
     res = await negotiate(renter.node, renter.key, offer, job(script="echo up; sleep 60"),
-                          escrow=UnfundedPlaceholderEscrow(), clock=clock, nonce=nonce)
+                          escrow=renter.funder(), clock=clock, nonce=nonce)
     started = trio.Event()
 
     def on_log(chunk: LogChunk) -> None:
