@@ -42,32 +42,9 @@ QUERIES: list[dict[str, Any]] = [
 ]
 
 
-def _patch_bind_with_ipproto_tcp() -> None:
-    """``--proto-tcp``: bind the listener with ``IPPROTO_TCP``. asyncio sets TCP_NODELAY on an
-    accepted socket only when ``sock.proto == IPPROTO_TCP``; ``serve_http`` binds with proto 0,
-    so responses meet Nagle + delayed ACK (~40 ms). This measures the proposed one-line fix."""
-    import socket
-
-    from dgpu.node.adapters import http_server
-
-    def bind(host: str, port: int, backlog: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-        return sock
-
-    http_server._bind = bind
-
-
-def serve(offers: int, key_hex: str, proto_tcp: bool) -> None:
+def serve(offers: int, key_hex: str) -> None:
     """Child: the API over a filled book; prints {"port", "fill_s"} once it accepts connections."""
     from functools import partial
-
-    if proto_tcp:
-        _patch_bind_with_ipproto_tcp()
 
     import trio
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -147,13 +124,11 @@ def main() -> None:
     ap.add_argument("--offers", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=400, help="per phase")
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--proto-tcp", action="store_true",
-                    help="measure with the listener bound as IPPROTO_TCP (TCP_NODELAY; see _patch_bind...)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--key", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.offers, args.key, args.proto_tcp)
+        serve(args.offers, args.key)
         return
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -164,8 +139,7 @@ def main() -> None:
     boot = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key_hex))
     owner = SigningKey(b"\x01" * 32).public_key.wallet
     token = TokenIssuer(boot, "dgpu-bootstrap", "dgpu", 3600).issue(owner, Role.RENTER, "bench", time.time())[0]
-    child = subprocess.Popen([sys.executable, __file__, "--serve", "--offers", str(args.offers), "--key", key_hex,
-                              *(["--proto-tcp"] if args.proto_tcp else [])],
+    child = subprocess.Popen([sys.executable, __file__, "--serve", "--offers", str(args.offers), "--key", key_hex],
                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert child.stdout is not None
@@ -191,7 +165,7 @@ def main() -> None:
             "sequential": summary(seq), "mean_response_bytes": int(statistics.fmean(sizes)),
             "concurrent": {**summary(conc), "clients": args.clients,
                            "throughput_rps": round(len(conc) / wall, 1)},
-            "target_p99_ms": 20, "listener_ipproto_tcp": args.proto_tcp,
+            "target_p99_ms": 20,
             "cpu_count": os.cpu_count(),
         }
         print(json.dumps(result, indent=2))
