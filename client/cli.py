@@ -294,6 +294,8 @@ def cmd_jobs(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] =
 
 
 def cmd_wallet(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+    if args.solana_rpc is not None:
+        return _solana_wallet(args, out)
     api = Api(_settings(args))
     try:
         w = api.call("GET", "/api/v1/billing/wallet")
@@ -316,6 +318,50 @@ def cmd_wallet(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         return 0
     finally:
         api.close()
+
+
+def _solana_wallet(args: argparse.Namespace, out: IO[str]) -> int:
+    """The node key's wallet on Solana, read over RPC (no node needed)."""
+    import trio
+    from solders.keypair import Keypair
+
+    from dgpu.client.wallet import solana_wallet_report
+    from dgpu.contracts.errors import ContractsError
+    from dgpu.contracts.solana_escrow import SolanaEscrow
+    from dgpu.node.adapters.keystore import load_keystore
+    from dgpu.node.errors import KeystoreError
+
+    if args.program_id is None:
+        raise CliError("--solana-rpc needs --program-id (the dGPU escrow program)", 2)
+    settings = _settings(args)
+    try:
+        key = load_keystore(settings.key_file, passphrase=os.environ.get("DGPU_KEY_PASSPHRASE"))
+    except KeystoreError as exc:
+        raise CliError(f"cannot load the node key: {exc}", 2) from None
+    keypair = Keypair.from_bytes(bytes(key.to_solana_keypair()))
+
+    async def report() -> dict[str, Any]:
+        escrow = SolanaEscrow(args.solana_rpc, args.program_id, keypair)
+        try:
+            return await solana_wallet_report(escrow, create_token_account=args.create_token_account)
+        finally:
+            await escrow.aclose()
+
+    try:
+        w = trio.run(report)
+    except ContractsError as exc:
+        raise CliError(f"Solana: {exc}", 1) from None
+    if args.json:
+        json.dump(w, out, indent=2)
+        print(file=out)
+        return 0
+    print(f"address   {w['address']}", file=out)
+    print(f"SOL       {w['sol']}", file=out)
+    print(f"mint      {w['mint']} ({w['decimals']} decimals)", file=out)
+    print(f"balance   {w['dgpu']} dGPU", file=out)
+    if w["token_account"]:
+        print(f"token acc {w['token_account']}", file=out)
+    return 0
 
 
 def cmd_login(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
@@ -447,11 +493,18 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_wrap(cmd_jobs))
 
-    p = subparsers.add_parser("wallet", help="the node's wallet: address and balance", formatter_class=fmt,
-                              description="Show the node's wallet; --faucet mints worthless development "
-                                          "tokens (development ledger only). Creates nothing.\n\n" + HELP)
+    p = subparsers.add_parser("wallet", help="the node's wallet: address and balances", formatter_class=fmt,
+                              description="Show the node's wallet (its key is the wallet); --faucet mints worthless "
+                                          "development tokens (development ledger only). With --solana-rpc the "
+                                          "wallet is read on Solana directly (SOL and dGPU balances), and "
+                                          "--create-token-account creates its dGPU token account; nothing is "
+                                          "created otherwise.\n\n" + HELP)
     _common(p)
     p.add_argument("--faucet", default=None, metavar="AMOUNT", help="dGPU to mint, e.g. 10 or 0.5")
+    p.add_argument("--solana-rpc", default=None, metavar="URL", help="read the wallet on Solana (any RPC URL)")
+    p.add_argument("--program-id", default=None, help="the dGPU escrow program (with --solana-rpc)")
+    p.add_argument("--create-token-account", action="store_true",
+                   help="with --solana-rpc: create the wallet's dGPU token account if missing (costs SOL rent)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_wrap(cmd_wallet))
 

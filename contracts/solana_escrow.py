@@ -278,6 +278,11 @@ class SolanaEscrow:
     async def refund_unstarted(self, escrow: EscrowHandle) -> EscrowReceipt:
         return await self._apply("refund_unstarted", escrow)
 
+    async def sol_balance(self, wallet: str | None = None) -> int:
+        """Lamports held by ``wallet`` (default: this wallet); transactions are paid in SOL."""
+        who = self._keypair.pubkey() if wallet is None else Pubkey.from_string(wallet)
+        return int((await self._rpc(self._client.get_balance(who, commitment=self._commitment))).value)
+
     async def ensure_token_account(self, owner: str | None = None) -> str:
         """Create ``owner``'s (default: this wallet's) token account for the mint if missing; its address."""
         mint = (await self.config()).mint

@@ -53,6 +53,9 @@ class LiteSvmRpc:
             "executable": account.executable, "lamports": account.lamports, "owner": str(account.owner),
             "rentEpoch": 0, "space": len(account.data)}}
 
+    def _getBalance(self, key: str, _opts: Any = None) -> dict[str, Any]:
+        return {"context": self._context(), "value": self.svm.get_balance(Pubkey.from_string(key)) or 0}
+
     def _getLatestBlockhash(self, _opts: Any = None) -> dict[str, Any]:
         return {"context": self._context(),
                 "value": {"blockhash": str(self.svm.latest_blockhash()), "lastValidBlockHeight": 10**6}}
