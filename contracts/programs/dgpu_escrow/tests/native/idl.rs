@@ -90,7 +90,10 @@ fn generate_idl() -> String {
 #[test]
 #[ignore = "run by committed_idl_matches_the_program in a clean environment"]
 fn idl_child() {
-    assert!(std::env::var_os("DGPU_IDL_CHILD").is_some(), "run committed_idl_matches_the_program");
+    if std::env::var_os("DGPU_IDL_CHILD").is_none() {
+        // e.g. `cargo test -- --include-ignored`: the parent test runs this in a clean environment.
+        return;
+    }
     let idl = IdlBuilder::new()
         .program_path(program_dir())
         .resolution(true)
