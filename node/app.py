@@ -32,6 +32,7 @@ from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.config import DEV_MINT, NodeConfig
 from dgpu.node.errors import NetworkError
+from dgpu.node.metrics import NodeMetrics, RuntimeStats
 from dgpu.node.services.billing import BillingPolicy, LedgerEscrowVerifier, LedgerTime, provider_billing
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.negotiation import (
@@ -181,6 +182,19 @@ def status_snapshot(rt: NodeRuntime) -> dict[str, Any]:
     }
 
 
+def runtime_stats(rt: NodeRuntime) -> RuntimeStats:
+    """What ``/metrics`` reports about the node's live state (read at scrape time)."""
+    jobs: dict[str, int] = {}
+    if rt.jobs is not None:
+        jobs["running"] = len(rt.jobs.running)
+        for state in rt.jobs.finished.values():
+            jobs[str(state)] = jobs.get(str(state), 0) + 1
+    return RuntimeStats(
+        peers=len(rt.node.connected_peers()), offer_book_size=len(rt.book),
+        offers_accepted=rt.validator.accepted, offers_rejected=dict(rt.validator.rejected),
+        negotiations=dict(rt.negotiator.outcomes) if rt.negotiator else {}, jobs=jobs)
+
+
 async def _write_status(rt: NodeRuntime, path: Path) -> None:
     while True:
         write_addr_file(path, json.dumps(status_snapshot(rt)))
@@ -218,6 +232,7 @@ async def run_node(config: NodeConfig, *,
         discovery = Discovery(node, list(config.bootstrap), RENDEZVOUS_NAMESPACE,
                               advertise=config.role == "provider")
         rt = NodeRuntime(config, key, node, book, validator, discovery)
+        rt.extra["metrics"] = NodeMetrics(runtime=lambda: runtime_stats(rt))
         if config.role == "provider":
             await _start_provider(rt, nursery)
         await nursery.start(discovery.run)
@@ -328,25 +343,40 @@ def _billing_hook(rt: NodeRuntime, nursery: trio.Nursery, ledger: Any) -> OnRunn
     config = rt.config
     policy = BillingPolicy(claim_interval_s=config.claim_interval_s, grace_s=config.billing_grace_s,
                            poll_interval_s=config.billing_poll_s)
+    #: rate per escrow, so paid-out amounts convert to minutes for the metrics (bounded by the
+    #: number of rentals this process served)
+    rate_of: dict[str, int] = {}
+
+    metrics: NodeMetrics = rt.extra["metrics"]
 
     async def record(receipt: EscrowReceipt) -> None:
         store = rt.extra.get("store")
         if store is not None:
             await store.record_receipt("provider", receipt)
+        metrics.ledger_calls.labels(receipt.action, "ok").inc()
+        if receipt.paid or receipt.fee:
+            metrics.minutes_billed.inc((receipt.paid + receipt.fee) // max(1, rate_of.get(receipt.escrow.address, 1)))
+            metrics.earned.inc(receipt.paid)
+        if receipt.action == "claim":
+            metrics.claims.labels("ok").inc()
         log.info("escrow %s: %s paid %d fee %d refunded %d", receipt.escrow.address[:8], receipt.action,
                  receipt.paid, receipt.fee, receipt.refunded)
 
     async def bill(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         terms = agreement.terms
+        rate_of[terms.escrow.address] = terms.rate_per_minute
         handle = EscrowHandle(ledger=terms.escrow.ledger, address=terms.escrow.address, renter=terms.renter,
                               provider=terms.provider, rental_id=terms.escrow.rental_id)
         try:
             result = await provider_billing(ledger, handle, job_done=job_done, stop_job=stop, policy=policy,
                                             record=record)
         except ContractsError as exc:  # could not even start the escrow: the renter must not run free
+            metrics.ledger_calls.labels("start", "error").inc()
             log.error("escrow %s could not be started (%s); stopping the job", handle.address[:8], exc)
             await stop(f"escrow could not be started: {exc}")
             return
+        finally:
+            rate_of.pop(handle.address, None)
         log.info("rental %s settled: earned %d in %d claim(s)%s", handle.address[:8], result.earned,
                  result.claims, f"; stopped: {result.stopped_for}" if result.stopped_for else "")
 

@@ -860,15 +860,10 @@ async def serve_node_api(runtime: Any, settings: svc.ApiSettings, *,
             runtime.publisher, runtime.negotiator, development=settings.development)
         runtime.extra["provider_control"] = providers
 
-    def on_scrape() -> None:
-        assert metrics is not None
-        metrics.peers.set(len(runtime.node.connected_peers()))
-        metrics.offer_book_size.set(len(runtime.book))
-
     ctx = ApiContext(settings=settings, owner=runtime.key.public_key.wallet, key=runtime.key,
                      book=runtime.book, verifier=verifier, jobs=jobs,
                      wallet=svc.WalletService(ledger, runtime.key.public_key.wallet),
-                     metrics=metrics, providers=providers, on_scrape=on_scrape)
+                     metrics=metrics, providers=providers)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(jobs.run)
