@@ -328,6 +328,16 @@ class Client:
             return 0
         return await self.ledger.balance(self.wallet)
 
+    async def faucet(self, amount: int) -> int:
+        """Development ledgers only: mint ``amount`` worthless base units to this wallet."""
+        faucet = getattr(self.ledger, "faucet", None)
+        if faucet is None:
+            raise EscrowFailed("this ledger has no faucet (it holds real value)", "no_faucet")
+        try:
+            return int(await faucet(amount))
+        except ContractsError as exc:
+            raise EscrowFailed(f"the faucet refused: {exc}") from exc
+
     async def rent(self, offer: OfferInfo | None = None, *, image: str | None = None, script: str | None = None,
                    command: Sequence[str] = (), env: dict[str, str] | None = None, max_minutes: int = 10,
                    gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,

@@ -75,6 +75,12 @@ class SyncClient:
         assert self._client is not None
         return int(self._call(self._client.balance))
 
+    def faucet(self, amount: int) -> int:
+        """Development ledgers only: mint ``amount`` worthless base units to this wallet."""
+        assert self._client is not None
+        client = self._client
+        return int(self._call(lambda: client.faucet(amount)))
+
     def run(self, offer: OfferInfo | None = None, *, on_log: Callable[[LogChunk], None] | None = None,
             **job: Any) -> RentalResult:
         """Rent (``offer`` or the cheapest match), run the job to its end, settle; blocks."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dgpu.client import Client, JobFailed
+from dgpu.client import Client, JobFailed, SyncClient
 from dgpu.client.client import RentalResult
 from dgpu.contracts.escrow_api import EscrowView
 from dgpu.node.demo import DemoNetwork
@@ -163,3 +163,21 @@ async def test_a_provider_killed_mid_rental_leaves_the_renters_funds_recoverable
         view = await rental.escrow_state()  # the renter closed it: accrued minutes paid, the rest back
         assert_conserved(view, 30 * PRICE)
         assert view.refunded >= 20 * PRICE
+
+
+async def test_the_blocking_client_rents_from_a_plain_script(network: DemoNetwork, tmp_path: Path) -> None:
+    def notebook() -> tuple[RentalResult, int, int]:
+        with SyncClient([network.addrs["bootstrap"]], ledger_url=network.ledger_url, data_dir=tmp_path,
+                        accept_simulated=True) as gpu:
+            gpu.faucet(100_000)
+            offers = gpu.find_offers(gpu_model="RTX 4090", wait_s=10)
+            lines: list[str] = []
+            result = gpu.run(offers[0], script=script(1), max_minutes=5,
+                             on_log=lambda chunk: lines.extend(chunk.data.splitlines()))
+            assert lines[-1] == "done"
+            return result, gpu.balance(), len(offers)
+
+    result, balance, found = await trio.to_thread.run_sync(notebook)
+    assert found >= 1 and result.state is JobState.FINISHED
+    assert_conserved(result.escrow, 5 * PRICE)
+    assert balance == 100_000 - result.paid - result.fee
