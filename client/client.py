@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +42,22 @@ from dgpu.node.app import NodeRuntime, new_nonce, run_node, wall_clock
 from dgpu.node.config import NodeConfig
 from dgpu.node.errors import JobLostError, NetworkError, RejectedError
 from dgpu.node.services.billing import BillingPolicy, renter_billing
+from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob, safe_unpack
 from dgpu.node.services.job_stream import run_job
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferQuery
 from dgpu.protocol.escrow import EscrowStatus
-from dgpu.protocol.messages import Agreement, EscrowRef, Executor, JobState, LogChunk, Offer, Quote
+from dgpu.protocol.messages import (
+    Agreement,
+    EscrowRef,
+    Executor,
+    InputRef,
+    JobState,
+    LogChunk,
+    Offer,
+    Quote,
+    ResultRef,
+)
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
 
 __all__ = ["Client", "OfferInfo", "Rental", "RentalResult"]
@@ -55,6 +66,10 @@ log = logging.getLogger(__name__)
 
 #: how long the renter waits after the job for the provider's settlement before closing itself
 SETTLE_WAIT_S = 10.0
+#: inputs stay on the renter's shelf this long past the rental's last minute (for a late start)
+INPUT_TTL_SLACK_S = 600.0
+#: an unpacked result at most (the provider caps outputs lower; this bounds a hostile archive)
+MAX_RESULT_UNPACKED_BYTES = 4 * 1024**3
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +117,8 @@ class RentalResult:
     log_chunks: int
     escrow: EscrowView | None
     warnings: list[int] = field(default_factory=list)
+    #: the job's packed output folder on the provider (FINISHED jobs); see Rental.download_result
+    result: ResultRef | None = None
 
     @property
     def minutes(self) -> int:
@@ -151,6 +168,7 @@ class Rental:
         self.provider_peer = provider_peer
         self.escrow = handle
         self._cancel = trio.Event()
+        self.result: ResultRef | None = None
 
     @property
     def id(self) -> str:
@@ -196,7 +214,29 @@ class Rental:
             await self._recover()
             raise failure
         final = await self._settled()
-        return RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings)
+        self.result = outcome.result
+        return RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings,
+                            outcome.result)
+
+    async def download_result(self, dest_dir: Path | str, progress: Progress | None = None) -> list[Path]:
+        """Fetch the job's output folder from the provider, verify it and unpack it into ``dest_dir``.
+
+        ``progress(bytes_done, total)`` is called as the archive arrives. Returns the files written.
+        Raises ClientError when the job left no result, or the transfer or the archive is refused."""
+        if self.result is None:
+            raise ClientError(f"rental {self.id[:12]} has no result (the job did not finish, or kept none)")
+        ref, dest = self.result, Path(dest_dir)
+        rt = self.client._live()
+        archive = self.client.shelf.temp_path()
+        try:
+            await fetch_blob(rt.node, self.provider_peer, ref.cid, archive, expected_size=ref.size,
+                             max_bytes=self.client.shelf.max_blob_bytes, progress=progress)
+            return await trio.to_thread.run_sync(
+                lambda: safe_unpack(archive, dest, max_total_bytes=MAX_RESULT_UNPACKED_BYTES))
+        except (BlobError, NetworkError) as exc:
+            raise ClientError(f"could not download the result of {self.id[:12]}: {exc}") from exc
+        finally:
+            archive.unlink(missing_ok=True)
 
     async def _settled(self) -> EscrowView | None:
         """Wait for the provider's settlement; close it ourselves if it does not come."""
@@ -298,6 +338,26 @@ class Client:
     def wallet(self) -> str:
         return self.runtime.key.public_key.wallet
 
+    @property
+    def shelf(self) -> BlobShelf:
+        """The renter node's blob shelf (inputs offered to providers)."""
+        shelf = self.runtime.extra["blobs"]
+        assert isinstance(shelf, BlobShelf)
+        return shelf
+
+    async def add_input(self, local_path: Path | str, job_path: str, *, provider: str,
+                        ttl_s: float = 3600.0) -> InputRef:
+        """Offer ``local_path`` to ``provider`` (a wallet) as the job's input ``job_path``."""
+        self._live()
+        try:
+            entry = await self.shelf.add_file(Path(local_path), allowed=[provider], ttl_s=ttl_s)
+        except (BlobError, OSError) as exc:
+            raise ClientError(f"cannot offer {local_path} as an input: {exc}") from exc
+        try:
+            return InputRef(path=job_path, cid=entry.cid)
+        except ValueError as exc:
+            raise ClientError(f"bad input path {job_path!r}: {exc}") from exc
+
     def _live(self) -> NodeRuntime:
         if self.closed:
             raise NotConnected("the client is closed")
@@ -341,10 +401,13 @@ class Client:
     async def rent(self, offer: OfferInfo | None = None, *, image: str | None = None, script: str | None = None,
                    command: Sequence[str] = (), env: dict[str, str] | None = None, max_minutes: int = 10,
                    gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
-                   gpu_model: str | None = None, min_vram_mib: int = 0) -> Rental:
+                   gpu_model: str | None = None, min_vram_mib: int = 0,
+                   inputs: Mapping[str, Path | str] | None = None) -> Rental:
         """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match.
 
-        Needs a ledger (``ledger_url`` or ``ledger`` at connect): every rental is paid for."""
+        ``inputs`` maps a path under the job's inputs folder (``/inputs`` in Docker,
+        ``$HOME/inputs`` for scripts) to a local file; the provider fetches it from us before the
+        job starts. Needs a ledger (``ledger_url`` or ``ledger`` at connect): every rental is paid for."""
         rt = self._live()
         if self.ledger is None:
             raise EscrowFailed("this client has no ledger (connect with ledger_url or ledger), so it cannot "
@@ -356,8 +419,12 @@ class Client:
                 raise NoOffersError("no offer matched; try a wider filter or a longer wait")
             offer = found[0]
         executor = Executor.SCRIPT if script is not None else Executor.DOCKER
+        refs = tuple([await self.add_input(local, job_path, provider=offer.provider,
+                                           ttl_s=max_minutes * 60 + INPUT_TTL_SLACK_S)
+                      for job_path, local in (inputs or {}).items()])
         job: dict[str, Any] = {"executor": executor, "image": image, "script": script, "command": tuple(command),
                                "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
+                               "inputs": refs,
                                "gpu_model": offer.gpu_model, "min_vram_mib": min_vram_mib, "egress": egress,
                                "max_price_per_minute": max_price_per_minute or offer.price_per_minute * gpu_count}
         funder = LedgerFunder(self.ledger, lambda: int.from_bytes(os.urandom(8), "little") >> 1)

@@ -33,6 +33,7 @@ from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.config import DEV_MINT, NodeConfig
 from dgpu.node.errors import NetworkError
 from dgpu.node.metrics import NodeMetrics, RuntimeStats
+from dgpu.node.services import blobs
 from dgpu.node.services.billing import BillingPolicy, LedgerEscrowVerifier, LedgerTime, provider_billing
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.negotiation import (
@@ -233,6 +234,8 @@ async def run_node(config: NodeConfig, *,
                               advertise=config.role == "provider")
         rt = NodeRuntime(config, key, node, book, validator, discovery)
         rt.extra["metrics"] = NodeMetrics(runtime=lambda: runtime_stats(rt))
+        rt.extra["blobs"] = blobs.BlobShelf(config.data_dir / "blobs")  # inputs out, results in
+        blobs.register(node, rt.extra["blobs"])
         if config.role == "provider":
             await _start_provider(rt, nursery)
         await nursery.start(discovery.run)
@@ -314,7 +317,8 @@ async def _start_provider(rt: NodeRuntime, nursery: trio.Nursery) -> None:
                                 time_limit_s=24 * 3600.0)
     on_running = _billing_hook(rt, nursery, ledger_setup[0]) if ledger_setup else None
     jobs = JobServer(key, agreements, executor_for=executors.get, limits_cap=limits_cap,
-                     clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock)
+                     clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock,
+                     blobs=rt.extra["blobs"], node=node, transfer_root=config.data_dir / "transfers")
     verifier: EscrowVerifier
     if ledger_setup is not None:
         verifier = LedgerEscrowVerifier(ledger_setup[0], mint)

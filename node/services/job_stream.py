@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import trio
@@ -30,10 +32,12 @@ from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.errors import (
     ExecutionError,
     JobLostError,
+    NetworkError,
     ReadTimeoutError,
     RejectedError,
     StreamError,
 )
+from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob, pack_dir
 from dgpu.node.services.negotiation import AgreementStore
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, verify_detached
 from dgpu.protocol.errors import RemoteProtocolError
@@ -53,6 +57,7 @@ from dgpu.protocol.messages import (
     LogChunk,
     Reject,
     RejectCode,
+    ResultRef,
 )
 
 __all__ = ["JobOutcome", "JobServer", "run_job"]
@@ -65,6 +70,12 @@ Nonce = Callable[[], bytes]
 ENVELOPE_TTL_S: Final = 300
 #: the submit must arrive quickly after the stream opens
 SUBMIT_READ_TIMEOUT_S: Final = 10.0
+#: how long the provider keeps a job's packed result for the renter to fetch
+RESULT_TTL_S: Final = 3600.0
+#: all of one job's inputs together (each is also bounded by the shelf's blob limit)
+MAX_INPUT_BYTES: Final = 4 * 1024**3
+#: after FINISHED the renter waits this long for the ResultRef (packing a big output folder)
+RESULT_WAIT_S: Final = 120.0
 
 
 class ExecutorLike(Protocol):
@@ -96,8 +107,14 @@ class JobServer:
     def __init__(self, key: SigningKey, agreements: AgreementStore, *,
                  executor_for: Callable[[Executor], ExecutorLike | None],
                  limits_cap: ResourceLimits, clock: Clock, nonce: Nonce,
-                 on_running: OnRunning | None = None, deadline_clock: Clock | None = None) -> None:
+                 on_running: OnRunning | None = None, deadline_clock: Clock | None = None,
+                 blobs: BlobShelf | None = None, node: P2PNode | None = None,
+                 transfer_root: Path | None = None) -> None:
         self.key = key
+        #: inputs are fetched from the renter and results shelved only when all three are set
+        self.blobs = blobs
+        self.node = node
+        self.transfer_root = transfer_root
         #: the escrow ledger's clock, which start deadlines are set on
         self.deadline_clock = deadline_clock or clock
         self.on_running = on_running
@@ -186,9 +203,21 @@ class JobServer:
             await status(JobState.STARTING)
             limits = ResourceLimits(time_limit_s=float(agreement.terms.max_minutes * 60)).clamp(
                 self.limits_cap)
+            workdir = self._workdir(job_id)
+            try:
+                inputs = await self._fetch_inputs(fs.remote_peer, request, workdir)
+            except (BlobError, NetworkError, OSError) as exc:
+                log.info("job %s: input fetch failed: %s", job_id[:12], exc)
+                await status(JobState.FAILED, reason=f"could not fetch the inputs: {exc}")
+                return
+            if request.inputs and workdir is None:
+                await status(JobState.FAILED, reason="this provider does not accept job inputs")
+                return
             spec = JobSpec(job_id=job_id, rental_id=str(agreement.terms.escrow.rental_id),
                            command=request.command, image=request.image, script=request.script,
-                           env=dict(request.env), limits=limits, network=request.egress)
+                           env=dict(request.env), limits=limits, network=request.egress,
+                           inputs=inputs,
+                           output_dir=workdir / "outputs" if workdir is not None else None)
             try:
                 handle = await executor.start(spec, limits)
             except ExecutionError as exc:
@@ -215,6 +244,12 @@ class JobServer:
                 reason = stopped_for[0] if stopped_for else final.detail or final.reason
                 await status(state, _clamp_exit(final.exit_code), reason)
                 self.finished[job_id] = state
+                if state is JobState.FINISHED and spec.output_dir is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(15):
+                        await handle.cleanup()  # idempotent; copies the outputs out
+                    ref = await self._shelve_result(job_id, spec.output_dir, renter.wallet)
+                    if ref is not None:
+                        await fs.write_frame(self._seal(ref))
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(15):
                     await handle.cleanup()
@@ -222,6 +257,47 @@ class JobServer:
             log.info("job %s: renter stream broke: %s", job_id[:12], exc)
         finally:
             self.running.discard(job_id)
+            workdir = self._workdir(job_id)
+            if workdir is not None:
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
+
+    def _workdir(self, job_id: str) -> Path | None:
+        """The job's transfer folder (fetched inputs, copied outputs), if transfers are on."""
+        if self.blobs is None or self.node is None or self.transfer_root is None:
+            return None
+        return self.transfer_root / job_id
+
+    async def _fetch_inputs(self, renter_peer: str, request: JobRequest,
+                            workdir: Path | None) -> dict[str, Path]:
+        """Fetch every input from the renter into ``workdir/inputs``; path in the job → file."""
+        if not request.inputs or workdir is None or self.node is None or self.blobs is None:
+            return {}
+        files: dict[str, Path] = {}
+        budget = MAX_INPUT_BYTES
+        for i, ref in enumerate(request.inputs):
+            dest = workdir / "inputs" / f"{i:02d}"  # never the renter's name: no path games
+            size = await fetch_blob(self.node, renter_peer, ref.cid, dest,
+                                    max_bytes=min(budget, self.blobs.max_blob_bytes))
+            budget -= size
+            files[ref.path] = dest
+        return files
+
+    async def _shelve_result(self, job_id: str, output_dir: Path, renter: str) -> ResultRef | None:
+        """Pack the job's outputs into one blob only the renter may fetch; None on failure."""
+        assert self.blobs is not None
+        tmp = self.blobs.temp_path()
+        try:
+            size = await trio.to_thread.run_sync(pack_dir, output_dir, tmp)
+            if size > self.blobs.max_blob_bytes:
+                raise BlobError(f"the packed result is {size} bytes, over the blob limit")
+            entry = await self.blobs.add_file(tmp, allowed=[renter], ttl_s=RESULT_TTL_S, move=True)
+        except (BlobError, OSError) as exc:
+            log.warning("job %s: could not keep the result: %s", job_id[:12], exc)
+            return None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return ResultRef(job_id=job_id, cid=entry.cid, size=entry.size)
 
     async def _supervise(self, fs: FramedStream, handle: JobHandle, job_id: str,
                          renter: PublicKey) -> Any:
@@ -307,6 +383,8 @@ class JobOutcome:
     exit_code: int | None
     reason: str
     log_chunks: int
+    #: the packed output folder, when the job FINISHED and the provider kept one
+    result: ResultRef | None = None
 
 
 LogSink = Callable[[LogChunk], Awaitable[None] | None]
@@ -348,13 +426,16 @@ async def run_job(node: P2PNode, key: SigningKey, agreement: Agreement, provider
             try:
                 chunks = await _follow(node, fs, session, provider_peer, provider_key, replay,
                                        clock, on_log, on_status, idle_probe_s)
+                if session.state is JobState.FINISHED:
+                    await _read_result(fs, session, provider_key, replay, clock)
             except (JobLostError, RejectedError) as exc:
                 failure = exc  # raised below, outside the nursery (no ExceptionGroup)
             nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
         assert session.state is not None
-        return JobOutcome(job_id, session.state, session.exit_code, session.reason, chunks)
+        return JobOutcome(job_id, session.state, session.exit_code, session.reason, chunks,
+                          session.result)
     finally:
         await fs.close()
 
@@ -395,3 +476,24 @@ async def _follow(node: P2PNode, fs: FramedStream, session: JobSession, provider
         elif isinstance(msg, JobStatus) and on_status is not None:
             on_status(msg)
     return chunks
+
+
+async def _read_result(fs: FramedStream, session: JobSession, provider_key: PublicKey,
+                       replay: ReplayCache, clock: Clock) -> None:
+    """After FINISHED: wait (bounded) for the ResultRef; a closed stream means there is none."""
+    with trio.move_on_after(RESULT_WAIT_S):
+        while session.result is None:
+            try:
+                data = await fs.read_frame(timeout_s=RESULT_WAIT_S)
+            except StreamError:  # closed (an older provider, or no outputs kept) or timed out
+                return
+            try:
+                opened = open_envelope(data, TO_RENTER_JOB, now=clock(), max_bytes=MAX_FRAME_BYTES,
+                                       replay_cache=replay, max_ttl=ENVELOPE_TTL_S,
+                                       expected_signer=provider_key)
+                if not isinstance(opened.message, ResultRef):
+                    raise RemoteProtocolError(f"{opened.message.type} after the job ended")
+                session.receive(opened.message)
+            except RemoteProtocolError as exc:
+                log.info("job %s: ignoring a bad frame after the end: %s", session.job_id[:12], exc)
+                return

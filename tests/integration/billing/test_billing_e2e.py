@@ -181,3 +181,46 @@ async def test_the_blocking_client_rents_from_a_plain_script(network: DemoNetwor
     assert found >= 1 and result.state is JobState.FINISHED
     assert_conserved(result.escrow, 5 * PRICE)
     assert balance == 100_000 - result.paid - result.fee
+
+
+INPUT_SCRIPT = """set -e
+cat "$HOME/inputs/data/words.txt"
+mkdir -p "$HOME/outputs/sub"
+tr a-z A-Z < "$HOME/inputs/data/words.txt" > "$HOME/outputs/sub/upper.txt"
+wc -c < "$HOME/inputs/data/words.txt" > "$HOME/outputs/count.txt"
+"""
+
+
+async def test_inputs_go_in_by_content_id_and_the_result_comes_back(network: DemoNetwork, tmp_path: Path) -> None:
+    words = tmp_path / "words.txt"
+    words.write_text("hello blobs\n" * 10_000)  # 120 000 bytes: several blob frames
+    async with renter(network, tmp_path / "renter") as client:
+        rental = await client.rent(script=INPUT_SCRIPT, max_minutes=5, gpu_model="RTX 4090",
+                                   inputs={"data/words.txt": words})
+        lines: list[str] = []
+        result = await rental.run(on_log=lambda c: lines.extend(c.data.splitlines()))
+        assert result.state is JobState.FINISHED and result.exit_code == 0, result.reason
+        assert lines[:2] == ["hello blobs", "hello blobs"]
+        assert result.result is not None and result.result.size > 0
+        seen: list[tuple[int, int]] = []
+        out = tmp_path / "result"
+        written = await rental.download_result(out, progress=lambda done, total: seen.append((done, total)))
+        assert sorted(p.relative_to(out).as_posix() for p in written) == ["count.txt", "sub/upper.txt"]
+        assert (out / "sub" / "upper.txt").read_text() == "HELLO BLOBS\n" * 10_000
+        assert (out / "count.txt").read_text().strip() == "120000"
+        assert seen[-1] == (result.result.size, result.result.size)
+        assert_conserved(result.escrow, 5 * PRICE)
+
+
+async def test_a_job_whose_input_cannot_be_fetched_fails_with_a_reason(network: DemoNetwork,
+                                                                     tmp_path: Path) -> None:
+    words = tmp_path / "words.txt"
+    words.write_text("gone before the job starts\n")
+    async with renter(network, tmp_path / "renter") as client:
+        rental = await client.rent(script=INPUT_SCRIPT, max_minutes=5, gpu_model="RTX 4090",
+                                   inputs={"data/words.txt": words})
+        for entry in list(client.shelf._entries):  # the renter no longer offers it
+            client.shelf.remove(entry)
+        result = await rental.run()
+        assert result.state is JobState.FAILED and "could not fetch the inputs" in result.reason
+        assert result.result is None
