@@ -147,21 +147,36 @@ async def _executors(rt: NodeRuntime, nursery: trio.Nursery
     return {Executor(name): DurableExecutor(service, store, name, nursery) for name in raw}
 
 
-async def _watch_peers(rt: NodeRuntime) -> None:
+async def _watch_peers(rt: NodeRuntime, *, poll_s: float = 0.5, quiet_s: float = 3.0,
+                       max_wait_s: float = 15.0) -> None:
     """Republish our offer when peers we never saw join the topic (they missed it).
 
     Only first sightings count: peers that flap in and out of the topic (reconnects,
-    stream repairs) must not turn every node into a continuous republisher.
+    stream repairs) must not turn every node into a continuous republisher. And a wave of
+    joins (a network forming, discovery dialling several peers) costs one republish, not
+    one per peer: we wait until no new peer has appeared for ``quiet_s`` (at most
+    ``max_wait_s``). Every republish reaches every node, so one per batch of joiners was an
+    N-squared storm (30 nodes: ~280 publications at start-up, a backlog of ~40 s of CPU on
+    2 cores that delayed every later offer by seconds).
     """
     seen: set[str] = set()
+    first_new: float | None = None
+    last_new = 0.0
     while True:
         peers = set(rt.node.topic_peers(OFFERS_TOPIC))
-        if peers - seen and rt.publisher is not None:
-            rt.publisher.changed()
+        now = trio.current_time()
+        if peers - seen:
+            last_new = now
+            if first_new is None:
+                first_new = now
         seen |= peers
         if len(seen) > 10_000:  # bounded; forgetting only means one extra republish
             seen = peers
-        await trio.sleep(0.5)
+        if first_new is not None and (now - last_new >= quiet_s or now - first_new >= max_wait_s):
+            first_new = None
+            if rt.publisher is not None:
+                rt.publisher.changed()
+        await trio.sleep(poll_s)
 
 
 def status_snapshot(rt: NodeRuntime) -> dict[str, Any]:

@@ -217,6 +217,10 @@ class GuardedPubsub(Pubsub):
             await super().push_msg(msg_forwarder, msg)
         except _Ignored:
             self.ignored_count += 1
+            # seen, as go-libp2p does: the same stale offer arrives from every mesh peer that
+            # relayed it, and 0.8.1 marks only accepted messages seen, so each copy went
+            # through both signature checks again (30-node bench: ~60 copies per node)
+            self._mark_msg_seen(msg)
         except Exception as exc:  # runs as a pubsub service task: an escape ends pubsub
             self.guard_drops["bad_message"] += 1
             self._count_invalid(msg_forwarder, msg)
