@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -34,6 +35,8 @@ POLL_S = 0.5
 LOG_BATCH = 500
 _TERMINAL = {"finished", "failed", "cancelled", "expired"}
 MAX_SCRIPT_BYTES = 64 * 1024
+#: a downloaded result archive at most (the provider's blob limit); bounds the temp file
+MAX_RESULT_BYTES = 1024**3
 
 
 class CliError(Exception):
@@ -107,6 +110,57 @@ def parse_amount(text: str, decimals: int) -> int:
     if not value.is_finite() or units != units.to_integral_value() or units <= 0:
         raise CliError(f"{text} is not a positive amount with at most {decimals} decimals", 2)
     return int(units)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class ProgressBar:
+    """A one-line text progress bar: ``label [#####-----]  45%  1.2 MiB/2.7 MiB  3.4 MiB/s``.
+
+    ``update(done, total)`` redraws (at most every ``min_interval_s``, and always at the end);
+    ``close()`` ends the line. Usable as a ``progress(bytes_done, total)`` callback."""
+
+    def __init__(self, out: IO[str], label: str = "", *, width: int = 30, min_interval_s: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.out, self.label, self.width, self.min_interval_s, self.clock = out, label, width, min_interval_s, clock
+        self.started = clock()
+        self._drawn_at: float | None = None
+        self._last = ""
+
+    def render(self, done: int, total: int | None) -> str:
+        elapsed = max(self.clock() - self.started, 1e-6)
+        rate = f"{fmt_bytes(done / elapsed)}/s"
+        if not total:
+            return f"{self.label} {fmt_bytes(done)}  {rate}".strip()
+        frac = min(max(done / total, 0.0), 1.0)
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        return (f"{self.label} [{bar}] {frac * 100:3.0f}%  {fmt_bytes(done)}/{fmt_bytes(total)}  "
+                f"{rate}").strip()
+
+    def update(self, done: int, total: int | None) -> None:
+        now = self.clock()
+        final = total is not None and done >= total
+        if not final and self._drawn_at is not None and now - self._drawn_at < self.min_interval_s:
+            return
+        self._drawn_at = now
+        line = self.render(done, total)
+        self.out.write("\r" + line + " " * max(len(self._last) - len(line), 0))
+        self.out.flush()
+        self._last = line
+
+    __call__ = update
+
+    def close(self) -> None:
+        if self._last:
+            self.out.write("\n")
+            self.out.flush()
 
 
 def table(rows: list[list[str]], headers: list[str], out: IO[str]) -> None:
@@ -288,9 +342,63 @@ def cmd_jobs(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] =
             job = api.call("DELETE", f"/api/v1/jobs/{args.job_id}")
             print(f"job {job['id']}: cancel requested (state {job['state']})", file=out)
             return 0
+        if action == "result":
+            dest = Path(args.out or f"result-{args.job_id}")
+            files = download_result(api, args.job_id, dest, ProgressBar(err, "result"))
+            print(f"{len(files)} file(s) in {dest}", file=out)
+            return 0
         raise CliError(f"unknown action {action}", 2)
     finally:
         api.close()
+
+
+def download_result(api: Api, job_id: str, dest: Path, bar: ProgressBar) -> list[Path]:
+    """Stream ``GET /api/v1/jobs/{id}/result`` to a temp file with a progress bar, then unpack it
+    safely (no absolute paths, ``..``, links or special files; size-bounded) into ``dest``."""
+    from dgpu.node.services.blobs import BlobError, safe_unpack
+
+    dest.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".dgpu-result-", suffix=".tar", dir=dest)
+    tmp = Path(tmp_name)
+    total: int | None = None
+    done = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            try:
+                with api.http.stream("GET", f"/api/v1/jobs/{job_id}/result", timeout=None) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        _raise_api_error(r)
+                    total = int(r.headers.get("content-length", 0)) or None
+                    bar.update(0, total)
+                    for chunk in r.iter_bytes(64 * 1024):
+                        f.write(chunk)
+                        done += len(chunk)
+                        if done > MAX_RESULT_BYTES:
+                            raise CliError(f"the result is larger than {fmt_bytes(MAX_RESULT_BYTES)}; refused")
+                        bar.update(done, total)
+            except httpx.HTTPError as exc:
+                raise CliError(f"the result download failed ({type(exc).__name__})", 4) from None
+            finally:
+                bar.close()
+        if total is not None and done != total:
+            raise CliError(f"the result download ended after {done} of {total} bytes", 4)
+        try:
+            return safe_unpack(tmp, dest, max_total_bytes=MAX_RESULT_BYTES * 4)
+        except BlobError as exc:
+            raise CliError(f"refusing the result archive: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _raise_api_error(r: httpx.Response) -> None:
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    err = body.get("error", {}) if isinstance(body, dict) else {}
+    raise ApiCallError(r.status_code, str(err.get("code", f"http_{r.status_code}")),
+                       str(err.get("message", r.reason_phrase)))
 
 
 def cmd_wallet(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
@@ -481,11 +589,14 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--provider", default=None, metavar="WALLET", help="rent from this provider")
     p.set_defaults(handler=_wrap(cmd_rent))
 
-    p = subparsers.add_parser("jobs", help="list, show, follow or cancel API jobs", formatter_class=fmt,
+    p = subparsers.add_parser("jobs", help="list, show, follow, cancel API jobs or download their results",
+                              formatter_class=fmt,
                               description="Jobs submitted through the node's API.\n\n" + HELP)
     _common(p)
-    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "cancel"], default="list")
+    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "cancel", "result"], default="list")
     p.add_argument("job_id", nargs="?", default=None)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="result: unpack the job's outputs here (default ./result-ID)")
     p.add_argument("--state", default=None, choices=["pending", "running", "finished", "failed", "cancelled",
                                                      "expired"])
     p.add_argument("--limit", type=int, default=50)

@@ -223,20 +223,28 @@ class Rental:
 
         ``progress(bytes_done, total)`` is called as the archive arrives. Returns the files written.
         Raises ClientError when the job left no result, or the transfer or the archive is refused."""
-        if self.result is None:
-            raise ClientError(f"rental {self.id[:12]} has no result (the job did not finish, or kept none)")
-        ref, dest = self.result, Path(dest_dir)
-        rt = self.client._live()
+        dest = Path(dest_dir)
         archive = self.client.shelf.temp_path()
         try:
-            await fetch_blob(rt.node, self.provider_peer, ref.cid, archive, expected_size=ref.size,
-                             max_bytes=self.client.shelf.max_blob_bytes, progress=progress)
+            await self.fetch_result_archive(archive, progress)
             return await trio.to_thread.run_sync(
                 lambda: safe_unpack(archive, dest, max_total_bytes=MAX_RESULT_UNPACKED_BYTES))
+        except BlobError as exc:
+            raise ClientError(f"could not unpack the result of {self.id[:12]}: {exc}") from exc
+        finally:
+            await trio.Path(archive).unlink(missing_ok=True)
+
+    async def fetch_result_archive(self, dest: Path, progress: Progress | None = None) -> int:
+        """Fetch the job's result archive (a tar, verified against its content id) to ``dest``."""
+        if self.result is None:
+            raise ClientError(f"rental {self.id[:12]} has no result (the job did not finish, or kept none)")
+        ref = self.result
+        rt = self.client._live()
+        try:
+            return await fetch_blob(rt.node, self.provider_peer, ref.cid, dest, expected_size=ref.size,
+                                    max_bytes=self.client.shelf.max_blob_bytes, progress=progress)
         except (BlobError, NetworkError) as exc:
             raise ClientError(f"could not download the result of {self.id[:12]}: {exc}") from exc
-        finally:
-            archive.unlink(missing_ok=True)
 
     async def _settled(self) -> EscrowView | None:
         """Wait for the provider's settlement; close it ourselves if it does not come."""

@@ -37,7 +37,7 @@ import trio
 import trio_asyncio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
@@ -488,6 +488,17 @@ def _jobs_router() -> APIRouter:
         first = job.logs[0][0] if job.logs else job.next_seq
         return LogsOut(id=job.id, state=job.state, next_seq=job.next_seq, first_seq=first,
                        lines=[LogLine(seq=s, stream=st, line=ln) for s, st, ln in lines])
+
+    @router.get("/{job_id}/result", response_class=FileResponse,
+                responses={200: {"content": {"application/x-tar": {}}}, 404: {"model": ErrorOut},
+                           409: {"model": ErrorOut}})
+    async def result(job_id: Annotated[str, Field(max_length=64)], ctx: Ctx) -> FileResponse:
+        """The job's output folder as a tar (verified against the provider's content id), streamed."""
+        job = ctx.jobs.get(job_id)
+        if job.result_file is None or not job.result_file.is_file():
+            raise svc.Conflict(f"job {job.id} has no result (it did not finish, or kept no outputs)",
+                               "no_result")
+        return FileResponse(job.result_file, media_type="application/x-tar", filename=f"{job.id}.tar")
 
     @router.delete("/{job_id}", status_code=202, response_model=JobOut,
                    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}})

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
@@ -339,6 +340,8 @@ class ApiJob:
     finished_at: int | None = None
     #: set by a cancel request; the backend stops the job and settles (never a task cancel)
     cancel_requested: trio.Event = field(default_factory=trio.Event)
+    #: the job's verified result archive (a tar) on this node, once fetched from the provider
+    result_file: Path | None = None
     #: (seq, stream, line); seq counts every line ever logged, from 0, without gaps
     logs: deque[tuple[int, str, str]] = field(init=False)
     next_seq: int = 0
@@ -429,6 +432,8 @@ class JobManager:
             if victim is None:  # every record is live; max_active < max_records keeps this rare
                 raise Busy("the job table is full of live jobs", "too_many_jobs")
             del self._jobs[victim.id]
+            if victim.result_file is not None:  # results live as long as their record (bounded)
+                victim.result_file.unlink(missing_ok=True)
 
     def get(self, job_id: str) -> ApiJob:
         job = self._jobs.get(job_id)
@@ -684,6 +689,14 @@ class NetworkJobBackend:
                 raise JobRunError(str(exc), "job_lost") from exc
             finally:
                 nursery.cancel_scope.cancel()
+        if result.result is not None:
+            archive = Path(self.runtime.config.data_dir) / "api-results" / f"{job.id}.tar"
+            try:
+                await rental.fetch_result_archive(archive)
+            except ClientError as exc:  # the job still finished; only its outputs are missing
+                log.warning("job %s: result not fetched: %s", job.id, exc)
+            else:
+                job.result_file = archive
         return JobFinal(_final_state(str(result.state)), result.exit_code, result.reason,
                         result.minutes, result.paid, result.fee, result.refunded)
 

@@ -195,3 +195,57 @@ def test_help_everywhere(cmd: str) -> None:
                        check=True)
     assert b"DGPU_API_URL" in r.stdout and b"--config" in r.stdout
 
+
+
+def test_progress_bar_shows_bytes_percent_and_rate() -> None:
+    import io
+
+    from dgpu.client.cli import ProgressBar
+
+    now = [100.0]
+    out = io.StringIO()
+    bar = ProgressBar(out, "result", width=10, min_interval_s=0.5, clock=lambda: now[0])
+    bar.update(0, 2048)
+    now[0] += 0.1
+    bar.update(512, 2048)  # too soon: not redrawn
+    now[0] += 0.9
+    bar.update(1024, 2048)
+    now[0] += 1.0
+    bar(2048, 2048)  # the end is always drawn
+    bar.close()
+    frames = out.getvalue().split("\r")[1:]
+    assert len(frames) == 3
+    assert frames[1].startswith("result [#####-----]  50%  1.0 KiB/2.0 KiB  1.0 KiB/s")
+    assert frames[2] == "result [##########] 100%  2.0 KiB/2.0 KiB  1.0 KiB/s\n"
+    unknown = ProgressBar(io.StringIO(), clock=lambda: now[0])
+    assert unknown.render(3 * 1024 * 1024, None).startswith("3.0 MiB")
+
+
+@pytest.mark.integration
+async def test_jobs_result_downloads_and_unpacks_with_a_progress_bar(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:
+        data_dir = await logged_in(s, tmp_path)
+        outputs = tmp_path / "outputs"
+        (outputs / "sub").mkdir(parents=True)
+        (outputs / "model.bin").write_bytes(os.urandom(300_000))
+        (outputs / "sub" / "metrics.json").write_text('{"loss": 0.1}')
+        s.double.result_dir = outputs
+        script = tmp_path / "job.sh"
+        script.write_text("echo hi\n")
+        s.double.release.set()
+        await dgpu(s, "rent", "--script", str(script), "--max-minutes", "5", data_dir=data_dir)
+        job_id = s.double.started[0]
+        dest = tmp_path / "got"
+        r = await dgpu(s, "jobs", "result", job_id, "--out", str(dest), data_dir=data_dir)
+        assert r.stdout.decode().strip() == f"2 file(s) in {dest}"
+        assert "] 100%  " in r.stderr.decode() and "iB/s" in r.stderr.decode()  # bytes, percent, rate
+        assert (dest / "model.bin").read_bytes() == (outputs / "model.bin").read_bytes()
+        assert (dest / "sub" / "metrics.json").read_text() == '{"loss": 0.1}'
+        assert sorted(p.name for p in dest.iterdir()) == ["model.bin", "sub"]  # no temp file left
+        s.double.result_dir = None
+        s.double.release = trio.Event()
+        s.double.release.set()
+        await dgpu(s, "rent", "--script", str(script), "--max-minutes", "5", data_dir=data_dir)
+        none = await dgpu(s, "jobs", "result", s.double.started[1], "--out", str(tmp_path / "none"),
+                          data_dir=data_dir, check=False)
+        assert none.returncode == 1 and b"no_result" in none.stderr

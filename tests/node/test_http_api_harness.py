@@ -28,6 +28,7 @@ from dgpu.node.adapters.http_api import ApiContext, create_node_api, fetch_verif
 from dgpu.node.adapters.http_server import serve_http
 from dgpu.node.metrics import NodeMetrics
 from dgpu.node.services import api as svc
+from dgpu.node.services.blobs import pack_dir
 from dgpu.node.services.offers import OfferBook
 from dgpu.protocol.keys import SigningKey, b58encode
 from dgpu.protocol.messages import Executor, GpuSpec, Offer
@@ -53,6 +54,8 @@ class InProcessJobDouble:
         self.release = trio.Event()
         self.started: list[str] = []
         self.rate = 1_000
+        #: when set, a finished job's "outputs" are this folder, packed as the provider would
+        self.result_dir: Path | None = None
 
     async def run(self, spec: svc.JobSpec, job: svc.ApiJob) -> svc.JobFinal:
         if spec.provider == "1" * 32:
@@ -76,6 +79,10 @@ class InProcessJobDouble:
         if job.cancel_requested.is_set():
             return svc.JobFinal(svc.ApiJobState.CANCELLED, None, "cancelled", minutes=1,
                                 paid=950, fee=50, refunded=self.rate * (spec.max_minutes - 1))
+        if self.result_dir is not None:
+            archive = self.result_dir.parent / f"{job.id}.tar"
+            await trio.to_thread.run_sync(pack_dir, self.result_dir, archive)
+            job.result_file = archive
         return svc.JobFinal(svc.ApiJobState.FINISHED, 0, "exited", minutes=2, paid=1900, fee=100,
                             refunded=self.rate * (spec.max_minutes - 2))
 
