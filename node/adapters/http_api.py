@@ -538,7 +538,7 @@ def _billing_router() -> APIRouter:
     @router.post("/wallet/{wallet_id}/withdraw", responses=ledger_errors)
     async def withdraw(wallet_id: Annotated[str, Field(max_length=44)], body: WithdrawIn,
                        ctx: Ctx) -> dict[str, Any]:
-        """A transfer from the node's wallet (501 while the ledger client has no transfer)."""
+        """A signed transfer from the node's wallet (501 on a ledger client without transfers)."""
         return await _in_trio(ctx.wallet.withdraw, wallet_id, body.to, body.amount)
 
     @router.get("/marketplace", response_model=MarketOut)

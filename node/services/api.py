@@ -763,11 +763,18 @@ class WalletService:
                 "note": "send tokens of the mint to this wallet; the balance shows them once confirmed"}
 
     async def withdraw(self, wallet: str, to: str, amount: int) -> dict[str, Any]:
+        """Send ``amount`` base units from this node's wallet to ``to`` (a signed ledger transfer)."""
         self._own(wallet)
         ledger = self._ledger()
-        raise NotImplementedOnLedger(
-            f"the {ledger.ledger} ledger client has no transfer instruction, so this node cannot "
-            "withdraw yet", "withdraw_unsupported")
+        transfer = getattr(ledger, "transfer", None)
+        if transfer is None:  # the Solana client sends escrow instructions only; use a wallet app
+            raise NotImplementedOnLedger(
+                f"the {ledger.ledger} ledger client has no transfer instruction, so this node cannot "
+                "withdraw; send the tokens with any Solana wallet holding this key", "withdraw_unsupported")
+        tx = await _ledger_call(transfer(to, amount))
+        balance = await _ledger_call(ledger.balance(self.wallet))
+        return {"address": self.wallet, "to": to, "amount": amount, "tx": tx, "balance": balance,
+                "real_value": not self.development}
 
 
 async def _ledger_call(awaitable: Any) -> Any:

@@ -295,9 +295,15 @@ async def test_wallet_balance_faucet_and_withdraw_on_the_development_ledger(tmp_
                                     headers=h)) == (403, "not_own_wallet")
         too_much = await s.api.post(f"/api/v1/billing/wallet/{me}/deposit", json={"amount": 10**12}, headers=h)
         assert err(too_much)[0] == 409  # the faucet's own limit, refused by the ledger
-        wd = await s.api.post(f"/api/v1/billing/wallet/{me}/withdraw", json={"to": other, "amount": 1}, headers=h)
-        assert err(wd) == (501, "withdraw_unsupported")
-        assert await s.ledger.balance(me) == 2_500_000
+        wd = await s.api.post(f"/api/v1/billing/wallet/{me}/withdraw", json={"to": other, "amount": 500_000},
+                              headers=h)
+        assert wd.status_code == 200, wd.text
+        assert (wd.json()["amount"], wd.json()["balance"]) == (500_000, 2_000_000)
+        assert await s.ledger.balance(me) == 2_000_000 and await s.ledger.balance(other) == 500_000
+        over = await s.api.post(f"/api/v1/billing/wallet/{me}/withdraw", json={"to": other, "amount": 10**9},
+                                headers=h)
+        assert err(over)[0] == 409  # more than the wallet holds: refused by the ledger, nothing moved
+        assert await s.ledger.balance(me) == 2_000_000
 
 
 # -- providers -----------------------------------------------------------------------------------
