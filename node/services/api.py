@@ -596,8 +596,9 @@ def offer_row(offer: Offer, peer_id: str | None) -> dict[str, Any]:
 
 # -- the real job backend ------------------------------------------------------------------------
 
-#: how long a job waits for a matching offer to arrive before it fails with no_offers
-OFFER_WAIT_S = 5.0
+#: how long a submitted job waits for a matching offer before failing with no_offers (a fresh
+#: node learns offers by gossip, which takes seconds on a loaded machine)
+OFFER_WAIT_S = 10.0
 
 
 class NetworkJobBackend:

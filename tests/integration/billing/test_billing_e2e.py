@@ -57,6 +57,8 @@ async def renter(net: DemoNetwork, tmp_path: Path, **policy: float) -> AsyncIter
                               accept_simulated=True, billing_policy=billing) as client:
         assert client.ledger is not None
         await client.ledger.faucet(1_000_000)  # type: ignore[attr-defined]
+        # a fresh node learns offers by gossip; on a loaded machine that can take a few seconds
+        assert await client.find_offers(gpu_model="RTX 4090", wait_s=30), "the provider's offer never arrived"
         yield client
 
 
