@@ -28,6 +28,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dgpu.node.adapters.http_server import RouteTimingMiddleware
+
 from .auth import DOMAINS, AccessClaims, AuthService, Role, TokenIssuer, TokenPair
 from .config import BootstrapHttpConfig, load_or_create_node_key
 from .db import AsyncDB, SyncDB
@@ -43,7 +45,7 @@ from .errors import (
     StoreError,
     Unauthorized,
 )
-from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ratelimit import TokenBucketLimiter
 from .storage import (
     BlobStore,
@@ -828,5 +830,5 @@ def create_app(
     _install_error_handlers(app, metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_JSON_BODY,
                        exempt_prefixes=_STREAMING_PREFIXES)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RouteTimingMiddleware, observe=metrics.observe_request)
     return app

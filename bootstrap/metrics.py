@@ -7,13 +7,10 @@ the raw path; ``reason`` and ``result`` come from fixed code sets.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
 class Metrics:
@@ -52,37 +49,7 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-class MetricsMiddleware:
-    """Pure ASGI middleware counting requests by method, route template and status."""
-
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        observed = False
-
-        async def send_wrapper(message: Any) -> None:
-            nonlocal observed
-            if message["type"] == "http.response.start" and not observed:
-                observed = True
-                self._observe(scope, int(message["status"]), start)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            if not observed:  # the app failed (or was cancelled) before answering
-                self._observe(scope, 500, start)
-
-    def _observe(self, scope: Any, status: int, start: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
-        method = str(scope.get("method", "?"))
-        self.metrics.http_requests.labels(method, template, str(status)).inc()
-        self.metrics.http_latency.labels(method, template).observe(time.perf_counter() - start)
+    def observe_request(self, method: str, template: str, status: int, seconds: float) -> None:
+        """One answered HTTP request (for :class:`~dgpu.node.adapters.http_server.RouteTimingMiddleware`)."""
+        self.http_requests.labels(method, template, str(status)).inc()
+        self.http_latency.labels(method, template).observe(seconds)

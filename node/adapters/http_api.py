@@ -47,7 +47,7 @@ from dgpu.bootstrap import errors as boot_errors
 from dgpu.bootstrap.auth import DOMAINS, AccessClaims, Role, TokenVerifier
 from dgpu.bootstrap.http_app import BodyLimitMiddleware, ChallengeIn, RefreshIn, SignedIn
 from dgpu.bootstrap.storage import validate_bucket, validate_key
-from dgpu.node.adapters.http_server import HttpServerError, serve_http
+from dgpu.node.adapters.http_server import HttpServerError, RouteTimingMiddleware, serve_http
 from dgpu.node.metrics import NodeMetrics
 from dgpu.node.services import api as svc
 from dgpu.node.services.offers import OfferBook
@@ -745,35 +745,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-class LatencyMiddleware:
-    """Records ``dgpu_http_request_seconds`` by route *template* (never the raw path, which
-    would make label values unbounded), method and status."""
-
-    def __init__(self, app: Any, metrics: NodeMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = [500]
-
-        async def record_status(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_latency.labels(template, scope.get("method", "?"), str(status[0])).observe(
-                time.perf_counter() - start)
-
-
 # -- the app -------------------------------------------------------------------------------------
 
 
@@ -815,7 +786,10 @@ def create_node_api(ctx: ApiContext) -> FastAPI:
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.settings.max_body_bytes,
                        exempt_prefixes=_STREAMING_PREFIXES)
-    app.add_middleware(LatencyMiddleware, metrics=ctx.metrics)
+    def observe(method: str, template: str, status: int, seconds: float) -> None:
+        ctx.metrics.http_latency.labels(template, method, str(status)).observe(seconds)
+
+    app.add_middleware(RouteTimingMiddleware, observe=observe)
     return app
 
 
