@@ -35,4 +35,5 @@ pytest: install
 cargo-test:
 	@if [ -f contracts/Cargo.toml ]; then cd contracts && cargo test --locked; else echo "no Rust workspace yet"; fi
 
-test: lint typecheck pytest cargo-test
+# pytest runs last so its summary ("N passed") closes the output
+test: lint typecheck cargo-test pytest
