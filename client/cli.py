@@ -54,6 +54,7 @@ class Api:
     """A small blocking client of the node's API; errors become CliError with the API's message."""
 
     def __init__(self, settings: ClientSettings, *, auth: bool = True) -> None:
+        self.settings = settings
         headers = {}
         if auth:
             token = settings.token()
@@ -61,16 +62,50 @@ class Api:
                 raise CliError(f"no token: run `dgpu login` first (it writes {settings.token_file})", 3)
             headers["authorization"] = f"Bearer {token}"
         self.http = httpx.Client(base_url=settings.api_url, timeout=settings.timeout_s, headers=headers)
+        #: a stored login may be refreshed (rotating refresh token); a DGPU_TOKEN cannot
+        self._can_refresh = auth and not settings.env_token
 
     def close(self) -> None:
         self.http.close()
 
-    def call(self, method: str, path: str, **kw: Any) -> Any:
+    def _refresh(self) -> bool:
+        """Swap the stored refresh token for a new pair (rotation); False when there is none."""
         try:
-            r = self.http.request(method, path, **kw)
+            stored = json.loads(self.settings.token_file.read_text())
+        except (OSError, ValueError):
+            return False
+        refresh = stored.get("refresh_token") if isinstance(stored, dict) else None
+        if not refresh:
+            return False
+        try:
+            r = self.http.post("/api/v1/auth/refresh", json={"refresh_token": refresh},
+                               headers={"authorization": ""})
+        except httpx.HTTPError:
+            return False
+        if r.status_code != 200:
+            return False
+        pair = r.json()
+        store_tokens(self.settings.token_file, {**stored, **{k: pair[k] for k in (
+            "access_token", "expires_at", "refresh_token", "refresh_expires_at") if k in pair}})
+        self.http.headers["authorization"] = f"Bearer {pair['access_token']}"
+        return True
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        """One API call; an expired access token is refreshed once, transparently."""
+        r = self._request(method, path, **kw)
+        if r.status_code == 401 and self._can_refresh and self._refresh():
+            r = self._request(method, path, **kw)
+        return self._body(r)
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise CliError(f"cannot reach the node's API at {self.http.base_url} ({type(exc).__name__}); "
                            "is the node running with its API enabled?", 4) from None
+
+    @staticmethod
+    def _body(r: httpx.Response) -> Any:
         try:
             body = r.json()
         except ValueError:
@@ -82,6 +117,18 @@ class Api:
                 message += " (run `dgpu login` again)"
             raise ApiCallError(r.status_code, str(code), str(message))
         return body
+
+
+def store_tokens(path: Path, tokens: dict[str, Any]) -> None:
+    """Write the token file atomically, mode 0600 from its creation (it holds bearer tokens)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(tokens, f)
+    os.replace(tmp, path)
 
 
 class ApiCallError(CliError):
@@ -515,16 +562,9 @@ def cmd_login(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     finally:
         api.close()
     path = settings.token_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"access_token": pair["access_token"], "expires_at": pair["expires_at"],
-                   "refresh_token": pair["refresh_token"], "refresh_expires_at": pair["refresh_expires_at"],
-                   "wallet": wallet, "role": pair["role"]}, f)
-    os.replace(tmp, path)
+    store_tokens(path, {"access_token": pair["access_token"], "expires_at": pair["expires_at"],
+                        "refresh_token": pair["refresh_token"], "refresh_expires_at": pair["refresh_expires_at"],
+                        "wallet": wallet, "role": pair["role"]})
     print(f"logged in as {wallet} ({pair['role']}); token stored in {path} (expires at {pair['expires_at']})",
           file=out)
     return 0

@@ -249,3 +249,24 @@ async def test_jobs_result_downloads_and_unpacks_with_a_progress_bar(tmp_path: P
         none = await dgpu(s, "jobs", "result", s.double.started[1], "--out", str(tmp_path / "none"),
                           data_dir=data_dir, check=False)
         assert none.returncode == 1 and b"no_result" in none.stderr
+
+
+@pytest.mark.integration
+async def test_an_expired_access_token_is_refreshed_and_rotated(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:
+        data_dir = await logged_in(s, tmp_path)
+        token_file = data_dir / "api-token.json"
+        stored = json.loads(token_file.read_text())
+        stored["access_token"] = "expired.or.revoked"  # what a long `dgpu rent` meets after 15 minutes
+        token_file.write_text(json.dumps(stored))
+        result = await dgpu(s, "wallet", data_dir=data_dir)
+        assert b"address" in result.stdout
+        renewed = json.loads(token_file.read_text())
+        assert renewed["access_token"] != "expired.or.revoked"
+        assert renewed["refresh_token"] != stored["refresh_token"]  # rotated: the old one is spent
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        renewed["access_token"] = "expired.again"
+        renewed["refresh_token"] = stored["refresh_token"]  # a reused (rotated) refresh token
+        token_file.write_text(json.dumps(renewed))
+        reused = await dgpu(s, "wallet", data_dir=data_dir, check=False)
+        assert reused.returncode == 1 and b"dgpu login" in reused.stderr
