@@ -288,6 +288,16 @@ def _job_body(args: argparse.Namespace) -> dict[str, Any]:
         body["provider"] = args.provider
     if args.count != 1:
         body["gpu_count"] = args.count
+    inputs: dict[str, str] = {}
+    for item in args.input or []:
+        job_path, sep, local = item.partition("=")
+        if not sep or not job_path or not local:
+            raise CliError(f"--input is JOB_PATH=LOCAL_FILE, got {item!r}", 2)
+        if not Path(local).is_file():
+            raise CliError(f"--input {job_path}: {local} is not a readable file", 2)
+        inputs[job_path] = str(Path(local).resolve())
+    if inputs:
+        body["inputs"] = inputs
     return body
 
 
@@ -627,6 +637,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--gpu", default=None, metavar="MODEL[:MIN_VRAM_MIB]")
     p.add_argument("--count", type=int, default=1, help="GPUs")
     p.add_argument("--provider", default=None, metavar="WALLET", help="rent from this provider")
+    p.add_argument("--input", action="append", default=[], metavar="JOB_PATH=LOCAL_FILE",
+                   help="ship a file to the job (read-only under /inputs, or $HOME/inputs for scripts); repeatable")
     p.set_defaults(handler=_wrap(cmd_rent))
 
     p = subparsers.add_parser("jobs", help="list, show, follow, cancel API jobs or download their results",

@@ -270,6 +270,10 @@ class JobSpec(BaseModel):
     #: rent from this provider (wallet); otherwise the cheapest matching offer
     provider: str | None = Field(None, min_length=32, max_length=44)
     egress: bool = False
+    #: job path (under the job's inputs folder) -> a file on the node's host. The API listens on
+    #: localhost for the node's owner only, so the node reads the owner's local files; each is
+    #: offered to the chosen provider alone, by content id, and fetched over /dgpu/blob/1.0.0
+    inputs: dict[str, str] = Field(default_factory=dict, max_length=64)
 
     @model_validator(mode="after")
     def _one_payload(self) -> JobSpec:
@@ -649,7 +653,8 @@ class NetworkJobBackend:
                 OfferInfo(entry.offer, entry.peer_id), image=spec.image, script=spec.script,
                 command=spec.command, env=dict(spec.env), max_minutes=spec.max_minutes,
                 gpu_count=spec.gpu_count, egress=spec.egress,
-                max_price_per_minute=spec.max_price_per_minute, min_vram_mib=spec.min_vram_mib)
+                max_price_per_minute=spec.max_price_per_minute, min_vram_mib=spec.min_vram_mib,
+                inputs=dict(spec.inputs))
         except NegotiationFailed as exc:
             raise JobRunError(str(exc), "negotiation_failed") from exc
         except EscrowFailed as exc:

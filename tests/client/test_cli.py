@@ -270,3 +270,22 @@ async def test_an_expired_access_token_is_refreshed_and_rotated(tmp_path: Path) 
         token_file.write_text(json.dumps(renewed))
         reused = await dgpu(s, "wallet", data_dir=data_dir, check=False)
         assert reused.returncode == 1 and b"dgpu login" in reused.stderr
+
+
+def test_rent_inputs_are_checked_and_sent_as_local_paths(tmp_path: Path) -> None:
+    import argparse
+
+    from dgpu.client.cli import CliError, _job_body, add_commands
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="cmd"))
+    data = tmp_path / "train.csv"
+    data.write_text("1,2\n")
+    args = parser.parse_args(["rent", "--image", "busybox", "--input", f"data/train.csv={data}",
+                              "--command", "cat", "/inputs/data/train.csv"])
+    body = _job_body(args)
+    assert body["inputs"] == {"data/train.csv": str(data.resolve())}
+    assert body["command"] == ["cat", "/inputs/data/train.csv"]
+    for bad in ("no-equals-sign", f"x={tmp_path / 'missing'}", "=nothing"):
+        with pytest.raises(CliError):
+            _job_body(parser.parse_args(["rent", "--image", "busybox", "--input", bad]))

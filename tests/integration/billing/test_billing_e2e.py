@@ -228,7 +228,7 @@ async def test_a_job_whose_input_cannot_be_fetched_fails_with_a_reason(network: 
         assert result.result is None
 
 
-async def test_an_api_job_keeps_its_verified_result_for_download(network: DemoNetwork, tmp_path: Path) -> None:
+async def test_an_api_job_ships_its_inputs_and_keeps_its_verified_result(network: DemoNetwork, tmp_path: Path) -> None:
     from dgpu.node.app import wall_clock
     from dgpu.node.services import api as svc
     from dgpu.node.services.blobs import safe_unpack
@@ -236,11 +236,13 @@ async def test_an_api_job_keeps_its_verified_result_for_download(network: DemoNe
     async with renter(network, tmp_path / "renter") as client:
         assert client.ledger is not None
         backend = svc.NetworkJobBackend(client.runtime, client.ledger, progress_interval_s=1.0, clock=wall_clock)
-        spec = svc.JobSpec(script='mkdir -p "$HOME/outputs"; echo 42 > "$HOME/outputs/answer.txt"',
-                           max_minutes=5, gpu_model="RTX 4090")
+        local = tmp_path / "question.txt"
+        local.write_text("six times seven\n")
+        spec = svc.JobSpec(script='mkdir -p "$HOME/outputs"; wc -w < "$HOME/inputs/q.txt" > "$HOME/outputs/answer.txt"',
+                           max_minutes=5, gpu_model="RTX 4090", inputs={"q.txt": str(local)})
         job = svc.ApiJob(id="api-result-1", spec=spec, created_at=wall_clock(), log_capacity=10)
         final = await backend.run(spec, job)
         assert final.state is svc.ApiJobState.FINISHED, final.reason
         assert job.result_file is not None
         files = await trio.to_thread.run_sync(safe_unpack, job.result_file, tmp_path / "out")
-        assert [p.name for p in files] == ["answer.txt"] and files[0].read_text() == "42\n"
+        assert [p.name for p in files] == ["answer.txt"] and files[0].read_text().strip() == "3"
