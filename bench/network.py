@@ -16,14 +16,6 @@ RSS: resident set of each idle node process.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# run as a script, this folder comes first on sys.path and its http.py would shadow the standard
-# library's ``http`` package (which httpx, the ledger client's transport, imports): drop it
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import argparse
 import json
 import os
@@ -33,8 +25,10 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil

@@ -1,6 +1,6 @@
 """Benchmark: marketplace queries over HTTP against the node's local API; print JSON.
 
-    .venv/bin/python bench/http.py [--offers 10000] [--requests 400] [--clients 4]
+    .venv/bin/python bench/http_api.py [--offers 10000] [--requests 400] [--clients 4]
 
 Starts the node API (``create_node_api``, served by uvicorn under trio-asyncio, exactly as the
 node serves it) in a child process holding an offer book of ``--offers`` offers, then queries
@@ -12,20 +12,13 @@ sorted by VRAM, a deep page). Reports p50/p99/max latency in ms; the target is p
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# this file is named http.py: run as a script, its folder would shadow the standard library's
-# ``http`` package (which httpx imports), so the folder leaves sys.path before anything else
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import argparse
 import json
 import os
 import secrets
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
