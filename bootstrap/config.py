@@ -95,16 +95,16 @@ def wallet_of(key: Ed25519PrivateKey) -> str:
 
 
 def load_or_create_node_key(path: Path) -> Ed25519PrivateKey:
-    """Load the Solana CLI keypair at ``path``, creating one (mode 0600) if it is missing."""
-    if not path.exists():
-        key = Ed25519PrivateKey.generate()
-        seed = key.private_bytes_raw()
-        pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(list(seed + pub), f)
-        return key
+    """The bootstrap node's key: the node keystore's file at ``path`` (Solana CLI layout, 0600),
+    created on first use; passphrase-encrypted files read ``DGPU_KEY_PASSPHRASE``."""
+    from dgpu.node.adapters.keystore import load_or_create
+    from dgpu.node.errors import KeystoreError
+
+    try:
+        key = load_or_create(path, passphrase=os.environ.get("DGPU_KEY_PASSPHRASE"))
+    except KeystoreError as exc:
+        raise ConfigError(f"node key file {path}: {exc}") from None
+    return Ed25519PrivateKey.from_private_bytes(key.seed)
     try:
         data = json.loads(path.read_text())
         raw = bytes(data)
