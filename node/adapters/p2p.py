@@ -195,11 +195,16 @@ class P2PNode:
         return [str(p) for p in self.host.get_connected_peers()]
 
     # ---- connections and streams ----
-    async def connect(self, addr: str | PeerInfo) -> str:
-        """Dial a peer (no-op when connected); DialError if it cannot be reached."""
+    async def connect(self, addr: str | PeerInfo, *, retry_now: bool = False) -> str:
+        """Dial a peer (no-op when connected); DialError if it cannot be reached.
+
+        ``retry_now`` lifts the library's 60 s block on a peer whose last dial failed (the
+        caller runs its own backoff, or knows the peer has come back)."""
         info = parse_peer_addr(addr) if isinstance(addr, str) else addr
         if info.peer_id == self.host.get_id():
             return str(info.peer_id)
+        if retry_now:
+            self.host.get_network().unblock_peer(info.peer_id)
         if len(self.host.get_connected_peers()) >= self.config.max_connections and (
             info.peer_id not in self.host.get_connected_peers()
         ):
@@ -224,6 +229,9 @@ class P2PNode:
                 continue
         if mas:
             self.host.get_peerstore().add_addrs(pid, mas, ttl_s)
+            # new addresses (e.g. a provider restarted on another port): dial them at once
+            # instead of waiting out the block a failed dial to the old ones left
+            self.host.get_network().unblock_peer(pid)
 
     async def open_stream(self, peer: str, protocol: str, *, max_frame_bytes: int,
                           read_timeout_s: float) -> FramedStream:

@@ -3,6 +3,12 @@
 :class:`Discovery` dials the bootstrap nodes, feeds the DHT routing table explicitly (it is not
 filled from plain connections), advertises through rendezvous and connects to a bounded number
 of the peers rendezvous returns.
+
+Bootstrap nodes come and go (a restart loses their rendezvous registrations, which live in
+memory): every second :meth:`Discovery.run` checks which bootstrap nodes it is still connected
+to, re-dials the others with a per-node backoff (0.25 s doubling to 8 s), and on reconnecting
+re-advertises there and discovers at once, so a restarted bootstrap knows every live provider
+again within seconds.
 """
 
 from __future__ import annotations
@@ -45,32 +51,70 @@ class Discovery:
         #: peers learnt from rendezvous (peer id → PeerInfo), excluding ourselves
         self.known: dict[str, PeerInfo] = {}
         self.joined = trio.Event()
+        #: bootstrap peer id -> (next dial at, current backoff) for those we are not connected to
+        self._redial: dict[str, tuple[float, float]] = {}
+        #: re-joins after a lost bootstrap connection (tests and metrics read it)
+        self.rejoins = 0
 
     async def join(self) -> int:
         """Dial every bootstrap node; returns how many answered."""
-        from libp2p.discovery.rendezvous import RendezvousDiscovery
-
         ok = 0
         for info in self.bootstraps:
-            try:
-                await self.node.connect(info)
-            except NetworkError as exc:
-                log.warning("bootstrap %s unreachable: %s", info.peer_id, exc)
-                continue
-            ok += 1
-            if self.node.dht is not None:
-                # the routing table is not fed by plain connections (notes, pitfall 7)
-                await self.node.dht.add_peer(info)  # type: ignore[arg-type]  # takes PeerInfo
-            self._clients.setdefault(str(info.peer_id),
-                                     RendezvousDiscovery(self.node.host, info.peer_id))
+            if await self._join_one(info):
+                ok += 1
         if ok:
             self.joined.set()
         return ok
 
-    async def advertise_once(self, ttl_s: int = 7200) -> None:
+    async def _join_one(self, info: PeerInfo, *, retrying: bool = False) -> bool:
+        from libp2p.discovery.rendezvous import RendezvousDiscovery
+
+        try:
+            await self.node.connect(info, retry_now=True)  # our own backoff paces these dials
+        except NetworkError as exc:
+            # one warning when a bootstrap node goes away; the retries that follow are routine
+            log.log(logging.DEBUG if retrying else logging.WARNING,
+                    "bootstrap %s unreachable: %s", info.peer_id, exc)
+            return False
+        if self.node.dht is not None:
+            # the routing table is not fed by plain connections (notes, pitfall 7)
+            await self.node.dht.add_peer(info)  # type: ignore[arg-type]  # takes PeerInfo
+        self._clients.setdefault(str(info.peer_id), RendezvousDiscovery(self.node.host, info.peer_id))
+        return True
+
+    async def rejoin_lost(self) -> list[str]:
+        """Re-dial bootstrap nodes we lost (each on its own backoff); returns those regained."""
+        connected = set(self.node.connected_peers())
+        now = trio.current_time()
+        regained: list[str] = []
+        for info in self.bootstraps:
+            pid = str(info.peer_id)
+            if pid in connected:
+                self._redial.pop(pid, None)
+                continue
+            if pid not in self._redial:
+                log.warning("lost the connection to bootstrap node %s; re-dialling", pid[:16])
+            due, backoff = self._redial.get(pid, (now, 0.25))
+            if now < due:
+                continue
+            if await self._join_one(info, retrying=True):
+                self._redial.pop(pid, None)
+                regained.append(pid)
+            else:
+                self._redial[pid] = (now + backoff, min(backoff * 2, 8.0))
+        if regained:
+            self.rejoins += len(regained)
+            log.info("re-joined bootstrap node(s) %s", ", ".join(p[:16] for p in regained))
+            if self.advertise:
+                await self.advertise_once(only=regained)
+        return regained
+
+    async def advertise_once(self, ttl_s: int = 7200, *, only: list[str] | None = None) -> None:
         from libp2p.discovery.rendezvous.errors import RendezvousError
 
         for boot, client in list(self._clients.items()):
+            if only is not None and boot not in only:
+                continue
             try:
                 with trio.fail_after(10):
                     await client.advertise(self.namespace, ttl=ttl_s)
@@ -119,8 +163,13 @@ class Discovery:
         return dialled
 
     async def run(self, *, fast_rounds: int = 8, interval_s: float = 10.0,
+                  readvertise_s: float = 1800.0, check_s: float = 1.0,
                   task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Join, advertise, then discover and dial: quickly at first, then every interval."""
+        """Join, advertise, then discover and dial: quickly at first, then every interval.
+
+        Every ``check_s`` lost bootstrap nodes are re-dialled (:meth:`rejoin_lost`); a regained
+        one triggers an advertisement there and a discovery round at once. Registrations are
+        renewed every ``readvertise_s`` (their TTL is 7200 s)."""
         delay = 0.25
         while not await self.join():
             await trio.sleep(delay)
@@ -129,13 +178,17 @@ class Discovery:
             await self.advertise_once()
         task_status.started()
         rounds = 0
-        last_advert = trio.current_time()
+        last_advert = next_discovery = trio.current_time()
         while True:
-            await self.discover_once()
-            await self.connect_some()
-            rounds += 1
-            if self.advertise and trio.current_time() - last_advert > 3600:
+            if await self.rejoin_lost():
+                next_discovery = trio.current_time()
+            if trio.current_time() >= next_discovery:
+                await self.discover_once()
+                await self.connect_some()
+                rounds += 1
+                # fast rounds let a fresh network form in seconds; then settle down
+                next_discovery = trio.current_time() + (0.5 if rounds < fast_rounds else interval_s)
+            if self.advertise and trio.current_time() - last_advert > readvertise_s:
                 await self.advertise_once()
                 last_advert = trio.current_time()
-            # fast rounds let a fresh network form in seconds; then settle down
-            await trio.sleep(0.5 if rounds < fast_rounds else interval_s)
+            await trio.sleep(min(check_s, max(0.0, next_discovery - trio.current_time())) or 0.05)
