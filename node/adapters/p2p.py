@@ -41,6 +41,7 @@ from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.tools.anyio_service import background_trio_service
 
 from dgpu.node.adapters.keystore import libp2p_key_pair
+from dgpu.node.adapters.p2p_dial import check_port_free, mismatched_peer_id
 from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.adapters.p2p_limits import (
     ConnectionBounds,
@@ -63,6 +64,7 @@ from dgpu.node.errors import (
     ConfigError,
     DialError,
     NetworkError,
+    PeerIdMismatchError,
     PeerRefusedError,
 )
 from dgpu.protocol.keys import PublicKey, SigningKey
@@ -215,6 +217,11 @@ class P2PNode:
         except trio.TooSlowError:
             raise DialError(f"dialling {info.peer_id} timed out") from None
         except (SwarmException, OSError, MultiselectClientError) as exc:
+            actual = mismatched_peer_id(exc)
+            if actual is not None:
+                where = " or ".join(str(a) for a in info.addrs) or "that address"
+                raise PeerIdMismatchError(f"peer id mismatch: the node at {where} is {actual}, not {info.peer_id}",
+                                          expected=str(info.peer_id), actual=actual) from exc
             raise DialError(f"cannot reach {info.peer_id}: {type(exc).__name__}") from exc
         return str(info.peer_id)
 
@@ -396,6 +403,7 @@ def _disable_auto_connector(host: Any) -> None:
 @asynccontextmanager
 async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode]:
     """Start a host with ``key`` as its identity; close everything on exit."""
+    check_port_free(config.listen_host, config.listen_port)
     host = new_host(
         key_pair=libp2p_key_pair(key),
         connection_config=ConnectionConfig(
