@@ -17,20 +17,36 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dgpu.node.adapters.http_server import RouteTimingMiddleware
+from dgpu.node.adapters.http_server import (
+    BodyLimitMiddleware,
+    RouteTimingMiddleware,
+    error_response,
+    install_error_handlers,
+)
+from dgpu.node.adapters.storage_names import validate_bucket, validate_cid, validate_key
+from dgpu.protocol.auth import (
+    DOMAINS,
+    AccessClaims,
+    ChallengeIn,
+    ChallengeOut,
+    MeOut,
+    RefreshIn,
+    RegisterOut,
+    Role,
+    SignedIn,
+    TokenOut,
+)
 
-from .auth import DOMAINS, AccessClaims, AuthService, Role, TokenIssuer, TokenPair
+from .auth import AuthService, TokenIssuer, TokenPair
 from .config import BootstrapHttpConfig, load_or_create_node_key
 from .db import AsyncDB, SyncDB
 from .errors import (
@@ -54,9 +70,6 @@ from .storage import (
     LinkSigner,
     Staged,
     Staging,
-    validate_bucket,
-    validate_cid,
-    validate_key,
 )
 
 __all__ = [
@@ -185,64 +198,19 @@ def require_role(*roles: Role) -> Callable[[AccessClaims], Awaitable[AccessClaim
 # -- request / response models -------------------------------------------------------------------
 
 
+def _token_out(pair: TokenPair) -> TokenOut:
+    return TokenOut(
+        access_token=pair.access_token,
+        expires_at=pair.access_expires_at,
+        refresh_token=pair.refresh_token,
+        refresh_expires_at=pair.refresh_expires_at,
+        role=pair.role.value,
+        wallet=pair.wallet,
+    )
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ChallengeIn(_In):
-    wallet: str = Field(max_length=64)
-    action: Literal["login", "register"] = "login"
-    role: Literal["renter", "provider"] | None = None
-
-
-class ChallengeOut(BaseModel):
-    nonce: str
-    expires_at: int
-    message: str = Field(description="canonical challenge JSON; sign domain + these bytes")
-    domain: str = Field(description="domain separator prefix, ending in NUL")
-    signing_bytes_hex: str = Field(description="exactly the bytes to sign: domain + message")
-
-
-class SignedIn(_In):
-    wallet: str = Field(max_length=64)
-    nonce: str = Field(max_length=64)
-    signature: str = Field(max_length=128, description="base58 Ed25519 signature")
-
-
-class RefreshIn(_In):
-    refresh_token: str = Field(max_length=256)
-
-
-class TokenOut(BaseModel):
-    access_token: str
-    token_type: str = "Bearer"
-    expires_at: int
-    refresh_token: str
-    refresh_expires_at: int
-    role: str
-    wallet: str
-
-    @classmethod
-    def of(cls, pair: TokenPair) -> TokenOut:
-        return cls(
-            access_token=pair.access_token,
-            expires_at=pair.access_expires_at,
-            refresh_token=pair.refresh_token,
-            refresh_expires_at=pair.refresh_expires_at,
-            role=pair.role.value,
-            wallet=pair.wallet,
-        )
-
-
-class RegisterOut(BaseModel):
-    wallet: str
-    role: str
-
-
-class MeOut(BaseModel):
-    wallet: str
-    role: str
-    expires_at: int
 
 
 class BlobOut(BaseModel):
@@ -391,7 +359,7 @@ def _auth_router() -> APIRouter:
     @router.post("/login", response_model=TokenOut)
     async def login(body: SignedIn, state: State) -> TokenOut:
         state.limit(state.wallet_limiter, body.wallet, "wallet")
-        return TokenOut.of(await state.auth.login(body.wallet, body.nonce, body.signature))
+        return _token_out(await state.auth.login(body.wallet, body.nonce, body.signature))
 
     @router.post("/register", response_model=RegisterOut)
     async def register(body: SignedIn, state: State) -> RegisterOut:
@@ -401,7 +369,7 @@ def _auth_router() -> APIRouter:
 
     @router.post("/refresh", response_model=TokenOut)
     async def refresh(body: RefreshIn, state: State) -> TokenOut:
-        return TokenOut.of(await state.auth.refresh(body.refresh_token))
+        return _token_out(await state.auth.refresh(body.refresh_token))
 
     @router.post("/logout", status_code=204)
     async def logout(body: RefreshIn, state: State) -> Response:
@@ -659,90 +627,19 @@ def _storage_router() -> APIRouter:
 # -- errors --------------------------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-
-
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        metrics.rejections.labels(exc.code).inc()
-        headers = None
-        if isinstance(exc, RateLimited):
-            headers = {"retry-after": str(exc.retry_after)}
-        return _error(exc.status, exc.code, exc.message, headers)
+    def count(code: str) -> None:
+        metrics.rejections.labels(code).inc()
+
+    install_error_handlers(app, on_reject=count)
 
     async def on_store_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StoreError)
-        metrics.rejections.labels(exc.code).inc()
+        count(exc.code)
         log.error("storage backend failure on %s %s: %s", request.method, request.url.path, exc)
-        return _error(exc.status, exc.code, "the storage backend failed; try again later")
+        return error_response(exc.status, exc.code, "the storage backend failed; try again later")
 
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        metrics.rejections.labels("invalid_request").inc()
-        # Only locations and messages: the offending input may hold a signature or token.
-        parts = [
-            ".".join(str(p) for p in err.get("loc", ())) + ": " + str(err.get("msg", "invalid"))
-            for err in exc.errors()[:10]
-        ]
-        return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
-
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        metrics.rejections.labels(code).inc()
-        return _error(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # The one catch-all, at the outermost boundary: the client gets a generic 500, the
-        # log gets the type (uvicorn logs the traceback; messages here carry no secrets).
-        metrics.rejections.labels("internal").inc()
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return _error(500, "internal", "internal error")
-
-    app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(StoreError, on_store_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
-
-
-class BodyLimitMiddleware:
-    """Refuse JSON/form bodies over ``max_bytes`` (uploads stream and are checked by route)."""
-
-    def __init__(self, app: Any, max_bytes: int, exempt_prefixes: Sequence[str]) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.exempt = tuple(exempt_prefixes)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.exempt):
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                response = _error(413, "too_large", f"request bodies are limited to "
-                                  f"{self.max_bytes} bytes")
-                await response(scope, receive, send)
-                return
-        seen = 0
-
-        async def limited_receive() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(f"request bodies are limited to {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 # -- the app -------------------------------------------------------------------------------------

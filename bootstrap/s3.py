@@ -22,9 +22,11 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from dgpu.node.adapters.storage_names import validate_cid
+
 from .config import S3Config
 from .errors import NotFound, S3Error
-from .storage import CHUNK_SIZE, Staged, validate_cid
+from .storage import CHUNK_SIZE, Staged
 
 __all__ = ["EMPTY_SHA256", "S3BlobStore", "sigv4_headers"]
 

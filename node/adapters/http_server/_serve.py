@@ -29,8 +29,7 @@ import contextlib
 import logging
 import socket
 import sys
-import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
 import trio
@@ -179,35 +178,3 @@ async def serve_http(
         raise HttpServerError(
             f"the HTTP server on {host}:{bound_port} failed to start"
         ) from (failure[0] if failure else None)
-
-
-#: what a route-timing middleware reports: (method, route template, status, seconds)
-RouteObserver = Callable[[str, str, int, float], None]
-
-
-class RouteTimingMiddleware:
-    """Pure ASGI middleware: reports every HTTP request's method, route *template* (never the raw
-    path, which would make metric labels unbounded), status and duration to ``observe``. A request
-    the app fails (or that is cancelled) before answering is reported as 500."""
-
-    def __init__(self, app: Any, observe: RouteObserver) -> None:
-        self.app = app
-        self.observe = observe
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = [500]
-
-        async def record_status(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            template = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.observe(str(scope.get("method", "?")), template, status[0], time.perf_counter() - start)
