@@ -74,7 +74,7 @@ async def run_bootstrap_services(
     app = create_app(http_config, extra_routers=routers, node_key=Ed25519PrivateKey.from_private_bytes(key.seed))
     async with trio.open_nursery() as nursery:
         node = await nursery.start(run_bootstrap, config)
-        port = await nursery.start(partial(serve_http, app, http_host, http_port))
+        port = await nursery.start(partial(serve_http, app, http_host, http_port, limits=http_config.connections))
         url = f"http://{http_host}:{port}"
         if url_file is not None:
             write_addr_file(url_file, url)

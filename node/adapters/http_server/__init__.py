@@ -1,6 +1,7 @@
 """The one HTTP layer of dGPU's servers (the bootstrap node's app and the node's local API).
 
-Layout: ``_serve`` runs an ASGI app with uvicorn inside trio (``serve_http``); ``_errors`` holds
+Layout: ``_serve`` runs an ASGI app with uvicorn inside trio (``serve_http``), ``_guard`` bounds
+slow and greedy clients inside uvicorn's protocol (``ConnectionLimits``); ``_errors`` holds
 the error format (``{"error": {"code", "message"}}``), its body model and the exception handlers
 that produce it; ``_middleware`` the body-size limit and route timing. This module re-exports
 the public names; both apps import them from here.
@@ -18,6 +19,7 @@ from ._errors import Unauthorized as Unauthorized
 from ._errors import error_body as error_body
 from ._errors import error_response as error_response
 from ._errors import install_error_handlers as install_error_handlers
+from ._guard import ConnectionLimits as ConnectionLimits
 from ._middleware import BodyLimitMiddleware as BodyLimitMiddleware
 from ._middleware import RouteObserver as RouteObserver
 from ._middleware import RouteTimingMiddleware as RouteTimingMiddleware
@@ -28,6 +30,7 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "BodyLimitMiddleware",
+    "ConnectionLimits",
     "ErrorBody",
     "ErrorOut",
     "Forbidden",

@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 __all__ = [
     "ApiError",
@@ -153,6 +154,12 @@ def install_error_handlers(app: FastAPI, *, on_reject: Callable[[str], None] | N
         rejected(code)
         return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
+    async def on_disconnect(request: Request, exc: Exception) -> JSONResponse:
+        # The client went away (or was cut off as too slow) mid-body: nobody reads this answer.
+        rejected("client_disconnected")
+        log.info("client left during %s %s", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "the client disconnected")
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The one catch-all, at the outermost boundary: the client gets a generic 500, the
         # log gets the type (uvicorn logs the traceback; messages here carry no secrets).
@@ -163,4 +170,5 @@ def install_error_handlers(app: FastAPI, *, on_reject: Callable[[str], None] | N
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

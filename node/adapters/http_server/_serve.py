@@ -36,6 +36,8 @@ import trio
 import trio_asyncio
 import uvicorn
 
+from ._guard import ConnectionLimits, guarded_protocol
+
 __all__ = ["HttpServerError", "serve_http"]
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ async def serve_http(
     port: int,
     *,
     graceful_timeout: float = 5.0,
-    limit_concurrency: int = 1024,
+    limits: ConnectionLimits | None = None,
     backlog: int = 1024,
     log_level: str = "warning",
     uvicorn_options: dict[str, Any] | None = None,
@@ -111,8 +113,9 @@ async def serve_http(
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled; report the bound port via task_status.
 
-    ``port`` 0 picks a free port. ``limit_concurrency`` bounds the open connections plus
-    in-flight requests (uvicorn answers 503 beyond it) so a flood cannot exhaust memory.
+    ``port`` 0 picks a free port. ``limits`` bounds slow and greedy clients (header and body
+    read timeouts, a minimum upload rate, open connections in total and per client address;
+    see ``_guard``), so neither a flood nor a crowd of slow sockets can lock others out.
     ``uvicorn_options`` passes further ``uvicorn.Config`` keywords (for example ``h11_max_
     incomplete_event_size``). The access log is off by default: URLs may carry signed-link
     signatures, which must not reach logs.
@@ -121,13 +124,17 @@ async def serve_http(
     case ``task_status.started`` was never called.
     """
     _align_anyio()
+    limits = limits if limits is not None else ConnectionLimits()
     options: dict[str, Any] = {
+        # uvicorn's h11 protocol, with the guard's deadlines and connection bounds
+        "http": guarded_protocol(limits),
         "lifespan": "on",
         "log_level": log_level,
         "access_log": False,
         "log_config": None,  # leave the process's logging configuration alone
-        # Bounds the connections + requests held in memory (uvicorn answers 503 beyond it).
-        "limit_concurrency": limit_concurrency,
+        # A backstop behind the guard's connection bound: requests still running after their
+        # connection went away also count (uvicorn answers 503 beyond it).
+        "limit_concurrency": 2 * limits.max_connections,
         # Bounds how long a cancelled server waits for in-flight requests.
         "timeout_graceful_shutdown": graceful_timeout,
         "server_header": False,
