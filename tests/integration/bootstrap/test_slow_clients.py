@@ -161,13 +161,17 @@ async def test_the_per_address_bound_refuses_busy_excess_and_is_released_on_clos
         port = int(h.base_url.rsplit(":", 1)[1])
         busy = []
         try:
-            # three requests whose bodies are still arriving: busy, so never displaced
-            for _ in range(3):
-                sock = await _connect(port, "127.0.0.3")
-                busy.append(sock)
-                await sock.send(b"POST /api/v1/auth/challenge HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"wal")
             with trio.fail_after(20):
+                # three requests whose bodies are still arriving: busy, so never displaced
+                for _ in range(3):
+                    sock = await _connect(port, "127.0.0.3")
+                    busy.append(sock)
+                    await sock.send(b"POST /api/v1/auth/challenge HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                    b"Content-Type: application/json\r\nContent-Length: 100\r\n"
+                                    b"Expect: 100-continue\r\n\r\n")
+                    # the server has read the head and the app waits for the body
+                    assert (await sock.recv(100)).startswith(b"HTTP/1.1 100 ")
+                    await sock.send(b'{"wal')
                 extra = await _connect(port, "127.0.0.3")
                 with extra:
                     assert _status_and_code(await _read_to_eof(extra)) == (503, "too_many_connections_from_address")
