@@ -27,6 +27,7 @@ import trio
 from dgpu.contracts.errors import ContractsError
 from dgpu.contracts.escrow_api import EscrowHandle, EscrowReceipt
 from dgpu.node.adapters.executor import ResourceLimits
+from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
@@ -61,7 +62,7 @@ if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own
 
     from dgpu.node.services.api import ApiSettings
 
-__all__ = ["NodeRuntime", "run_node", "status_snapshot", "wall_clock", "write_addr_file"]
+__all__ = ["NodeRuntime", "run_node", "status_snapshot", "wall_clock"]
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,6 @@ def wall_clock_ms() -> int:
 
 def new_nonce() -> bytes:
     return secrets.token_bytes(16)
-
-
-def write_addr_file(path: Path, addr: str) -> None:
-    """Write atomically (tmp + rename) so a reader never sees half an address."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(addr + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass

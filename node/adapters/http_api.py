@@ -43,14 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dgpu.bootstrap import errors as boot_errors
-from dgpu.bootstrap.auth import DOMAINS, AccessClaims, Role, TokenVerifier
-from dgpu.bootstrap.http_app import BodyLimitMiddleware, ChallengeIn, RefreshIn, SignedIn
-from dgpu.bootstrap.storage import validate_bucket, validate_key
-from dgpu.node.adapters.http_server import HttpServerError, RouteTimingMiddleware, serve_http
+from dgpu.node.adapters import http_server as http_errors
+from dgpu.node.adapters.http_server import BodyLimitMiddleware, HttpServerError, RouteTimingMiddleware, serve_http
+from dgpu.node.adapters.storage_names import validate_bucket, validate_key
+from dgpu.node.adapters.tokens import TokenVerifier
 from dgpu.node.metrics import NodeMetrics
 from dgpu.node.services import api as svc
 from dgpu.node.services.offers import OfferBook
+from dgpu.protocol.auth import DOMAINS, AccessClaims, ChallengeIn, RefreshIn, Role, SignedIn
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import Executor
 
@@ -208,11 +208,11 @@ async def _authorized(request: Request, ctx: Ctx) -> AccessClaims:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise boot_errors.Unauthorized("send Authorization: Bearer <token> (dgpu login)", code="no_token")
+        raise http_errors.Unauthorized("send Authorization: Bearer <token> (dgpu login)", code="no_token")
     claims = ctx.verifier.verify(token.strip(), ctx.clock())
     if claims.wallet != ctx.owner and claims.role is not Role.ADMIN and (
             claims.wallet not in ctx.settings.admin_wallets):
-        raise boot_errors.Forbidden("this node serves its owner's wallet and admins only", code="not_owner")
+        raise http_errors.Forbidden("this node serves its owner's wallet and admins only", code="not_owner")
     return claims
 
 
@@ -653,12 +653,12 @@ def _storage_router() -> APIRouter:
             async for chunk in request.stream():
                 seen += len(chunk)
                 if seen > limit:
-                    raise boot_errors.PayloadTooLarge(f"uploads through the node are limited to {limit} bytes")
+                    raise http_errors.PayloadTooLarge(f"uploads through the node are limited to {limit} bytes")
                 yield chunk
 
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise boot_errors.PayloadTooLarge(f"uploads through the node are limited to {limit} bytes")
+            raise http_errors.PayloadTooLarge(f"uploads through the node are limited to {limit} bytes")
         headers = await auth_headers(ctx)
         try:
             response = await ctx.upstream().put(path, content=body(), headers=headers)
@@ -712,7 +712,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(_STATUS.get(type(exc), 400), exc.code, exc.message)
 
     async def on_bootstrap(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, boot_errors.ApiError)
+        assert isinstance(exc, http_errors.ApiError)
         headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, exc.code, exc.message, headers)
 
@@ -738,7 +738,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal", "internal error")
 
     app.add_exception_handler(svc.ApiError, on_service)
-    app.add_exception_handler(boot_errors.ApiError, on_bootstrap)
+    app.add_exception_handler(http_errors.ApiError, on_bootstrap)
     app.add_exception_handler(UpstreamError, on_upstream)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

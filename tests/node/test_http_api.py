@@ -14,9 +14,10 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dgpu.bootstrap.auth import Role, TokenIssuer
+from dgpu.bootstrap.auth import TokenIssuer
 from dgpu.node.services import api as svc
 from dgpu.node.services.offers import OfferPublisher
+from dgpu.protocol.auth import Role
 from dgpu.protocol.messages import Executor, GpuSpec, Offer
 
 from .test_http_api_harness import MINT, Stack, api_stack, login, make_offer, new_key
