@@ -30,6 +30,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import httpx
@@ -50,14 +51,21 @@ from dgpu.bootstrap.storage import validate_bucket, validate_key
 from dgpu.node.adapters.http_server import HttpServerError, RouteTimingMiddleware, serve_http
 from dgpu.node.metrics import NodeMetrics
 from dgpu.node.services import api as svc
+from dgpu.node.services.blobs import BlobShelf
 from dgpu.node.services.offers import OfferBook
+from dgpu.node.services.renter import Renter
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import Executor
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
-__all__ = ["ApiContext", "create_node_api", "fetch_verifier", "serve_node_api"]
+    from dgpu.contracts.escrow_api import EscrowLedger
+    from dgpu.node.adapters.p2p import P2PNode
+    from dgpu.node.services.negotiation import ProviderNegotiator
+    from dgpu.node.services.offers import OfferPublisher
+
+__all__ = ["ApiContext", "ApiNode", "create_node_api", "fetch_verifier", "serve_node_api"]
 
 log = logging.getLogger(__name__)
 
@@ -813,42 +821,57 @@ async def fetch_verifier(bootstrap_url: str, *, leeway_s: int = 30,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def serve_node_api(runtime: Any, settings: svc.ApiSettings, *,
-                         ledger: Any | None = None, backend: svc.JobBackend | None = None,
-                         metrics: NodeMetrics | None = None,
+@dataclass(frozen=True, slots=True)
+class ApiNode:
+    """What the local API serves from the node that hosts it (``node/app.py`` builds it)."""
+
+    key: SigningKey
+    #: the node's network (the renter workflow dials providers on it)
+    network: P2PNode
+    book: OfferBook
+    #: the node's blob shelf (API job inputs go out from it)
+    shelf: BlobShelf
+    metrics: NodeMetrics
+    #: API job results are kept under ``data_dir/api-results``
+    data_dir: Path
+    accept_simulated: bool
+    #: wall seconds and fresh nonces for the signed protocol messages
+    clock: Callable[[], int]
+    nonce: Callable[[], bytes]
+    publisher: OfferPublisher | None = None
+    negotiator: ProviderNegotiator | None = None
+
+
+async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
+                         ledger: EscrowLedger | None = None, backend: svc.JobBackend | None = None,
                          task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the local API for ``runtime`` (a ``NodeRuntime``) until cancelled; reports the port.
+    """Serve the local API for ``node`` until cancelled; reports the port.
 
     ``ledger`` defaults to the development ledger at ``settings.ledger_url`` (acting as the node's
     key) when that is set; ``backend`` defaults to ``NetworkJobBackend`` over that ledger (tests
     pass a double). With neither a ledger nor a backend, job submissions are refused (503 no_ledger).
     Raises HttpServerError when the JWKS cannot be fetched or the port cannot be bound."""
-    from dgpu.node.app import wall_clock
-
     own_ledger = None
     if ledger is None and settings.ledger_url is not None:
         from dgpu.contracts.devledger.client import DevLedgerEscrow
 
-        ledger = own_ledger = DevLedgerEscrow(settings.ledger_url, runtime.key)
-    metrics = metrics or runtime.extra.setdefault("metrics", NodeMetrics())
+        ledger = own_ledger = DevLedgerEscrow(settings.ledger_url, node.key)
     verifier = await fetch_verifier(settings.bootstrap_url, leeway_s=settings.token_leeway_s)
     if backend is None and ledger is not None:  # no ledger: nothing can be paid, jobs are refused
-        backend = svc.NetworkJobBackend(runtime, ledger, progress_interval_s=settings.progress_interval_s,
-                                        clock=wall_clock)
+        renter = Renter(node.network, node.key, node.book, node.shelf, ledger,
+                        accept_simulated=node.accept_simulated, clock=node.clock, nonce=node.nonce)
+        backend = svc.NetworkJobBackend(renter, results_dir=node.data_dir / "api-results",
+                                        progress_interval_s=settings.progress_interval_s)
     jobs = svc.JobManager(
         backend,
         max_active=settings.max_active_jobs, max_records=settings.max_job_records,
-        log_lines=settings.log_lines, clock=wall_clock)
+        log_lines=settings.log_lines, clock=node.clock)
     providers = None
-    if runtime.publisher is not None:
-        providers = runtime.extra.get("provider_control") or svc.ProviderControl(
-            runtime.publisher, runtime.negotiator, development=settings.development)
-        runtime.extra["provider_control"] = providers
-
-    ctx = ApiContext(settings=settings, owner=runtime.key.public_key.wallet, key=runtime.key,
-                     book=runtime.book, verifier=verifier, jobs=jobs,
-                     wallet=svc.WalletService(ledger, runtime.key.public_key.wallet),
-                     metrics=metrics, providers=providers)
+    if node.publisher is not None:
+        providers = svc.ProviderControl(node.publisher, node.negotiator, development=settings.development)
+    wallet = node.key.public_key.wallet
+    ctx = ApiContext(settings=settings, owner=wallet, key=node.key, book=node.book, verifier=verifier, jobs=jobs,
+                     wallet=svc.WalletService(ledger, wallet), metrics=node.metrics, providers=providers)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(jobs.run)

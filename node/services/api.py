@@ -36,6 +36,7 @@ import trio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dgpu.node.services.offers import BookEntry, OfferBook, OfferQuery
+from dgpu.node.services.renter import EscrowFailed, NegotiationFailed, OfferInfo, Renter, RenterError
 from dgpu.protocol.errors import PricingError
 from dgpu.protocol.messages import Executor, GpuSpec, Offer
 from dgpu.protocol.pricing import (
@@ -49,7 +50,6 @@ from dgpu.protocol.pricing import (
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
-    from dgpu.contracts.escrow_api import EscrowLedger
     from dgpu.node.services.negotiation import ProviderNegotiator
     from dgpu.node.services.offers import OfferPublisher
 
@@ -606,24 +606,23 @@ OFFER_WAIT_S = 10.0
 
 
 class NetworkJobBackend:
-    """Runs API jobs on the network from this node: the renter library's ``Client`` over the
-    node's own runtime. Every job is paid for: ``negotiate`` with a ``LedgerFunder`` (the
-    escrow is opened on ``ledger`` before the quote is accepted), then the job stream with
-    billing, then settlement. There is no unpaid path: a node without a ledger has no backend
-    (``JobManager`` refuses submissions with ``no_ledger``)."""
+    """Runs API jobs on the network from this node through the renter workflow (``Renter``, the
+    same code as the renter library's ``Client``). Every job is paid for: the renter negotiates
+    with a ``LedgerFunder`` (the escrow is opened on its ledger before the quote is accepted),
+    then follows the job stream with billing, then settles. There is no unpaid path: a node
+    without a ledger has no backend (``JobManager`` refuses submissions with ``no_ledger``)."""
 
-    def __init__(self, runtime: Any, ledger: EscrowLedger, *,
-                 progress_interval_s: float, clock: Callable[[], int]) -> None:
-        self.runtime = runtime
-        self.ledger = ledger
+    def __init__(self, renter: Renter, *, results_dir: Path, progress_interval_s: float) -> None:
+        self.renter = renter
+        #: where verified result archives are kept (one per job, removed with its record)
+        self.results_dir = results_dir
         self.progress_interval_s = progress_interval_s
-        self.clock = clock
 
     async def _pick(self, spec: JobSpec) -> BookEntry:
-        book: OfferBook = self.runtime.book
+        book, clock = self.renter.book, self.renter.clock
         if spec.provider is not None:
             entry = book.get(spec.provider)
-            if entry is None or entry.offer.expires_at <= self.clock():
+            if entry is None or entry.offer.expires_at <= clock():
                 raise JobRunError(f"no live offer from provider {spec.provider}", "no_offers")
             return entry
         query = OfferQuery(gpu_model=spec.gpu_model, min_vram_mib=spec.min_vram_mib,
@@ -631,10 +630,10 @@ class NetworkJobBackend:
                            max_price_per_minute=None if spec.max_price_per_minute is None
                            else spec.max_price_per_minute // spec.gpu_count,
                            executor=spec.executor,
-                           include_simulated=bool(self.runtime.config.accept_simulated))
+                           include_simulated=self.renter.accept_simulated)
         with trio.move_on_after(OFFER_WAIT_S):
-            await book.wait_for(query, now=self.clock)
-        hits = book.query(query, now=self.clock())
+            await book.wait_for(query, now=clock)
+        hits = book.query(query, now=clock())
         if not hits:
             raise JobRunError("no offer matches this job", "no_offers")
         return hits[0]
@@ -644,12 +643,8 @@ class NetworkJobBackend:
         return await self._run_paid(spec, job, entry)
 
     async def _run_paid(self, spec: JobSpec, job: ApiJob, entry: BookEntry) -> JobFinal:
-        from dgpu.client.client import Client, OfferInfo
-        from dgpu.client.errors import ClientError, EscrowFailed, NegotiationFailed
-
-        client = Client(self.runtime, self.ledger)
         try:
-            rental = await client.rent(
+            rental = await self.renter.rent(
                 OfferInfo(entry.offer, entry.peer_id), image=spec.image, script=spec.script,
                 command=spec.command, env=dict(spec.env), max_minutes=spec.max_minutes,
                 gpu_count=spec.gpu_count, egress=spec.egress,
@@ -664,7 +659,7 @@ class NetworkJobBackend:
         if job.cancel_requested.is_set():  # cancelled while negotiating: nothing ran, all back
             try:
                 view = await rental.close()
-            except ClientError as exc:
+            except RenterError as exc:
                 raise JobRunError(f"cancelled, but closing the escrow failed: {exc}", "escrow_failed") from exc
             return JobFinal(ApiJobState.CANCELLED, reason="cancelled before start",
                             minutes=view.claimed_minutes, paid=view.paid, fee=view.fee_paid,
@@ -679,7 +674,7 @@ class NetworkJobBackend:
                 await trio.sleep(self.progress_interval_s)
                 try:
                     view = await rental.escrow_state()
-                except ClientError:
+                except RenterError:
                     continue
                 except Exception as exc:  # supervisor loop: a ledger hiccup must not end the job
                     log.info("escrow poll for job %s failed: %s", job.id, type(exc).__name__)
@@ -691,15 +686,15 @@ class NetworkJobBackend:
             nursery.start_soon(poll_progress)
             try:
                 result = await rental.run(on_log=lambda c: job.log(c.stream, c.data))
-            except ClientError as exc:
+            except RenterError as exc:
                 raise JobRunError(str(exc), "job_lost") from exc
             finally:
                 nursery.cancel_scope.cancel()
         if result.result is not None:
-            archive = Path(self.runtime.config.data_dir) / "api-results" / f"{job.id}.tar"
+            archive = self.results_dir / f"{job.id}.tar"
             try:
                 await rental.fetch_result_archive(archive)
-            except ClientError as exc:  # the job still finished; only its outputs are missing
+            except RenterError as exc:  # the job still finished; only its outputs are missing
                 log.warning("job %s: result not fetched: %s", job.id, exc)
             else:
                 job.result_file = archive
