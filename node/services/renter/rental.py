@@ -94,13 +94,6 @@ class OfferInfo:
     def simulated(self) -> bool:
         return self.offer.simulated
 
-    def as_dict(self) -> dict[str, Any]:
-        o = self.offer
-        return {"provider": o.provider, "peer_id": self.peer_id, "region": o.region, "ledger": o.ledger,
-                "gpus": [g.model_dump(mode="json") for g in o.gpus], "price_per_gpu_minute": o.price_per_minute,
-                "executors": [str(e) for e in o.executors], "simulated": o.simulated,
-                "min_minutes": o.min_minutes, "max_minutes": o.max_minutes, "expires_at": o.expires_at}
-
 
 @dataclass
 class RentalResult:
