@@ -60,9 +60,10 @@ from dgpu.protocol.messages import Agreement, Executor, Offer
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
+    from dgpu.node.adapters.http_api import ApiNode
     from dgpu.node.services.api import ApiSettings
 
-__all__ = ["NodeRuntime", "run_node", "status_snapshot", "wall_clock"]
+__all__ = ["NodeRuntime", "api_node", "run_node", "status_snapshot", "wall_clock"]
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +262,21 @@ async def run_node(config: NodeConfig, *,
         if api is not None:
             from dgpu.node.adapters.http_api import serve_node_api
 
-            rt.extra["api_port"] = await nursery.start(serve_node_api, rt, api)
+            rt.extra["api_port"] = await nursery.start(serve_node_api, api_node(rt), api)
             log.info("local API on http://%s:%d/docs", api.host, rt.extra["api_port"])
         task_status.started(rt)
         if main is not None:
             await main(rt)
             nursery.cancel_scope.cancel()
+
+
+def api_node(rt: NodeRuntime) -> ApiNode:
+    """What the local HTTP API serves from this node."""
+    from dgpu.node.adapters.http_api import ApiNode
+
+    return ApiNode(key=rt.key, network=rt.node, book=rt.book, shelf=rt.extra["blobs"], metrics=rt.extra["metrics"],
+                   data_dir=rt.config.data_dir, accept_simulated=rt.config.accept_simulated, clock=wall_clock,
+                   nonce=new_nonce, publisher=rt.publisher, negotiator=rt.negotiator)
 
 
 async def _open_ledger(rt: NodeRuntime) -> tuple[Any, str, LedgerTime] | None:
