@@ -26,13 +26,13 @@ import trio
 
 from dgpu.contracts.errors import ContractsError
 from dgpu.contracts.escrow_api import EscrowHandle, EscrowReceipt
-from dgpu.node.adapters.executor import ResourceLimits
 from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.config import DEV_MINT, NodeConfig
 from dgpu.node.errors import NetworkError
 from dgpu.node.metrics import NodeMetrics, RuntimeStats
+from dgpu.node.ports.execution import ResourceLimits
 from dgpu.node.services import blobs
 from dgpu.node.services.billing import BillingPolicy, LedgerEscrowVerifier, LedgerTime, provider_billing
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning

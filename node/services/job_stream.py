@@ -26,9 +26,6 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from dgpu.node.adapters.executor import ExitReason, JobHandle, JobSpec, ResourceLimits
-from dgpu.node.adapters.p2p import P2PNode
-from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.errors import (
     ExecutionError,
     JobLostError,
@@ -37,6 +34,8 @@ from dgpu.node.errors import (
     RejectedError,
     StreamError,
 )
+from dgpu.node.ports.execution import ExitReason, JobHandle, JobSpec, ResourceLimits
+from dgpu.node.ports.network import FramedStream, Network
 from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob, pack_dir
 from dgpu.node.services.negotiation import AgreementStore
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, verify_detached
@@ -108,7 +107,7 @@ class JobServer:
                  executor_for: Callable[[Executor], ExecutorLike | None],
                  limits_cap: ResourceLimits, clock: Clock, nonce: Nonce,
                  on_running: OnRunning | None = None, deadline_clock: Clock | None = None,
-                 blobs: BlobShelf | None = None, node: P2PNode | None = None,
+                 blobs: BlobShelf | None = None, node: Network | None = None,
                  transfer_root: Path | None = None) -> None:
         self.key = key
         #: inputs are fetched from the renter and results shelved only when all three are set
@@ -390,7 +389,7 @@ class JobOutcome:
 LogSink = Callable[[LogChunk], Awaitable[None] | None]
 
 
-async def run_job(node: P2PNode, key: SigningKey, agreement: Agreement, provider_peer: str, *,
+async def run_job(node: Network, key: SigningKey, agreement: Agreement, provider_peer: str, *,
                   clock: Clock, nonce: Nonce, on_log: LogSink | None = None,
                   on_status: Callable[[JobStatus], None] | None = None,
                   cancel: trio.Event | None = None, idle_probe_s: float = 10.0) -> JobOutcome:
@@ -440,7 +439,7 @@ async def run_job(node: P2PNode, key: SigningKey, agreement: Agreement, provider
         await fs.close()
 
 
-async def _follow(node: P2PNode, fs: FramedStream, session: JobSession, provider_peer: str,  # noqa: PLR0917
+async def _follow(node: Network, fs: FramedStream, session: JobSession, provider_peer: str,  # noqa: PLR0917
                   provider_key: PublicKey, replay: ReplayCache, clock: Clock,
                   on_log: LogSink | None, on_status: Callable[[JobStatus], None] | None,
                   idle_probe_s: float) -> int:

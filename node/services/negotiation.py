@@ -26,9 +26,8 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from dgpu.node.adapters.p2p import P2PNode, peer_id_of_wallet, wallet_of_peer
-from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.errors import NetworkError, RejectedError, StreamError
+from dgpu.node.ports.network import FramedStream, Network
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal
 from dgpu.protocol.errors import LocalProtocolError, RemoteProtocolError
 from dgpu.protocol.ids import MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL
@@ -48,6 +47,7 @@ from dgpu.protocol.messages import (
     RejectCode,
 )
 from dgpu.protocol.negotiation import Negotiation, Role, State
+from dgpu.protocol.peers import peer_id_of_wallet, wallet_of_peer
 
 __all__ = [
     "AgreementStore",
@@ -320,7 +320,7 @@ class NegotiationResult:
     provider_peer: str
 
 
-async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str, Any], *,
+async def negotiate(node: Network, key: SigningKey, offer: Offer, job: dict[str, Any], *,
                     escrow: EscrowSource, clock: Clock, nonce: Nonce,
                     provider_peer: str | None = None,
                     accept_quote: Callable[[Quote], bool] | None = None) -> NegotiationResult:

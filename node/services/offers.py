@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dgpu.node.adapters.p2p_pubsub import GossipMessage, Verdict
+from dgpu.node.ports.network import GossipMessage, Verdict
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal
 from dgpu.protocol.errors import RemoteProtocolError
 from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S

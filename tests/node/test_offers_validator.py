@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from dgpu.node.adapters.p2p_pubsub import GossipMessage, Verdict
+from dgpu.node.ports.network import GossipMessage, Verdict
 from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferValidator
 from dgpu.protocol.envelope import seal
 from dgpu.protocol.ids import MAX_OFFER_BYTES

@@ -1,0 +1,79 @@
+"""The GPU source port: which GPUs this machine has, and one sample of each on demand.
+
+``adapters.gpu.NvmlGpus`` (NVML) and, on development networks only, ``adapters.gpu.SimulatedGpus``
+implement :class:`GpuSource`. The provider's ``services.inventory.Inventory`` reads the source
+once at start and owns the GPUs from then on (prices, leases); the meter samples the GPUs of a
+job's lease through the same source. No GPU library, or no GPU, is a normal state: an empty
+:class:`GpuScan` whose ``message`` says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["GpuInfo", "GpuSample", "GpuSampler", "GpuScan", "GpuSource"]
+
+
+@dataclass(frozen=True, slots=True)
+class GpuInfo:
+    index: int
+    uuid: str  #: NVML's "GPU-..."; simulated GPUs have "GPU-sim-<hash>"
+    model: str  #: pricing-table key (normalize_gpu_model of raw_name)
+    raw_name: str
+    memory_total_bytes: int
+    power_limit_mw: int | None  #: enforced power limit, milliwatts; None if not reported
+    compute_capability: str | None  #: "8.9"
+    driver_version: str
+    cuda_version: str | None  #: "12.4"
+    simulated: bool  #: True only for a development network's simulated inventory
+
+    @property
+    def vram_mib(self) -> int:
+        return self.memory_total_bytes // (1024 * 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    uuid: str
+    at: float  #: wall clock (unix seconds)
+    utilization_pct: int | None
+    memory_used_bytes: int | None
+    power_draw_mw: int | None
+    temperature_c: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "at": self.at,
+            "utilization_pct": self.utilization_pct,
+            "memory_used_bytes": self.memory_used_bytes,
+            "power_draw_mw": self.power_draw_mw,
+            "temperature_c": self.temperature_c,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GpuScan:
+    """What a source found: the GPUs, whether the library answered, and a line for the logs."""
+
+    gpus: tuple[GpuInfo, ...]
+    available: bool  #: the GPU library loaded and answered
+    message: str  #: human-readable: what was found, or why nothing was
+
+    @property
+    def simulated(self) -> bool:
+        return any(g.simulated for g in self.gpus)
+
+
+class GpuSampler(Protocol):
+    async def sample(self, uuids: Sequence[str]) -> list[GpuSample]:
+        """One sample per GPU in ``uuids`` (those the source cannot find are left out)."""
+        ...
+
+
+class GpuSource(GpuSampler, Protocol):
+    async def inventory(self) -> GpuScan:
+        """Every GPU the source reports; empty with a clear message when none."""
+        ...
