@@ -349,9 +349,7 @@ class Client:
     @property
     def shelf(self) -> BlobShelf:
         """The renter node's blob shelf (inputs offered to providers)."""
-        shelf = self.runtime.extra["blobs"]
-        assert isinstance(shelf, BlobShelf)
-        return shelf
+        return self.runtime.blobs
 
     async def add_input(self, local_path: Path | str, job_path: str, *, provider: str,
                         ttl_s: float = 3600.0) -> InputRef:

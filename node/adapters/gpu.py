@@ -14,7 +14,6 @@ module is used everywhere else.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from typing import Any
 
 import trio
 
-from dgpu.node.ports.gpu import GpuInfo, GpuSample, GpuScan
+from dgpu.node.ports.gpu import GpuInfo, GpuSample, GpuScan, simulated_gpus
 from dgpu.protocol.messages import GpuSpec
 
 __all__ = ["NvmlGpus", "SimulatedGpus", "normalize_gpu_model"]
@@ -68,21 +67,13 @@ def normalize_gpu_model(raw: str) -> str:
 
 class SimulatedGpus:
     """A development network's GPUs, declared with ``--simulated-gpu``: marked ``simulated`` in
-    every record (and so in every offer), with stable fake UUIDs ``GPU-sim-<hash>`` (the hash of
-    the owner, the model, the VRAM and the ordinal, so a restart keeps them). Never sampled: a
-    simulated GPU has no utilisation to report, and inventing one would be a fake metric."""
+    every record (and so in every offer), with stable fake UUIDs (``ports.gpu.simulated_gpus``).
+    Never sampled: a simulated GPU has no utilisation to report; inventing one would be a fake
+    metric."""
 
     def __init__(self, specs: Sequence[GpuSpec], *, owner: str) -> None:
-        gpus: list[GpuInfo] = []
-        for spec in specs:
-            for _ in range(spec.count):
-                seed = f"{owner}/{spec.model}/{spec.vram_mib}/{len(gpus)}".encode()
-                gpus.append(GpuInfo(
-                    index=len(gpus), uuid="GPU-sim-" + hashlib.sha256(seed).hexdigest()[:24],
-                    model=spec.model, raw_name=spec.model, memory_total_bytes=spec.vram_mib * 1024 * 1024,
-                    power_limit_mw=None, compute_capability=spec.compute_capability,
-                    driver_version="simulated", cuda_version=None, simulated=True))
-        self._scan = GpuScan(tuple(gpus), available=False,
+        gpus = simulated_gpus(specs, owner=owner)
+        self._scan = GpuScan(gpus, available=False,
                              message=f"SIMULATED inventory ({len(gpus)} GPUs; development networks only)")
 
     async def inventory(self) -> GpuScan:

@@ -823,14 +823,14 @@ async def serve_node_api(runtime: Any, settings: svc.ApiSettings, *,
     key) when that is set; ``backend`` defaults to ``NetworkJobBackend`` over that ledger (tests
     pass a double). With neither a ledger nor a backend, job submissions are refused (503 no_ledger).
     Raises HttpServerError when the JWKS cannot be fetched or the port cannot be bound."""
-    from dgpu.node.app import wall_clock
+    from dgpu.node.app import ProviderNode, wall_clock
 
     own_ledger = None
     if ledger is None and settings.ledger_url is not None:
         from dgpu.contracts.devledger.client import DevLedgerEscrow
 
         ledger = own_ledger = DevLedgerEscrow(settings.ledger_url, runtime.key)
-    metrics = metrics or runtime.extra.setdefault("metrics", NodeMetrics())
+    metrics = metrics or runtime.metrics
     verifier = await fetch_verifier(settings.bootstrap_url, leeway_s=settings.token_leeway_s)
     if backend is None and ledger is not None:  # no ledger: nothing can be paid, jobs are refused
         backend = svc.NetworkJobBackend(runtime, ledger, progress_interval_s=settings.progress_interval_s,
@@ -839,11 +839,8 @@ async def serve_node_api(runtime: Any, settings: svc.ApiSettings, *,
         backend,
         max_active=settings.max_active_jobs, max_records=settings.max_job_records,
         log_lines=settings.log_lines, clock=wall_clock)
-    providers = None
-    if runtime.publisher is not None:
-        providers = runtime.extra.get("provider_control") or svc.ProviderControl(
-            runtime.publisher, runtime.negotiator, development=settings.development)
-        runtime.extra["provider_control"] = providers
+    offering = runtime.offering if isinstance(runtime, ProviderNode) else None
+    providers = svc.ProviderControl(offering.publisher, development=settings.development) if offering else None
 
     ctx = ApiContext(settings=settings, owner=runtime.key.public_key.wallet, key=runtime.key,
                      book=runtime.book, verifier=verifier, jobs=jobs,

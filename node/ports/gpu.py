@@ -9,11 +9,14 @@ job's lease through the same source. No GPU library, or no GPU, is a normal stat
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["GpuInfo", "GpuSample", "GpuSampler", "GpuScan", "GpuSource"]
+from dgpu.protocol.messages import GpuSpec
+
+__all__ = ["GpuInfo", "GpuSample", "GpuSampler", "GpuScan", "GpuSource", "simulated_gpus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +80,19 @@ class GpuSource(GpuSampler, Protocol):
     async def inventory(self) -> GpuScan:
         """Every GPU the source reports; empty with a clear message when none."""
         ...
+
+
+def simulated_gpus(specs: Sequence[GpuSpec], *, owner: str) -> tuple[GpuInfo, ...]:
+    """The records of simulated GPUs (development networks only): ``simulated=True`` and stable
+    fake UUIDs ``GPU-sim-<hash>`` (of the owner's wallet, the model, the VRAM and the ordinal, so a
+    restart keeps them and two providers never share one)."""
+    gpus: list[GpuInfo] = []
+    for spec in specs:
+        for _ in range(spec.count):
+            seed = f"{owner}/{spec.model}/{spec.vram_mib}/{len(gpus)}".encode()
+            gpus.append(GpuInfo(
+                index=len(gpus), uuid="GPU-sim-" + hashlib.sha256(seed).hexdigest()[:24], model=spec.model,
+                raw_name=spec.model, memory_total_bytes=spec.vram_mib * 1024 * 1024, power_limit_mw=None,
+                compute_capability=spec.compute_capability, driver_version="simulated", cuda_version=None,
+                simulated=True))
+    return tuple(gpus)
