@@ -27,7 +27,8 @@ import trio
 
 from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus
 from dgpu.node.adapters.keystore import load_or_create
-from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
