@@ -25,12 +25,11 @@ from pathlib import Path
 
 import trio
 
-from dgpu.contracts.escrow_api import EscrowLedger
 from dgpu.node.app import NodeRuntime, new_nonce, run_node, wall_clock
 from dgpu.node.config import NodeConfig
 from dgpu.node.services.billing import BillingPolicy
-from dgpu.node.services.blobs import BlobShelf
 from dgpu.node.services.renter import OfferInfo, Rental, RentalResult, Renter
+from dgpu.protocol.ledger import EscrowLedger
 
 __all__ = ["Client", "OfferInfo", "Rental", "RentalResult"]
 
@@ -40,9 +39,7 @@ class Client(Renter):
 
     def __init__(self, runtime: NodeRuntime, ledger: EscrowLedger | None, *,
                  billing_policy: BillingPolicy | None = None) -> None:
-        shelf = runtime.extra["blobs"]
-        assert isinstance(shelf, BlobShelf)
-        super().__init__(runtime.node, runtime.key, runtime.book, shelf, ledger,
+        super().__init__(runtime.node, runtime.key, runtime.book, runtime.blobs, ledger,
                          accept_simulated=runtime.config.accept_simulated, clock=wall_clock, nonce=new_nonce,
                          billing_policy=billing_policy)
         self.runtime = runtime
@@ -59,20 +56,15 @@ class Client(Renter):
         ready ``ledger`` (e.g. ``SolanaEscrow``) instead for Solana. ``data_dir`` holds the
         identity (created on first use, mode 0600); by default a temporary one."""
         with tempfile.TemporaryDirectory(prefix="dgpu-client-") as tmp:
+            # the node chooses (and closes) its ledger client from the config, unless one is given
             config = NodeConfig(role="renter", bootstrap=tuple(bootstrap), data_dir=data_dir or Path(tmp),
-                                accept_simulated=accept_simulated)
+                                accept_simulated=accept_simulated, ledger_url=ledger_url if ledger is None else None)
             async with trio.open_nursery() as nursery:
                 runtime: NodeRuntime = await nursery.start(run_node, config)
-                own_ledger = None
-                if ledger is None and ledger_url is not None:
-                    from dgpu.contracts.devledger.client import DevLedgerEscrow
-
-                    ledger = own_ledger = DevLedgerEscrow(ledger_url, runtime.key)
-                client = cls(runtime, ledger, billing_policy=billing_policy)
+                client = cls(runtime, ledger if ledger is not None else runtime.ledger,
+                             billing_policy=billing_policy)
                 try:
                     yield client
                 finally:
                     client.closed = True
-                    if own_ledger is not None:
-                        await own_ledger.aclose()
                     nursery.cancel_scope.cancel()

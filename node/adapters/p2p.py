@@ -51,14 +51,7 @@ from dgpu.node.adapters.p2p_limits import (
     default_stream_budgets,
     install,
 )
-from dgpu.node.adapters.p2p_pubsub import (
-    GossipConfig,
-    GossipMessage,
-    GuardedPubsub,
-    Verdict,
-    build_gossip,
-    gossip_message,
-)
+from dgpu.node.adapters.p2p_pubsub import GossipConfig, GuardedPubsub, build_gossip, gossip_message
 from dgpu.node.errors import (
     CapacityError,
     ConfigError,
@@ -67,7 +60,9 @@ from dgpu.node.errors import (
     PeerIdMismatchError,
     PeerRefusedError,
 )
-from dgpu.protocol.keys import PublicKey, SigningKey
+from dgpu.node.ports.network import GossipMessage, StreamHandler, TopicValidator, Verdict
+from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.peers import peer_id_of_wallet, wallet_of_peer
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
@@ -76,7 +71,6 @@ __all__ = [
     "P2PConfig",
     "P2PNode",
     "StreamBudget",
-    "StreamHandler",
     "open_node",
     "parse_peer_addr",
     "peer_id_of_wallet",
@@ -85,8 +79,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-StreamHandler = Callable[[FramedStream], Awaitable[None]]
-TopicValidator = Callable[[GossipMessage], "bool | Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,29 +114,6 @@ def parse_peer_addr(text: str) -> PeerInfo:
         return info_from_p2p_addr(multiaddr.Multiaddr(text))
     except Exception as exc:  # multiaddr raises assorted types for malformed text
         raise ConfigError(f"not a peer multiaddr: {text!r}") from exc
-
-
-def peer_id_of_wallet(wallet: str) -> str:
-    """The libp2p peer ID of a wallet (the same Ed25519 key); ConfigError if not a wallet."""
-    from libp2p.crypto.ed25519 import Ed25519PublicKey
-
-    try:
-        raw = PublicKey.from_wallet(wallet).raw
-    except ValueError as exc:
-        raise ConfigError("not a wallet address") from exc
-    return str(ID.from_pubkey(Ed25519PublicKey.from_bytes(raw)))
-
-
-def wallet_of_peer(peer: str) -> str | None:
-    """The wallet of an Ed25519 peer ID, or None for other key types / malformed IDs."""
-    try:
-        pub = ID.from_base58(peer).extract_public_key()
-    except Exception:  # base58/multihash/protobuf errors for a malformed peer ID
-        return None
-    if pub is None:
-        return None
-    raw = pub.to_bytes()
-    return PublicKey(raw).wallet if len(raw) == 32 else None
 
 
 def _peer_id(peer: str | ID) -> ID:

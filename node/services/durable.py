@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import trio
 
-from dgpu.node.adapters.executor import ExitStatus, JobSpec, LogChunk, ResourceLimits
-from dgpu.node.adapters.store import Store, UsageMinute
+from dgpu.node.ports.execution import ExitStatus, JobSpec, LogChunk, ResourceLimits
+from dgpu.node.ports.store import JobStore, UsageMinute
 from dgpu.node.services.jobs import JobService
 from dgpu.node.services.meter import build_usage_receipts
 from dgpu.protocol.messages import UsageReceipt
@@ -33,7 +33,7 @@ USAGE_BUFFER = 64
 class DurableHandle:
     """One job run through the job service; the job stream's view of it."""
 
-    def __init__(self, service: JobService, store: Store, job_id: str) -> None:
+    def __init__(self, service: JobService, store: JobStore, job_id: str) -> None:
         self._service = service
         self._store = store
         self.job_id = job_id
@@ -86,7 +86,7 @@ class DurableHandle:
 class DurableExecutor:
     """Runs jobs of one executor kind (``docker`` or ``script``) through the job service."""
 
-    def __init__(self, service: JobService, store: Store, executor: str, nursery: trio.Nursery) -> None:
+    def __init__(self, service: JobService, store: JobStore, executor: str, nursery: trio.Nursery) -> None:
         self._service = service
         self._store = store
         self._executor = executor

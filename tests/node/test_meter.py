@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from dgpu.node.adapters.gpu import GpuSample
 from dgpu.node.adapters.store import Store, UsageMinute
+from dgpu.node.ports.gpu import GpuSample
 from dgpu.node.services.meter import Meter, build_usage_receipts
 
 JOB = "0123456789abcdef"

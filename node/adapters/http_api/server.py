@@ -62,7 +62,6 @@ if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own
 
     from dgpu.contracts.escrow_api import EscrowLedger
     from dgpu.node.adapters.p2p import P2PNode
-    from dgpu.node.services.negotiation import ProviderNegotiator
     from dgpu.node.services.offers import OfferPublisher
 
 __all__ = ["ApiNode", "create_node_api", "serve_node_api"]
@@ -182,8 +181,9 @@ class ApiNode:
     #: wall seconds and fresh nonces for the signed protocol messages
     clock: Callable[[], int]
     nonce: Callable[[], bytes]
+    #: the node's ledger client (chosen once by the app); None: nothing can be paid
+    ledger: EscrowLedger | None = None
     publisher: OfferPublisher | None = None
-    negotiator: ProviderNegotiator | None = None
 
 
 async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
@@ -196,6 +196,7 @@ async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
     pass a double). With neither a ledger nor a backend, job submissions are refused (503 no_ledger).
     Raises HttpServerError when the JWKS cannot be fetched or the port cannot be bound."""
     own_ledger = None
+    ledger = ledger if ledger is not None else node.ledger
     if ledger is None and settings.ledger_url is not None:
         from dgpu.contracts.devledger.client import DevLedgerEscrow
 
@@ -212,7 +213,7 @@ async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
         log_lines=settings.log_lines, clock=node.clock)
     providers = None
     if node.publisher is not None:
-        providers = svc.ProviderControl(node.publisher, node.negotiator, development=settings.development)
+        providers = svc.ProviderControl(node.publisher, development=settings.development)
     wallet = node.key.public_key.wallet
     ctx = ApiContext(settings=settings, owner=wallet, key=node.key, book=node.book, verifier=verifier, jobs=jobs,
                      wallet=svc.WalletService(ledger, wallet), metrics=node.metrics, providers=providers)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from dgpu.contracts.errors import ContractsError, LedgerError, RequestRejected
-from dgpu.contracts.escrow_api import EscrowLedger
 from dgpu.node.services.api.errors import Conflict, Forbidden, NotImplementedOnLedger, Unavailable
 from dgpu.node.services.api.schema import BalanceOut, DepositOut, WalletOut, WithdrawOut, format_amount
+from dgpu.protocol.ledger import ContractsError, EscrowLedger, LedgerError, RequestRejected
 
 __all__ = ["WalletService"]
 

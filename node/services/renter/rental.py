@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from dgpu.contracts.errors import ContractsError, EscrowRefused
-from dgpu.contracts.escrow_api import EscrowHandle, EscrowLedger, EscrowView
 from dgpu.node.errors import JobLostError, NetworkError, RejectedError
 from dgpu.node.services.billing import BillingPolicy, renter_billing
 from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob, safe_unpack
@@ -37,6 +35,7 @@ from dgpu.node.services.renter.errors import (
 )
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.ledger import ContractsError, EscrowHandle, EscrowLedger, EscrowRefused, EscrowView
 from dgpu.protocol.messages import (
     Agreement,
     EscrowRef,
@@ -53,7 +52,7 @@ from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
 if TYPE_CHECKING:
     # the network the workflow dials providers on; the concrete libp2p node until the
     # services' network port (node/ports.py) replaces it
-    from dgpu.node.adapters.p2p import P2PNode
+    from dgpu.node.ports.network import Network
 
 __all__ = ["LedgerFunder", "OfferInfo", "Rental", "RentalResult", "Renter"]
 
@@ -301,7 +300,7 @@ class Renter:
     ``clock`` (wall seconds) and ``nonce`` (fresh bytes) stamp the signed messages; ``ledger``
     funds every rental (without one, ``rent`` refuses: every rental is paid for)."""
 
-    def __init__(self, network: P2PNode, key: SigningKey, book: OfferBook, shelf: BlobShelf,
+    def __init__(self, network: Network, key: SigningKey, book: OfferBook, shelf: BlobShelf,
                  ledger: EscrowLedger | None, *, accept_simulated: bool, clock: Callable[[], int],
                  nonce: Callable[[], bytes], billing_policy: BillingPolicy | None = None) -> None:
         self.network = network
