@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from dgpu.node.errors import NodeError
 
     node_logging.configure(args.log_level, name=args.cmd)
+    os.umask(0o077)  # daemons: state, keys, job folders and logs they write are owner-only
     try:
         if args.cmd == "bootstrap":
             return _bootstrap(args)

@@ -12,6 +12,7 @@ single consumer), :meth:`JobHandle.wait` (enforces the time limit and returns an
 from __future__ import annotations
 
 import enum
+import shutil
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,6 +32,7 @@ class ExitReason(enum.StrEnum):
     TIMEOUT = "timeout"  #: killed at its time limit (wall clock, or CPU time for scripts)
     OOM = "oom"  #: killed by the kernel for exceeding its memory limit
     CANCELLED = "cancelled"  #: stopped on request (renter cancel, escrow exhausted, shutdown)
+    OUTPUT_LIMIT = "output_limit"  #: filled the disk space it may write (outputs, scratch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ class ResourceLimits:
     cpus: float = 1.0
     pids: int = 256
     time_limit_s: float = 3600.0
-    scratch_bytes: int = 256 * 1024 * 1024  #: tmpfs size (Docker) / file size cap (script)
+    scratch_bytes: int = 256 * 1024 * 1024  #: /tmp tmpfs size (Docker) / the job's folder (script)
 
     def __post_init__(self) -> None:
         if self.memory_bytes <= 0 or self.cpus <= 0 or self.pids <= 0:
@@ -91,7 +93,9 @@ class JobSpec:
     command: tuple[str, ...] = ()
     image: str | None = None
     script: str | None = None  #: shell script text, run by ``/bin/sh`` (script executor)
-    env: Mapping[str, str] = field(default_factory=dict)
+    #: may hold the renter's secrets: kept out of repr (logs, errors) and dropped from the
+    #: provider's database when the job ends (see Store.transition)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     inputs: Mapping[str, Path] = field(default_factory=dict)
     output_dir: Path | None = None
     limits: ResourceLimits = field(default_factory=ResourceLimits)
@@ -215,3 +219,21 @@ def split_lines(buffer: bytearray, data: bytes, max_chunk: int) -> list[bytes]:
         start += max_chunk
     del buffer[:start]
     return out
+
+
+def copy_inputs(inputs: Mapping[str, Path], dest: Path) -> None:
+    """Copy each input to ``dest/rel``: folders 0755, files 0444, whatever the umask (the job's
+    uid reads them; the folder above ``dest`` keeps everyone else out). Blocking."""
+    dest.mkdir()
+    dest.chmod(0o755)
+    for rel, source in inputs.items():
+        if not source.is_file():
+            raise JobSpecInvalid(f"input {rel!r}: {source} is not a readable file")
+        target = dest / rel
+        for parent in reversed(target.relative_to(dest).parents[:-1]):
+            folder = dest / parent
+            if not folder.is_dir():
+                folder.mkdir()
+                folder.chmod(0o755)
+        shutil.copyfile(source, target)
+        target.chmod(0o444)
