@@ -25,11 +25,23 @@ import trio
 
 from dgpu.node.errors import ExecutorFailure
 
-__all__ = ["CappedFolder", "can_mount_tmpfs"]
+__all__ = ["CappedFolder", "can_mount_tmpfs", "same_mount_namespace"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 #: how often the watcher samples a folder's use (a soft folder's overshoot is bounded by this)
 POLL_S = 0.5
+
+
+def same_mount_namespace(pid_file: Path) -> bool:
+    """Whether the process in ``pid_file`` (a local Docker engine) sees our mounts: a tmpfs we
+    mount under a bind source reaches a container only then. Unknown (no such file) → True."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 @functools.cache
@@ -72,18 +84,20 @@ class CappedFolder:
     mounted: bool  #: True: a tmpfs of ``cap`` bytes (hard); False: a watched plain folder
 
     @classmethod
-    def create(cls, path: Path, cap: int, *, uid: int, gid: int, hard: bool) -> CappedFolder:
-        """Make ``path`` (mode 0700, owned by ``uid:gid``), as a tmpfs when ``hard``. Blocking."""
+    def create(
+        cls, path: Path, cap: int, *, uid: int, gid: int, hard: bool, mode: int = 0o700
+    ) -> CappedFolder:
+        """Make ``path`` (``mode``, owned by ``uid:gid``), as a tmpfs when ``hard``. Blocking."""
         path.mkdir(mode=0o700)
         if hard:
-            error = _mount(path, cap, uid, gid, 0o700)
+            error = _mount(path, cap, uid, gid, mode)
             if error is not None:
                 path.rmdir()
                 raise ExecutorFailure(f"could not mount a {cap}-byte tmpfs on {path}: {error}")
         else:
             if (uid, gid) != (os.getuid(), os.getgid()):
                 os.chown(path, uid, gid)
-            path.chmod(0o700)
+            path.chmod(mode)
         return cls(path, cap, hard)
 
     def used(self) -> int:

@@ -11,6 +11,12 @@ Rules, each enforced in :meth:`DockerExecutor._create`:
 - the environment is the job spec's only (never the daemon's);
 - inputs bind-mounted read-only at ``/inputs``, a writable ``/outputs`` copied out at the end
   (regular files only, symlinks skipped, bounded by ``max_output_bytes``);
+- disk: every place a job can write is capped. ``/outputs`` is a host tmpfs of
+  ``max_output_bytes`` when the daemon can mount (else a watched folder plus an ``fsize``
+  ulimit, see :mod:`dgpu.node.adapters.disk_cap`); a job that fills it is stopped
+  (``ExitReason.OUTPUT_LIMIT``). ``/tmp``, ``/dev/shm`` and every ``VOLUME`` the image declares
+  are sized tmpfs (an anonymous volume would be uncapped host disk); the log file the engine
+  keeps is rotated at :data:`LOG_MAX_BYTES` x :data:`LOG_FILES`;
 - labels ``dgpu.job_id``, ``dgpu.rental_id``, ``dgpu.instance`` so a restarted daemon finds
   its containers (:meth:`DockerExecutor.list_jobs`, :meth:`DockerExecutor.reattach`).
 
@@ -39,6 +45,7 @@ import docker.types
 import requests.exceptions
 import trio
 
+from dgpu.node.adapters.disk_cap import CappedFolder, can_mount_tmpfs, same_mount_namespace
 from dgpu.node.adapters.executor import (
     ExitReason,
     ExitStatus,
@@ -47,7 +54,9 @@ from dgpu.node.adapters.executor import (
     LogChunk,
     ResourceLimits,
     StreamName,
+    copy_inputs,
     split_lines,
+    wait_enforcing,
 )
 from dgpu.node.errors import (
     ExecutorFailure,
@@ -67,6 +76,10 @@ LABEL_INSTANCE = "dgpu.instance"
 
 #: one log chunk never exceeds this many bytes (a longer line is split)
 MAX_LOG_CHUNK = 16 * 1024
+#: the engine's json-file log of a job is rotated at this size, keeping this many files (a
+#: reader that falls this far behind a log flood loses the oldest lines, not the disk)
+LOG_MAX_BYTES = 64 * 1024**2
+LOG_FILES = 2
 _STREAMS: dict[int, StreamName] = {1: "stdout", 2: "stderr"}
 
 
@@ -133,10 +146,13 @@ class DockerExecutor:
     kind = "docker"
     isolation: Isolation = "container"
 
-    def __init__(self, client: docker.DockerClient, policy: DockerPolicy) -> None:
+    def __init__(
+        self, client: docker.DockerClient, policy: DockerPolicy, *, hard_cap: bool = False
+    ) -> None:
         self._client = client
         self._api: Any = client.api
         self.policy = policy
+        self._hard_cap = hard_cap  #: /outputs is a tmpfs of max_output_bytes (else watched)
         # short API calls (create, start, inspect, kill, remove): a few at a time is plenty
         self._api_limiter = trio.CapacityLimiter(8)
         # long blocking calls: each running job holds at most two (log follow + wait)
@@ -159,8 +175,12 @@ class DockerExecutor:
             return client
 
         client = await trio.to_thread.run_sync(_connect)
-        policy.workspace_root.mkdir(parents=True, exist_ok=True)
-        return cls(client, policy)
+        policy.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        policy.workspace_root.chmod(0o700)  # job folders: the daemon's (the engine is root)
+        hard = await trio.to_thread.run_sync(can_mount_tmpfs) and same_mount_namespace(
+            Path("/var/run/docker.pid")
+        )
+        return cls(client, policy, hard_cap=hard)
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self._client.close)
@@ -183,18 +203,18 @@ class DockerExecutor:
         workspace = self.policy.workspace_root / spec.job_id
         container_id: str | None = None
         try:
-            await trio.to_thread.run_sync(self._prepare_workspace, spec, workspace)
-            container_id = await self._call(self._create, spec, limits, workspace)
+            outputs = await trio.to_thread.run_sync(self._prepare_workspace, spec, workspace)
+            container_id = await self._call(self._create, spec, limits, workspace, outputs)
             handle = DockerJobHandle(
                 self, container_id, spec=spec, limits=limits, workspace=workspace,
-                started_at=time.time(),
+                outputs=outputs, started_at=time.time(),
             )
             await self._call(self._api.start, container_id)
         except BaseException:
             with trio.CancelScope(shield=True):
                 if container_id is not None:
                     await self._remove(container_id)
-                await trio.to_thread.run_sync(_rmtree, workspace)
+                await trio.to_thread.run_sync(_remove_workspace, workspace)
             raise
         return handle
 
@@ -215,26 +235,27 @@ class DockerExecutor:
         except ExecutorFailure as exc:
             raise ImageUnavailable(f"image {image!r} could not be pulled: {exc}") from exc
 
-    def _prepare_workspace(self, spec: JobSpec, workspace: Path) -> None:
+    def _prepare_workspace(self, spec: JobSpec, workspace: Path) -> CappedFolder:
+        """``workspace`` (0700, the daemon's) with ``inputs`` (read-only copies) and ``outputs``
+        (the job user's, capped at ``max_output_bytes``)."""
         if workspace.exists():
-            shutil.rmtree(workspace)
-        (workspace / "inputs").mkdir(parents=True)
-        outputs = workspace / "outputs"
-        outputs.mkdir()
-        for rel, source in spec.inputs.items():
-            if not source.is_file():
-                raise JobSpecInvalid(f"input {rel!r}: {source} is not a readable file")
-            dest = workspace / "inputs" / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, dest)
-            dest.chmod(0o444)
+            _remove_workspace(workspace)
+        workspace.mkdir(mode=0o700)
+        workspace.chmod(0o700)
+        copy_inputs(spec.inputs, workspace / "inputs")
         uid_gid = _numeric_user(self.policy.run_as)
-        if uid_gid is not None and os.geteuid() == 0:
-            os.chown(outputs, *uid_gid)
-        else:
-            outputs.chmod(0o777)
+        root = os.geteuid() == 0
+        if uid_gid is not None and root:
+            uid, gid = uid_gid
+            mode = 0o700
+        else:  # the image's own user (or a non-root daemon): any uid must write there
+            uid, gid, mode = os.getuid(), os.getgid(), 0o777
+        return CappedFolder.create(workspace / "outputs", self.policy.max_output_bytes,
+                                   uid=uid, gid=gid, mode=mode, hard=self._hard_cap)
 
-    def _create(self, spec: JobSpec, limits: ResourceLimits, workspace: Path) -> str:
+    def _create(
+        self, spec: JobSpec, limits: ResourceLimits, workspace: Path, outputs: CappedFolder
+    ) -> str:
         device_requests = []
         if spec.gpu_uuids:
             device_requests.append(
@@ -243,6 +264,9 @@ class DockerExecutor:
                 )
             )
         network_mode = "bridge" if spec.network and self.policy.allow_network else "none"
+        ulimits = [docker.types.Ulimit(name="nofile", soft=4096, hard=4096)]
+        if not outputs.mounted:  # the soft cap: no single file past it between two samples
+            ulimits.append(docker.types.Ulimit(name="fsize", soft=outputs.cap, hard=outputs.cap))
         host_config = self._api.create_host_config(
             binds={
                 str(workspace / "inputs"): {"bind": "/inputs", "mode": "ro"},
@@ -254,12 +278,17 @@ class DockerExecutor:
             nano_cpus=int(limits.cpus * 1e9),
             pids_limit=limits.pids,
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.scratch_bytes},mode=1777"},
+            tmpfs=self._tmpfs(spec.image or "", limits),
+            shm_size=min(limits.scratch_bytes, 64 * 1024**2),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             device_requests=device_requests or None,
             init=True,
-            ulimits=[docker.types.Ulimit(name="nofile", soft=4096, hard=4096)],
+            ulimits=ulimits,
+            log_config=docker.types.LogConfig(
+                type="json-file",
+                config={"max-size": str(LOG_MAX_BYTES), "max-file": str(LOG_FILES)},
+            ),
         )
         created = self._api.create_container(
             image=spec.image,
@@ -277,10 +306,22 @@ class DockerExecutor:
         )
         return str(created["Id"])
 
+    def _tmpfs(self, image: str, limits: ResourceLimits) -> dict[str, str]:
+        """``/tmp`` and each ``VOLUME`` of the image as a sized tmpfs (blocking)."""
+        spec = f"rw,nosuid,nodev,size={limits.scratch_bytes},mode=1777"
+        declared = self._api.inspect_image(image).get("Config", {}).get("Volumes") or {}
+        mounts = {str(path): spec for path in declared if path not in ("/inputs", "/outputs")}
+        mounts["/tmp"] = spec
+        return mounts
+
     # --- restart support -----------------------------------------------------------------
 
     async def list_jobs(self) -> dict[str, ContainerInfo]:
-        """This daemon's containers (by ``dgpu.instance`` label), keyed by job id."""
+        """This daemon's containers (by ``dgpu.instance`` label), keyed by job id.
+
+        Called at start-up (reconcile), before any job starts: a workspace no container has
+        is what a crashed daemon left (a capped ``outputs`` is a tmpfs holding memory), and
+        is removed."""
 
         def _list() -> dict[str, ContainerInfo]:
             found = {}
@@ -292,7 +333,15 @@ class DockerExecutor:
                     found[info.job_id] = info
             return found
 
-        return await self._call(_list)
+        found = await self._call(_list)
+
+        def _sweep() -> None:
+            for entry in self.policy.workspace_root.iterdir():
+                if entry.name not in found:
+                    _remove_workspace(entry)
+
+        await trio.to_thread.run_sync(_sweep)
+        return found
 
     async def inspect(self, container_id: str) -> ContainerInfo | None:
         return await self._call(self._inspect_sync, container_id)
@@ -323,18 +372,26 @@ class DockerExecutor:
         """A handle on a container started by an earlier daemon (time limit kept)."""
         workspace = self.policy.workspace_root / spec.job_id
         started = info.started_at if info.started_at is not None else time.time()
+        outputs = workspace / "outputs"
+        mounted = await trio.to_thread.run_sync(os.path.ismount, outputs)
         return DockerJobHandle(
             self,
             info.container_id,
             spec=spec,
             limits=limits.clamp(self.policy.max_limits),
             workspace=workspace,
+            outputs=CappedFolder(outputs, self.policy.max_output_bytes, mounted),
             started_at=started,
         )
 
     async def remove(self, container_id: str) -> None:
-        """Remove a container (force); absent is fine."""
+        """Remove a container (force) and its job's workspace; absent is fine."""
+        info = await self.inspect(container_id)
         await self._remove(container_id)
+        if info is not None and info.job_id:
+            await trio.to_thread.run_sync(
+                _remove_workspace, self.policy.workspace_root / info.job_id
+            )
 
     async def _remove(self, container_id: str) -> None:
         def _rm() -> None:
@@ -356,6 +413,7 @@ class DockerJobHandle:
         spec: JobSpec,
         limits: ResourceLimits,
         workspace: Path,
+        outputs: CappedFolder,
         started_at: float,
     ) -> None:
         self._ex = executor
@@ -363,6 +421,7 @@ class DockerJobHandle:
         self.spec = spec
         self.limits = limits
         self._workspace = workspace
+        self.outputs = outputs  #: the host folder bound at /outputs
         self.started_at = started_at  #: wall clock the container started (the meter's origin)
         remaining = limits.time_limit_s - max(0.0, time.time() - started_at)
         self._deadline = trio.current_time() + max(0.0, remaining)
@@ -419,18 +478,22 @@ class DockerJobHandle:
             res.close()  # unblocks an abandoned reader thread
 
     async def wait(self) -> ExitStatus:
-        """Wait for the exit; at the time limit stop it (reason TIMEOUT). Idempotent."""
+        """Wait for the exit; at the time limit stop it (reason TIMEOUT), when it fills
+        ``/outputs`` kill it (reason OUTPUT_LIMIT). Idempotent."""
         if self._status is not None:
             return self._status
-        with trio.move_on_at(self._deadline) as scope:
-            await self._wait_exit()
-        if scope.cancelled_caught:
-            self._stop_reason = self._stop_reason or ExitReason.TIMEOUT
-            await self._kill(grace_s=min(10.0, self.limits.time_limit_s))
-            await self._wait_exit()
+        await wait_enforcing(
+            self._wait_exit, deadline=self._deadline, grace_s=min(10.0, self.limits.time_limit_s),
+            disk_full=self.outputs.wait_full, stop=self._stop_for,
+        )
+        if self._stop_reason is None and await trio.to_thread.run_sync(self.outputs.full):
+            self._stop_reason = ExitReason.OUTPUT_LIMIT  # filled it, then exited (ENOSPC)
         info = await self._ex.inspect(self.container_id)
         if info is None:
             status = ExitStatus(None, ExitReason.FAILED, "the container vanished")
+        elif self._stop_reason is ExitReason.OUTPUT_LIMIT:
+            status = ExitStatus(info.exit_code, ExitReason.OUTPUT_LIMIT, "output limit exceeded:"
+                                f" /outputs is capped at {self.outputs.cap} bytes")
         elif self._stop_reason is not None:
             status = ExitStatus(info.exit_code, self._stop_reason)
         elif info.oom_killed:
@@ -441,6 +504,10 @@ class DockerJobHandle:
             status = ExitStatus(info.exit_code, ExitReason.FAILED, f"exit code {info.exit_code}")
         self._status = status
         return status
+
+    async def _stop_for(self, reason: ExitReason, grace_s: float) -> None:
+        self._stop_reason = self._stop_reason or reason
+        await self._kill(grace_s)
 
     async def _wait_exit(self) -> None:
         api = self._ex._api
@@ -496,7 +563,7 @@ class DockerJobHandle:
             finally:
                 self._cleaned = True
                 await self._ex._remove(self.container_id)
-                await trio.to_thread.run_sync(_rmtree, self._workspace)
+                await trio.to_thread.run_sync(_remove_workspace, self._workspace)
 
 
 async def _in_thread_abandonable(fn: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
@@ -529,8 +596,10 @@ def _numeric_user(run_as: str | None) -> tuple[int, int] | None:
     return None
 
 
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _remove_workspace(workspace: Path) -> None:
+    """Unmount a capped ``outputs`` (rmtree cannot remove a mount point), then delete."""
+    CappedFolder(workspace / "outputs", 0, os.path.ismount(workspace / "outputs")).remove()
+    shutil.rmtree(workspace, ignore_errors=True)
 
 
 def _copy_outputs(src: Path, dest: Path, max_bytes: int) -> list[Path]:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import enum
 import shutil
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol, runtime_checkable
+
+import trio
 
 from dgpu.node.errors import JobSpecInvalid
 
@@ -237,3 +239,30 @@ def copy_inputs(inputs: Mapping[str, Path], dest: Path) -> None:
                 folder.chmod(0o755)
         shutil.copyfile(source, target)
         target.chmod(0o444)
+
+
+async def wait_enforcing(
+    wait_exit: Callable[[], Awaitable[object]],
+    *,
+    deadline: float,
+    grace_s: float,
+    disk_full: Callable[[], Awaitable[None]],
+    stop: Callable[[ExitReason, float], Awaitable[None]],
+) -> None:
+    """Wait until the job's process has exited, enforcing two limits on the way: at
+    ``deadline`` (trio clock) ``stop(TIMEOUT, grace_s)``; once ``disk_full`` returns (the job
+    filled the space it may write) ``stop(OUTPUT_LIMIT, 0)``. ``stop`` records the first
+    reason it is given and kills the job."""
+    async with trio.open_nursery() as nursery:
+
+        async def guard_disk() -> None:
+            await disk_full()
+            await stop(ExitReason.OUTPUT_LIMIT, 0.0)
+
+        nursery.start_soon(guard_disk)
+        with trio.move_on_at(deadline) as scope:
+            await wait_exit()
+        if scope.cancelled_caught:
+            await stop(ExitReason.TIMEOUT, grace_s)
+            await wait_exit()
+        nursery.cancel_scope.cancel()

@@ -50,6 +50,7 @@ from dgpu.node.adapters.executor import (
     StreamName,
     copy_inputs,
     split_lines,
+    wait_enforcing,
 )
 from dgpu.node.adapters.sandbox import (
     DEFAULT_UID_BASE,
@@ -144,6 +145,9 @@ class ScriptExecutor:
                 raise ExecutorUnavailable(f"the scratch root {scratch} is inside {d}, which jobs see")
         policy.scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         policy.scratch_root.chmod(0o700)
+        # script jobs die with the daemon (bwrap --die-with-parent) and are never re-attached:
+        # any job folder here is a crashed daemon's (its tmpfs still holds memory)
+        await trio.to_thread.run_sync(_sweep, policy.scratch_root)
         hard = await trio.to_thread.run_sync(can_mount_tmpfs)
         return cls(policy, bwrap=bwrap, setpriv=setpriv, hard_cap=hard)
 
@@ -303,20 +307,10 @@ class ScriptJobHandle:
     async def wait(self) -> ExitStatus:
         if self._status is not None:
             return self._status
-        async with trio.open_nursery() as nursery:
-
-            async def guard_disk() -> None:
-                await self._home.wait_full()
-                self._stop_reason = self._stop_reason or ExitReason.OUTPUT_LIMIT
-                await self._kill(grace_s=0)
-
-            nursery.start_soon(guard_disk)
-            with trio.move_on_at(self._deadline) as scope:
-                await self._proc.wait()
-            if scope.cancelled_caught:
-                self._stop_reason = self._stop_reason or ExitReason.TIMEOUT
-                await self._kill(grace_s=min(10.0, self.limits.time_limit_s))
-            nursery.cancel_scope.cancel()
+        await wait_enforcing(
+            self._proc.wait, deadline=self._deadline, grace_s=min(10.0, self.limits.time_limit_s),
+            disk_full=self._home.wait_full, stop=self._stop_for,
+        )
         code = await self._proc.wait()
         if self._stop_reason is None and await trio.to_thread.run_sync(self._home.full):
             self._stop_reason = ExitReason.OUTPUT_LIMIT  # filled it, then exited (ENOSPC)
@@ -340,7 +334,10 @@ class ScriptJobHandle:
         return status
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        self._stop_reason = self._stop_reason or ExitReason.CANCELLED
+        await self._stop_for(ExitReason.CANCELLED, grace_s)
+
+    async def _stop_for(self, reason: ExitReason, grace_s: float) -> None:
+        self._stop_reason = self._stop_reason or reason
         await self._kill(grace_s)
 
     async def _kill(self, grace_s: float) -> None:
@@ -402,6 +399,11 @@ async def _read_pipe(
                 if not data:
                     return
                 await out.send((name, data))
+
+
+def _sweep(scratch_root: Path) -> None:
+    for entry in scratch_root.glob("job-*"):
+        _remove_job_dir(entry, CappedFolder(entry / "home", 0, os.path.ismount(entry / "home")))
 
 
 def _remove_job_dir(job_dir: Path, home: CappedFolder | None) -> None:

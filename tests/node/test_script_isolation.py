@@ -191,3 +191,15 @@ async def test_inputs_readable_by_the_job_under_the_daemon_umask(node_dir: Path)
     lines, reason = await run_to_end(handle)
     await handle.cleanup()
     assert reason is ExitReason.FINISHED and lines == ["hello inputs", "READ-ONLY"], lines
+
+
+async def test_folders_left_by_a_crashed_daemon_are_removed_at_start(node_dir: Path) -> None:
+    from dgpu.node.adapters.disk_cap import CappedFolder, can_mount_tmpfs
+
+    (node_dir / "jobs").mkdir(mode=0o700)
+    (node_dir / "jobs" / "job-left-x").mkdir()
+    left = CappedFolder.create(node_dir / "jobs" / "job-left-x" / "home", MiB, uid=os.getuid(),
+                               gid=os.getgid(), hard=can_mount_tmpfs())
+    (left.path / "junk").write_bytes(b"x" * 1000)
+    await ScriptExecutor.create(ScriptPolicy(enabled=True, scratch_root=node_dir / "jobs"))
+    assert not left.path.is_mount() and not (node_dir / "jobs" / "job-left-x").exists()
