@@ -23,17 +23,16 @@ Rules, each enforced in :meth:`DockerExecutor._create`:
 Threads: short API calls run behind ``api_limiter`` (8); the two long blocking calls per job
 (log follow, wait) run behind ``stream_limiter`` (2 per concurrent job). The HTTP pool is
 sized to both so no call waits on a pooled connection. docker/requests exceptions are
-converted here into ``dgpu.node.errors``.
+converted into ``dgpu.node.errors`` by :func:`dgpu.node.adapters.docker_job.converted`. The
+running job's handle lives in :mod:`dgpu.node.adapters.docker_job`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,17 +45,12 @@ import requests.exceptions
 import trio
 
 from dgpu.node.adapters.disk_cap import CappedFolder, can_mount_tmpfs, same_mount_namespace
+from dgpu.node.adapters.docker_job import DockerJobHandle, converted, remove_workspace
 from dgpu.node.adapters.executor import (
-    ExitReason,
-    ExitStatus,
     Isolation,
     JobSpec,
-    LogChunk,
     ResourceLimits,
-    StreamName,
     copy_inputs,
-    split_lines,
-    wait_enforcing,
 )
 from dgpu.node.errors import (
     ExecutorFailure,
@@ -74,13 +68,10 @@ LABEL_JOB = "dgpu.job_id"
 LABEL_RENTAL = "dgpu.rental_id"
 LABEL_INSTANCE = "dgpu.instance"
 
-#: one log chunk never exceeds this many bytes (a longer line is split)
-MAX_LOG_CHUNK = 16 * 1024
 #: the engine's json-file log of a job is rotated at this size, keeping this many files (a
 #: reader that falls this far behind a log flood loses the oldest lines, not the disk)
 LOG_MAX_BYTES = 64 * 1024**2
 LOG_FILES = 2
-_STREAMS: dict[int, StreamName] = {1: "stdout", 2: "stderr"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +178,7 @@ class DockerExecutor:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await trio.to_thread.run_sync(
-            lambda: _converted(fn, *args, **kwargs), limiter=self._api_limiter
+            lambda: converted(fn, *args, **kwargs), limiter=self._api_limiter
         )
 
     # --- start ---------------------------------------------------------------------------
@@ -214,7 +205,7 @@ class DockerExecutor:
             with trio.CancelScope(shield=True):
                 if container_id is not None:
                     await self._remove(container_id)
-                await trio.to_thread.run_sync(_remove_workspace, workspace)
+                await trio.to_thread.run_sync(remove_workspace, workspace)
             raise
         return handle
 
@@ -239,7 +230,7 @@ class DockerExecutor:
         """``workspace`` (0700, the daemon's) with ``inputs`` (read-only copies) and ``outputs``
         (the job user's, capped at ``max_output_bytes``)."""
         if workspace.exists():
-            _remove_workspace(workspace)
+            remove_workspace(workspace)
         workspace.mkdir(mode=0o700)
         workspace.chmod(0o700)
         copy_inputs(spec.inputs, workspace / "inputs")
@@ -338,7 +329,7 @@ class DockerExecutor:
         def _sweep() -> None:
             for entry in self.policy.workspace_root.iterdir():
                 if entry.name not in found:
-                    _remove_workspace(entry)
+                    remove_workspace(entry)
 
         await trio.to_thread.run_sync(_sweep)
         return found
@@ -390,7 +381,7 @@ class DockerExecutor:
         await self._remove(container_id)
         if info is not None and info.job_id:
             await trio.to_thread.run_sync(
-                _remove_workspace, self.policy.workspace_root / info.job_id
+                remove_workspace, self.policy.workspace_root / info.job_id
             )
 
     async def _remove(self, container_id: str) -> None:
@@ -402,191 +393,6 @@ class DockerExecutor:
             await self._call(_rm)
 
 
-class DockerJobHandle:
-    """A running (or finished) container. ``logs()`` has a single consumer."""
-
-    def __init__(
-        self,
-        executor: DockerExecutor,
-        container_id: str,
-        *,
-        spec: JobSpec,
-        limits: ResourceLimits,
-        workspace: Path,
-        outputs: CappedFolder,
-        started_at: float,
-    ) -> None:
-        self._ex = executor
-        self.container_id = container_id
-        self.spec = spec
-        self.limits = limits
-        self._workspace = workspace
-        self.outputs = outputs  #: the host folder bound at /outputs
-        self.started_at = started_at  #: wall clock the container started (the meter's origin)
-        remaining = limits.time_limit_s - max(0.0, time.time() - started_at)
-        self._deadline = trio.current_time() + max(0.0, remaining)
-        self._stop_reason: ExitReason | None = None
-        self._status: ExitStatus | None = None
-        self._cleaned = False
-        self._outputs_collected = False
-
-    @property
-    def job_id(self) -> str:
-        return self.spec.job_id
-
-    async def logs(self) -> AsyncIterator[LogChunk]:
-        """Follow stdout/stderr from the container's start, as lines, in order."""
-        api = self._ex._api
-
-        def _open() -> Any:
-            # The SDK's logs() drops the stream id of each frame; read the frames ourselves.
-            res = api._get(
-                api._url("/containers/{0}/logs", self.container_id),
-                params={"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 0},
-                stream=True,
-            )
-            api._raise_for_status(res)
-            api._disable_socket_timeout(api._get_raw_response_socket(res))
-            return res
-
-        def _frame(res: Any) -> tuple[int, bytes] | None:
-            header = res.raw.read(8)
-            if len(header) < 8:
-                return None
-            stream_id, length = struct.unpack(">BxxxL", header)
-            data = res.raw.read(length) if length else b""
-            return stream_id, data
-
-        limiter = self._ex._stream_limiter
-        res = await trio.to_thread.run_sync(lambda: _converted(_open), limiter=limiter)
-        buffers: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-        seq = 0
-        try:
-            while True:
-                frame = await _in_thread_abandonable(lambda: _converted(_frame, res), limiter)
-                if frame is None:
-                    break
-                stream = _STREAMS.get(frame[0], "stdout")
-                for line in split_lines(buffers[stream], frame[1], MAX_LOG_CHUNK):
-                    yield LogChunk(seq, stream, line)
-                    seq += 1
-            for stream, rest in buffers.items():
-                if rest:
-                    yield LogChunk(seq, stream, bytes(rest))
-                    seq += 1
-        finally:
-            res.close()  # unblocks an abandoned reader thread
-
-    async def wait(self) -> ExitStatus:
-        """Wait for the exit; at the time limit stop it (reason TIMEOUT), when it fills
-        ``/outputs`` kill it (reason OUTPUT_LIMIT). Idempotent."""
-        if self._status is not None:
-            return self._status
-        await wait_enforcing(
-            self._wait_exit, deadline=self._deadline, grace_s=min(10.0, self.limits.time_limit_s),
-            disk_full=self.outputs.wait_full, stop=self._stop_for,
-        )
-        if self._stop_reason is None and await trio.to_thread.run_sync(self.outputs.full):
-            self._stop_reason = ExitReason.OUTPUT_LIMIT  # filled it, then exited (ENOSPC)
-        info = await self._ex.inspect(self.container_id)
-        if info is None:
-            status = ExitStatus(None, ExitReason.FAILED, "the container vanished")
-        elif self._stop_reason is ExitReason.OUTPUT_LIMIT:
-            status = ExitStatus(info.exit_code, ExitReason.OUTPUT_LIMIT, "output limit exceeded:"
-                                f" /outputs is capped at {self.outputs.cap} bytes")
-        elif self._stop_reason is not None:
-            status = ExitStatus(info.exit_code, self._stop_reason)
-        elif info.oom_killed:
-            status = ExitStatus(info.exit_code, ExitReason.OOM, "memory limit exceeded")
-        elif info.exit_code == 0:
-            status = ExitStatus(0, ExitReason.FINISHED)
-        else:
-            status = ExitStatus(info.exit_code, ExitReason.FAILED, f"exit code {info.exit_code}")
-        self._status = status
-        return status
-
-    async def _stop_for(self, reason: ExitReason, grace_s: float) -> None:
-        self._stop_reason = self._stop_reason or reason
-        await self._kill(grace_s)
-
-    async def _wait_exit(self) -> None:
-        api = self._ex._api
-
-        def _wait_once() -> bool:
-            try:
-                api.wait(self.container_id, timeout=5)
-            except docker.errors.NotFound:
-                return True
-            except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-                return False  # our 5 s poll ran out (urllib3 reports it either way)
-            return True
-
-        while not await _in_thread_abandonable(
-            lambda: _converted(_wait_once), self._ex._stream_limiter
-        ):
-            pass
-
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM, ``grace_s`` seconds, SIGKILL. ``wait`` then reports CANCELLED."""
-        self._stop_reason = self._stop_reason or ExitReason.CANCELLED
-        await self._kill(grace_s)
-
-    async def _kill(self, grace_s: float) -> None:
-        api = self._ex._api
-
-        def _stop() -> None:
-            with contextlib.suppress(docker.errors.NotFound):
-                api.stop(self.container_id, timeout=max(0, round(grace_s)))
-
-        with trio.CancelScope(shield=True):
-            await self._ex._call(_stop)
-
-    async def collect_outputs(self) -> list[Path]:
-        """Copy regular files from ``/outputs`` to ``spec.output_dir`` (once)."""
-        if self._outputs_collected or self.spec.output_dir is None:
-            return []
-        self._outputs_collected = True
-        return await trio.to_thread.run_sync(
-            _copy_outputs,
-            self._workspace / "outputs",
-            self.spec.output_dir,
-            self._ex.policy.max_output_bytes,
-        )
-
-    async def cleanup(self) -> None:
-        """Collect outputs, remove the container and the workspace. Idempotent."""
-        if self._cleaned:
-            return
-        with trio.CancelScope(shield=True):
-            try:
-                await self.collect_outputs()
-            finally:
-                self._cleaned = True
-                await self._ex._remove(self.container_id)
-                await trio.to_thread.run_sync(_remove_workspace, self._workspace)
-
-
-async def _in_thread_abandonable(fn: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
-    """``trio.to_thread.run_sync(fn, abandon_on_cancel=True)``: on cancellation the thread is
-    left to finish on its own (each caller makes sure it ends soon: a closed response, a
-    5 s poll). Typed through Any because libp2p's trio-typing stubs predate the keyword."""
-    run: Any = trio.to_thread.run_sync
-    result: T = await run(fn, limiter=limiter, abandon_on_cancel=True)
-    return result
-
-
-def _converted(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn`` converting docker/requests errors into the node's tree (worker thread)."""
-    try:
-        return fn(*args, **kwargs)
-    except docker.errors.ImageNotFound as exc:
-        raise ImageUnavailable(str(exc)) from exc
-    except docker.errors.APIError as exc:
-        raise ExecutorFailure(f"Docker engine error: {exc.explanation or exc}") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise ExecutorFailure(f"Docker engine unreachable or failed: {exc}") from exc
-
-
 def _numeric_user(run_as: str | None) -> tuple[int, int] | None:
     if run_as is None:
         return None
@@ -594,34 +400,3 @@ def _numeric_user(run_as: str | None) -> tuple[int, int] | None:
     if uid.isdigit() and (gid or uid).isdigit():
         return int(uid), int(gid or uid)
     return None
-
-
-def _remove_workspace(workspace: Path) -> None:
-    """Unmount a capped ``outputs`` (rmtree cannot remove a mount point), then delete."""
-    CappedFolder(workspace / "outputs", 0, os.path.ismount(workspace / "outputs")).remove()
-    shutil.rmtree(workspace, ignore_errors=True)
-
-
-def _copy_outputs(src: Path, dest: Path, max_bytes: int) -> list[Path]:
-    """Copy regular files (no symlinks, no devices) up to ``max_bytes`` in total."""
-    copied: list[Path] = []
-    if not src.is_dir():
-        return copied
-    total = 0
-    dest.mkdir(parents=True, exist_ok=True)
-    for root, dirs, files in os.walk(src, followlinks=False):
-        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
-        for name in sorted(files):
-            path = Path(root) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            size = path.stat().st_size
-            if total + size > max_bytes:
-                return copied
-            total += size
-            target = dest / path.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target, follow_symlinks=False)
-            copied.append(target)
-    return copied
-

@@ -12,6 +12,7 @@ single consumer), :meth:`JobHandle.wait` (enforces the time limit and returns an
 from __future__ import annotations
 
 import enum
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -266,3 +267,27 @@ async def wait_enforcing(
             await stop(ExitReason.TIMEOUT, grace_s)
             await wait_exit()
         nursery.cancel_scope.cancel()
+
+
+def copy_outputs(src: Path, dest: Path, max_bytes: int) -> list[Path]:
+    """Copy regular files (no symlinks, no devices) up to ``max_bytes`` in total."""
+    copied: list[Path] = []
+    if not src.is_dir():
+        return copied
+    total = 0
+    dest.mkdir(parents=True, exist_ok=True)
+    for root, dirs, files in os.walk(src, followlinks=False):
+        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            size = path.stat().st_size
+            if total + size > max_bytes:
+                return copied
+            total += size
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target, follow_symlinks=False)
+            copied.append(target)
+    return copied

@@ -49,6 +49,7 @@ from dgpu.node.adapters.executor import (
     ResourceLimits,
     StreamName,
     copy_inputs,
+    copy_outputs,
     split_lines,
     wait_enforcing,
 )
@@ -371,10 +372,8 @@ class ScriptJobHandle:
                 self._signal_group(signal.SIGKILL)  # stragglers in the job's session
             try:
                 if self.spec.output_dir is not None:
-                    from dgpu.node.adapters.docker_executor import _copy_outputs
-
                     await trio.to_thread.run_sync(
-                        _copy_outputs,
+                        copy_outputs,
                         self.scratch / "outputs",
                         self.spec.output_dir,
                         self._ex.policy.max_output_bytes,
