@@ -28,7 +28,7 @@ from dgpu.node.errors import ExecutorFailure
 
 __all__ = [
     "DEFAULT_UID_BASE", "JOB_HOME", "SYSTEM_DIRS", "UidPool", "bwrap_argv", "detect_bwrap",
-    "namespace_pids",
+    "gpu_devices", "namespace_pids",
 ]
 
 DEFAULT_UID_BASE = 200_000
@@ -81,13 +81,27 @@ def _uids_with_processes() -> set[int]:
     return uids
 
 
+def gpu_devices() -> list[str]:
+    """The NVIDIA device nodes of this host (all of them: which GPU a job uses is chosen by
+    ``CUDA_VISIBLE_DEVICES``, not enforced; the isolation statement says GPUs are shared)."""
+    return sorted(str(p) for p in Path("/dev").glob("nvidia*"))
+
+
 def bwrap_argv(
-    bwrap: str, *, home: Path, inputs: Path, network: bool, user_ns: bool, argv: list[str]
+    bwrap: str,
+    *,
+    home: Path,
+    inputs: Path,
+    network: bool,
+    user_ns: bool,
+    argv: list[str],
+    devices: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
     """The command that runs ``argv`` in its own PID, mount, IPC, UTS and (unless ``network``)
     network namespaces, seeing only the system folders read-only, ``home`` read-write at
     :data:`JOB_HOME` (``/tmp`` is its ``tmp``) and ``inputs`` read-only at ``JOB_HOME/inputs``.
 
+    ``devices`` (GPU nodes) are bound into its otherwise minimal ``/dev``.
     ``user_ns``: the daemon is not root, so bwrap needs a user namespace of its own (mapping
     the daemon's uid to itself); as root, bwrap runs without one and ``argv`` drops the uid."""
     out = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -99,7 +113,10 @@ def bwrap_argv(
     for d in SYSTEM_DIRS:
         if os.path.exists(d):
             out += ["--ro-bind", d, d]
-    out += ["--proc", "/proc", "--dev", "/dev", "--bind", str(home), JOB_HOME,
+    out += ["--proc", "/proc", "--dev", "/dev"]
+    for dev in devices:  # after --dev: bound into the fresh /dev
+        out += ["--dev-bind-try", dev, dev]
+    out += ["--bind", str(home), JOB_HOME,
             "--bind", str(home / "tmp"), "/tmp", "--ro-bind", str(inputs), f"{JOB_HOME}/inputs",
             "--chdir", JOB_HOME, "--"]
     return out + argv

@@ -7,7 +7,8 @@ Each job, isolated from the node and from other jobs (see :mod:`dgpu.node.adapte
 - bubblewrap: its own PID, mount, IPC, UTS and (unless the job asked for network) network
   namespaces; its file view is the read-only system folders (:data:`SYSTEM_DIRS`), its private
   folder at ``/job`` (``HOME``, working directory; ``/tmp`` is ``/job/tmp``), its inputs read-only
-  at ``/job/inputs``, a fresh ``/proc`` showing its own processes only and a minimal ``/dev``;
+  at ``/job/inputs``, a fresh ``/proc`` showing its own processes only and a minimal ``/dev``
+  (plus the NVIDIA device nodes for a job given GPUs);
   nothing of the node's data dir (database, keys, other jobs' folders);
 - the private folder is mode 0700, owned by the job's uid, capped at ``scratch_bytes``: a tmpfs
   of that size when the daemon can mount (hard), else a watched folder plus RLIMIT_FSIZE (soft,
@@ -60,6 +61,7 @@ from dgpu.node.adapters.sandbox import (
     UidPool,
     bwrap_argv,
     detect_bwrap,
+    gpu_devices,
     namespace_pids,
 )
 from dgpu.node.errors import ExecutorFailure, ExecutorUnavailable, JobSpecInvalid
@@ -189,8 +191,10 @@ class ScriptExecutor:
             if self._setpriv is not None and uid is not None:
                 argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv]
+            devices = await trio.to_thread.run_sync(gpu_devices) if spec.gpu_uuids else []
             argv = bwrap_argv(self._bwrap, home=home.path, inputs=job_dir / "inputs",
-                              network=spec.network, user_ns=self._setpriv is None, argv=argv)
+                              network=spec.network, user_ns=self._setpriv is None, argv=argv,
+                              devices=devices)
             env = {"PATH": _SAFE_PATH, "HOME": JOB_HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
             if spec.gpu_uuids:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids)

@@ -203,3 +203,22 @@ async def test_folders_left_by_a_crashed_daemon_are_removed_at_start(node_dir: P
     (left.path / "junk").write_bytes(b"x" * 1000)
     await ScriptExecutor.create(ScriptPolicy(enabled=True, scratch_root=node_dir / "jobs"))
     assert not left.path.is_mount() and not (node_dir / "jobs" / "job-left-x").exists()
+
+
+def test_device_nodes_are_bound_only_when_given(tmp_path: Path) -> None:
+    import subprocess
+
+    from dgpu.node.adapters.sandbox import bwrap_argv, detect_bwrap
+
+    dev = "/dev/loop-control"  # stands in for /dev/nvidia*: a node bwrap's minimal /dev lacks
+    bwrap = detect_bwrap()
+    if bwrap is None or not Path(dev).exists():
+        pytest.skip("needs bwrap and a device node outside bwrap's minimal /dev")
+    for sub in ("home/tmp", "home/inputs", "inputs"):
+        (tmp_path / sub).mkdir(parents=True)
+    seen = []
+    for devices in ([], [dev]):
+        argv = bwrap_argv(bwrap, home=tmp_path / "home", inputs=tmp_path / "inputs", network=False,
+                          user_ns=os.geteuid() != 0, argv=["/bin/ls", dev], devices=devices)
+        seen.append(subprocess.run(argv, capture_output=True, check=False).returncode == 0)
+    assert seen == [False, True]
