@@ -167,7 +167,8 @@ class ScriptExecutor:
         who = (f"as its own uid ({p.uid_base}+slot)" if self._setpriv
                else "as the daemon's uid (the node is not root)")
         return ISOLATION_STATEMENT.format(
-            who=who, net=", no network (own network namespace)",
+            who=who, net=", no network (an empty network namespace; the host's network only for "
+            "a job that asks for it)",
             cap="hard tmpfs" if self._hard_cap else "soft, sampled",
         )
 
