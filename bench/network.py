@@ -36,7 +36,8 @@ import trio
 
 from dgpu.client.client import LedgerFunder
 from dgpu.contracts.devledger.client import DevLedgerEscrow
-from dgpu.node.adapters.p2p import Discovery, P2PConfig, open_node
+from dgpu.node.adapters.p2p import P2PConfig, open_node
+from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferValidator

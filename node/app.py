@@ -28,7 +28,8 @@ from dgpu.contracts.errors import ContractsError
 from dgpu.contracts.escrow_api import EscrowHandle, EscrowReceipt
 from dgpu.node.adapters.executor import ResourceLimits
 from dgpu.node.adapters.keystore import load_or_create
-from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.config import DEV_MINT, NodeConfig
 from dgpu.node.errors import NetworkError

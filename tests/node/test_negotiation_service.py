@@ -30,7 +30,7 @@ from dgpu.protocol.messages import (
     Reject,
     RejectCode,
 )
-from dgpu.protocol.negotiation import Negotiation, Role
+from dgpu.protocol.negotiation import UNCHECKED, Negotiation, Role
 
 NOW = 10_000
 
@@ -145,7 +145,7 @@ async def _exchange(prov: ProviderNegotiator, renter: SigningKey, request: JobRe
             got.append(msg)
             if not isinstance(msg, Quote):
                 return
-            neg.receive(msg, NOW)
+            neg.receive(msg, NOW, signer=UNCHECKED)
             ref = await source.fund(msg)
             await client.write_frame(sealed(neg.accept(ref, renter, NOW)))
 

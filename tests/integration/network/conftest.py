@@ -28,7 +28,8 @@ import trio
 
 from dgpu.client.client import LedgerFunder
 from dgpu.contracts.devledger.client import DevLedgerEscrow
-from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
