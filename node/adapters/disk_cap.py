@@ -25,7 +25,7 @@ import trio
 
 from dgpu.node.errors import ExecutorFailure
 
-__all__ = ["CappedFolder", "can_mount_tmpfs", "same_mount_namespace"]
+__all__ = ["CappedFolder", "can_mount_tmpfs", "remove_tree", "same_mount_namespace"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 #: how often the watcher samples a folder's use (a soft folder's overshoot is bounded by this)
@@ -134,3 +134,15 @@ class CappedFolder:
         if self.mounted and os.path.ismount(self.path):
             _umount(self.path)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def remove_tree(root: Path) -> None:
+    """Delete ``root`` after unmounting every capped folder below it (what a killed daemon
+    left mounted; its successor's start-up sweep does the same for its own folders)."""
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        points = [line.split()[1] for line in f if line.startswith("dgpu-job ")]
+    for point in sorted(points, reverse=True):
+        if point.startswith(prefix):
+            _umount(Path(point))
+    shutil.rmtree(root, ignore_errors=True)
