@@ -316,6 +316,10 @@ class DockerExecutor:
         await trio.to_thread.run_sync(_sweep)
         return found
 
+    @property
+    def max_output_bytes(self) -> int:
+        return self.policy.max_output_bytes
+
     async def inspect(self, container_id: str) -> ContainerInfo | None:
         return await self._call(self._inspect_sync, container_id)
 

@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import docker
 import docker.errors
@@ -24,10 +24,32 @@ import trio
 from dgpu.node.adapters.disk_cap import CappedFolder
 from dgpu.node.adapters.executor import copy_outputs, split_lines, wait_enforcing
 from dgpu.node.errors import ExecutorFailure, ImageUnavailable
-from dgpu.node.ports.execution import ExitReason, ExitStatus, JobSpec, LogChunk, ResourceLimits, StreamName
+from dgpu.node.ports.execution import (
+    ContainerInfo,
+    ExitReason,
+    ExitStatus,
+    JobSpec,
+    LogChunk,
+    ResourceLimits,
+    StreamName,
+)
 
-if TYPE_CHECKING:
-    from dgpu.node.adapters.docker_executor import DockerExecutor
+
+class _Engine(Protocol):
+    """What a handle uses of its executor (``DockerExecutor``); a protocol, so this module does
+    not import the executor that imports it."""
+
+    _api: Any
+    _stream_limiter: trio.CapacityLimiter
+
+    @property
+    def max_output_bytes(self) -> int: ...
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None: ...
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    async def _remove(self, container_id: str) -> None: ...
 
 __all__ = ["DockerJobHandle", "converted", "remove_workspace"]
 
@@ -43,7 +65,7 @@ class DockerJobHandle:
 
     def __init__(
         self,
-        executor: DockerExecutor,
+        executor: _Engine,
         container_id: str,
         *,
         spec: JobSpec,
@@ -186,7 +208,7 @@ class DockerJobHandle:
             copy_outputs,
             self._workspace / "outputs",
             self.spec.output_dir,
-            self._ex.policy.max_output_bytes,
+            self._ex.max_output_bytes,
         )
 
     async def cleanup(self) -> None:
