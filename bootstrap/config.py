@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from dgpu.node.adapters.http_server import ConnectionLimits
+
 from .errors import ConfigError
 
 __all__ = [
@@ -83,6 +85,8 @@ class BootstrapHttpConfig(BaseModel):
     max_link_ttl_s: int = Field(default=7 * 86_400, gt=0)
     store: Literal["fs", "s3"] = "fs"
     s3: S3Config | None = None
+    # Slow and greedy clients: header/body read timeouts, minimum upload rate, connection bounds.
+    connections: ConnectionLimits = ConnectionLimits()
 
     @field_validator("admin_wallets")
     @classmethod

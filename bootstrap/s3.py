@@ -25,9 +25,11 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from dgpu.node.adapters.storage_names import validate_cid
+
 from .config import S3Config
 from .errors import NotFound, S3Error
-from .storage import CHUNK_SIZE, Staged, validate_cid
+from .storage import CHUNK_SIZE, Staged
 
 __all__ = ["S3BlobStore"]
 

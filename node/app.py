@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 
 import trio
 
+from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus
 from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
@@ -46,6 +47,7 @@ from dgpu.protocol.ledger import EscrowLedger
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
+    from dgpu.node.adapters.http_api import ApiNode
     from dgpu.node.services.api import ApiSettings
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "NodeRuntime",
     "ProviderNode",
     "RenterNode",
+    "api_node",
     "gpu_source",
     "new_nonce",
     "open_ledger",
@@ -60,18 +63,9 @@ __all__ = [
     "status_snapshot",
     "wall_clock",
     "wall_clock_ms",
-    "write_addr_file",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def write_addr_file(path: Path, addr: str) -> None:
-    """Write atomically (tmp + rename) so a reader never sees half an address."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(addr + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -271,12 +265,22 @@ async def run_node(config: NodeConfig, *,
         if api is not None:
             from dgpu.node.adapters.http_api import serve_node_api
 
-            rt.api_port = await nursery.start(serve_node_api, rt, api)
+            rt.api_port = await nursery.start(serve_node_api, api_node(rt), api)
             log.info("local API on http://%s:%d/docs", api.host, rt.api_port)
         task_status.started(rt)
         if main is not None:
             await main(rt)
             nursery.cancel_scope.cancel()
+
+
+def api_node(rt: AnyNode) -> ApiNode:
+    """What the local HTTP API serves from this node."""
+    from dgpu.node.adapters.http_api import ApiNode
+
+    offering = _offering(rt)
+    return ApiNode(key=rt.key, network=rt.node, book=rt.book, shelf=rt.blobs, metrics=rt.metrics, ledger=rt.ledger,
+                   data_dir=rt.config.data_dir, accept_simulated=rt.config.accept_simulated, clock=wall_clock,
+                   nonce=new_nonce, publisher=offering.publisher if offering is not None else None)
 
 
 async def _close_shielded(aclose: Callable[[], Awaitable[None]]) -> None:

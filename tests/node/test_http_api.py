@@ -15,11 +15,12 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dgpu.bootstrap.auth import Role, TokenIssuer
+from dgpu.bootstrap.auth import TokenIssuer
 from dgpu.node.ports.gpu import simulated_gpus
 from dgpu.node.services import api as svc
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.offers import OfferPublisher, OfferTerms
+from dgpu.protocol.auth import Role
 from dgpu.protocol.messages import Executor, GpuSpec, Offer
 
 from .test_http_api_harness import MINT, Stack, api_stack, login, make_offer, new_key

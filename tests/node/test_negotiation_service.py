@@ -46,7 +46,7 @@ NOW = 10_000
 
 class StaticFunderForTests:
     """TEST DOUBLE of the renter's ``EscrowSource`` (in-memory tests only): returns a fixed
-    reference and locks nothing. Real renters fund with ``dgpu.client.client.LedgerFunder``."""
+    reference and locks nothing. Real renters fund with ``dgpu.node.services.renter.LedgerFunder``."""
 
     def __init__(self, ref: EscrowRef | None = None) -> None:
         self.ref = ref or EscrowRef(ledger="tests", address="TEST-ESCROW-NOT-ON-ANY-LEDGER", rental_id=7)

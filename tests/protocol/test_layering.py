@@ -19,9 +19,6 @@ FORBIDDEN_LIBRARIES = {"libp2p", "multiaddr", "docker", "aiosqlite", "sqlite3", 
                        "uvicorn", "solana", "solders", "anchorpy", "spl", "pynvml", "requests", "trio_asyncio"}
 #: the dgpu modules a service may depend on (each of them is checked the same way)
 ALLOWED_DGPU = ("dgpu.protocol", "dgpu.node.ports", "dgpu.node.services", "dgpu.node.errors")
-#: TEMPORARY, to be emptied when the split of node/services/api.py (helper ``httpnode``, issue 10
-#: items 5-6) lands: it still imports dgpu.client (the renter workflow) and dgpu.contracts.
-KNOWN_EXCEPTIONS_UNTIL_API_SPLIT = {"dgpu.node.services.api"}
 
 
 def _module_file(name: str) -> Path | None:
@@ -72,26 +69,28 @@ def _violations(start: str) -> list[str]:
             elif top == "dgpu" and imported != "dgpu":
                 if not imported.startswith(ALLOWED_DGPU):
                     found.append(" -> ".join((*chain, imported)))
-                elif (imported not in KNOWN_EXCEPTIONS_UNTIL_API_SPLIT
-                      and imported.rpartition(".")[0] not in KNOWN_EXCEPTIONS_UNTIL_API_SPLIT):
+                else:
                     stack.append((imported, (*chain, imported)))
     return found
 
 
 def _services() -> list[str]:
-    return sorted(f"dgpu.node.services.{p.stem}" for p in (ROOT / "node" / "services").glob("*.py")
-                  if p.stem != "__init__")
+    """Every module under node/services, packages (services/api/...) included."""
+    base = ROOT / "node" / "services"
+    names = []
+    for path in base.rglob("*.py"):
+        parts = path.relative_to(base).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            names.append(".".join(("dgpu.node.services", *parts)))
+    return sorted(names)
 
 
 def test_services_import_only_ports_protocol_and_each_other() -> None:
-    problems = {s: _violations(s) for s in _services() if s not in KNOWN_EXCEPTIONS_UNTIL_API_SPLIT}
+    assert "dgpu.node.services.api.jobs" in _services()  # packages are walked too
+    problems = {s: _violations(s) for s in _services()}
     assert {s: v for s, v in problems.items() if v} == {}
-
-
-def test_the_temporary_exceptions_are_still_needed() -> None:
-    # when the API split lands this fails: empty KNOWN_EXCEPTIONS_UNTIL_API_SPLIT then
-    for name in KNOWN_EXCEPTIONS_UNTIL_API_SPLIT:
-        assert _violations(name), f"{name} is clean now: remove it from the exceptions"
 
 
 def test_the_walk_sees_adapters_and_passes_ports() -> None:
@@ -101,7 +100,7 @@ def test_the_walk_sees_adapters_and_passes_ports() -> None:
 
 
 def test_importing_every_service_loads_no_io_library() -> None:
-    services = [s for s in _services() if s not in KNOWN_EXCEPTIONS_UNTIL_API_SPLIT]
+    services = _services()
     forbidden = [*sorted(FORBIDDEN_LIBRARIES), "dgpu.node.adapters", "dgpu.contracts", "dgpu.client",
                  "dgpu.bootstrap"]
     code = (
