@@ -31,6 +31,7 @@ from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
+from dgpu.node.adapters.reachability import NatTraversal
 from dgpu.node.config import DEV_MINT, NodeConfig
 from dgpu.node.errors import NetworkError
 from dgpu.node.metrics import NodeMetrics, RuntimeStats
@@ -238,6 +239,7 @@ async def run_node(config: NodeConfig, *,
         listen_host=config.listen_host,
         listen_port=config.listen_port,
         gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES),
+        reachability=config.reachability,
     )
     async with open_node(key, p2p_config) as node, trio.open_nursery() as nursery:
         book = OfferBook()
@@ -255,6 +257,7 @@ async def run_node(config: NodeConfig, *,
         if config.role == "provider":
             await _start_provider(rt, nursery)
         await nursery.start(discovery.run)
+        await nursery.start(_nat(rt).run)
         if rt.publisher is not None:
             await nursery.start(rt.publisher.run)
             nursery.start_soon(_watch_peers, rt)
@@ -274,6 +277,20 @@ async def run_node(config: NodeConfig, *,
         if main is not None:
             await main(rt)
             nursery.cancel_scope.cancel()
+
+
+def _nat(rt: NodeRuntime) -> NatTraversal:
+    """Reachability and relay reservations (providers); renters learn the relays to fall back on.
+    A change of our addresses (reservations made or dropped) republishes the offer at once."""
+
+    async def republish() -> None:
+        if rt.publisher is not None:
+            await rt.publisher.publish_now()
+
+    nat = NatTraversal(rt.node, list(rt.config.bootstrap), mode=rt.config.reachability,
+                       reserve=rt.config.role == "provider", on_addrs_changed=republish)
+    rt.extra["nat"] = nat
+    return nat
 
 
 async def _open_ledger(rt: NodeRuntime) -> tuple[Any, str, LedgerTime] | None:
@@ -316,7 +333,9 @@ async def _start_provider(rt: NodeRuntime, nursery: trio.Nursery) -> None:
     async def publish(data: bytes) -> None:
         await node.publish(OFFERS_TOPIC, data)
 
-    publisher = OfferPublisher(key, lambda: template, publish, clock=wall_clock,
+    # addrs follow the node's: relay reservations come and go (node.addrs lists circuits then)
+    publisher = OfferPublisher(key, lambda: template.model_copy(update={"addrs": tuple(node.addrs)[:8]}),
+                               publish, clock=wall_clock,
                                clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s)
     original_make = publisher.make
 
