@@ -294,8 +294,13 @@ class RelayClient:
     def __init__(self, host: Any, *, hole_punch: bool, dial_timeout_s: float) -> None:
         self.host = host
         self.stop = CircuitV2Protocol(host, allow_hop=False)
-        self.punch: _Punch | None = _Punch(host, dial_timeout=int(dial_timeout_s)) if hole_punch else None
+        # short dials: the peer's private addresses (it is behind NAT) often hang rather than fail
+        self.punch: _Punch | None = _Punch(host, dial_timeout=3) if hole_punch else None
         self.dial_timeout_s = dial_timeout_s
+        #: a relayed dial waits this long for a hole punch before it returns
+        self.punch_head_start_s = 6.0
+        #: a hole punch attempt ends after this
+        self.punch_budget_s = 15.0
         #: relay peer id -> live reservation
         self.reservations: dict[str, _Reservation] = {}
         self.reservations_made = 0
@@ -453,13 +458,21 @@ class RelayClient:
             raise DialError(f"cannot reach {target} through relay {str(relay)[:16]}: "
                             f"{type(exc).__name__}") from exc
         self.relayed_dials += 1
-        await self._try_punch(target)
+        nursery = self.punch._nursery if self.punch is not None else None
+        if nursery is not None:
+            # punch in the background (streams opened meanwhile stay on the relay; later ones
+            # prefer the direct connection), but give a quick punch the head start
+            done = trio.Event()
+            nursery.start_soon(self._try_punch, target, done)
+            with trio.move_on_after(self.punch_head_start_s):
+                await done.wait()
 
-    async def _try_punch(self, target: ID) -> None:
-        if self.punch is None:
-            return
+    async def _try_punch(self, target: ID, done: trio.Event) -> None:
+        assert self.punch is not None
         self.punch_attempts += 1
-        with trio.move_on_after(self.dial_timeout_s):
+        # well inside the swarm's 20 s grace: past it, the second connection to a peer makes
+        # 0.8.1 trim one (max_connections_per_peer=1), possibly the relayed one in use
+        with trio.move_on_after(self.punch_budget_s):
             try:
                 ok = await self.punch.initiate_hole_punch(target)
             except Exception:  # a failed punch leaves the relayed connection as it was
@@ -469,6 +482,9 @@ class RelayClient:
                 self.punch_successes += 1
                 self._punched.add(str(target))
                 log.info("hole punch to %s succeeded: direct connection", str(target)[:16])
+        if not self._has_direct(target):
+            log.info("no hole punch to %s: the connection stays relayed", str(target)[:16])
+        done.set()
 
     def _has_direct(self, peer: ID) -> bool:
         conns = self.host.get_network().connections.get(peer, [])
