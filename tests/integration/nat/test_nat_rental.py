@@ -112,6 +112,7 @@ def test_a_relay_that_dies_mid_rental(lab: NatLab, workdir: Path) -> None:
         net.procs["bootstrap2"].popen.kill()
         net.procs["bootstrap2"].popen.wait()
         report = report_of(renter)
+        print(f"relay died mid-rental: {report['state']}, {report.get('error', 'recovered')}")
 
         esc = report["escrow"]
         assert esc["status"] == "closed"

@@ -108,3 +108,36 @@ async def test_reservations_per_ip_and_in_total_are_capped() -> None:
         assert await a.relay.reserve(*entry)  # type: ignore[arg-type]  # a refresh is not a new one
         assert relay.relay_service.reservations_active == 2
         assert relay.relay_service.reservations_refused == 1
+
+
+async def test_reservations_are_refreshed_and_dropped_when_no_longer_wanted() -> None:
+    # 3 s reservations: the provider must refresh them (at a third left) to keep its address
+    async with _node(relay=RelayLimits(reservation_ttl_s=3)) as relay, _node() as provider, \
+            trio.open_nursery() as nursery:
+        assert provider.relay is not None and relay.relay_service is not None
+        wanted = [True]
+        direct = provider.addrs
+        nursery.start_soon(provider.relay.maintain, [_relay_entry(relay)], lambda: wanted[0], 2, 0.2)
+        with trio.fail_after(30):
+            while provider.relay.reservations_made < 4:  # the first and three refreshes
+                await trio.sleep(0.1)
+        # more than one lifetime later the same reservation still stands
+        assert relay.relay_service.reservations_active == 1 and is_circuit(provider.addrs[0])
+        wanted[0] = False  # e.g. the provider turned out to be publicly reachable
+        with trio.fail_after(10):
+            while provider.relay.reservations:
+                await provider.relay.changed.wait()
+        assert provider.addrs == direct
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_dial_back_says_a_listening_node_is_reachable() -> None:
+    from dgpu.node.adapters.reachability import probe, serve_dialback
+
+    async with _node(relay=RelayLimits()) as boot, _node() as node:
+        serve_dialback(boot)
+        await node.connect(boot.multiaddr)
+        answer = await probe(node, boot.peer_id)
+        port = int(node.multiaddr.split("/tcp/")[1].split("/", maxsplit=1)[0])
+        assert answer is not None and answer["observed"] == "127.0.0.1"
+        assert answer["reachable"] == [port] and answer["unreachable"] == []
