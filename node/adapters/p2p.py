@@ -13,8 +13,9 @@ Rules:
 Theory of operation: :func:`open_node` builds the host, gossipsub, the DHT and (for a
 bootstrap node) the rendezvous service, starts them in order inside one nursery and yields a
 :class:`P2PNode`. Leaving the ``async with`` cancels everything and closes the host.
-Discovery through bootstrap nodes lives in :mod:`p2p_discovery`; connection bounds that are
-released on disconnect in :mod:`p2p_limits`.
+Discovery lives in :mod:`p2p_discovery`, connection bounds in :mod:`p2p_limits`, circuit relay
+and hole punching in :mod:`p2p_relay` / :mod:`p2p_relay_client` (a failed direct dial retries
+through the relays the node knows: the swarm never dials ``/p2p-circuit`` itself).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ from dgpu.node.adapters.p2p_pubsub import (
     gossip_message,
     repair_pubsub_streams,
 )
-from dgpu.node.adapters.p2p_relay import Path, RelayClient, RelayLimits, RelayService, is_circuit
+from dgpu.node.adapters.p2p_relay import Path, RelayLimits, RelayService, is_circuit
+from dgpu.node.adapters.p2p_relay_client import RelayClient
 from dgpu.node.errors import (
     CapacityError,
     ConfigError,
@@ -459,8 +461,9 @@ async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode
                 await nursery.start(_run_services, pubsub, dht)
                 for part in relay_parts:
                     await nursery.start(_run_service, part)
-                if relay_service is not None:
-                    relay_service.guard()
+                for guarded in (relay_service, relay):
+                    if guarded is not None:
+                        guarded.guard()
                 yield P2PNode(host, config, pubsub, dht, nursery, connections, relay, relay_service)
             finally:
                 nursery.cancel_scope.cancel()
