@@ -122,6 +122,8 @@ class RelayClient:
         """Circuit addresses to try for ``peer``: those it published, then one per known relay
         (a provider behind NAT holds reservations on the bootstrap nodes)."""
         me, target = self.host.get_id(), str(peer)
+        if any(info.peer_id == peer for info, _ in self.relays):
+            return []  # relays are public: one that does not answer is down, not behind NAT
         out: list[str] = []
         with contextlib.suppress(Exception):  # a peer the peerstore has never heard of
             for a in self.host.get_peerstore().addrs(peer):
@@ -236,8 +238,8 @@ class RelayClient:
         target = ID.from_base58(target_part.rsplit("/p2p/", 1)[1])
         relay_ma = multiaddr.Multiaddr(relay_part)
         relay = ID.from_base58(relay_part.rsplit("/p2p/", 1)[1])
-        relay_addrs = [multiaddr.Multiaddr(relay_part.rsplit("/p2p/", 1)[0])] if (
-            relay_part.startswith("/ip")) else []
+        transport = relay_part.rsplit("/p2p/", 1)[0]  # "" for a bare /p2p/<relay>
+        relay_addrs = [multiaddr.Multiaddr(transport)] if transport else []
         try:
             with trio.fail_after(self.dial_timeout_s):
                 await self.host.connect(PeerInfo(relay, relay_addrs))

@@ -141,3 +141,19 @@ async def test_the_dial_back_says_a_listening_node_is_reachable() -> None:
         port = int(node.multiaddr.split("/tcp/")[1].split("/", maxsplit=1)[0])
         assert answer is not None and answer["observed"] == "127.0.0.1"
         assert answer["reachable"] == [port] and answer["unreachable"] == []
+
+
+async def test_reachability_overrides_and_the_undecided_default() -> None:
+    from dgpu.node.adapters.reachability import NatTraversal
+    from dgpu.node.errors import ConfigError
+
+    async with _node(relay=RelayLimits()) as boot, _node() as node:
+        assert not NatTraversal(node, [boot.multiaddr], mode="public").wants_relays()
+        assert NatTraversal(node, [boot.multiaddr], mode="private").wants_relays()
+        auto = NatTraversal(node, [boot.multiaddr])  # P2PConfig.reachability: "auto"
+        assert auto.status == "unknown" and not auto.wants_relays()
+        auto.undecided_s = 0.0  # no verdict in time (bootstraps without the dial-back): reserve
+        await trio.sleep(0.01)
+        assert auto.wants_relays()
+        with pytest.raises(ConfigError):
+            NatTraversal(node, [boot.multiaddr], mode="sometimes")
