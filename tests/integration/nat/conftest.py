@@ -3,7 +3,7 @@
 ``lab``: a public namespace (bootstrap nodes, the renter) and homes behind NAT routers that drop
 every connection opened from outside. ``nat_net``: the bootstrap node (relay, dial-back, the
 development ledger) in the public namespace and one provider in home 1, started as OS processes
-inside those namespaces. The renter is ``bench/nat_renter.py``, run in the public (or another
+inside those namespaces. The renter is ``python -m dgpu.node.nat_demo``, run in the public (or another
 home's) namespace: one paid rental, printed as JSON.
 
 Skipped with the reason where namespaces cannot be built (not root, no ``ip``/``iptables``);
@@ -27,7 +27,6 @@ from network.conftest import Network  # tests/integration is on sys.path
 
 from dgpu.node.adapters.netns import NatLab, nat_lab, unavailable
 
-RENTER = Path(__file__).resolve().parents[3] / "bench" / "nat_renter.py"
 RENTER_TIMEOUT_S = 240
 PRICE = 100
 #: a metered minute per wall second, frequent escrow polls: rentals of seconds, billed in minutes
@@ -64,11 +63,11 @@ def start_network(lab: NatLab, workdir: Path, *, bootstraps: int = 1, provider_h
 
 def start_renter(lab: NatLab, net: Network, ns: str, *args: str,
                  bootstraps: list[str] | None = None) -> subprocess.Popen[str]:
-    """``bench/nat_renter.py`` inside ``ns`` (joined through ``bootstraps``, default all)."""
+    """``python -m dgpu.node.nat_demo`` inside ``ns`` (joined through ``bootstraps``, default all)."""
     names = bootstraps or [n for n in net.procs if n.startswith("bootstrap")]
     boots = [a for n in names for a in ("--bootstrap", net.procs[n].addr)]
-    return subprocess.Popen(lab.cmd(ns, [sys.executable, str(RENTER), *boots, "--ledger-url", net.ledger_url,
-                                         *args]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "dgpu.node.nat_demo", *boots, "--ledger-url", net.ledger_url, *args]
+    return subprocess.Popen(lab.cmd(ns, cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def report_of(renter: subprocess.Popen[str]) -> dict[str, Any]:

@@ -133,3 +133,11 @@ def test_a_relay_that_dies_mid_rental(lab: NatLab, workdir: Path) -> None:
     finally:
         _stop(net)
 
+
+
+def test_the_demo_with_its_provider_behind_nat(lab: NatLab) -> None:
+    # its own lab (namespaces are cheap); ``lab`` only decides skip-or-fail like the others
+    done = subprocess.run([sys.executable, "-m", "dgpu.node.cli", "demo", "--provider-behind-nat"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert '"path": "relay"' in done.stdout and '"state": "finished"' in done.stdout
