@@ -1,7 +1,7 @@
 """Rentals direct, relayed and hole-punched, on network namespaces (``dgpu.node.adapters.netns``).
 
 For each path a fresh network: a bootstrap node (relay, dial-back, development ledger) on the
-public segment and one provider, then ``--runs`` paid rentals by ``python -m dgpu.node.nat_demo``, each
+public segment and one provider, then ``--runs`` paid rentals by ``python -m dgpu.client.nat_demo``, each
 measuring the negotiation round trip (request, quote, escrow funding, accept, agreement), the
 first log line's latency after submitting the job, and the result download's throughput:
 
@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dgpu.client.nat_demo import NatProcs
 from dgpu.node.adapters.netns import NatLab, nat_lab, unavailable
-from dgpu.node.nat_demo import NatProcs
 
 
 def bench_path(lab: NatLab, path: str, runs: int, result_bytes: int) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.tools.anyio_service import background_trio_service
 
 from dgpu.node.adapters.keystore import libp2p_key_pair
+from dgpu.node.adapters.p2p_dial import check_port_free, mismatched_peer_id
 from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.adapters.p2p_limits import (
     ConnectionBounds,
@@ -54,9 +55,7 @@ from dgpu.node.adapters.p2p_limits import (
 )
 from dgpu.node.adapters.p2p_pubsub import (
     GossipConfig,
-    GossipMessage,
     GuardedPubsub,
-    Verdict,
     build_gossip,
     gossip_message,
     repair_pubsub_streams,
@@ -68,9 +67,12 @@ from dgpu.node.errors import (
     ConfigError,
     DialError,
     NetworkError,
+    PeerIdMismatchError,
     PeerRefusedError,
 )
-from dgpu.protocol.keys import PublicKey, SigningKey
+from dgpu.node.ports.network import GossipMessage, StreamHandler, TopicValidator, Verdict
+from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.peers import peer_id_of_wallet, wallet_of_peer
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
@@ -79,7 +81,6 @@ __all__ = [
     "P2PConfig",
     "P2PNode",
     "StreamBudget",
-    "StreamHandler",
     "open_node",
     "parse_peer_addr",
     "peer_id_of_wallet",
@@ -88,8 +89,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-StreamHandler = Callable[[FramedStream], Awaitable[None]]
-TopicValidator = Callable[[GossipMessage], "bool | Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,29 +134,6 @@ def parse_peer_addr(text: str) -> PeerInfo:
         return info_from_p2p_addr(multiaddr.Multiaddr(text))
     except Exception as exc:  # multiaddr raises assorted types for malformed text
         raise ConfigError(f"not a peer multiaddr: {text!r}") from exc
-
-
-def peer_id_of_wallet(wallet: str) -> str:
-    """The libp2p peer ID of a wallet (the same Ed25519 key); ConfigError if not a wallet."""
-    from libp2p.crypto.ed25519 import Ed25519PublicKey
-
-    try:
-        raw = PublicKey.from_wallet(wallet).raw
-    except ValueError as exc:
-        raise ConfigError("not a wallet address") from exc
-    return str(ID.from_pubkey(Ed25519PublicKey.from_bytes(raw)))
-
-
-def wallet_of_peer(peer: str) -> str | None:
-    """The wallet of an Ed25519 peer ID, or None for other key types / malformed IDs."""
-    try:
-        pub = ID.from_base58(peer).extract_public_key()
-    except Exception:  # base58/multihash/protobuf errors for a malformed peer ID
-        return None
-    if pub is None:
-        return None
-    raw = pub.to_bytes()
-    return PublicKey(raw).wallet if len(raw) == 32 else None
 
 
 def _peer_id(peer: str | ID) -> ID:
@@ -252,6 +228,11 @@ class P2PNode:
                 raise DialError(f"dialling {info.peer_id} timed out") from None
             await self._via_relays(info.peer_id, circuits, "direct dial timed out")
         except (SwarmException, OSError, MultiselectClientError) as exc:
+            actual = mismatched_peer_id(exc)
+            if actual is not None:
+                where = " or ".join(str(a) for a in info.addrs) or "that address"
+                raise PeerIdMismatchError(f"peer id mismatch: the node at {where} is {actual}, not {info.peer_id}",
+                                          expected=str(info.peer_id), actual=actual) from exc
             if not circuits:
                 raise DialError(f"cannot reach {info.peer_id}: {type(exc).__name__}") from exc
             await self._via_relays(info.peer_id, circuits, type(exc).__name__)
@@ -422,6 +403,7 @@ class P2PNode:
 @asynccontextmanager
 async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode]:
     """Start a host with ``key`` as its identity; close everything on exit."""
+    check_port_free(config.listen_host, config.listen_port)
     host = new_host(
         key_pair=libp2p_key_pair(key),
         connection_config=ConnectionConfig(

@@ -24,7 +24,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
 from dgpu.node.adapters.p2p import P2PNode, parse_peer_addr
-from dgpu.node.errors import NetworkError
+from dgpu.node.errors import NetworkError, NoBootstrapReachable, PeerIdMismatchError
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
@@ -55,6 +55,8 @@ class Discovery:
         self._redial: dict[str, tuple[float, float]] = {}
         #: re-joins after a lost bootstrap connection (tests and metrics read it)
         self.rejoins = 0
+        #: why each bootstrap node could not be joined, last time it was tried
+        self.join_errors: dict[str, NetworkError] = {}
 
     async def join(self) -> int:
         """Dial every bootstrap node; returns how many answered."""
@@ -72,10 +74,12 @@ class Discovery:
         try:
             await self.node.connect(info, retry_now=True)  # our own backoff paces these dials
         except NetworkError as exc:
+            self.join_errors[str(info.peer_id)] = exc
             # one warning when a bootstrap node goes away; the retries that follow are routine
             log.log(logging.DEBUG if retrying else logging.WARNING,
                     "bootstrap %s unreachable: %s", info.peer_id, exc)
             return False
+        self.join_errors.pop(str(info.peer_id), None)
         if self.node.dht is not None:
             # the routing table is not fed by plain connections (notes, pitfall 7)
             await self.node.dht.add_peer(info)  # type: ignore[arg-type]  # takes PeerInfo
@@ -162,18 +166,32 @@ class Discovery:
                 self.known.pop(pid, None)
         return dialled
 
+    async def join_with_retries(self, *, max_tries: int, max_delay_s: float) -> None:
+        """Join, retrying with backoff; NoBootstrapReachable after ``max_tries`` failed rounds
+        (at once when every bootstrap node answered with another peer id: retrying cannot help)."""
+        delay = 0.25
+        for attempt in range(1, max_tries + 1):
+            if await self.join():
+                return
+            errors = list(self.join_errors.values())
+            if errors and all(isinstance(e, PeerIdMismatchError) for e in errors):
+                break
+            if attempt < max_tries:
+                await trio.sleep(delay)
+                delay = min(delay * 2, max_delay_s)
+        reasons = "; ".join(str(e) for e in self.join_errors.values()) or "no bootstrap node configured"
+        raise NoBootstrapReachable(f"no bootstrap node reachable ({len(self.bootstraps)} tried): {reasons}")
+
     async def run(self, *, fast_rounds: int = 8, interval_s: float = 10.0,
-                  readvertise_s: float = 1800.0, check_s: float = 1.0,
+                  readvertise_s: float = 1800.0, check_s: float = 1.0, max_join_tries: int = 8,
                   task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Join, advertise, then discover and dial: quickly at first, then every interval.
 
         Every ``check_s`` lost bootstrap nodes are re-dialled (:meth:`rejoin_lost`); a regained
         one triggers an advertisement there and a discovery round at once. Registrations are
-        renewed every ``readvertise_s`` (their TTL is 7200 s)."""
-        delay = 0.25
-        while not await self.join():
-            await trio.sleep(delay)
-            delay = min(delay * 2, interval_s)
+        renewed every ``readvertise_s`` (their TTL is 7200 s). A node that cannot join at all
+        (``max_join_tries`` rounds, about 30 s) raises :class:`NoBootstrapReachable`."""
+        await self.join_with_retries(max_tries=max_join_tries, max_delay_s=interval_s)
         if self.advertise:
             await self.advertise_once()
         task_status.started()

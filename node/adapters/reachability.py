@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dgpu.node.adapters.p2p import P2PNode, parse_peer_addr
-from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.adapters.p2p_relay import is_circuit
 from dgpu.node.errors import ConfigError, NetworkError
+from dgpu.node.ports.network import FramedStream as StreamLike
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
@@ -51,9 +51,9 @@ _DIAL_TIMEOUT_S = 3.0
 _MULTISTREAM = b"\x13/multistream/1.0.0\n"
 
 
-def _remote_ip(fs: FramedStream) -> str | None:
+def _remote_ip(fs: Any) -> str | None:
     with contextlib.suppress(Exception):  # relayed streams have no remote socket address
-        remote = fs.raw.get_remote_address()  # type: ignore[attr-defined]
+        remote = fs.raw.get_remote_address()
         if remote:
             return str(remote[0])
     return None
@@ -84,7 +84,7 @@ async def _dial_back(ip: str, port: int) -> bool:
 def serve_dialback(node: P2PNode) -> None:
     """Answer dial-back requests (bootstrap nodes)."""
 
-    async def handle(fs: FramedStream) -> None:
+    async def handle(fs: StreamLike) -> None:
         try:
             req = json.loads(await fs.read_frame())
             ports = [int(p) for p in req["ports"]][:_MAX_PORTS]

@@ -3,7 +3,7 @@
 ``lab``: a public namespace (bootstrap nodes, the renter) and homes behind NAT routers that drop
 every connection opened from outside. ``nat_net``: the bootstrap node (relay, dial-back, the
 development ledger) in the public namespace and one provider in home 1, started as OS processes
-inside those namespaces. The renter is ``python -m dgpu.node.nat_demo``, run in the public (or another
+inside those namespaces. The renter is ``python -m dgpu.client.nat_demo``, run in the public (or another
 home's) namespace: one paid rental, printed as JSON.
 
 Skipped with the reason where namespaces cannot be built (not root, no ``ip``/``iptables``);
@@ -63,10 +63,10 @@ def start_network(lab: NatLab, workdir: Path, *, bootstraps: int = 1, provider_h
 
 def start_renter(lab: NatLab, net: Network, ns: str, *args: str,
                  bootstraps: list[str] | None = None) -> subprocess.Popen[str]:
-    """``python -m dgpu.node.nat_demo`` inside ``ns`` (joined through ``bootstraps``, default all)."""
+    """``python -m dgpu.client.nat_demo`` inside ``ns`` (joined through ``bootstraps``, default all)."""
     names = bootstraps or [n for n in net.procs if n.startswith("bootstrap")]
     boots = [a for n in names for a in ("--bootstrap", net.procs[n].addr)]
-    cmd = [sys.executable, "-m", "dgpu.node.nat_demo", *boots, "--ledger-url", net.ledger_url, *args]
+    cmd = [sys.executable, "-m", "dgpu.client.nat_demo", *boots, "--ledger-url", net.ledger_url, *args]
     return subprocess.Popen(lab.cmd(ns, cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -137,7 +137,7 @@ def test_a_relay_that_dies_mid_rental(lab: NatLab, workdir: Path) -> None:
 
 def test_the_demo_with_its_provider_behind_nat(lab: NatLab) -> None:
     # its own lab (namespaces are cheap); ``lab`` only decides skip-or-fail like the others
-    done = subprocess.run([sys.executable, "-m", "dgpu.node.cli", "demo", "--provider-behind-nat"],
+    done = subprocess.run([sys.executable, "-m", "dgpu.client.main", "demo", "--provider-behind-nat"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert '"path": "relay"' in done.stdout and '"state": "finished"' in done.stdout

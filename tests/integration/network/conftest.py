@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 import trio
 
-from dgpu.client.client import LedgerFunder
 from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.offers import OfferBook, OfferValidator
+from dgpu.node.services.renter import LedgerFunder
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
 
@@ -79,7 +79,7 @@ class Network:
         addr_file = self.workdir / f"{name}.addr"
         status_file = self.workdir / f"{name}.status" if status else None
         log = (self.workdir / f"{name}.log").open("wb")
-        cmd = [*(prefix or []), sys.executable, "-m", "dgpu.node.cli", *args, "--data-dir", str(data_dir),
+        cmd = [*(prefix or []), sys.executable, "-m", "dgpu.client.main", *args, "--data-dir", str(data_dir),
                "--addr-file", str(addr_file), "--log-level", "INFO"]
         if status_file is not None:
             cmd += ["--status-file", str(status_file)]

@@ -6,7 +6,7 @@ tests run.
 connection from outside), starts a bootstrap node (relay, dial-back, development ledger) on the
 public segment and a provider in the home, and runs one measured rental from the public segment.
 
-The measured rental (``python -m dgpu.node.nat_demo --bootstrap MULTIADDR --ledger-url URL``)
+The measured rental (``python -m dgpu.client.nat_demo --bootstrap MULTIADDR --ledger-url URL``)
 runs a renter node joined through ``--bootstrap``, funds it from the development ledger's
 faucet, rents the cheapest offer for a script that logs a few lines and leaves a
 ``--result-bytes`` output file, follows the logs, downloads the result, and prints one JSON
@@ -121,7 +121,7 @@ def _escrow(view: Any) -> dict[str, Any]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="one measured paid rental (see dgpu.node.nat_demo)")
+    ap = argparse.ArgumentParser(description="one measured paid rental (see dgpu.client.nat_demo)")
     ap.add_argument("--bootstrap", action="append", required=True)
     ap.add_argument("--ledger-url", required=True)
     ap.add_argument("--result-bytes", type=int, default=1 << 20)
@@ -144,7 +144,7 @@ class NatProcs:
     def start(self, ns: str, name: str, args: list[str], wait_for: Path | None = None) -> str:
         """``dgpu <args>`` in ``ns``; its multiaddr once it wrote it (and ``wait_for`` exists)."""
         log = (self.workdir / f"{name}.log").open("wb")
-        cmd = [sys.executable, "-m", "dgpu.node.cli", *args, "--data-dir", str(self.workdir / name),
+        cmd = [sys.executable, "-m", "dgpu.client.main", *args, "--data-dir", str(self.workdir / name),
                "--addr-file", str(self.workdir / f"{name}.addr"), "--log-level", self.log_level]
         self.popens.append(subprocess.Popen(self.lab.cmd(ns, cmd), stdout=log, stderr=log))
         log.close()
@@ -171,7 +171,7 @@ class NatProcs:
     def rent(self, ns: str, bootstrap: str, ledger_url: str, *args: str) -> dict[str, Any]:
         """One measured rental by a renter process in ``ns``; its report."""
         done = subprocess.run(self.lab.cmd(ns, [
-            sys.executable, "-m", "dgpu.node.nat_demo", "--bootstrap", bootstrap, "--ledger-url", ledger_url,
+            sys.executable, "-m", "dgpu.client.nat_demo", "--bootstrap", bootstrap, "--ledger-url", ledger_url,
             *args]), capture_output=True, text=True, timeout=300, check=False)
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
         report: dict[str, Any] = json.loads(lines[-1]) if lines else {
