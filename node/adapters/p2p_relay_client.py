@@ -107,7 +107,9 @@ class RelayClient:
         self.relayed_dials = 0
         self.punch_attempts = 0
         self.punch_successes = 0
-        self._punched: set[str] = set()
+        #: peers we had a relayed connection with, oldest first (bounded): a direct connection
+        #: to them later is a punched one, whichever side's dial won (0.8.1 marks only its own)
+        self._relayed: dict[str, None] = {}
         self.changed = trio.Event()  # set (and replaced) whenever our circuit addresses change
         #: relays to try for a peer we cannot dial directly: (relay, the address we dial it at)
         self.relays: list[tuple[PeerInfo, str]] = []
@@ -265,6 +267,7 @@ class RelayClient:
             raise DialError(f"cannot reach {target} through relay {str(relay)[:16]}: "
                             f"{type(exc).__name__}") from exc
         self.relayed_dials += 1
+        self._remember_relayed(str(target))
         nursery = self.punch._nursery if self.punch is not None else None
         if nursery is not None:
             # punch in the background (streams opened meanwhile stay on the relay; later ones
@@ -287,7 +290,6 @@ class RelayClient:
                 ok = False
             if ok and self._has_direct(target):
                 self.punch_successes += 1
-                self._punched.add(str(target))
                 log.info("hole punch to %s succeeded: direct connection", str(target)[:16])
         if not self._has_direct(target):
             log.info("no hole punch to %s: the connection stays relayed", str(target)[:16])
@@ -303,7 +305,12 @@ class RelayClient:
         if not conns:
             return None
         if self._has_direct(peer):
-            punched = str(peer) in self._punched or (
-                self.punch is not None and peer in self.punch._direct_connections)
-            return "hole-punched" if punched else "direct"
+            return "hole-punched" if str(peer) in self._relayed else "direct"
+        self._remember_relayed(str(peer))  # e.g. an inbound relayed connection
         return "relay"
+
+    def _remember_relayed(self, peer: str) -> None:
+        self._relayed.pop(peer, None)
+        self._relayed[peer] = None
+        while len(self._relayed) > 4096:
+            del self._relayed[next(iter(self._relayed))]
