@@ -1,4 +1,5 @@
-"""The bootstrap node's libp2p side: DHT server + rendezvous for ``dgpu/providers``.
+"""The bootstrap node's libp2p side: DHT server + rendezvous for ``dgpu/providers``, circuit
+relay (hop) and the reachability dial-back for providers behind NAT.
 
 No pubsub: a bootstrap node helps peers find each other; it is not in the offers mesh.
 """
@@ -14,6 +15,8 @@ import trio
 from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p_relay import RelayLimits
+from dgpu.node.adapters.reachability import serve_dialback
 from dgpu.node.config import BootstrapConfig
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
@@ -35,8 +38,13 @@ async def run_bootstrap(config: BootstrapConfig, *,
         gossip=None,
         # every node of a small network dials us; 512 keeps a 30-node bench far from the cap
         max_connections=512,
+        # circuit relay v2 for providers behind NAT; the limits are readable for /metrics
+        # through ``node.relay_service.metrics()``
+        relay=RelayLimits(),
+        relay_client=False,
     )
     async with open_node(key, p2p) as node:
+        serve_dialback(node)  # providers ask us whether they are publicly dialable
         print(node.multiaddr, flush=True)
         if config.addr_file is not None:
             write_addr_file(config.addr_file, node.multiaddr)

@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the local demo network (bootstrap, 2 providers, renter)")
     d.add_argument("--keep", action="store_true", help="keep the work dir and logs")
     d.add_argument("--log-level", default="WARNING", help="children's log level")
+    d.add_argument("--provider-behind-nat", action="store_true",
+                   help="one provider behind a NAT (network namespaces; needs root), rented through the relay")
 
     add_bootstrap_command(sub)
     add_node_command(sub)
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if hasattr(args, "handler"):  # renter commands (dgpu.client.cli) talk to a running node
         return int(args.handler(args))
+    if args.cmd == "demo" and args.provider_behind_nat:
+        from dgpu.client.nat_demo import run_demo as run_nat_demo
+
+        return run_nat_demo(log_level=args.log_level, keep=args.keep)
     if args.cmd == "demo":
         from dgpu.client.demo import run_demo
 

@@ -31,6 +31,7 @@ from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
+from dgpu.node.adapters.reachability import NatTraversal
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
 from dgpu.node.config import NodeConfig
@@ -155,6 +156,18 @@ async def _watch_peers(node: P2PNode, on_new_peers: Callable[[], None], *, poll_
         await trio.sleep(poll_s)
 
 
+def _nat(rt: AnyNode, offering: Offering | None) -> NatTraversal:
+    """Reachability and relay reservations (providers); renters learn the relays to fall back on.
+    Our addresses change with the reservations: the offer carries the new ones at once."""
+
+    async def readdress() -> None:
+        if offering is not None:
+            offering.publisher.update_profile(addrs=tuple(rt.node.addrs))
+
+    return NatTraversal(rt.node, list(rt.config.bootstrap), mode=rt.config.reachability,
+                        reserve=offering is not None, on_addrs_changed=readdress)
+
+
 def _offering(rt: AnyNode) -> Offering | None:
     return rt.offering if isinstance(rt, ProviderNode) else None
 
@@ -220,6 +233,7 @@ async def run_node(config: NodeConfig, *,
         listen_host=config.listen_host,
         listen_port=config.listen_port,
         gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES),
+        reachability=config.reachability,
     )
     async with contextlib.AsyncExitStack() as stack:
         ledger = open_ledger(config, key)
@@ -252,6 +266,7 @@ async def run_node(config: NodeConfig, *,
         metrics.set_runtime(lambda: runtime_stats(rt))
         await nursery.start(discovery.run)
         offering = _offering(rt)
+        await nursery.start(_nat(rt, offering).run)
         if offering is not None:
             await nursery.start(offering.publisher.run)
             nursery.start_soon(_watch_peers, node, offering.publisher.changed)

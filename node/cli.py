@@ -77,6 +77,9 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--api-port", type=int, default=None,
                    help="serve the local HTTP API on this port (8700 is usual; needs --bootstrap-url)")
     n.add_argument("--api-host", default="127.0.0.1")
+    n.add_argument("--reachability", choices=["auto", "public", "private"], default="auto",
+                   help="provider: auto-detect (dial-back by bootstrap nodes) or force; "
+                        "not public = reserve relay slots on the bootstrap nodes")
     n.add_argument("--bootstrap-url", default=None, help="HTTP URL of a bootstrap node (login, storage)")
     n.add_argument("--api-admin", action="append", default=[], metavar="WALLET",
                    help="another wallet allowed to use the API")
@@ -119,6 +122,7 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
             status_file=args.status_file, ledger_url=args.ledger_url, claim_interval_s=args.claim_interval,
             billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
             meter_interval_s=args.meter_interval, start_window_s=args.start_window,
+            reachability=args.reachability,
         )
         api = None
         if args.api_port is not None:

@@ -89,6 +89,9 @@ class NodeConfig(_Config):
     start_window_s: int = Field(120, ge=1, le=3600)
     #: length of a metered usage "minute" in wall seconds (60; shorter only for tests)
     meter_interval_s: float = Field(60.0, gt=0)
+    #: "auto": bootstrap nodes dial us back; "private": always reserve relay slots (behind NAT);
+    #: "public": never (a provider with a public address)
+    reachability: Literal["auto", "public", "private"] = "auto"
 
     @field_validator("bootstrap")
     @classmethod

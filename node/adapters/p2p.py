@@ -13,13 +13,13 @@ Rules:
 Theory of operation: :func:`open_node` builds the host, gossipsub, the DHT and (for a
 bootstrap node) the rendezvous service, starts them in order inside one nursery and yields a
 :class:`P2PNode`. Leaving the ``async with`` cancels everything and closes the host.
-Discovery through bootstrap nodes lives in :mod:`p2p_discovery`; connection bounds that are
-released on disconnect in :mod:`p2p_limits`.
+Discovery lives in :mod:`p2p_discovery`, connection bounds in :mod:`p2p_limits`, circuit relay
+and hole punching in :mod:`p2p_relay` / :mod:`p2p_relay_client` (a failed direct dial retries
+through the relays the node knows: the swarm never dials ``/p2p-circuit`` itself).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,9 +49,19 @@ from dgpu.node.adapters.p2p_limits import (
     StreamBudget,
     StreamLimiter,
     default_stream_budgets,
+    disable_auto_connector,
+    guard_foreign_handler,
     install,
 )
-from dgpu.node.adapters.p2p_pubsub import GossipConfig, GuardedPubsub, build_gossip, gossip_message
+from dgpu.node.adapters.p2p_pubsub import (
+    GossipConfig,
+    GuardedPubsub,
+    build_gossip,
+    gossip_message,
+    repair_pubsub_streams,
+)
+from dgpu.node.adapters.p2p_relay import Path, RelayLimits, RelayService, is_circuit
+from dgpu.node.adapters.p2p_relay_client import RelayClient
 from dgpu.node.errors import (
     CapacityError,
     ConfigError,
@@ -106,6 +116,16 @@ class P2PConfig:
     dial_timeout_s: float = 10.0
     #: an inbound handler that has not finished by then is cancelled (jobs set their own)
     default_handler_timeout_s: float = 30.0
+    #: serve circuit relay v2 (hop) under these limits (bootstrap nodes); None = no relay
+    relay: RelayLimits | None = None
+    #: accept relayed connections and dial ``/p2p-circuit`` addresses
+    relay_client: bool = True
+    #: after a relayed dial, try DCUtR hole punching to a direct connection
+    hole_punch: bool = True
+    #: "auto" (dial-back by bootstrap nodes), "public" or "private" (always reserve on relays)
+    reachability: str = "auto"
+    #: a direct dial that is given up on sooner when a relayed address is there to fall back on
+    direct_dial_timeout_s: float = 5.0
 
 
 def parse_peer_addr(text: str) -> PeerInfo:
@@ -129,8 +149,14 @@ class P2PNode:
     """A running host. Created by :func:`open_node`; valid only inside its ``async with``."""
 
     def __init__(self, host: Any, config: P2PConfig, pubsub: GuardedPubsub | None,  # noqa: PLR0917
-                 dht: KadDHT | None, nursery: trio.Nursery, connections: InboundBudget) -> None:
+                 dht: KadDHT | None, nursery: trio.Nursery, connections: InboundBudget,
+                 relay: RelayClient | None = None, relay_service: RelayService | None = None,
+                 ) -> None:
         self.host = host
+        #: reservations, relayed dials, hole punching (None: relay_client off)
+        self.relay = relay
+        #: the hop service with its limits and counters (bootstrap nodes; None elsewhere)
+        self.relay_service = relay_service
         self.config = config
         self.pubsub = pubsub
         self.dht = dht
@@ -155,8 +181,17 @@ class P2PNode:
 
     @property
     def addrs(self) -> list[str]:
-        """Full multiaddrs (with ``/p2p/ID``) the host listens on."""
-        return [str(a) for a in self.host.get_addrs()]
+        """Full multiaddrs (with ``/p2p/ID``) to reach us at: while we hold relay reservations
+        (not publicly reachable), only our ``/p2p-circuit`` addresses, else where we listen."""
+        circuits = self.relay.circuit_addrs() if self.relay is not None else []
+        return circuits or [str(a) for a in self.host.get_addrs()]
+
+    def path_to(self, peer: str) -> Path | None:
+        """"direct", "relay" or "hole-punched": how we are connected to ``peer``; None if not."""
+        pid = _peer_id(peer)
+        if self.relay is not None:
+            return self.relay.path_to(pid)
+        return "direct" if self.host.get_network().connections.get(pid) else None
 
     @property
     def multiaddr(self) -> str:
@@ -171,6 +206,8 @@ class P2PNode:
 
         ``retry_now`` lifts the library's 60 s block on a peer whose last dial failed (the
         caller runs its own backoff, or knows the peer has come back)."""
+        if isinstance(addr, str) and is_circuit(addr):
+            return await self._dial_circuit(addr)
         info = parse_peer_addr(addr) if isinstance(addr, str) else addr
         if info.peer_id == self.host.get_id():
             return str(info.peer_id)
@@ -180,27 +217,53 @@ class P2PNode:
             info.peer_id not in self.host.get_connected_peers()
         ):
             raise CapacityError("connection cap reached")
+        # relays to fall back on: a direct dial that fails gives up sooner
+        circuits = self.relay.circuits_to(info.peer_id) if self.relay is not None else []
         try:
-            with trio.fail_after(self.config.dial_timeout_s):
+            with trio.fail_after(self.config.direct_dial_timeout_s if circuits
+                                 else self.config.dial_timeout_s):
                 await self.host.connect(info)
         except trio.TooSlowError:
-            raise DialError(f"dialling {info.peer_id} timed out") from None
+            if not circuits:
+                raise DialError(f"dialling {info.peer_id} timed out") from None
+            await self._via_relays(info.peer_id, circuits, "direct dial timed out")
         except (SwarmException, OSError, MultiselectClientError) as exc:
             actual = mismatched_peer_id(exc)
             if actual is not None:
                 where = " or ".join(str(a) for a in info.addrs) or "that address"
                 raise PeerIdMismatchError(f"peer id mismatch: the node at {where} is {actual}, not {info.peer_id}",
                                           expected=str(info.peer_id), actual=actual) from exc
-            raise DialError(f"cannot reach {info.peer_id}: {type(exc).__name__}") from exc
+            if not circuits:
+                raise DialError(f"cannot reach {info.peer_id}: {type(exc).__name__}") from exc
+            await self._via_relays(info.peer_id, circuits, type(exc).__name__)
         return str(info.peer_id)
+
+    async def _dial_circuit(self, addr: str) -> str:
+        if self.relay is None:
+            raise DialError("this node does not dial through relays (relay_client is off)")
+        info = parse_peer_addr(addr)
+        if info.peer_id not in self.host.get_connected_peers():
+            await self.relay.dial(addr)
+        return str(info.peer_id)
+
+    async def _via_relays(self, pid: ID, circuits: list[str], direct_error: str) -> None:
+        errors = [f"direct: {direct_error}"]
+        for circuit in circuits:
+            try:
+                await self._dial_circuit(circuit)
+                return
+            except NetworkError as exc:
+                errors.append(str(exc))
+        raise DialError(f"cannot reach {pid} directly or through a relay: {'; '.join(errors)}")
 
     def add_addrs(self, peer: str, addrs: list[str], ttl_s: int = 600) -> None:
         """Teach the peerstore where a peer listens (e.g. from its offer)."""
         pid = _peer_id(peer)
         mas = []
         for a in addrs:
-            try:
-                mas.append(multiaddr.Multiaddr(a.split("/p2p/")[0]))
+            try:  # drop the trailing /p2p/<peer>, keep a circuit's /p2p/<relay>
+                mas.append(multiaddr.Multiaddr(a.rsplit(f"/p2p/{peer}", 1)[0]
+                                               if a.endswith(f"/p2p/{peer}") else a))
             except Exception:  # malformed address from the wire: skip it
                 continue
         if mas:
@@ -213,6 +276,8 @@ class P2PNode:
                           read_timeout_s: float) -> FramedStream:
         """A new stream to ``peer`` (dialled if needed), wrapped in frames."""
         pid = _peer_id(peer)
+        if self.relay is not None and pid not in self.host.get_connected_peers():
+            await self.connect(PeerInfo(pid, []))  # the swarm alone would never try a relay
         try:
             with trio.fail_after(self.config.dial_timeout_s):
                 raw = await self.host.new_stream(pid, [TProtocol(protocol)])
@@ -335,40 +400,6 @@ class P2PNode:
         self._nursery.start_soon(fn, *args)
 
 
-def _guard_foreign_handler(host: Any, protocol: str, timeout_s: float) -> None:
-    """Re-register a library service's handler under a deadline and a catch-all."""
-    handlers = host.get_mux().handlers
-    inner = handlers.get(TProtocol(protocol))
-    if inner is None:
-        return
-
-    async def guarded(stream: Any) -> None:
-        try:
-            with trio.move_on_after(timeout_s):
-                await inner(stream)
-        except Exception:  # libp2p stream handler: an escape would end the whole host
-            log.debug("%s handler failed", protocol, exc_info=True)
-        finally:
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                # already closed by the inner handler: the normal case
-                with contextlib.suppress(Exception):
-                    await stream.reset()
-
-    host.set_stream_handler(TProtocol(protocol), guarded)
-
-
-def _disable_auto_connector(host: Any) -> None:
-    """0.8.1's auto-connector dials up to 32 peerstore entries on its own: discovery decides."""
-
-    async def _not_started() -> None:
-        return None
-
-    connector = getattr(host.get_network(), "auto_connector", None)
-    if connector is not None:
-        connector.start = _not_started  # leaves _started False, so maybe_connect is a no-op
-
-
 @asynccontextmanager
 async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode]:
     """Start a host with ``key`` as its identity; close everything on exit."""
@@ -384,7 +415,7 @@ async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode
             dial_timeout=config.dial_timeout_s,
         ),
     )
-    _disable_auto_connector(host)
+    disable_auto_connector(host)
     connections = install(host.get_network(), ConnectionBounds(
         max_inbound=config.max_connections, max_per_ip=config.max_connections_per_ip,
         exempt_loopback=not config.limit_loopback))
@@ -400,13 +431,22 @@ async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode
 
         RendezvousService(host)
         # its handler reads with no deadline: a silent peer would pin a task forever
-        _guard_foreign_handler(host, str(RENDEZVOUS_PROTOCOL), 30.0)
+        guard_foreign_handler(host, str(RENDEZVOUS_PROTOCOL), 30.0)
+    relay_service = RelayService(host, config.relay) if config.relay is not None else None
+    relay = RelayClient(host, hole_punch=config.hole_punch, dial_timeout_s=config.dial_timeout_s
+                        ) if config.relay_client else None
+    relay_parts = ([relay_service] if relay_service else []) + (relay.services() if relay else [])
     listen = multiaddr.Multiaddr(f"/ip4/{config.listen_host}/tcp/{config.listen_port}")
     try:
         async with host.run([listen]), trio.open_nursery() as nursery:
             try:
                 await nursery.start(_run_services, pubsub, dht)
-                yield P2PNode(host, config, pubsub, dht, nursery, connections)
+                for part in relay_parts:
+                    await nursery.start(_run_service, part)
+                for guarded in (relay_service, relay):
+                    if guarded is not None:
+                        guarded.guard()
+                yield P2PNode(host, config, pubsub, dht, nursery, connections, relay, relay_service)
             finally:
                 nursery.cancel_scope.cancel()
                 with trio.move_on_after(5) as scope:  # shutdown must finish even if wedged
@@ -417,27 +457,12 @@ async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode
             pubsub.seen_messages.stop()  # its sweeper is an OS thread nothing else stops
 
 
-async def _repair_pubsub_streams(host: Any, pubsub: GuardedPubsub) -> None:
-    """Re-open pubsub streams to connected peers that lost theirs.
-
-    When two nodes dial each other at once, one of the two connections is closed; a pubsub
-    stream opened on it dies with it while the peer stays connected, and 0.8.1 never
-    notices. Such a pair exchanges no gossip: at 30 nodes offers stopped reaching everyone.
-    """
-    wanted = {str(p) for p in pubsub.protocols}
-    store = host.get_peerstore()
-    while True:
-        await trio.sleep(2)
-        for pid in list(host.get_connected_peers()):
-            if pid in pubsub.peers or pubsub.is_peer_blacklisted(pid):
-                continue
-            try:
-                speaks = wanted & {str(p) for p in store.get_protocols(pid)}
-            except Exception:  # peerstore raises for peers identify has not filled yet
-                continue
-            if speaks:  # e.g. a bootstrap node speaks no pubsub: leave it alone
-                pubsub.repairs += 1
-                pubsub._schedule_peer_stream_retry(pid)
+async def _run_service(service: Any, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                       ) -> None:
+    async with background_trio_service(service):
+        await service.event_started.wait()
+        task_status.started()
+        await trio.sleep_forever()
 
 
 async def _run_services(pubsub: GuardedPubsub | None, dht: KadDHT,
@@ -451,4 +476,4 @@ async def _run_services(pubsub: GuardedPubsub | None, dht: KadDHT,
         async with background_trio_service(pubsub), background_trio_service(router):
             await pubsub.wait_until_ready()
             task_status.started()
-            await _repair_pubsub_streams(pubsub.host, pubsub)
+            await repair_pubsub_streams(pubsub.host, pubsub)

@@ -25,6 +25,7 @@ wrapper, installed by :func:`install`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from libp2p.custom_types import TProtocol
 
 from dgpu.protocol.ids import BLOB_PROTOCOL, JOB_PROTOCOL, NEGOTIATE_PROTOCOL
 
@@ -43,6 +45,8 @@ __all__ = [
     "StreamBudget",
     "StreamLimiter",
     "default_stream_budgets",
+    "disable_auto_connector",
+    "guard_foreign_handler",
     "install",
 ]
 
@@ -284,3 +288,37 @@ def install(swarm: Any, bounds: ConnectionBounds) -> InboundBudget:
     swarm.connection_gate = _BudgetGate(swarm.connection_gate, budget)
     swarm.register_notifee(_BudgetNotifee(budget))
     return budget
+
+
+def guard_foreign_handler(host: Any, protocol: str, timeout_s: float) -> None:
+    """Re-register a library service's handler under a deadline and a catch-all."""
+    handlers = host.get_mux().handlers
+    inner = handlers.get(TProtocol(protocol))
+    if inner is None:
+        return
+
+    async def guarded(stream: Any) -> None:
+        try:
+            with trio.move_on_after(timeout_s):
+                await inner(stream)
+        except Exception:  # libp2p stream handler: an escape would end the whole host
+            log.debug("%s handler failed", protocol, exc_info=True)
+        finally:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                # already closed by the inner handler: the normal case
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+
+    host.set_stream_handler(TProtocol(protocol), guarded)
+
+
+def disable_auto_connector(host: Any) -> None:
+    """0.8.1's auto-connector dials up to 32 peerstore entries on its own: discovery decides."""
+
+    async def _not_started() -> None:
+        return None
+
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is not None:
+        connector.start = _not_started  # leaves _started False, so maybe_connect is a no-op

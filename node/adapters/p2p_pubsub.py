@@ -43,6 +43,7 @@ __all__ = [
     "GossipConfig",
     "GuardedPubsub",
     "build_gossip",
+    "repair_pubsub_streams",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,3 +231,26 @@ def gossip_message(topic: str, forwarder: ID, msg: rpc_pb2.Message) -> GossipMes
         key = raw if len(raw) == 32 else None
     return GossipMessage(topic=topic, origin=origin.to_base58(), origin_key=key,
                          forwarder=forwarder.to_base58(), data=bytes(msg.data))
+
+
+async def repair_pubsub_streams(host: Any, pubsub: GuardedPubsub) -> None:
+    """Re-open pubsub streams to connected peers that lost theirs.
+
+    When two nodes dial each other at once, one of the two connections is closed; a pubsub
+    stream opened on it dies with it while the peer stays connected, and 0.8.1 never
+    notices. Such a pair exchanges no gossip: at 30 nodes offers stopped reaching everyone.
+    """
+    wanted = {str(p) for p in pubsub.protocols}
+    store = host.get_peerstore()
+    while True:
+        await trio.sleep(2)
+        for pid in list(host.get_connected_peers()):
+            if pid in pubsub.peers or pubsub.is_peer_blacklisted(pid):
+                continue
+            try:
+                speaks = wanted & {str(p) for p in store.get_protocols(pid)}
+            except Exception:  # peerstore raises for peers identify has not filled yet
+                continue
+            if speaks:  # e.g. a bootstrap node speaks no pubsub: leave it alone
+                pubsub.repairs += 1
+                pubsub._schedule_peer_stream_retry(pid)

@@ -377,12 +377,15 @@ class OfferPublisher:
 
     def update_profile(self, *, price_per_gpu_minute: int | None = None, region: str | None = None,
                        gpus: tuple[GpuSpec, ...] | None = None,
-                       executors: tuple[Executor, ...] | None = None) -> Offer:
+                       executors: tuple[Executor, ...] | None = None,
+                       addrs: tuple[str, ...] | None = None) -> Offer:
         """Change what is offered and republish soon; omitted values stay. The whole change is
         checked first (ValueError, nothing changed): the price and simulated GPUs go to the
-        inventory, the region and executors to the terms."""
+        inventory, the region, executors and addresses (relay reservations come and go) to the
+        terms."""
         terms = replace(self._terms, region=region or self._terms.region,
-                        executors=self._terms.executors if executors is None else executors)
+                        executors=self._terms.executors if executors is None else executors,
+                        addrs=self._terms.addrs if addrs is None else addrs)
         candidate = self.profile(terms=terms, gpus=gpus, price_per_gpu_minute=price_per_gpu_minute)
         if gpus is not None:
             self.inventory.declare_simulated(gpus)

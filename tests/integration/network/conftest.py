@@ -72,12 +72,14 @@ class Network:
     def bootstrap(self) -> str:
         return self.procs["bootstrap"].addr
 
-    def spawn(self, name: str, args: list[str], *, status: bool = True) -> Proc:
+    def spawn(self, name: str, args: list[str], *, status: bool = True,
+              prefix: list[str] | None = None) -> Proc:
+        """``dgpu <args>`` as a child; ``prefix`` wraps the command (e.g. ``ip netns exec NS``)."""
         data_dir = self.workdir / name
         addr_file = self.workdir / f"{name}.addr"
         status_file = self.workdir / f"{name}.status" if status else None
         log = (self.workdir / f"{name}.log").open("wb")
-        cmd = [sys.executable, "-m", "dgpu.client.main", *args, "--data-dir", str(data_dir),
+        cmd = [*(prefix or []), sys.executable, "-m", "dgpu.client.main", *args, "--data-dir", str(data_dir),
                "--addr-file", str(addr_file), "--log-level", "INFO"]
         if status_file is not None:
             cmd += ["--status-file", str(status_file)]
@@ -94,23 +96,27 @@ class Network:
         self.procs[name] = proc
         return proc
 
-    def provider(self, name: str, gpu: str, price: int, *extra: str) -> Proc:
+    def provider(self, name: str, gpu: str, price: int, *extra: str,
+                 prefix: list[str] | None = None) -> Proc:
         return self.spawn(name, ["node", "--role", "provider", "--bootstrap", self.bootstrap,
                                  "--simulated-gpu", gpu, "--price", str(price),
-                                 "--ledger-url", self.ledger_url, "--billing-poll", "0.5", *extra])
+                                 "--ledger-url", self.ledger_url, "--billing-poll", "0.5", *extra],
+                          prefix=prefix)
 
-    def start_bootstrap(self) -> Proc:
-        """The bootstrap node with its HTTP services (the development ledger); sets ``ledger_url``."""
-        url_file = self.workdir / "bootstrap.url"
-        proc = self.spawn("bootstrap", ["bootstrap", "--http-port", "0", "--http-url-file", str(url_file)],
-                          status=False)
+    def start_bootstrap(self, *extra: str, name: str = "bootstrap",
+                        prefix: list[str] | None = None) -> Proc:
+        """A bootstrap node with its HTTP services (the development ledger); the first one started
+        sets ``ledger_url``."""
+        url_file = self.workdir / f"{name}.url"
+        proc = self.spawn(name, ["bootstrap", "--http-port", "0", "--http-url-file", str(url_file), *extra],
+                          status=False, prefix=prefix)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not url_file.exists():
             if not proc.alive or time.monotonic() > deadline:
                 raise RuntimeError("the bootstrap node did not serve HTTP:\n"
-                                   + (self.workdir / "bootstrap.log").read_text()[-3000:])
+                                   + (self.workdir / f"{name}.log").read_text()[-3000:])
             time.sleep(0.05)
-        self.ledger_url = url_file.read_text().strip()
+        self.ledger_url = self.ledger_url or url_file.read_text().strip()
         return proc
 
     def stop_all(self) -> dict[str, int | None]:
