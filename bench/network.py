@@ -36,6 +36,7 @@ import trio
 
 from dgpu.client.client import LedgerFunder
 from dgpu.contracts.devledger.client import DevLedgerEscrow
+from dgpu.contracts.rental_ids import RentalIds
 from dgpu.node.adapters.p2p import Discovery, P2PConfig, open_node
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.negotiation import negotiate
@@ -215,8 +216,9 @@ async def _negotiate_rounds(boot: str, key: SigningKey, ledger: DevLedgerEscrow,
         entry = next(iter(book._entries.values()))
         job = {"executor": Executor.SCRIPT, "script": "true", "max_minutes": 1, "gpu_count": 1,
                "max_price_per_minute": 10**6}
+        rental_ids = RentalIds()
         for i in range(rounds + 1):
-            funder = TimedFunder(LedgerFunder(ledger, lambda: secrets.randbits(62)))
+            funder = TimedFunder(LedgerFunder(ledger, rental_ids))
             t0 = time.perf_counter()
             await negotiate(node, key, entry.offer, job, escrow=funder,
                             clock=lambda: int(time.time()),

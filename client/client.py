@@ -18,7 +18,6 @@ and when the job ends makes sure the escrow is settled, so every unaccrued minut
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +37,7 @@ from dgpu.client.errors import (
 )
 from dgpu.contracts.errors import ContractsError, EscrowRefused
 from dgpu.contracts.escrow_api import EscrowHandle, EscrowLedger, EscrowView
+from dgpu.contracts.rental_ids import RentalIds
 from dgpu.node.app import NodeRuntime, new_nonce, run_node, wall_clock
 from dgpu.node.config import NodeConfig
 from dgpu.node.errors import JobLostError, NetworkError, RejectedError
@@ -46,6 +46,7 @@ from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob,
 from dgpu.node.services.job_stream import run_job
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferQuery
+from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.messages import (
     Agreement,
@@ -148,13 +149,19 @@ class LedgerFunder:
     async def fund(self, quote: Quote) -> EscrowRef:
         if quote.ledger != self.ledger.ledger:
             raise EscrowFailed(f"the provider wants ledger {quote.ledger!r}, we use {self.ledger.ledger!r}")
-        try:
-            receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
-                                             quote.max_minutes, quote.start_deadline)
-        except EscrowRefused as exc:
-            raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
-        except ContractsError as exc:
-            raise EscrowFailed(f"could not open the escrow: {exc}") from exc
+        attempts = 3
+        for attempt in range(attempts):
+            try:
+                receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
+                                                 quote.max_minutes, quote.start_deadline)
+                break
+            except EscrowRefused as exc:
+                # rental ids of a renter must increase: a concurrent open landed a higher one first
+                if exc.code is EscrowErrorCode.RENTAL_ID_USED and attempt + 1 < attempts:
+                    continue
+                raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
+            except ContractsError as exc:
+                raise EscrowFailed(f"could not open the escrow: {exc}") from exc
         self.handle = receipt.escrow
         return receipt.escrow.to_ref()
 
@@ -309,6 +316,8 @@ class Client:
                  billing_policy: BillingPolicy | None = None) -> None:
         self.runtime = runtime
         self.ledger = ledger
+        #: this renter's rental ids: they must increase (docs/escrow-rules.md)
+        self.rental_ids = RentalIds()
         self.billing_policy = billing_policy or BillingPolicy(poll_interval_s=2.0)
         self.closed = False
 
@@ -435,7 +444,7 @@ class Client:
                                "inputs": refs,
                                "gpu_model": offer.gpu_model, "min_vram_mib": min_vram_mib, "egress": egress,
                                "max_price_per_minute": max_price_per_minute or offer.price_per_minute * gpu_count}
-        funder = LedgerFunder(self.ledger, lambda: int.from_bytes(os.urandom(8), "little") >> 1)
+        funder = LedgerFunder(self.ledger, self.rental_ids)
         try:
             result = await negotiate(rt.node, rt.key, offer.offer, job, escrow=funder, clock=wall_clock,
                                      nonce=new_nonce, provider_peer=offer.peer_id)

@@ -28,6 +28,7 @@ import trio
 
 from dgpu.client.client import LedgerFunder
 from dgpu.contracts.devledger.client import DevLedgerEscrow
+from dgpu.contracts.rental_ids import RentalIds
 from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.offers import OfferBook, OfferValidator
@@ -152,10 +153,12 @@ class Renter:
     validator: OfferValidator
     #: this renter's wallet on the network's development ledger (funded by the faucet)
     ledger: DevLedgerEscrow
+    #: rental ids only increase (docs/escrow-rules.md)
+    rental_ids: RentalIds = field(default_factory=RentalIds)
 
     def funder(self) -> LedgerFunder:
         """Opens a real escrow on the ledger for each quote (a fresh rental id each time)."""
-        return LedgerFunder(self.ledger, lambda: secrets.randbits(62))
+        return LedgerFunder(self.ledger, self.rental_ids)
 
 
 @pytest.fixture
