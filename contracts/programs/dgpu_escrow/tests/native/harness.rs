@@ -3,8 +3,7 @@
 //! (the BPF builds that solana-program-test bundles), a settable Clock, and helpers to build
 //! instructions, send them and read balances and escrow state.
 
-use anchor_lang::prelude::{AccountInfo, Clock, Pubkey};
-use anchor_lang::solana_program::entrypoint::ProgramResult;
+use anchor_lang::prelude::{Clock, Pubkey};
 use anchor_lang::solana_program::instruction::Instruction;
 use anchor_lang::solana_program::program_pack::Pack;
 use anchor_lang::{AccountDeserialize, InstructionData, ToAccountMetas};
@@ -13,7 +12,7 @@ use dgpu_escrow::{accounts, instruction, EscrowError, SEED_CONFIG, SEED_ESCROW, 
 use dgpu_escrow::{Escrow, InitializeConfigArgs, OpenArgs, TopUpArgs};
 use solana_account::Account;
 use solana_keypair::Keypair;
-use solana_program_test::{processor, BanksClientError, ProgramTest, ProgramTestContext};
+use solana_program_test::{BanksClientError, ProgramTest, ProgramTestContext};
 use solana_signer::Signer;
 use solana_transaction::{InstructionError, Transaction, TransactionError};
 use spl_token_interface::state::{Account as TokenState, AccountState, Mint as MintState};
@@ -23,30 +22,7 @@ pub const TOKEN_PROGRAM: Pubkey = anchor_spl::token::ID;
 pub const SYSTEM_PROGRAM: Pubkey = anchor_lang::solana_program::system_program::ID;
 pub const SOL: u64 = 1_000_000_000;
 
-/// Anchor's `entry` ties the program id, the account slice and every `AccountInfo` to one
-/// lifetime, which `processor!`'s function pointer type cannot express (anchor issue #2738).
-/// The references live for the whole call, so lengthening them for its duration is sound here.
-fn process(program_id: &Pubkey, accounts: &[AccountInfo], data: &[u8]) -> ProgramResult {
-    // SAFETY: every reference outlives this call, and `entry` does not keep any of them.
-    let (program_id, accounts, data): (&Pubkey, &[AccountInfo], &[u8]) =
-        unsafe { std::mem::transmute((program_id, accounts, data)) };
-    dgpu_escrow::entry(program_id, accounts, data)
-}
-
-/// A program-test with the escrow program as a native builtin (SPL Token and ATA are loaded
-/// by program-test itself).
-pub fn program_test() -> ProgramTest {
-    // program-test logs every instruction at debug level unless RUST_LOG says otherwise.
-    static QUIET: std::sync::Once = std::sync::Once::new();
-    QUIET.call_once(|| {
-        if std::env::var_os("RUST_LOG").is_none() {
-            std::env::set_var("RUST_LOG", "error");
-        }
-    });
-    let mut pt = ProgramTest::new("dgpu_escrow", dgpu_escrow::ID, processor!(process));
-    pt.prefer_bpf(false);
-    pt
-}
+pub use crate::entry::program_test;
 
 /// Adds an initialized classic SPL Token mint.
 pub fn add_mint(pt: &mut ProgramTest, mint: Pubkey, authority: Pubkey, supply: u64, decimals: u8) {
