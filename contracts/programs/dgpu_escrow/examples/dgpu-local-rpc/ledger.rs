@@ -100,6 +100,8 @@ pub struct Ledger {
     slot: u64,
     records: HashMap<Signature, Record>,
     order: VecDeque<Signature>,
+    /// Every address a landed transaction named (plus the genesis wallets): the accounts
+    /// getProgramAccounts can scan. It grows with the ledger's state, as the bank does.
     known: BTreeSet<Pubkey>,
     decimals: HashMap<Pubkey, u8>,
     pub info: Value,
@@ -185,6 +187,9 @@ fn decode_tx(params: &Value) -> Result<VersionedTransaction, RpcError> {
     let tx: VersionedTransaction =
         bincode::deserialize(&bytes).map_err(|e| RpcError::params(format!("failed to deserialize transaction: {e}")))?;
     tx.sanitize().map_err(|e| RpcError::params(format!("invalid transaction: {e}")))?;
+    if tx.signatures.is_empty() {
+        return Err(RpcError::params("invalid transaction: no signature"));
+    }
     Ok(tx)
 }
 
