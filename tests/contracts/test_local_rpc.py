@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.types import MemcmpOpts
 from solders.hash import Hash
@@ -277,3 +278,24 @@ async def test_basic_methods_wallet_report_and_clock(local_rpc_endpoint: LocalRp
         assert after >= before + 3600 and await p.renter.now() >= after
         config = await p.renter.config()
         assert (config.mint, config.treasury, config.fee_bps) == (info.mint, info.treasury, info.fee_bps)
+
+
+async def test_a_blockhash_outlives_an_idle_second_and_requests(frozen_endpoint: LocalRpcInfo) -> None:
+    # program-test registers a blockhash every 6.4 ms of runtime and keeps 150 (about 1 s); the
+    # endpoint drives that runtime only while it answers, so idle time ages no blockhash. The
+    # sleep is the behaviour under test (a client that signs, then waits), not a synchronisation.
+    info = frozen_endpoint
+    async with AsyncClient(info.url) as client:
+        payer = Keypair()
+        await client.request_airdrop(payer.pubkey(), SOL)
+        blockhash = (await client.get_latest_blockhash()).value.blockhash
+        for _ in range(20):
+            await client.get_balance(payer.pubkey())
+        await trio.sleep(1.5)
+        to = Pubkey.new_unique()
+        pay = transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=to, lamports=1_000_000))
+        tx = Transaction([payer], Message.new_with_blockhash([pay], payer.pubkey(), blockhash), blockhash)
+        answer = await rpc_call(info.url, "sendTransaction", base64.b64encode(bytes(tx)).decode(),
+                                {"encoding": "base64"})
+        assert "result" in answer, answer
+        assert (await client.get_balance(to)).value == 1_000_000
