@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integ
 from docker_fixtures import ensure_test_image
 
 from dgpu.node.adapters.docker_executor import DockerExecutor, DockerPolicy
-from dgpu.node.adapters.executor import JobSpec, ResourceLimits
 from dgpu.node.adapters.store import Store
+from dgpu.node.ports.execution import JobSpec, ResourceLimits
 from dgpu.node.services.meter import Meter
 
 

@@ -125,7 +125,8 @@ def main() -> None:
         return
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from dgpu.bootstrap.auth import Role, TokenIssuer
+    from dgpu.bootstrap.auth import TokenIssuer
+    from dgpu.protocol.auth import Role
     from dgpu.protocol.keys import SigningKey
 
     key_hex = secrets.token_hex(32)

@@ -34,13 +34,14 @@ from typing import Any
 import psutil
 import trio
 
-from dgpu.client.client import LedgerFunder
 from dgpu.contracts.devledger.client import DevLedgerEscrow
-from dgpu.contracts.rental_ids import RentalIds
-from dgpu.node.adapters.p2p import Discovery, P2PConfig, open_node
+from dgpu.node.adapters.p2p import P2PConfig, open_node
+from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferValidator
+from dgpu.node.services.renter import LedgerFunder
+from dgpu.protocol.escrow import RentalIds
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import EscrowRef, Executor, Quote
@@ -65,7 +66,7 @@ class Swarm:
     def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
         addr = self.dir / f"{name}.addr"
         log = (self.dir / f"{name}.log").open("wb")
-        p = subprocess.Popen([sys.executable, "-m", "dgpu.node.cli", *args, "--data-dir",
+        p = subprocess.Popen([sys.executable, "-m", "dgpu.client.main", *args, "--data-dir",
                               str(self.dir / name), "--addr-file", str(addr),
                               "--log-level", "WARNING"], stdout=log, stderr=log,
                              stdin=subprocess.DEVNULL)
@@ -216,7 +217,7 @@ async def _negotiate_rounds(boot: str, key: SigningKey, ledger: DevLedgerEscrow,
         entry = next(iter(book._entries.values()))
         job = {"executor": Executor.SCRIPT, "script": "true", "max_minutes": 1, "gpu_count": 1,
                "max_price_per_minute": 10**6}
-        rental_ids = RentalIds()
+        rental_ids = RentalIds(lambda: time.time_ns() // 1000)
         for i in range(rounds + 1):
             funder = TimedFunder(LedgerFunder(ledger, rental_ids))
             t0 = time.perf_counter()

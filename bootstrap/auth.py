@@ -15,22 +15,22 @@ Theory of operation:
    (``fam``) so this node refuses them as soon as the family is revoked; other nodes, which
    check only the signature, rely on the short expiry.
 
-Pure pieces (``ChallengeBook``, ``signing_bytes``, ``TokenIssuer``, ``TokenVerifier``) take the
-time as an argument; ``AuthService`` adds the database and the clock.
+The challenge, its signing bytes, roles and claims are pure types in ``dgpu.protocol.auth``;
+tokens are checked by ``dgpu.node.adapters.tokens.TokenVerifier`` (nodes check them the same
+way). ``ChallengeBook`` and ``TokenIssuer`` take the time as an argument; ``AuthService`` adds
+the database and the clock.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import secrets
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 import base58
 import jwt
@@ -38,42 +38,28 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from dgpu.node.adapters.tokens import TokenVerifier
+from dgpu.protocol.auth import AccessClaims, Action, Challenge, Role, signing_bytes
+
 from .config import BootstrapHttpConfig
 from .db import AsyncDB, RotateOutcome
 from .errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from .metrics import Metrics
 
 __all__ = [
-    "DOMAINS",
-    "AccessClaims",
     "AuthService",
-    "Challenge",
     "ChallengeBook",
-    "Role",
     "TokenIssuer",
     "TokenPair",
-    "TokenVerifier",
     "decode_wallet",
-    "signing_bytes",
 ]
 
-
-class Role(StrEnum):
-    RENTER = "renter"
-    PROVIDER = "provider"
-    ADMIN = "admin"  # only from the configuration, never self-registered
-
-
-Action = Literal["login", "register"]
-
-DOMAINS: Mapping[str, bytes] = {"login": b"dgpu/1/login\0", "register": b"dgpu/1/register\0"}
 
 # Bounds the outstanding challenges of one wallet (older ones are dropped).
 _MAX_CHALLENGES_PER_WALLET = 4
 _REFRESH_PREFIX = "rt_"
 # A refresh token is "rt_" + 43 base64url chars; anything much longer is refused unread.
 _MAX_REFRESH_LEN = 128
-_MAX_TOKEN_LEN = 4096  # bounds the bearer token we parse
 
 
 def decode_wallet(wallet: str) -> Ed25519PublicKey:
@@ -94,41 +80,6 @@ def decode_wallet(wallet: str) -> Ed25519PublicKey:
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    wallet: str
-    action: Action
-    role: str | None  # the role being registered (register only)
-    nonce: str
-    issued_at: int
-    expires_at: int
-    issuer: str
-    audience: str
-
-    def canonical(self) -> bytes:
-        """Sorted-key compact ASCII JSON: the bytes the wallet signs (after the domain)."""
-        body = {
-            "action": self.action,
-            "audience": self.audience,
-            "expires_at": self.expires_at,
-            "issued_at": self.issued_at,
-            "issuer": self.issuer,
-            "nonce": self.nonce,
-            "role": self.role,
-            "wallet": self.wallet,
-        }
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("ascii")
-
-
-def signing_bytes(challenge: Challenge) -> bytes:
-    """Exactly what the wallet signs: domain separator + canonical challenge bytes."""
-    return DOMAINS[challenge.action] + challenge.canonical()
 
 
 class ChallengeBook:
@@ -206,16 +157,6 @@ def verify_wallet_signature(challenge: Challenge, signature_b58: str) -> None:
         raise Unauthorized("signature does not verify", code="bad_signature") from None
 
 
-@dataclass(frozen=True, slots=True)
-class AccessClaims:
-    wallet: str
-    role: Role
-    family_id: str
-    issued_at: int
-    expires_at: int
-    token_id: str
-
-
 class TokenIssuer:
     """Signs access tokens with the bootstrap node's Ed25519 key."""
 
@@ -261,83 +202,6 @@ class TokenIssuer:
 
     def verifier(self, leeway: int = 0) -> TokenVerifier:
         return TokenVerifier({self.kid: self._key.public_key()}, self.issuer, self.audience, leeway)
-
-
-class TokenVerifier:
-    """Checks access tokens offline: signature (EdDSA only), issuer, audience, time, claims.
-
-    Any node that knows the bootstrap node's public key (``from_jwks`` with the document served
-    at ``GET /api/v1/auth/jwks``, or the base58 key itself) can verify tokens without a call.
-    """
-
-    def __init__(
-        self,
-        keys: Mapping[str, Ed25519PublicKey],
-        issuer: str,
-        audience: str,
-        leeway: int = 0,
-    ) -> None:
-        self._keys = dict(keys)
-        self.issuer = issuer
-        self.audience = audience
-        self.leeway = leeway
-
-    @classmethod
-    def from_jwks(
-        cls, jwks: Mapping[str, Any], issuer: str, audience: str, leeway: int = 0
-    ) -> TokenVerifier:
-        keys: dict[str, Ed25519PublicKey] = {}
-        for jwk in jwks.get("keys", []):
-            if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519":
-                keys[str(jwk["kid"])] = Ed25519PublicKey.from_public_bytes(
-                    _b64url_decode(str(jwk["x"]))
-                )
-        return cls(keys, issuer, audience, leeway)
-
-    def verify(self, token: str, now: float) -> AccessClaims:
-        if len(token) > _MAX_TOKEN_LEN:
-            raise Unauthorized("token too long", code="invalid_token")
-        try:
-            header = jwt.get_unverified_header(token)
-            key = self._keys.get(str(header.get("kid")))
-            if key is None:
-                raise Unauthorized("token signed by an unknown key", code="invalid_token")
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=["EdDSA"],
-                audience=self.audience,
-                issuer=self.issuer,
-                # Time is checked below against the injected clock.
-                options={
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                    "require": ["iss", "aud", "sub", "exp", "iat", "role", "fam", "jti"],
-                },
-            )
-        except jwt.InvalidTokenError:
-            # The library's message is not echoed: it is generic enough, and ours is stable.
-            raise Unauthorized("invalid token", code="invalid_token") from None
-        exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
-        if not isinstance(exp, int) or not isinstance(nbf, int):
-            raise Unauthorized("invalid token times", code="invalid_token")
-        if now >= exp + self.leeway:
-            raise Unauthorized("token expired", code="token_expired")
-        if now + self.leeway < nbf:
-            raise Unauthorized("token not yet valid", code="invalid_token")
-        try:
-            role = Role(claims["role"])
-        except ValueError:
-            raise Unauthorized("invalid token role", code="invalid_token") from None
-        return AccessClaims(
-            wallet=str(claims["sub"]),
-            role=role,
-            family_id=str(claims["fam"]),
-            issued_at=int(claims["iat"]),
-            expires_at=exp,
-            token_id=str(claims["jti"]),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,9 @@ from typing import Literal
 import base58
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from dgpu.node.adapters.http_server import ConnectionLimits
 
 from .errors import ConfigError
 
@@ -35,12 +37,25 @@ class S3Config(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    endpoint: str  # e.g. "https://s3.eu-west-1.amazonaws.com" or "http://127.0.0.1:9000"
+    endpoint: str | None = None  # e.g. "http://127.0.0.1:9000"; None: AWS's own for the region
     region: str = "us-east-1"
     bucket: str
-    access_key_id: str
-    secret_access_key: SecretStr  # SecretStr: never printed by repr() or in errors
+    # Both or neither: without them botocore's standard credential chain applies (environment,
+    # shared credentials/config files, SSO, container and instance metadata).
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None  # SecretStr: never printed by repr() or in errors
     prefix: str = "blobs/"  # object key prefix; the object key is prefix + cid
+    max_attempts: int = Field(default=5, ge=1, le=20)  # botocore "standard" retries, backoff
+    # Blobs from this size go up in parts; memory per upload <= chunk x concurrency.
+    multipart_threshold: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    multipart_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    multipart_concurrency: int = Field(default=2, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> S3Config:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both access_key_id and secret_access_key, or neither")
+        return self
 
 
 class BootstrapHttpConfig(BaseModel):
@@ -70,6 +85,8 @@ class BootstrapHttpConfig(BaseModel):
     max_link_ttl_s: int = Field(default=7 * 86_400, gt=0)
     store: Literal["fs", "s3"] = "fs"
     s3: S3Config | None = None
+    # Slow and greedy clients: header/body read timeouts, minimum upload rate, connection bounds.
+    connections: ConnectionLimits = ConnectionLimits()
 
     @field_validator("admin_wallets")
     @classmethod

@@ -2,15 +2,18 @@
 
 Every error a client can cause is an ``ApiError``: it carries the HTTP status, a stable
 machine-readable ``code`` and a message safe to show (never a key, token, signature or secret).
-The HTTP boundary (``http_app``) turns it into ``{"error": {"code": ..., "message": ...}}``
-once; library exceptions (sqlite3, OSError, httpx, pyjwt) are converted to these where the
+The client errors common to every dGPU HTTP server (``ApiError`` and its generic subclasses) are
+defined once in ``dgpu.node.adapters.http_server`` and re-exported here; the boundary
+(``install_error_handlers``) turns them into ``{"error": {"code": ..., "message": ...}}`` once;
+library exceptions (sqlite3, OSError, httpx, pyjwt) are converted to these where the
 library is called, with ``raise ... from exc``.
 
     BootstrapError
     ├── ConfigError                 bad configuration or node key file (raised at startup)
-    ├── StoreError                  a storage backend failed (disk, S3): answered 502/507
-    │   └── S3Error                 the S3-compatible endpoint refused or failed a request
-    └── ApiError                    a request the client can fix; status + code
+    └── StoreError                  a storage backend failed (disk, S3): answered 502/507
+        └── S3Error                 the S3-compatible endpoint refused or failed a request
+
+    ApiError (http_server)          a request the client can fix; status + code
         ├── BadRequest              400 malformed input (bad cid, bad key, bad wallet)
         ├── Unauthorized            401 no, malformed, forged, expired or revoked credentials
         ├── Forbidden               403 authenticated but not allowed (role, not registered)
@@ -22,6 +25,16 @@ library is called, with ``raise ... from exc``.
 """
 
 from __future__ import annotations
+
+from dgpu.node.adapters.http_server import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+)
 
 __all__ = [
     "ApiError",
@@ -41,7 +54,7 @@ __all__ = [
 
 
 class BootstrapError(Exception):
-    """Base of every error raised by dgpu.bootstrap."""
+    """Base of the bootstrap node's own failures (what a client can fix is an ``ApiError``)."""
 
 
 class ConfigError(BootstrapError):
@@ -59,44 +72,6 @@ class S3Error(StoreError):
     """The S3-compatible endpoint refused or failed a request."""
 
 
-class ApiError(BootstrapError):
-    """An error answered to the client as ``{"error": {"code", "message"}}``."""
-
-    status: int = 400
-    code: str = "bad_request"
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-
-class BadRequest(ApiError):
-    status = 400
-    code = "bad_request"
-
-
-class Unauthorized(ApiError):
-    status = 401
-    code = "unauthorized"
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
-
-
-class NotFound(ApiError):
-    status = 404
-    code = "not_found"
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
-    code = "too_large"
-
-
 class QuotaExceeded(ApiError):
     status = 413
     code = "quota_exceeded"
@@ -105,12 +80,3 @@ class QuotaExceeded(ApiError):
 class HashMismatch(ApiError):
     status = 422
     code = "hash_mismatch"
-
-
-class RateLimited(ApiError):
-    status = 429
-    code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = retry_after

@@ -25,7 +25,7 @@ from .http_app import create_app
 async def _main(config: BootstrapHttpConfig, host: str, port: int) -> None:
     app = create_app(config)
     async with trio.open_nursery() as nursery:
-        bound = await nursery.start(partial(serve_http, app, host, port))
+        bound = await nursery.start(partial(serve_http, app, host, port, limits=config.connections))
         print(json.dumps({"port": bound, "pid": os.getpid()}), flush=True)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.config import BootstrapConfig
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 
 async def run_bootstrap(config: BootstrapConfig, *,
                         task_status: TaskStatus[P2PNode] = trio.TASK_STATUS_IGNORED) -> None:
-    from dgpu.node.app import write_addr_file
-
     key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))
     p2p = P2PConfig(
         listen_host=config.listen_host,

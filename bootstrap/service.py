@@ -23,6 +23,7 @@ from dgpu.bootstrap.http_app import create_app
 from dgpu.bootstrap.p2p import run_bootstrap
 from dgpu.contracts.devledger.model import DevLedgerConfig
 from dgpu.contracts.devledger.server import ledger_router
+from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.http_server import serve_http
 from dgpu.node.adapters.keystore import load_or_create
 from dgpu.node.config import BootstrapConfig
@@ -63,8 +64,6 @@ async def run_bootstrap_services(
     task_status: TaskStatus[BootstrapEndpoints] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the discovery host and the HTTP services until cancelled."""
-    from dgpu.node.app import write_addr_file
-
     key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))
     http_config = BootstrapHttpConfig(data_dir=config.data_dir / "http", key_path=config.key_file)
     routers = []
@@ -75,7 +74,7 @@ async def run_bootstrap_services(
     app = create_app(http_config, extra_routers=routers, node_key=Ed25519PrivateKey.from_private_bytes(key.seed))
     async with trio.open_nursery() as nursery:
         node = await nursery.start(run_bootstrap, config)
-        port = await nursery.start(partial(serve_http, app, http_host, http_port))
+        port = await nursery.start(partial(serve_http, app, http_host, http_port, limits=http_config.connections))
         url = f"http://{http_host}:{port}"
         if url_file is not None:
             write_addr_file(url_file, url)

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import hmac
 import os
-import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,7 +30,9 @@ from typing import IO, Protocol
 import anyio
 import anyio.to_thread
 
-from .errors import BadRequest, Forbidden, NotFound, StoreError
+from dgpu.node.adapters.storage_names import validate_cid
+
+from .errors import Forbidden, NotFound, StoreError
 
 __all__ = [
     "CHUNK_SIZE",
@@ -42,9 +43,6 @@ __all__ = [
     "Spool",
     "Staging",
     "cid_of",
-    "validate_bucket",
-    "validate_cid",
-    "validate_key",
 ]
 
 # Size of one read from disk when streaming a blob out (memory per download in flight).
@@ -52,49 +50,10 @@ CHUNK_SIZE = 1024 * 1024
 # Bytes gathered from the request before one hash+write in a worker thread: bounds the memory
 # per upload in flight while keeping thread hops rare (request chunks are often ~64 KiB).
 STAGE_BUFFER = 1024 * 1024
-MAX_KEY_BYTES = 1024  # as S3: longer object keys are refused
-_CID_RE = re.compile(r"sha256-[0-9a-f]{64}")
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 
 
 def cid_of(data: bytes) -> str:
     return "sha256-" + hashlib.sha256(data).hexdigest()
-
-
-def validate_cid(cid: str) -> str:
-    if _CID_RE.fullmatch(cid) is None:
-        raise BadRequest("cid must be 'sha256-' and 64 lowercase hex digits", code="bad_cid")
-    return cid
-
-
-def validate_bucket(bucket: str) -> str:
-    if _BUCKET_RE.fullmatch(bucket) is None or ".." in bucket:
-        raise BadRequest(
-            "bucket must be 3-63 characters of a-z, 0-9, '.', '_', '-'", code="bad_bucket"
-        )
-    return bucket
-
-
-def validate_key(key: str) -> str:
-    """Refuse keys that could mean a path elsewhere: '..', '.', absolute, NUL, too long...
-
-    Keys never become filesystem paths here (they map to cids in SQLite); the rules keep them
-    safe for any client that mirrors a bucket onto a disk.
-    """
-    if not key:
-        raise BadRequest("key is empty", code="bad_key")
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise BadRequest(f"key is longer than {MAX_KEY_BYTES} bytes", code="bad_key")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
-        raise BadRequest("key contains NUL or control characters", code="bad_key")
-    if "\\" in key:
-        raise BadRequest("key contains a backslash", code="bad_key")
-    if key.startswith("/") or re.match(r"[A-Za-z]:", key):
-        raise BadRequest("key must be relative", code="bad_key")
-    parts = key.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise BadRequest("key has an empty, '.' or '..' segment", code="bad_key")
-    return key
 
 
 class LinkSigner:

@@ -1,8 +1,9 @@
-"""The errors a renter sees from ``dgpu.client``; everything below is converted once, here.
+"""The errors a renter sees from ``dgpu.client``: those of the renter workflow
+(``dgpu.node.services.renter.errors``, where they are converted once), under the client's names.
 
 ::
 
-    ClientError                  anything the client raises on purpose
+    ClientError                  anything the client raises on purpose (the workflow's RenterError)
     ├── NoOffersError            nothing matched the query within the wait
     ├── NegotiationFailed        the provider refused (``.code`` is the RejectCode) or broke the protocol
     ├── EscrowFailed             the ledger refused or could not be reached (``.code`` when refused)
@@ -12,32 +13,7 @@
 
 from __future__ import annotations
 
+from dgpu.node.services.renter.errors import EscrowFailed, JobFailed, NegotiationFailed, NoOffersError, NotConnected
+from dgpu.node.services.renter.errors import RenterError as ClientError
+
 __all__ = ["ClientError", "EscrowFailed", "JobFailed", "NegotiationFailed", "NoOffersError", "NotConnected"]
-
-
-class ClientError(Exception):
-    """Base of every error ``dgpu.client`` raises on purpose."""
-
-
-class NoOffersError(ClientError):
-    """No offer matched the query in time."""
-
-
-class NegotiationFailed(ClientError):
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(f"{message} ({code})" if code else message)
-        self.code = code
-
-
-class EscrowFailed(ClientError):
-    def __init__(self, message: str, code: str = "") -> None:
-        super().__init__(f"{message} ({code})" if code else message)
-        self.code = code
-
-
-class JobFailed(ClientError):
-    """The job's stream ended without a final status; the escrow is still recoverable."""
-
-
-class NotConnected(ClientError):
-    """The client's node is not running."""

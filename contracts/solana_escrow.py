@@ -43,8 +43,6 @@ from solders.transaction import Transaction
 from solders.transaction_status import TransactionConfirmationStatus, UiRawMessage
 from spl.token.instructions import create_idempotent_associated_token_account, get_associated_token_address
 
-from dgpu.protocol import escrow as esc
-
 from . import solana_ix as ix
 from .errors import (
     ConfirmationError,
@@ -191,17 +189,9 @@ class SolanaEscrow:
             a = ix.decode_escrow(data)
         except ValueError as exc:
             raise TransportError(f"{address} is not a dgpu escrow account: {exc}") from None
-        vault = await self._token_balance(ix.vault_address(key, a.mint))
-        now = await self.now()
-        model = _as_model(a)
-        return EscrowView(
-            handle=EscrowHandle(self.ledger, address, str(a.renter), str(a.provider), a.rental_id),
-            mint=str(a.mint), rate_per_minute=a.rate_per_minute, max_minutes=a.max_minutes,
-            deposited=a.deposited, fee_bps=a.fee_bps, start_deadline=a.start_deadline,
-            started_at=a.started_at, claimed_minutes=a.claimed_minutes, paid=a.paid,
-            fee_paid=a.fee_paid, refunded=a.refunded, status=model.status, vault_balance=vault,
-            now=now, accrued_minutes=esc.accrued_minutes(model, now), expires_at=esc.expires_at(model),
-        )
+        vault = await self._token_balance(ix.vault_address(key, Pubkey.from_string(a.escrow.mint)))
+        return EscrowView.of(a.escrow, ledger=self.ledger, address=address, vault_balance=vault,
+                             now=await self.now())
 
     # -- instruction builders (no I/O beyond the cached config) --------------------------------
 
@@ -326,16 +316,6 @@ class SolanaEscrow:
 
 
 _EXITS = ("close", "settle_expired", "refund_unstarted")
-
-
-def _as_model(a: ix.EscrowAccount) -> esc.Escrow:
-    return esc.Escrow(
-        renter=str(a.renter), provider=str(a.provider), mint=str(a.mint), rental_id=a.rental_id,
-        rate_per_minute=a.rate_per_minute, max_minutes=a.max_minutes, deposited=a.deposited,
-        fee_bps=a.fee_bps, start_deadline=a.start_deadline, started_at=a.started_at,
-        claimed_minutes=a.claimed_minutes, paid=a.paid, fee_paid=a.fee_paid, refunded=a.refunded,
-        status=esc.EscrowStatus(a.status),
-    )
 
 
 def _custom_code(err: Any) -> int | None:

@@ -31,6 +31,7 @@ from spl.token.constants import ASSOCIATED_TOKEN_PROGRAM_ID, TOKEN_PROGRAM_ID
 from spl.token.instructions import get_associated_token_address
 
 from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.protocol.escrow import Escrow, EscrowStatus
 
 from .errors import EscrowRefused, LedgerError, ProgramError
 
@@ -166,25 +167,12 @@ def decode_instruction(data: bytes) -> tuple[str, dict[str, int]]:
 
 @dataclass(frozen=True, slots=True)
 class EscrowAccount:
-    """The program's ``Escrow`` account (``state/escrow.rs``)."""
+    """The program's ``Escrow`` account (``state/escrow.rs``): the escrow record
+    (:class:`dgpu.protocol.escrow.Escrow`, keys as base58) plus the account's own bookkeeping."""
 
     version: int
     bump: int
-    status: str  # "open" | "closed"
-    renter: Pubkey
-    provider: Pubkey
-    mint: Pubkey
-    rental_id: int
-    rate_per_minute: int
-    max_minutes: int
-    deposited: int
-    fee_bps: int
-    start_deadline: int
-    started_at: int | None
-    claimed_minutes: int
-    paid: int
-    fee_paid: int
-    refunded: int
+    escrow: Escrow
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +188,8 @@ class ConfigAccount:
     paused: bool
 
 
-_STATUS = ("open", "closed")
+#: the program's status byte, in its enum's order
+_STATUS = (EscrowStatus.OPEN, EscrowStatus.CLOSED)
 #: 8 + InitSpace of Escrow (Option<i64> counts 9)
 ESCROW_SPACE = 8 + 3 + 32 * 3 + 8 + 8 + 4 + 8 + 2 + 8 + 9 + 4 + 8 + 8 + 8
 CONFIG_SPACE = 8 + 2 + 32 * 3 + 2 + 1
@@ -240,19 +229,22 @@ def decode_escrow(data: bytes) -> EscrowAccount:
         raise ValueError(f"bad Option tag {tag}")
     started_at = r.take("q") if tag == 1 else None
     claimed, paid, fee_paid, refunded = r.take("I"), r.take("Q"), r.take("Q"), r.take("Q")
-    return EscrowAccount(version, bump, _STATUS[status], renter, provider, mint, rental_id, rate,
-                         max_minutes, deposited, fee_bps, start_deadline, started_at, claimed, paid,
-                         fee_paid, refunded)
+    return EscrowAccount(version, bump, Escrow(
+        renter=str(renter), provider=str(provider), mint=str(mint), rental_id=rental_id, rate_per_minute=rate,
+        max_minutes=max_minutes, deposited=deposited, fee_bps=fee_bps, start_deadline=start_deadline,
+        started_at=started_at, claimed_minutes=claimed, paid=paid, fee_paid=fee_paid, refunded=refunded,
+        status=_STATUS[status]))
 
 
 def encode_escrow(a: EscrowAccount) -> bytes:
     """Inverse of :func:`decode_escrow`, padded to the account's allocated size (tests, fixtures)."""
-    out = account_discriminator("Escrow") + struct.pack("<BBB", a.version, a.bump, _STATUS.index(a.status))
-    out += bytes(a.renter) + bytes(a.provider) + bytes(a.mint)
-    out += struct.pack("<QQIQHq", a.rental_id, a.rate_per_minute, a.max_minutes, a.deposited, a.fee_bps,
-                       a.start_deadline)
-    out += b"\0" if a.started_at is None else b"\1" + struct.pack("<q", a.started_at)
-    out += struct.pack("<IQQQ", a.claimed_minutes, a.paid, a.fee_paid, a.refunded)
+    e = a.escrow
+    out = account_discriminator("Escrow") + struct.pack("<BBB", a.version, a.bump, _STATUS.index(e.status))
+    out += b"".join(bytes(Pubkey.from_string(k)) for k in (e.renter, e.provider, e.mint))
+    out += struct.pack("<QQIQHq", e.rental_id, e.rate_per_minute, e.max_minutes, e.deposited, e.fee_bps,
+                       e.start_deadline)
+    out += b"\0" if e.started_at is None else b"\1" + struct.pack("<q", e.started_at)
+    out += struct.pack("<IQQQ", e.claimed_minutes, e.paid, e.fee_paid, e.refunded)
     return out.ljust(ESCROW_SPACE, b"\0")
 
 

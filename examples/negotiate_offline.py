@@ -14,6 +14,11 @@ import hashlib
 from decimal import Decimal
 
 from dgpu.protocol import (
+    GOSSIP_ADAPTER,
+    MAX_OFFER_BYTES,
+    MAX_OFFER_TTL_S,
+    TO_PROVIDER_NEGOTIATION,
+    TO_RENTER_NEGOTIATION,
     EscrowRef,
     GpuSpec,
     JobRequest,
@@ -28,8 +33,6 @@ from dgpu.protocol import (
     pricing,
     seal,
 )
-from dgpu.protocol.ids import MAX_FRAME_BYTES, MAX_OFFER_BYTES, MAX_OFFER_TTL_S
-from dgpu.protocol.messages import GOSSIP_ADAPTER, TO_PROVIDER_NEGOTIATION, TO_RENTER_NEGOTIATION
 
 DECIMALS = 6  # read from the mint in real use
 NOW = 1_700_000_000  # time is an argument everywhere
@@ -60,13 +63,12 @@ def main() -> dict[str, int]:
 
     def to_provider(message: JobRequest | object, t: int) -> None:
         data = seal(message, renter_key, nonce=nonce(f"r{t}"), issued_at=t, expires_at=t + 60)  # type: ignore[arg-type]
-        opened = open_envelope(data, TO_PROVIDER_NEGOTIATION, now=t, max_bytes=MAX_FRAME_BYTES,
-                               replay_cache=provider_inbox)
+        opened = open_envelope(data, TO_PROVIDER_NEGOTIATION, now=t, replay_cache=provider_inbox)
         provider.receive(opened.message, t, signer=opened.signer)
 
     def to_renter(message: object, t: int) -> None:
         data = seal(message, provider_key, nonce=nonce(f"p{t}"), issued_at=t, expires_at=t + 60)  # type: ignore[arg-type]
-        opened = open_envelope(data, TO_RENTER_NEGOTIATION, now=t, max_bytes=MAX_FRAME_BYTES, replay_cache=renter_inbox)
+        opened = open_envelope(data, TO_RENTER_NEGOTIATION, now=t, replay_cache=renter_inbox)
         renter.receive(opened.message, t, signer=opened.signer)
 
     request = JobRequest(request_id="00" * 8, renter=renter_key.public_key.wallet, provider=offer.provider,
@@ -74,9 +76,8 @@ def main() -> dict[str, int]:
                          command=("python", "train.py"), max_minutes=30, max_price_per_minute=rate)
     renter.send(request, NOW + 2)
     to_provider(request, NOW + 2)
-    quote = Quote(request_id=request.request_id, quote_id="01" * 8, provider=offer.provider, rate_per_minute=rate,
-                  max_minutes=30, deposit=rate * 30, fee_bps=pricing.DEFAULT_FEE_BPS, mint=mint, ledger="dev",
-                  start_deadline=NOW + 300, expires_at=NOW + 60)
+    quote = Quote.for_request(request, quote_id="01" * 8, rate_per_minute=rate, fee_bps=pricing.DEFAULT_FEE_BPS,
+                              mint=mint, ledger="dev", start_deadline=NOW + 300, expires_at=NOW + 60)
     provider.send(quote, NOW + 3)
     to_renter(quote, NOW + 3)
 

@@ -1,4 +1,9 @@
-"""The ``dgpu`` command. It only parses: configuration is built once, then handed to the app."""
+"""``dgpu node``: parse the node's flags, build its configuration once, hand it to the app.
+
+The top-level ``dgpu`` command (``dgpu.client.main``) registers this subcommand with
+:func:`add_node_command` and runs it with :func:`run_node_command`; the node itself knows
+nothing of the commands stacked above it (bootstrap, demo, renter commands).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,25 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import trio
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from dgpu.node.app import NodeRuntime
 
-def _common(p: argparse.ArgumentParser) -> None:
+__all__ = ["RentOnce", "add_common_options", "add_node_command", "run_node_command", "until_signal"]
+
+
+class RentOnce(Protocol):
+    """The renter's one-shot job of ``--rent-script`` (the demo's renter): returns its summary."""
+
+    def __call__(self, rt: NodeRuntime, *, script: str, min_vram_mib: int, expect_offers: int,
+                 out: IO[str], ledger_url: str | None, minutes: int) -> Awaitable[dict[str, Any]]: ...
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """Identity, listen address and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
     p.add_argument("--data-dir", type=Path, default=Path(".dgpu/node"),
                    help="identity and state (identity.json is created on first run, mode 0600)")
     p.add_argument("--host", default="127.0.0.1", help="listen address")
@@ -24,29 +41,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dgpu", description="dGPU: peer-to-peer GPU rental")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    d = sub.add_parser("demo", help="run the local demo network (bootstrap, 2 providers, renter)")
-    d.add_argument("--keep", action="store_true", help="keep the work dir and logs")
-    d.add_argument("--log-level", default="WARNING", help="children's log level")
-
-    b = sub.add_parser("bootstrap", help="run a bootstrap node (DHT server + rendezvous, login, pinning, "
-                                         "development ledger)")
-    _common(b)
-    b.set_defaults(data_dir=Path(".dgpu/bootstrap"))
-    b.add_argument("--http-host", default="127.0.0.1", help="HTTP listen address (login, pinning, ledger)")
-    b.add_argument("--http-port", type=int, default=8600, help="HTTP port (0: the kernel picks)")
-    b.add_argument("--http-url-file", type=Path, default=None, help="write the HTTP base URL here once listening")
-    b.add_argument("--no-ledger", action="store_true", help="do not serve the development ledger")
-    b.add_argument("--ledger-clock-speed", type=int, default=1,
-                   help="development ledger: its clock runs this many times faster (demos)")
-    b.add_argument("--ledger-test-mode", action="store_true",
-                   help="development ledger: allow setting its clock over HTTP (tests only)")
-
+def add_node_command(sub: Any) -> None:
     n = sub.add_parser("node", help="run a provider or renter node")
-    _common(n)
+    add_common_options(n)
     n.add_argument("--role", choices=["provider", "renter"], required=True)
     n.add_argument("--bootstrap", action="append", required=True, metavar="MULTIADDR",
                    help="bootstrap node multiaddr with /p2p/ID (repeatable)")
@@ -86,13 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--development", action="store_true",
                    help="development network: simulated GPUs and the faucet through the API")
 
-    from dgpu.client.cli import add_commands
 
-    add_commands(sub)
-    return ap
-
-
-async def _until_signal(body: Callable[[], Awaitable[None]]) -> None:
+async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
     """Run ``body``; SIGTERM/SIGINT cancel it so every service shuts down cleanly."""
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
@@ -106,52 +98,11 @@ async def _until_signal(body: Callable[[], Awaitable[None]]) -> None:
         nursery.cancel_scope.cancel()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if hasattr(args, "handler"):  # renter commands (dgpu.client.cli) talk to a running node
-        return int(args.handler(args))
-    if args.cmd == "demo":
-        from dgpu.node.demo import run_demo
-
-        return run_demo(keep=args.keep, log_level=args.log_level)
-
-    from dgpu.node import logging as node_logging
-    from dgpu.node.errors import NodeError
-
-    node_logging.configure(args.log_level, name=args.cmd)
-    try:
-        if args.cmd == "bootstrap":
-            return _bootstrap(args)
-        return _node(args)
-    except NodeError as exc:
-        print(f"dgpu {args.cmd}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-def _bootstrap(args: argparse.Namespace) -> int:
-    from dgpu.bootstrap.service import LedgerSettings, run_bootstrap_services
-    from dgpu.node.config import BootstrapConfig
-
-    config = BootstrapConfig(data_dir=args.data_dir, listen_host=args.host,
-                             listen_port=args.port, addr_file=args.addr_file,
-                             log_level=args.log_level)
-    ledger = LedgerSettings(enabled=not args.no_ledger, clock_speed=args.ledger_clock_speed,
-                            test_mode=args.ledger_test_mode)
-
-    async def body() -> None:
-        await run_bootstrap_services(config, http_host=args.http_host, http_port=args.http_port, ledger=ledger,
-                                     url_file=args.http_url_file)
-
-    trio.run(_until_signal, body)
-    return 0
-
-
-def _node(args: argparse.Namespace) -> int:
+def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = None) -> int:
+    """Run ``dgpu node`` until a signal (or, with ``--rent-script``, until ``rent_once`` returns)."""
     from pydantic import ValidationError
 
-    from dgpu.node.app import NodeRuntime, run_node
+    from dgpu.node.app import run_node
     from dgpu.node.config import NodeConfig, parse_gpu
     from dgpu.protocol.messages import Executor
 
@@ -185,26 +136,25 @@ def _node(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {}
     main_fn: Callable[[NodeRuntime], Awaitable[None]] | None = None
     if args.rent_script is not None:
-        from dgpu.node.demo import rent_once
+        if rent_once is None:
+            print("dgpu node: --rent-script is not available here", file=sys.stderr)
+            return 2
+        once = rent_once
 
         async def rent(rt: NodeRuntime) -> None:
-            result.update(await rent_once(rt, script=args.rent_script,
-                                          min_vram_mib=args.rent_min_vram,
-                                          expect_offers=args.rent_expect_offers,
-                                          out=sys.stdout, ledger_url=args.ledger_url,
-                                          minutes=args.rent_minutes))
+            result.update(await once(rt, script=args.rent_script,
+                                     min_vram_mib=args.rent_min_vram,
+                                     expect_offers=args.rent_expect_offers,
+                                     out=sys.stdout, ledger_url=args.ledger_url,
+                                     minutes=args.rent_minutes))
 
         main_fn = rent
 
     async def body() -> None:
         await run_node(config, main=main_fn, api=api)
 
-    trio.run(_until_signal, body)
+    trio.run(until_signal, body)
     if args.rent_script is not None:
         print("SUMMARY " + json.dumps(result), flush=True)
         return 0 if result.get("state") == "finished" else 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

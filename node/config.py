@@ -6,16 +6,22 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dgpu.node.errors import ConfigError
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import Executor, GpuSpec
 
-__all__ = ["DEV_MINT", "BootstrapConfig", "NodeConfig", "parse_gpu"]
+__all__ = ["DEVELOPMENT_LEDGERS", "DEV_MINT", "BootstrapConfig", "LedgerKind", "NodeConfig", "parse_gpu"]
 
 #: the development ledger's mint placeholder (no real value; 6 decimals like the dGPU mint)
 DEV_MINT = SigningKey(hashlib.sha256(b"dgpu/dev-mint").digest()).public_key.wallet
+
+#: which escrow ledger the node uses (``app.open_ledger`` maps each to its client)
+LedgerKind = Literal["dev"]
+#: ledgers that hold no real value: a network on one of them is a development network, the
+#: only kind on which simulated GPUs may be offered
+DEVELOPMENT_LEDGERS: frozenset[str] = frozenset({"dev"})
 
 
 def parse_gpu(text: str, *, simulated: bool) -> GpuSpec:
@@ -59,6 +65,7 @@ class NodeConfig(_Config):
     #: renters: accept simulated inventories (development networks only)
     accept_simulated: bool = False
     # --- provider ---
+    #: simulated GPUs (``--simulated-gpu``; development ledgers only); none: the GPUs NVML reports
     gpus: tuple[GpuSpec, ...] = ()
     price_per_gpu_minute: int = Field(8_334, gt=0)  # 0.50 dGPU/h with 6 decimals, rounded up
     region: str = "local"
@@ -68,6 +75,8 @@ class NodeConfig(_Config):
     offer_ttl_s: int = Field(300, ge=60, le=3600)
     #: write a JSON status (offers seen, rejections, peers) here every half second (tests, bench)
     status_file: Path | None = None
+    #: the escrow ledger: "dev", the development ledger (no real value) at ``ledger_url``
+    ledger: LedgerKind = "dev"
     #: the development ledger (a bootstrap node's HTTP URL): providers verify escrows there and
     #: claim from them, renters fund them; without it a provider refuses every escrow
     ledger_url: str | None = None
@@ -88,3 +97,10 @@ class NodeConfig(_Config):
             if "/p2p/" not in a:
                 raise ValueError(f"bootstrap address needs /p2p/PEERID: {a}")
         return v
+
+    @model_validator(mode="after")
+    def _simulated_on_development_ledgers_only(self) -> NodeConfig:
+        if self.gpus and (not all(g.simulated for g in self.gpus) or self.ledger not in DEVELOPMENT_LEDGERS):
+            raise ValueError("declared GPUs are simulated, and simulated GPUs are for development ledgers only "
+                             "(real GPUs come from NVML)")
+        return self

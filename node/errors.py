@@ -8,6 +8,8 @@
     ├── ConfigError                    a setting that cannot work (bad multiaddr, port, path)
     ├── NetworkError                   a libp2p operation failed (converted in adapters.p2p)
     │   ├── DialError                  the peer could not be reached (dead, refused, no address)
+    │   │   └── PeerIdMismatchError    the node at the address has another peer id than asked for
+    │   ├── NoBootstrapReachable       no bootstrap node answered within the bounded tries
     │   ├── StreamError                an open stream broke
     │   │   ├── StreamClosedError      the remote closed or reset the stream mid-exchange
     │   │   ├── FrameTooLargeError     a frame's length prefix is over the limit (nothing read)
@@ -51,8 +53,10 @@ __all__ = [
     "JobSpecInvalid",
     "KeystoreError",
     "NetworkError",
+    "NoBootstrapReachable",
     "NodeError",
     "PassphraseError",
+    "PeerIdMismatchError",
     "PeerRefusedError",
     "ReadTimeoutError",
     "RejectedError",
@@ -86,6 +90,19 @@ class NetworkError(NodeError):
 
 class DialError(NetworkError):
     """The peer could not be reached."""
+
+
+class PeerIdMismatchError(DialError):
+    """The node listening at the dialled address has another identity than the one asked for."""
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class NoBootstrapReachable(NetworkError):
+    """Joining failed: no bootstrap node answered within the bounded number of tries."""
 
 
 class StreamError(NetworkError):

@@ -20,32 +20,54 @@ from .errors import LocalProtocolError as LocalProtocolError
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteProtocolError as RemoteProtocolError
 from .ids import JOB_PROTOCOL as JOB_PROTOCOL
+from .ids import MAX_FRAME_BYTES as MAX_FRAME_BYTES
+from .ids import MAX_OFFER_BYTES as MAX_OFFER_BYTES
+from .ids import MAX_OFFER_TTL_S as MAX_OFFER_TTL_S
 from .ids import NEGOTIATE_PROTOCOL as NEGOTIATE_PROTOCOL
 from .ids import OFFERS_TOPIC as OFFERS_TOPIC
 from .job_session import JobSession as JobSession
 from .keys import PublicKey as PublicKey
 from .keys import SigningKey as SigningKey
+from .messages import GOSSIP_ADAPTER as GOSSIP_ADAPTER
+from .messages import TO_PROVIDER_JOB as TO_PROVIDER_JOB
+from .messages import TO_PROVIDER_NEGOTIATION as TO_PROVIDER_NEGOTIATION
+from .messages import TO_RENTER_JOB as TO_RENTER_JOB
+from .messages import TO_RENTER_NEGOTIATION as TO_RENTER_NEGOTIATION
 from .messages import Accept as Accept
 from .messages import Agreement as Agreement
+from .messages import AgreementTerms as AgreementTerms
 from .messages import EscrowRef as EscrowRef
+from .messages import Executor as Executor
 from .messages import GpuSpec as GpuSpec
 from .messages import JobRequest as JobRequest
 from .messages import Offer as Offer
 from .messages import Quote as Quote
 from .messages import Reject as Reject
 from .messages import RejectCode as RejectCode
+from .negotiation import UNCHECKED as UNCHECKED
 from .negotiation import Negotiation as Negotiation
 from .negotiation import Role as Role
 from .negotiation import State as State
 
 __all__ = [
+    "GOSSIP_ADAPTER",
     "JOB_PROTOCOL",
+    "MAX_FRAME_BYTES",
+    "MAX_OFFER_BYTES",
+    "MAX_OFFER_TTL_S",
     "NEGOTIATE_PROTOCOL",
     "OFFERS_TOPIC",
+    "TO_PROVIDER_JOB",
+    "TO_PROVIDER_NEGOTIATION",
+    "TO_RENTER_JOB",
+    "TO_RENTER_NEGOTIATION",
+    "UNCHECKED",
     "Accept",
     "Agreement",
+    "AgreementTerms",
     "EscrowError",
     "EscrowRef",
+    "Executor",
     "GpuSpec",
     "JobRequest",
     "JobSession",

@@ -24,7 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .canonical import JsonValue, canonical_bytes, parse_json
 from .errors import ExpiredError, MalformedError, ReplayError, SignatureError
-from .ids import DOMAIN_PREFIX, KNOWN_WIRE_VERSIONS, MAX_ENVELOPE_TTL_S, WIRE_VERSION
+from .ids import DOMAIN_PREFIX, KNOWN_WIRE_VERSIONS, MAX_ENVELOPE_TTL_S, MAX_FRAME_BYTES, WIRE_VERSION
 from .keys import PublicKey, SigningKey
 
 __all__ = [
@@ -150,15 +150,17 @@ def open_envelope(
     adapter: TypeAdapter[M],
     *,
     now: int,
-    max_bytes: int,
+    max_bytes: int = MAX_FRAME_BYTES,
     replay_cache: ReplayCache | None = None,
     max_ttl: int = MAX_ENVELOPE_TTL_S,
     expected_signer: PublicKey | None = None,
 ) -> Opened[M]:
     """Decode and verify wire bytes; raises a :class:`~dgpu.protocol.errors.RemoteProtocolError`.
 
-    ``adapter`` decides which message types are acceptable in this direction. A failed check
-    leaves ``replay_cache`` unchanged.
+    ``adapter`` decides which message types are acceptable in this direction (the adapters in
+    :mod:`dgpu.protocol`: ``TO_PROVIDER_NEGOTIATION``, ``GOSSIP_ADAPTER``, ...). ``max_bytes``
+    bounds the input before it is parsed: the default suits stream frames; gossiped offers use
+    ``MAX_OFFER_BYTES``. A failed check leaves ``replay_cache`` unchanged.
     """
     envelope = parse_json(data, max_bytes=max_bytes)
     if not isinstance(envelope, dict) or set(envelope) != _ENVELOPE_KEYS:

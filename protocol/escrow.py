@@ -26,6 +26,7 @@ Every instruction is a pure function ``(state, actor, now, ...) -> Outcome`` tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -39,6 +40,7 @@ __all__ = [
     "EscrowStatus",
     "Outcome",
     "Party",
+    "RentalIds",
     "Transfer",
     "accrued_minutes",
     "claim",
@@ -284,3 +286,20 @@ def sweep_dust(escrow: Escrow, vault_balance: int) -> tuple[Transfer, ...]:
     if escrow.status is EscrowStatus.CLOSED and vault_balance > 0:
         return (Transfer(Party.VAULT, Party.RENTER, vault_balance),)
     return ()
+
+
+class RentalIds:
+    """A renter's rental ids: strictly increasing, as ``open`` requires (``RentalIdUsed`` otherwise).
+
+    ``clock_us`` is the wall clock in microseconds (passed in: this module reads no clock); each id
+    is that time, lifted above the last id given, so ids keep increasing within a process and across
+    restarts unless the wall clock steps back (then the ledger refuses and the caller asks again).
+    """
+
+    def __init__(self, clock_us: Callable[[], int]) -> None:
+        self._clock_us = clock_us
+        self._last = 0
+
+    def __call__(self) -> int:
+        self._last = max(self._last + 1, self._clock_us())
+        return self._last

@@ -238,6 +238,15 @@ class Quote(_Model):
             raise ValueError("deposit must equal rate_per_minute * max_minutes")
         return self
 
+    @classmethod
+    def for_request(cls, request: JobRequest, *, quote_id: str, rate_per_minute: int, fee_bps: int,
+                    mint: str, ledger: str, start_deadline: int, expires_at: int) -> Quote:
+        """The quote answering ``request``: its id, provider and minutes, deposit = rate x minutes."""
+        return cls(request_id=request.request_id, quote_id=quote_id, provider=request.provider,
+                   rate_per_minute=rate_per_minute, max_minutes=request.max_minutes,
+                   deposit=rate_per_minute * request.max_minutes, fee_bps=fee_bps, mint=mint, ledger=ledger,
+                   start_deadline=start_deadline, expires_at=expires_at)
+
 
 class RejectCode(StrEnum):
     """Machine-readable reasons for a ``Reject``."""

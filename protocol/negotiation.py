@@ -19,11 +19,12 @@ envelope signatures are checked by :func:`dgpu.protocol.envelope.open_envelope` 
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Final
 
 from .envelope import sign_detached, verify_detached
 from .errors import LocalProtocolError, RemoteProtocolError, SignatureError, TimeoutError_
+from .escrow import MAX_FEE_BPS
 from .keys import PublicKey, SigningKey
 from .messages import (
     Accept,
@@ -37,7 +38,16 @@ from .messages import (
     digest,
 )
 
-__all__ = ["TRANSITIONS", "Negotiation", "NegotiationMessage", "Role", "State", "agreement_terms"]
+__all__ = [
+    "TRANSITIONS",
+    "UNCHECKED",
+    "Negotiation",
+    "NegotiationMessage",
+    "Role",
+    "State",
+    "Unchecked",
+    "agreement_terms",
+]
 
 NegotiationMessage = JobRequest | Quote | Accept | Agreement | Reject
 
@@ -92,6 +102,16 @@ def agreement_terms(request: JobRequest, quote: Quote, escrow: EscrowRef) -> Agr
         max_minutes=quote.max_minutes, deposit=quote.deposit, fee_bps=quote.fee_bps, mint=quote.mint,
         start_deadline=quote.start_deadline, executor=request.executor, escrow=escrow,
     )
+
+
+class Unchecked(Enum):
+    """The explicit opt-out of :meth:`Negotiation.receive`'s counterparty check."""
+
+    UNCHECKED = "unchecked"
+
+
+#: ``Negotiation.receive(msg, now, signer=UNCHECKED)``: the message was not signed (simulations)
+UNCHECKED: Final = Unchecked.UNCHECKED
 
 
 class Negotiation:
@@ -155,10 +175,12 @@ class Negotiation:
         return reject
 
     # -- the peer's moves ------------------------------------------------------------------
-    def receive(self, message: NegotiationMessage, now: int, *, signer: PublicKey | None = None) -> State:
+    def receive(self, message: NegotiationMessage, now: int, *, signer: PublicKey | Unchecked) -> State:
         """Feed the peer's message; :class:`RemoteProtocolError` (state unchanged) if refused.
 
-        ``signer`` is the envelope's verified signer; it must be the counterparty."""
+        ``signer`` is the envelope's verified signer (``Opened.signer``); it must be the
+        counterparty. Pass :data:`UNCHECKED` only where the message was never signed (a
+        simulation that skips envelopes): the counterparty check is then skipped, on purpose."""
         if self.check_timeout(now):
             raise TimeoutError_(f"{message.type} arrived after the step deadline")
         sender = self.role.peer
@@ -166,7 +188,7 @@ class Negotiation:
         if next_state is None:
             raise RemoteProtocolError(f"a {sender} may not send {message.type} in state {self.state}",
                                       reject_code=RejectCode.PROTOCOL_ERROR)
-        if signer is not None:
+        if signer is not UNCHECKED:
             expected = message.renter if isinstance(message, JobRequest) else self._party(sender)
             if signer.wallet != expected:
                 raise SignatureError(f"{message.type} was signed by {signer.wallet}, not the {sender}")
@@ -221,6 +243,9 @@ class Negotiation:
 
     @staticmethod
     def _check_quote(request: JobRequest, quote: Quote, now: int) -> None:
+        if quote.fee_bps > MAX_FEE_BPS:  # the escrow would refuse it; a renter must never sign it
+            raise RemoteProtocolError(f"quoted fee {quote.fee_bps} bps exceeds the maximum {MAX_FEE_BPS}",
+                                      reject_code=RejectCode.PROTOCOL_ERROR)
         if quote.provider != request.provider:
             raise RemoteProtocolError("quote from another provider", reject_code=RejectCode.PROTOCOL_ERROR)
         if quote.rate_per_minute > request.max_price_per_minute:

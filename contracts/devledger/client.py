@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import fields, replace
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 
 from dgpu.protocol.envelope import seal
 from dgpu.protocol.errors import EscrowErrorCode
-from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.escrow import Escrow, EscrowStatus
 from dgpu.protocol.keys import SigningKey
 
 from ..errors import (
@@ -147,17 +148,10 @@ class DevLedgerEscrow:
     async def fetch(self, address: str) -> EscrowView:
         v = (await self._call("GET", f"/escrows/{address}"))["escrow"]
         try:
-            handle = EscrowHandle(ledger=self.ledger, address=v["address"], renter=v["renter"],
-                                  provider=v["provider"], rental_id=int(v["rental_id"]))
-            return EscrowView(
-                handle=handle, mint=v["mint"], rate_per_minute=v["rate_per_minute"],
-                max_minutes=v["max_minutes"], deposited=v["deposited"], fee_bps=v["fee_bps"],
-                start_deadline=v["start_deadline"], started_at=v["started_at"],
-                claimed_minutes=v["claimed_minutes"], paid=v["paid"], fee_paid=v["fee_paid"],
-                refunded=v["refunded"], status=EscrowStatus(v["status"]),
-                vault_balance=v["vault_balance"], now=v["now"], accrued_minutes=v["accrued_minutes"],
-                expires_at=v["expires_at"],
-            )
+            record = Escrow(**{f.name: v[f.name] for f in fields(Escrow)})
+            record = replace(record, rental_id=int(record.rental_id), status=EscrowStatus(record.status))
+            return EscrowView.of(record, ledger=self.ledger, address=str(v["address"]),
+                                 vault_balance=int(v["vault_balance"]), now=int(v["now"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise TransportError("development ledger sent a malformed escrow view") from exc
 

@@ -39,7 +39,16 @@ import docker.types
 import requests.exceptions
 import trio
 
-from dgpu.node.adapters.executor import (
+from dgpu.node.adapters.executor import split_lines
+from dgpu.node.errors import (
+    ExecutorFailure,
+    ExecutorUnavailable,
+    ImageNotAllowed,
+    ImageUnavailable,
+    JobSpecInvalid,
+)
+from dgpu.node.ports.execution import (
+    ContainerInfo,
     ExitReason,
     ExitStatus,
     Isolation,
@@ -47,14 +56,6 @@ from dgpu.node.adapters.executor import (
     LogChunk,
     ResourceLimits,
     StreamName,
-    split_lines,
-)
-from dgpu.node.errors import (
-    ExecutorFailure,
-    ExecutorUnavailable,
-    ImageNotAllowed,
-    ImageUnavailable,
-    JobSpecInvalid,
 )
 
 __all__ = ["ContainerInfo", "DockerExecutor", "DockerJobHandle", "DockerPolicy"]
@@ -111,20 +112,6 @@ def _parse_docker_time(value: str) -> float | None:
     head, _, frac = value.rstrip("Z").partition(".")
     stamp = datetime.fromisoformat(head + "+00:00").timestamp()
     return stamp + (float("0." + frac) if frac else 0.0)
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerInfo:
-    """A container of this daemon found by label (see :meth:`DockerExecutor.list_jobs`)."""
-
-    container_id: str
-    job_id: str
-    rental_id: str
-    running: bool
-    started_at: float | None  #: wall clock
-    finished_at: float | None  #: wall clock; None while running
-    exit_code: int | None
-    oom_killed: bool
 
 
 class DockerExecutor:

@@ -1,9 +1,10 @@
 """GPU inventory and per-minute samples through NVML (``nvidia-ml-py``, import ``pynvml``).
 
-Rules: no NVIDIA library or no GPU is a normal state, not an error: :meth:`NvmlGpus.inventory`
-then returns an empty :class:`Inventory` whose ``message`` says why, and the node offers no
-GPUs. A simulated inventory exists only on a development network and every record it makes
-has ``simulated=True``. NVML calls block, so they run in a worker thread behind a limiter of
+Both classes implement ``dgpu.node.ports.gpu.GpuSource``. Rules: no NVIDIA library or no GPU is a
+normal state, not an error: :meth:`NvmlGpus.inventory` then returns an empty ``GpuScan`` whose
+``message`` says why, and the node offers no GPUs. A simulated inventory
+(:class:`SimulatedGpus`) exists only on a development network and every record it makes has
+``simulated=True``. NVML calls block, so they run in a worker thread behind a limiter of
 one (NVML is process-global state; one caller at a time keeps init/shutdown simple).
 
 The NVML module is injected (``nvml=``) so unit tests can pass ``FakeNvmlForTests``; the real
@@ -16,23 +17,14 @@ import contextlib
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-__all__ = [
-    "DEV_NETWORKS",
-    "GpuInfo",
-    "GpuSample",
-    "Inventory",
-    "NvmlGpus",
-    "normalize_gpu_model",
-    "simulated_inventory",
-]
+from dgpu.node.ports.gpu import GpuInfo, GpuSample, GpuScan, simulated_gpus
+from dgpu.protocol.messages import GpuSpec
 
-#: networks on which a simulated inventory may be offered
-DEV_NETWORKS = frozenset({"devnet-local", "local", "dev"})
+__all__ = ["NvmlGpus", "SimulatedGpus", "normalize_gpu_model"]
 
 _TEMP_GPU = 0  # NVML_TEMPERATURE_GPU
 _VENDOR_WORDS = ("nvidia", "geforce", "tesla", "quadro", "apple", "amd", "radeon")
@@ -73,74 +65,23 @@ def normalize_gpu_model(raw: str) -> str:
     return cleaned
 
 
-@dataclass(frozen=True, slots=True)
-class GpuInfo:
-    index: int
-    uuid: str
-    model: str  #: pricing-table key (normalize_gpu_model of raw_name)
-    raw_name: str
-    memory_total_bytes: int
-    power_limit_mw: int | None  #: enforced power limit, milliwatts; None if not reported
-    compute_capability: str | None  #: "8.9"
-    driver_version: str
-    cuda_version: str | None  #: "12.4"
-    simulated: bool  #: True only for a development network's simulated inventory
+class SimulatedGpus:
+    """A development network's GPUs, declared with ``--simulated-gpu``: marked ``simulated`` in
+    every record (and so in every offer), with stable fake UUIDs (``ports.gpu.simulated_gpus``).
+    Never sampled: a simulated GPU has no utilisation to report; inventing one would be a fake
+    metric."""
 
+    def __init__(self, specs: Sequence[GpuSpec], *, owner: str) -> None:
+        gpus = simulated_gpus(specs, owner=owner)
+        self._scan = GpuScan(gpus, available=False,
+                             message=f"SIMULATED inventory ({len(gpus)} GPUs; development networks only)")
 
-@dataclass(frozen=True, slots=True)
-class GpuSample:
-    uuid: str
-    at: float  #: wall clock (unix seconds)
-    utilization_pct: int | None
-    memory_used_bytes: int | None
-    power_draw_mw: int | None
-    temperature_c: int | None
+    async def inventory(self) -> GpuScan:
+        return self._scan
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "uuid": self.uuid,
-            "at": self.at,
-            "utilization_pct": self.utilization_pct,
-            "memory_used_bytes": self.memory_used_bytes,
-            "power_draw_mw": self.power_draw_mw,
-            "temperature_c": self.temperature_c,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Inventory:
-    gpus: tuple[GpuInfo, ...]
-    available: bool  #: NVML loaded and answered
-    message: str  #: human-readable: what was found, or why nothing was
-
-    @property
-    def simulated(self) -> bool:
-        return any(g.simulated for g in self.gpus)
-
-
-def simulated_inventory(network: str, models: Sequence[tuple[str, int]]) -> Inventory:
-    """A fake inventory for development networks only; every record is ``simulated``.
-
-    ``models`` are (raw model name, VRAM bytes). Raises ``ValueError`` on any other network.
-    """
-    if network not in DEV_NETWORKS:
-        raise ValueError(f"a simulated GPU inventory is refused on network {network!r}")
-    gpus = tuple(
-        GpuInfo(
-            index=i,
-            uuid=f"GPU-SIMULATED-{i:04d}",
-            model=normalize_gpu_model(raw),
-            raw_name=raw,
-            memory_total_bytes=vram,
-            power_limit_mw=None,
-            compute_capability=None,
-            driver_version="simulated",
-            cuda_version=None,
-            simulated=True,
-        )
-        for i, (raw, vram) in enumerate(models)
-    )
-    return Inventory(gpus, available=False, message=f"SIMULATED inventory ({len(gpus)} GPUs)")
+    async def sample(self, uuids: Sequence[str]) -> list[GpuSample]:
+        del uuids
+        return []
 
 
 def _text(value: str | bytes) -> str:
@@ -163,7 +104,7 @@ class NvmlGpus:
         # one NVML caller at a time: init/shutdown are process-global
         self._limiter = trio.CapacityLimiter(1)
 
-    async def inventory(self) -> Inventory:
+    async def inventory(self) -> GpuScan:
         """Every GPU NVML reports; an empty inventory with a clear message when none."""
         return await trio.to_thread.run_sync(self.inventory_sync, limiter=self._limiter)
 
@@ -175,14 +116,14 @@ class NvmlGpus:
 
     # --- blocking halves (worker thread) -----------------------------------------------
 
-    def inventory_sync(self) -> Inventory:
+    def inventory_sync(self) -> GpuScan:
         nv = self._nvml
         if nv is None:
-            return Inventory((), False, "no GPUs: the nvidia-ml-py (pynvml) package is missing")
+            return GpuScan((), False, "no GPUs: the nvidia-ml-py (pynvml) package is missing")
         try:
             nv.nvmlInit()
         except nv.NVMLError as exc:
-            return Inventory((), False, f"no GPUs: NVML could not start ({_describe(nv, exc)})")
+            return GpuScan((), False, f"no GPUs: NVML could not start ({_describe(nv, exc)})")
         try:
             driver = _text(nv.nvmlSystemGetDriverVersion())
             cuda = _optional(nv, lambda: _cuda_text(nv.nvmlSystemGetCudaDriverVersion_v2()))
@@ -209,13 +150,13 @@ class NvmlGpus:
                     )
                 )
         except nv.NVMLError as exc:
-            return Inventory((), False, f"no GPUs: NVML query failed ({_describe(nv, exc)})")
+            return GpuScan((), False, f"no GPUs: NVML query failed ({_describe(nv, exc)})")
         finally:
             _shutdown(nv)
         if not gpus:
-            return Inventory((), True, f"no GPUs: NVML (driver {driver}) reports none")
+            return GpuScan((), True, f"no GPUs: NVML (driver {driver}) reports none")
         names = ", ".join(g.model for g in gpus)
-        return Inventory(tuple(gpus), True, f"{len(gpus)} GPU(s): {names} (driver {driver})")
+        return GpuScan(tuple(gpus), True, f"{len(gpus)} GPU(s): {names} (driver {driver})")
 
     def sample_sync(self, uuids: list[str]) -> list[GpuSample]:
         nv = self._nvml

@@ -13,16 +13,14 @@ Rules:
 Theory of operation: :func:`open_node` builds the host, gossipsub, the DHT and (for a
 bootstrap node) the rendezvous service, starts them in order inside one nursery and yields a
 :class:`P2PNode`. Leaving the ``async with`` cancels everything and closes the host.
-:class:`Discovery` joins through bootstrap nodes: it dials them, feeds the DHT routing table
-explicitly (it is not filled from plain connections), advertises through rendezvous and
-connects to a bounded number of the peers rendezvous returns.
+Discovery through bootstrap nodes lives in :mod:`p2p_discovery`; connection bounds that are
+released on disconnect in :mod:`p2p_limits`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -43,32 +41,36 @@ from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.tools.anyio_service import background_trio_service
 
 from dgpu.node.adapters.keystore import libp2p_key_pair
+from dgpu.node.adapters.p2p_dial import check_port_free, mismatched_peer_id
 from dgpu.node.adapters.p2p_framing import FramedStream
-from dgpu.node.adapters.p2p_pubsub import (
-    GossipConfig,
-    GossipMessage,
-    GuardedPubsub,
-    Verdict,
-    build_gossip,
-    gossip_message,
+from dgpu.node.adapters.p2p_limits import (
+    ConnectionBounds,
+    InboundBudget,
+    StreamBudget,
+    StreamLimiter,
+    default_stream_budgets,
+    install,
 )
+from dgpu.node.adapters.p2p_pubsub import GossipConfig, GuardedPubsub, build_gossip, gossip_message
 from dgpu.node.errors import (
     CapacityError,
     ConfigError,
     DialError,
     NetworkError,
+    PeerIdMismatchError,
     PeerRefusedError,
 )
-from dgpu.protocol.keys import PublicKey, SigningKey
+from dgpu.node.ports.network import GossipMessage, StreamHandler, TopicValidator, Verdict
+from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.peers import peer_id_of_wallet, wallet_of_peer
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
 __all__ = [
-    "Discovery",
     "P2PConfig",
     "P2PNode",
-    "StreamHandler",
+    "StreamBudget",
     "open_node",
     "parse_peer_addr",
     "peer_id_of_wallet",
@@ -77,8 +79,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-StreamHandler = Callable[[FramedStream], Awaitable[None]]
-TopicValidator = Callable[[GossipMessage], "bool | Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +89,18 @@ class P2PConfig:
     dht_server: bool = False
     rendezvous_server: bool = False
     gossip: GossipConfig | None = field(default_factory=GossipConfig)
-    #: total connections; a renter needs a few providers, a provider a mesh of ~6-12
+    #: live connections in total; a renter needs a few providers, a provider a mesh of ~6-12
     max_connections: int = 64
-    #: concurrent inbound streams of our own protocols from one peer (a renter runs a few jobs)
+    #: live inbound connections per remote IP (loopback exempt unless turned off)
+    max_connections_per_ip: int = 16
+    #: count loopback peers against ``max_connections_per_ip`` (tests; a local network of many
+    #: nodes on 127.0.0.1 needs the exemption)
+    limit_loopback: bool = False
+    #: per-protocol inbound stream budgets; other protocols of ours get the two numbers below
+    stream_budgets: dict[str, StreamBudget] = field(default_factory=default_stream_budgets)
+    #: concurrent inbound streams of another protocol of ours from one peer
     max_inbound_streams_per_peer: int = 8
-    #: concurrent inbound streams of our own protocols in total (each holds a task + buffers)
+    #: concurrent inbound streams of another protocol of ours in total (a task + buffers each)
     max_inbound_streams_total: int = 128
     #: how long a dial may take on loopback/WAN before we call the peer unreachable
     dial_timeout_s: float = 10.0
@@ -109,29 +116,6 @@ def parse_peer_addr(text: str) -> PeerInfo:
         raise ConfigError(f"not a peer multiaddr: {text!r}") from exc
 
 
-def peer_id_of_wallet(wallet: str) -> str:
-    """The libp2p peer ID of a wallet (the same Ed25519 key); ConfigError if not a wallet."""
-    from libp2p.crypto.ed25519 import Ed25519PublicKey
-
-    try:
-        raw = PublicKey.from_wallet(wallet).raw
-    except ValueError as exc:
-        raise ConfigError("not a wallet address") from exc
-    return str(ID.from_pubkey(Ed25519PublicKey.from_bytes(raw)))
-
-
-def wallet_of_peer(peer: str) -> str | None:
-    """The wallet of an Ed25519 peer ID, or None for other key types / malformed IDs."""
-    try:
-        pub = ID.from_base58(peer).extract_public_key()
-    except Exception:  # base58/multihash/protobuf errors for a malformed peer ID
-        return None
-    if pub is None:
-        return None
-    raw = pub.to_bytes()
-    return PublicKey(raw).wallet if len(raw) == 32 else None
-
-
 def _peer_id(peer: str | ID) -> ID:
     if isinstance(peer, ID):
         return peer
@@ -141,43 +125,28 @@ def _peer_id(peer: str | ID) -> ID:
         raise ConfigError(f"not a peer id: {peer!r}") from exc
 
 
-class _StreamLimiter:
-    """Counts our inbound streams per peer and in total (bounds in P2PConfig)."""
-
-    def __init__(self, per_peer: int, total: int) -> None:
-        self.per_peer = per_peer
-        self.total = total
-        self._by_peer: Counter[str] = Counter()
-        self._count = 0
-
-    def try_acquire(self, peer: str) -> bool:
-        if self._count >= self.total or self._by_peer[peer] >= self.per_peer:
-            return False
-        self._count += 1
-        self._by_peer[peer] += 1
-        return True
-
-    def release(self, peer: str) -> None:
-        self._count -= 1
-        self._by_peer[peer] -= 1
-        if self._by_peer[peer] <= 0:
-            del self._by_peer[peer]
-
-
 class P2PNode:
     """A running host. Created by :func:`open_node`; valid only inside its ``async with``."""
 
-    def __init__(self, host: Any, config: P2PConfig, pubsub: GuardedPubsub | None,
-                 dht: KadDHT | None, nursery: trio.Nursery) -> None:
+    def __init__(self, host: Any, config: P2PConfig, pubsub: GuardedPubsub | None,  # noqa: PLR0917
+                 dht: KadDHT | None, nursery: trio.Nursery, connections: InboundBudget) -> None:
         self.host = host
         self.config = config
         self.pubsub = pubsub
         self.dht = dht
         self._nursery = nursery
-        self._limiter = _StreamLimiter(config.max_inbound_streams_per_peer,
-                                       config.max_inbound_streams_total)
-        #: streams refused because a bound was full (tests and metrics read it)
-        self.refused_streams = 0
+        #: live-counted inbound connection bounds (refusals by bound in ``connections.refused``)
+        self.connections = connections
+        #: streams refused because a bound was full, by protocol (tests and metrics read it)
+        self.refused_by_protocol: Counter[str] = Counter()
+
+    @property
+    def refused_streams(self) -> int:
+        return sum(self.refused_by_protocol.values())
+
+    def _budget(self, protocol: str) -> StreamBudget:
+        return self.config.stream_budgets.get(protocol) or StreamBudget(
+            self.config.max_inbound_streams_per_peer, self.config.max_inbound_streams_total)
 
     # ---- identity and addresses ----
     @property
@@ -197,11 +166,16 @@ class P2PNode:
         return [str(p) for p in self.host.get_connected_peers()]
 
     # ---- connections and streams ----
-    async def connect(self, addr: str | PeerInfo) -> str:
-        """Dial a peer (no-op when connected); DialError if it cannot be reached."""
+    async def connect(self, addr: str | PeerInfo, *, retry_now: bool = False) -> str:
+        """Dial a peer (no-op when connected); DialError if it cannot be reached.
+
+        ``retry_now`` lifts the library's 60 s block on a peer whose last dial failed (the
+        caller runs its own backoff, or knows the peer has come back)."""
         info = parse_peer_addr(addr) if isinstance(addr, str) else addr
         if info.peer_id == self.host.get_id():
             return str(info.peer_id)
+        if retry_now:
+            self.host.get_network().unblock_peer(info.peer_id)
         if len(self.host.get_connected_peers()) >= self.config.max_connections and (
             info.peer_id not in self.host.get_connected_peers()
         ):
@@ -212,6 +186,11 @@ class P2PNode:
         except trio.TooSlowError:
             raise DialError(f"dialling {info.peer_id} timed out") from None
         except (SwarmException, OSError, MultiselectClientError) as exc:
+            actual = mismatched_peer_id(exc)
+            if actual is not None:
+                where = " or ".join(str(a) for a in info.addrs) or "that address"
+                raise PeerIdMismatchError(f"peer id mismatch: the node at {where} is {actual}, not {info.peer_id}",
+                                          expected=str(info.peer_id), actual=actual) from exc
             raise DialError(f"cannot reach {info.peer_id}: {type(exc).__name__}") from exc
         return str(info.peer_id)
 
@@ -226,6 +205,9 @@ class P2PNode:
                 continue
         if mas:
             self.host.get_peerstore().add_addrs(pid, mas, ttl_s)
+            # new addresses (e.g. a provider restarted on another port): dial them at once
+            # instead of waiting out the block a failed dial to the old ones left
+            self.host.get_network().unblock_peer(pid)
 
     async def open_stream(self, peer: str, protocol: str, *, max_frame_bytes: int,
                           read_timeout_s: float) -> FramedStream:
@@ -249,19 +231,25 @@ class P2PNode:
 
     def set_handler(self, protocol: str, handler: StreamHandler, *, max_frame_bytes: int,
                     read_timeout_s: float, handler_timeout_s: float | None = None) -> None:
-        """Serve ``protocol``. The handler gets a FramedStream; it is closed afterwards."""
+        """Serve ``protocol``. The handler gets a FramedStream; it is closed afterwards.
+
+        Inbound streams of ``protocol`` are bounded by its :class:`StreamBudget` (per peer and in
+        total, released when the handler ends) and their first frame by its deadline."""
         limit_s = handler_timeout_s or self.config.default_handler_timeout_s
+        budget = self._budget(protocol)
+        limiter = StreamLimiter(budget.per_peer, budget.total)
 
         async def guarded(raw: Any) -> None:
             peer = str(raw.muxed_conn.peer_id)
-            if not self._limiter.try_acquire(peer):
-                self.refused_streams += 1
+            if not limiter.try_acquire(peer):
+                self.refused_by_protocol[protocol] += 1
                 log.info("refusing a %s stream from %s: inbound stream bound reached",
                          protocol, peer)
                 await FramedStream(raw, max_frame_bytes=1, read_timeout_s=1).reset()
                 return
             fs = FramedStream(raw, remote_peer=peer, max_frame_bytes=max_frame_bytes,
-                              read_timeout_s=read_timeout_s)
+                              read_timeout_s=read_timeout_s,
+                              first_frame_timeout_s=budget.first_frame_timeout_s)
             try:
                 with trio.move_on_after(limit_s) as scope:
                     await handler(fs)
@@ -272,7 +260,7 @@ class P2PNode:
                 log.exception("%s handler for %s failed", protocol, peer)
                 await fs.reset()
             finally:
-                self._limiter.release(peer)
+                limiter.release(peer)
                 await fs.close()
 
         self.host.set_stream_handler(TProtocol(protocol), guarded)
@@ -384,6 +372,7 @@ def _disable_auto_connector(host: Any) -> None:
 @asynccontextmanager
 async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode]:
     """Start a host with ``key`` as its identity; close everything on exit."""
+    check_port_free(config.listen_host, config.listen_port)
     host = new_host(
         key_pair=libp2p_key_pair(key),
         connection_config=ConnectionConfig(
@@ -396,6 +385,9 @@ async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode
         ),
     )
     _disable_auto_connector(host)
+    connections = install(host.get_network(), ConnectionBounds(
+        max_inbound=config.max_connections, max_per_ip=config.max_connections_per_ip,
+        exempt_loopback=not config.limit_loopback))
     pubsub: GuardedPubsub | None = None
     if config.gossip is not None:
         router = build_gossip(config.gossip)
@@ -414,7 +406,7 @@ async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode
         async with host.run([listen]), trio.open_nursery() as nursery:
             try:
                 await nursery.start(_run_services, pubsub, dht)
-                yield P2PNode(host, config, pubsub, dht, nursery)
+                yield P2PNode(host, config, pubsub, dht, nursery, connections)
             finally:
                 nursery.cancel_scope.cancel()
                 with trio.move_on_after(5) as scope:  # shutdown must finish even if wedged
@@ -460,116 +452,3 @@ async def _run_services(pubsub: GuardedPubsub | None, dht: KadDHT,
             await pubsub.wait_until_ready()
             task_status.started()
             await _repair_pubsub_streams(pubsub.host, pubsub)
-
-
-class Discovery:
-    """Join through bootstrap nodes: DHT routing table, rendezvous advertise and discover."""
-
-    def __init__(self, node: P2PNode, bootstraps: list[str], namespace: str, *,
-                 advertise: bool, max_dial_peers: int = 8, rng: random.Random | None = None,
-                 ) -> None:
-        self.node = node
-        self.bootstraps = [parse_peer_addr(b) for b in bootstraps]
-        self.namespace = namespace
-        self.advertise = advertise
-        #: outbound dials to discovered peers; gossipsub wants D=6, the rest comes inbound
-        self.max_dial_peers = max_dial_peers
-        self._rng = rng or random.Random()
-        self._clients: dict[str, Any] = {}
-        #: peers learnt from rendezvous (peer id → PeerInfo), excluding ourselves
-        self.known: dict[str, PeerInfo] = {}
-        self.joined = trio.Event()
-
-    async def join(self) -> int:
-        """Dial every bootstrap node; returns how many answered."""
-        from libp2p.discovery.rendezvous import RendezvousDiscovery
-
-        ok = 0
-        for info in self.bootstraps:
-            try:
-                await self.node.connect(info)
-            except NetworkError as exc:
-                log.warning("bootstrap %s unreachable: %s", info.peer_id, exc)
-                continue
-            ok += 1
-            if self.node.dht is not None:
-                # the routing table is not fed by plain connections (notes, pitfall 7)
-                await self.node.dht.add_peer(info)  # type: ignore[arg-type]  # takes PeerInfo
-            self._clients.setdefault(str(info.peer_id),
-                                     RendezvousDiscovery(self.node.host, info.peer_id))
-        if ok:
-            self.joined.set()
-        return ok
-
-    async def advertise_once(self, ttl_s: int = 7200) -> None:
-        from libp2p.discovery.rendezvous.errors import RendezvousError
-
-        for boot, client in list(self._clients.items()):
-            try:
-                with trio.fail_after(10):
-                    await client.advertise(self.namespace, ttl=ttl_s)
-            except (RendezvousError, trio.TooSlowError, SwarmException, StreamFailure,
-                    MultiselectClientError) as exc:
-                log.info("rendezvous advertise at %s failed: %s", boot, type(exc).__name__)
-
-    async def discover_once(self) -> list[str]:
-        """Ask every bootstrap's rendezvous for peers; returns the new ones."""
-        from libp2p.discovery.rendezvous.errors import RendezvousError
-
-        me = self.node.peer_id
-        new: list[str] = []
-        for boot, client in list(self._clients.items()):
-            try:
-                with trio.fail_after(10):
-                    peers = await client.find_all_peers(self.namespace)
-                    client.clear_cache(self.namespace)
-            except (RendezvousError, trio.TooSlowError, SwarmException, StreamFailure,
-                    MultiselectClientError) as exc:
-                log.info("rendezvous discover at %s failed: %s", boot, type(exc).__name__)
-                continue
-            for info in peers:
-                pid = str(info.peer_id)
-                if pid == me or not info.addrs:
-                    continue
-                if pid not in self.known:
-                    new.append(pid)
-                self.known[pid] = info
-        return new
-
-    async def connect_some(self) -> int:
-        """Dial discovered peers until ``max_dial_peers`` of them are connected."""
-        connected = set(self.node.connected_peers())
-        have = sum(1 for p in self.known if p in connected)
-        candidates = [p for p in self.known if p not in connected]
-        self._rng.shuffle(candidates)
-        dialled = 0
-        for pid in candidates[: max(0, self.max_dial_peers - have)]:
-            try:
-                await self.node.connect(self.known[pid])
-                dialled += 1
-            except NetworkError as exc:
-                log.info("peer %s unreachable: %s", pid, exc)
-                self.known.pop(pid, None)
-        return dialled
-
-    async def run(self, *, fast_rounds: int = 8, interval_s: float = 10.0,
-                  task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Join, advertise, then discover and dial: quickly at first, then every interval."""
-        delay = 0.25
-        while not await self.join():
-            await trio.sleep(delay)
-            delay = min(delay * 2, interval_s)
-        if self.advertise:
-            await self.advertise_once()
-        task_status.started()
-        rounds = 0
-        last_advert = trio.current_time()
-        while True:
-            await self.discover_once()
-            await self.connect_some()
-            rounds += 1
-            if self.advertise and trio.current_time() - last_advert > 3600:
-                await self.advertise_once()
-                last_advert = trio.current_time()
-            # fast rounds let a fresh network form in seconds; then settle down
-            await trio.sleep(0.5 if rounds < fast_rounds else interval_s)

@@ -70,12 +70,15 @@ class FramedStream:
     """Frames over one stream. Not safe for two concurrent writers: serialise with ``send_lock``."""
 
     def __init__(self, raw: RawStream, *, remote_peer: str = "", max_frame_bytes: int,
-                 read_timeout_s: float) -> None:
+                 read_timeout_s: float, first_frame_timeout_s: float | None = None) -> None:
         self.raw = raw
         #: peer ID (base58) of the other side; "" for in-memory streams
         self.remote_peer = remote_peer
         self.max_frame_bytes = max_frame_bytes
         self.read_timeout_s = read_timeout_s
+        #: the first frame's deadline caps whatever the reader asks for (inbound streams: a peer
+        #: that opens a stream and says nothing stops holding a slot); None = no extra cap
+        self._first_frame_timeout_s = first_frame_timeout_s
         #: held while a frame is written, so frames never interleave on the wire
         self.send_lock = trio.Lock()
         self._errors = _libp2p_stream_errors()
@@ -111,8 +114,11 @@ class FramedStream:
         ReadTimeoutError the caller may read again. After the other errors the stream is dead.
         """
         limit = self.max_frame_bytes if max_bytes is None else max_bytes
+        deadline_s = self.read_timeout_s if timeout_s is None else timeout_s
+        if self._first_frame_timeout_s is not None:
+            deadline_s = min(deadline_s, self._first_frame_timeout_s)
         try:
-            with trio.fail_after(self.read_timeout_s if timeout_s is None else timeout_s):
+            with trio.fail_after(deadline_s):
                 while True:
                     parsed = self._parse_length()
                     if parsed is not None:
@@ -123,6 +129,7 @@ class FramedStream:
                         if len(self._buf) >= head + n:
                             out = bytes(self._buf[head:head + n])
                             del self._buf[:head + n]
+                            self._first_frame_timeout_s = None
                             return out
                     await self._fill()
         except trio.TooSlowError:

@@ -22,7 +22,6 @@ and peer scoring configured, with P4's weight **positive** because 0.8.1 subtrac
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import weakref
 from collections import OrderedDict
@@ -37,12 +36,12 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 
+from dgpu.node.ports.network import GossipMessage
+
 __all__ = [
     "MAX_INBOUND_RPC_BYTES",
     "GossipConfig",
-    "GossipMessage",
     "GuardedPubsub",
-    "Verdict",
     "build_gossip",
 ]
 
@@ -53,33 +52,8 @@ log = logging.getLogger(__name__)
 MAX_INBOUND_RPC_BYTES = 60 * 1024
 
 
-class Verdict(enum.Enum):
-    """A topic validator's answer (gossipsub v1.1's accept / ignore / reject)."""
-
-    ACCEPT = "accept"
-    """Deliver locally and forward."""
-    IGNORE = "ignore"
-    """Drop without blame: valid but not useful (e.g. an older seq arriving out of order)."""
-    REJECT = "reject"
-    """Drop and count against the forwarder's score (P4): forged, expired, malformed."""
-
-
 class _Ignored(Exception):
     """Internal: validation said IGNORE; push_msg drops the message without a penalty."""
-
-
-@dataclass(frozen=True, slots=True)
-class GossipMessage:
-    """What a topic validator sees: the origin (signed by libp2p) and the payload."""
-
-    topic: str
-    #: base58 peer ID of the origin (``from``); its libp2p signature was checked
-    origin: str
-    #: the origin's raw 32-byte Ed25519 key (the same key as its wallet), or None
-    origin_key: bytes | None
-    #: base58 peer ID of the peer that handed it to us
-    forwarder: str
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,9 @@ from typing import Any
 
 import trio
 
-from dgpu.node.adapters.executor import (
+from dgpu.node.adapters.executor import split_lines
+from dgpu.node.errors import ExecutorFailure, ExecutorUnavailable, JobSpecInvalid
+from dgpu.node.ports.execution import (
     ExitReason,
     ExitStatus,
     Isolation,
@@ -38,9 +40,7 @@ from dgpu.node.adapters.executor import (
     LogChunk,
     ResourceLimits,
     StreamName,
-    split_lines,
 )
-from dgpu.node.errors import ExecutorFailure, ExecutorUnavailable, JobSpecInvalid
 
 __all__ = ["ISOLATION_STATEMENT", "ScriptExecutor", "ScriptJobHandle", "ScriptPolicy"]
 

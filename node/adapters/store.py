@@ -24,15 +24,15 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
-from dgpu.contracts.escrow_api import EscrowReceipt
 from dgpu.node.errors import IllegalTransition, SchemaError, StoreError, UnknownJob
+from dgpu.node.ports.store import JobRecord, UsageMinute
 from dgpu.protocol.job_session import JOB_TRANSITIONS
+from dgpu.protocol.ledger import EscrowReceipt
 from dgpu.protocol.messages import JobState
 
 __all__ = [
@@ -116,32 +116,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX escrow_receipts_escrow ON escrow_receipts (escrow);
     """,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    job_id: str
-    rental_id: str
-    executor: str
-    state: JobState
-    spec: dict[str, Any]
-    container_id: str | None
-    created_at: float
-    started_at: float | None  #: wall clock when the process started; the meter's origin
-    finished_at: float | None
-    exit_code: int | None
-    reason: str | None
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class UsageMinute:
-    job_id: str
-    minute_index: int
-    wall_seconds: float  #: seconds of this minute the job ran (< interval for the last one)
-    recorded_at: float
-    backfilled: bool  #: recorded after a daemon restart, without GPU samples
-    samples: list[dict[str, Any]]
 
 
 _JOB_COLUMNS = (

@@ -30,10 +30,16 @@ from dataclasses import dataclass, field
 
 import trio
 
-from dgpu.contracts.errors import ContractsError, EscrowRefused
-from dgpu.contracts.escrow_api import EscrowHandle, EscrowLedger, EscrowReceipt, EscrowView
 from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.ledger import (
+    ContractsError,
+    EscrowHandle,
+    EscrowLedger,
+    EscrowReceipt,
+    EscrowRefused,
+    EscrowView,
+)
 from dgpu.protocol.messages import AgreementTerms, EscrowRef
 
 __all__ = [

@@ -37,10 +37,10 @@ from typing import Final
 
 import trio
 
-from dgpu.node.adapters.p2p import P2PNode, wallet_of_peer
-from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.errors import NodeError, ReadTimeoutError, StreamError
+from dgpu.node.ports.network import FramedStream, Network
 from dgpu.protocol.ids import BLOB_PROTOCOL, MAX_FRAME_BYTES
+from dgpu.protocol.peers import wallet_of_peer
 
 __all__ = [
     "BLOB_CHUNK_BYTES",
@@ -278,7 +278,7 @@ class BlobServer:
             log.warning("blob shelf read failed: %s", exc)
 
 
-def register(node: P2PNode, shelf: BlobShelf) -> BlobServer:
+def register(node: Network, shelf: BlobShelf) -> BlobServer:
     server = BlobServer(shelf)
     node.set_handler(BLOB_PROTOCOL, server.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=REQUEST_TIMEOUT_S, handler_timeout_s=BLOB_HANDLER_TIMEOUT_S)
@@ -346,7 +346,7 @@ async def receive_blob(fs: FramedStream, cid: str, dest: Path, *,
     return size
 
 
-async def fetch_blob(node: P2PNode, peer: str, cid: str, dest: Path, *,
+async def fetch_blob(node: Network, peer: str, cid: str, dest: Path, *,
                      max_bytes: int = DEFAULT_MAX_BLOB_BYTES, expected_size: int | None = None,
                      progress: Progress | None = None) -> int:
     """Fetch ``cid`` from ``peer`` into ``dest``; raises BlobError or NetworkError."""

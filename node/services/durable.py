@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import trio
 
-from dgpu.node.adapters.executor import ExitStatus, JobSpec, LogChunk, ResourceLimits
-from dgpu.node.adapters.store import Store, UsageMinute
+from dgpu.node.ports.execution import ExitStatus, JobSpec, LogChunk, ResourceLimits
+from dgpu.node.ports.store import JobStore, UsageMinute
 from dgpu.node.services.jobs import JobService
 from dgpu.node.services.meter import build_usage_receipts
 from dgpu.protocol.messages import UsageReceipt
@@ -33,7 +33,7 @@ USAGE_BUFFER = 64
 class DurableHandle:
     """One job run through the job service; the job stream's view of it."""
 
-    def __init__(self, service: JobService, store: Store, job_id: str) -> None:
+    def __init__(self, service: JobService, store: JobStore, job_id: str) -> None:
         self._service = service
         self._store = store
         self.job_id = job_id
@@ -62,13 +62,25 @@ class DurableHandle:
                 yield chunk
 
     async def usage(self, agreement_id: str) -> AsyncIterator[UsageReceipt]:
-        """Each metered minute once, as an unsigned receipt, in minute order."""
+        """Each metered minute once, as an unsigned receipt, in minute order, none skipped.
+
+        A notification says "the store has new minutes", not which one to send: every stored
+        minute from the next unsent index goes out. So a minute whose notification was lost
+        (the meter cancelled between storing it and notifying, as the job ends) still goes out,
+        before any later one, and one last sweep after the job catches what came last."""
+        next_index = 0
+
+        async def unsent() -> list[UsageReceipt]:
+            return await build_usage_receipts(self._store, self.job_id, agreement_id, from_index=next_index)
+
         async with self._usage_recv:
-            async for minute in self._usage_recv:
-                for receipt in await build_usage_receipts(self._store, self.job_id, agreement_id,
-                                                          from_index=minute.minute_index):
-                    if receipt.minute_index == minute.minute_index:
-                        yield receipt
+            async for _ in self._usage_recv:
+                for receipt in await unsent():
+                    next_index = receipt.minute_index + 1
+                    yield receipt
+        for receipt in await unsent():
+            next_index = receipt.minute_index + 1
+            yield receipt
 
     async def wait(self) -> ExitStatus:
         await self._done.wait()
@@ -86,7 +98,7 @@ class DurableHandle:
 class DurableExecutor:
     """Runs jobs of one executor kind (``docker`` or ``script``) through the job service."""
 
-    def __init__(self, service: JobService, store: Store, executor: str, nursery: trio.Nursery) -> None:
+    def __init__(self, service: JobService, store: JobStore, executor: str, nursery: trio.Nursery) -> None:
         self._service = service
         self._store = store
         self._executor = executor

@@ -2,7 +2,8 @@
 
 Provider (:class:`JobServer`): the renter opens the stream and sends ``JobSubmit`` carrying the
 Agreement. The provider checks both signatures, that it signed this agreement itself and has
-not run it yet (:class:`~dgpu.node.services.negotiation.AgreementStore`), then runs the job
+not run it yet (:class:`~dgpu.node.services.negotiation.AgreementStore`), then runs the job on
+the GPUs of the agreement's lease (``JobSpec.gpu_uuids``, released when the job ends) and
 and streams ``JobStatus`` (accepted → starting → running → final, with the exit code) and
 ``LogChunk`` frames in order, all through one writer lock. A ``JobCancel`` from the renter
 stops the job; a renter that disappears stops it too (nobody would pay for it).
@@ -26,9 +27,6 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from dgpu.node.adapters.executor import ExitReason, JobHandle, JobSpec, ResourceLimits
-from dgpu.node.adapters.p2p import P2PNode
-from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.errors import (
     ExecutionError,
     JobLostError,
@@ -37,8 +35,11 @@ from dgpu.node.errors import (
     RejectedError,
     StreamError,
 )
+from dgpu.node.ports.execution import ExitReason, JobHandle, JobSpec, ResourceLimits
+from dgpu.node.ports.network import FramedStream, Network
 from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob, pack_dir
-from dgpu.node.services.negotiation import AgreementStore
+from dgpu.node.services.inventory import Inventory
+from dgpu.node.services.negotiation import AgreementStore, reject_code
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, verify_detached
 from dgpu.protocol.errors import RemoteProtocolError
 from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, MAX_LOG_CHUNK_CHARS
@@ -104,11 +105,11 @@ def _clamp_exit(code: int | None) -> int | None:
 class JobServer:
     """Serves ``/dgpu/job/1.0.0`` for a provider."""
 
-    def __init__(self, key: SigningKey, agreements: AgreementStore, *,
+    def __init__(self, key: SigningKey, agreements: AgreementStore, inventory: Inventory, *,
                  executor_for: Callable[[Executor], ExecutorLike | None],
                  limits_cap: ResourceLimits, clock: Clock, nonce: Nonce,
                  on_running: OnRunning | None = None, deadline_clock: Clock | None = None,
-                 blobs: BlobShelf | None = None, node: P2PNode | None = None,
+                 blobs: BlobShelf | None = None, node: Network | None = None,
                  transfer_root: Path | None = None) -> None:
         self.key = key
         #: inputs are fetched from the renter and results shelved only when all three are set
@@ -119,6 +120,7 @@ class JobServer:
         self.deadline_clock = deadline_clock or clock
         self.on_running = on_running
         self.agreements = agreements
+        self.inventory = inventory
         self.executor_for = executor_for
         self.limits_cap = limits_cap
         self.clock = clock
@@ -145,9 +147,11 @@ class JobServer:
         verify_detached(terms, agreement.renter_sig, signer)
         stored = self.agreements.take(agreement.agreement_id)
         if stored is None or stored.agreement != agreement:
+            self.inventory.release(agreement.agreement_id)  # taken, so it can never run
             raise RemoteProtocolError("unknown or already used agreement",
                                       reject_code=RejectCode.INVALID_REQUEST)
-        if terms.start_deadline <= self.deadline_clock():
+        if terms.start_deadline <= self.deadline_clock() or self.inventory.hold(agreement.agreement_id) is None:
+            self.inventory.release(agreement.agreement_id)  # this agreement will never run
             raise RemoteProtocolError("the start deadline passed",
                                       reject_code=RejectCode.EXPIRED)
         return stored.request
@@ -166,7 +170,7 @@ class JobServer:
         except RemoteProtocolError as exc:
             log.info("job submit from %s refused: %s", fs.remote_peer, exc)
             # no request id may be known yet; answer with a zero id so the renter sees why
-            await self._send_quiet(fs, Reject(request_id="0" * 16, code=_code(exc.reject_code),
+            await self._send_quiet(fs, Reject(request_id="0" * 16, code=reject_code(exc.reject_code),
                                               message=str(exc)[:200]))
             return
         except StreamError as exc:
@@ -213,11 +217,12 @@ class JobServer:
             if request.inputs and workdir is None:
                 await status(JobState.FAILED, reason="this provider does not accept job inputs")
                 return
+            lease = self.inventory.lease_of(job_id)  # held since _check_agreement
             spec = JobSpec(job_id=job_id, rental_id=str(agreement.terms.escrow.rental_id),
                            command=request.command, image=request.image, script=request.script,
-                           env=dict(request.env), limits=limits, network=request.egress,
-                           inputs=inputs,
-                           output_dir=workdir / "outputs" if workdir is not None else None)
+                           env=dict(request.env), limits=limits, network=request.egress, inputs=inputs,
+                           output_dir=workdir / "outputs" if workdir is not None else None,
+                           gpu_uuids=lease.device_ids if lease is not None else ())
             try:
                 handle = await executor.start(spec, limits)
             except ExecutionError as exc:
@@ -257,6 +262,7 @@ class JobServer:
             log.info("job %s: renter stream broke: %s", job_id[:12], exc)
         finally:
             self.running.discard(job_id)
+            self.inventory.release(job_id)
             workdir = self._workdir(job_id)
             if workdir is not None:
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
@@ -369,13 +375,6 @@ class JobServer:
         return None if renter_gone else result[0]
 
 
-def _code(text: str) -> RejectCode:
-    try:
-        return RejectCode(text)
-    except ValueError:
-        return RejectCode.PROTOCOL_ERROR
-
-
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
     job_id: str
@@ -390,7 +389,7 @@ class JobOutcome:
 LogSink = Callable[[LogChunk], Awaitable[None] | None]
 
 
-async def run_job(node: P2PNode, key: SigningKey, agreement: Agreement, provider_peer: str, *,
+async def run_job(node: Network, key: SigningKey, agreement: Agreement, provider_peer: str, *,
                   clock: Clock, nonce: Nonce, on_log: LogSink | None = None,
                   on_status: Callable[[JobStatus], None] | None = None,
                   cancel: trio.Event | None = None, idle_probe_s: float = 10.0) -> JobOutcome:
@@ -440,7 +439,7 @@ async def run_job(node: P2PNode, key: SigningKey, agreement: Agreement, provider
         await fs.close()
 
 
-async def _follow(node: P2PNode, fs: FramedStream, session: JobSession, provider_peer: str,  # noqa: PLR0917
+async def _follow(node: Network, fs: FramedStream, session: JobSession, provider_peer: str,  # noqa: PLR0917
                   provider_key: PublicKey, replay: ReplayCache, clock: Clock,
                   on_log: LogSink | None, on_status: Callable[[JobStatus], None] | None,
                   idle_probe_s: float) -> int:

@@ -28,21 +28,21 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dgpu.node.adapters.executor import (
+from dgpu.node.errors import ExecutionError, JobSpecInvalid
+from dgpu.node.ports.execution import (
     Executor,
     ExitReason,
     ExitStatus,
     JobHandle,
     JobSpec,
     LogChunk,
+    ReattachableExecutor,
     ResourceLimits,
 )
-from dgpu.node.adapters.store import JobRecord, JobState, Store
-from dgpu.node.errors import ExecutionError, JobSpecInvalid
+from dgpu.node.ports.store import JobRecord, JobState, JobStore
 from dgpu.node.services.meter import Meter, MinuteSink
 
 if TYPE_CHECKING:
-    from dgpu.node.adapters.docker_executor import DockerExecutor
     from dgpu.protocol.messages import JobRequest
 
 __all__ = [
@@ -124,7 +124,7 @@ class JobService:
 
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         executors: Mapping[str, Executor],
         meter: Meter,
         *,
@@ -345,9 +345,7 @@ class JobService:
         report.failed.append(record.job_id)
 
 
-def _docker(executor: Executor | None) -> DockerExecutor:
-    from dgpu.node.adapters.docker_executor import DockerExecutor
-
-    if not isinstance(executor, DockerExecutor):
-        raise TypeError("the 'docker' executor must be a DockerExecutor")
+def _docker(executor: Executor | None) -> ReattachableExecutor:
+    if not isinstance(executor, ReattachableExecutor):
+        raise TypeError("the 'docker' executor must be able to re-attach its containers")
     return executor

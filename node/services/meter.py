@@ -21,22 +21,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
-from dgpu.node.adapters.gpu import GpuSample
-from dgpu.node.adapters.store import Store, UsageMinute
+from dgpu.node.ports.gpu import GpuSample, GpuSampler
+from dgpu.node.ports.store import JobStore, UsageMinute
 from dgpu.protocol.messages import GpuSample as WireGpuSample
 from dgpu.protocol.messages import UsageReceipt
 
-__all__ = ["GpuSampler", "Meter", "MinuteSink", "build_usage_receipts"]
+__all__ = ["Meter", "MinuteSink", "build_usage_receipts"]
 
 MinuteSink = Callable[[UsageMinute], Awaitable[None]]
-
-
-class GpuSampler(Protocol):
-    async def sample(self, uuids: Sequence[str]) -> list[GpuSample]: ...
 
 
 class Meter:
@@ -44,7 +40,7 @@ class Meter:
 
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         gpus: GpuSampler | None = None,
         *,
         interval_s: float = 60.0,
@@ -175,7 +171,7 @@ def _wire_sample(d: dict[str, Any]) -> WireGpuSample:
 
 
 async def build_usage_receipts(
-    store: Store, job_id: str, agreement_id: str, *, from_index: int = 0
+    store: JobStore, job_id: str, agreement_id: str, *, from_index: int = 0
 ) -> list[UsageReceipt]:
     """The ``UsageReceipt`` messages (unsigned) for every stored minute ≥ ``from_index``.
 

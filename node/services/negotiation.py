@@ -4,10 +4,11 @@ Theory of operation (h11-style shell): read a frame, open the envelope, feed the
 decide, let the machine record our move, seal it and write it. Every read has a deadline;
 any refusal ends with a signed ``Reject`` when there is a request to answer.
 
-Provider: ``JobRequest`` → policy (free capacity, price floor, GPUs, executors, images,
-egress, duration, offer freshness) → ``Quote`` or ``Reject``; ``Accept`` → escrow verifier →
-``Agreement`` (countersigned) or ``Reject``. The Agreement is kept in :class:`AgreementStore`
-until the renter submits the job (one job per agreement).
+Provider: ``JobRequest`` → policy (offer freshness, free capacity, executors, images, egress,
+GPUs, duration, price) → ``Quote`` or ``Reject``; ``Accept`` → escrow verifier → a GPU lease from
+the :class:`~dgpu.node.services.inventory.Inventory` → ``Agreement`` (countersigned) or
+``Reject``. The Agreement is kept in :class:`AgreementStore` until the renter submits the job
+(one job per agreement); its lease lapses at the start deadline unless the job comes.
 
 Escrow: the renter funds the quote through an :class:`EscrowSource` (the renter library's
 ``LedgerFunder`` opens the escrow on the ledger) before it accepts, and the provider checks the
@@ -26,9 +27,9 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from dgpu.node.adapters.p2p import P2PNode, peer_id_of_wallet, wallet_of_peer
-from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.errors import NetworkError, RejectedError, StreamError
+from dgpu.node.ports.network import FramedStream, Network
+from dgpu.node.services.inventory import Inventory
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal
 from dgpu.protocol.errors import LocalProtocolError, RemoteProtocolError
 from dgpu.protocol.ids import MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL
@@ -48,11 +49,13 @@ from dgpu.protocol.messages import (
     RejectCode,
 )
 from dgpu.protocol.negotiation import Negotiation, Role, State
+from dgpu.protocol.peers import peer_id_of_wallet, wallet_of_peer
 
 __all__ = [
     "AgreementStore",
     "EscrowSource",
     "EscrowVerifier",
+    "OfferSource",
     "ProviderNegotiator",
     "ProviderPolicy",
     "RefuseAll",
@@ -81,6 +84,16 @@ class EscrowVerifier(Protocol):
     async def verify(self, escrow: EscrowRef, terms: AgreementTerms) -> bool: ...
 
 
+class OfferSource(Protocol):
+    """The provider's own offers (its ``OfferPublisher``): those recently published, and whether
+    offering is paused (a paused provider takes no new requests)."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    def offer_for_seq(self, seq: int) -> Offer | None: ...
+
+
 class RefuseAll:
     """Verifier for a provider with no ledger configured: every escrow is refused."""
 
@@ -91,14 +104,12 @@ class RefuseAll:
 
 @dataclass(frozen=True, slots=True)
 class ProviderPolicy:
-    """What a provider agrees to. Prices are per GPU-minute in the mint's base units."""
+    """What a provider agrees to (its price and job slots are the inventory's)."""
 
-    price_floor_per_gpu_minute: int
     executors: tuple[Executor, ...] = (Executor.SCRIPT,)
     #: docker images allowed: exact names, or prefixes ending in ``*``; empty = none
     allowed_images: tuple[str, ...] = ()
     allow_egress: bool = False
-    max_concurrent_jobs: int = 1
     fee_bps: int = 500
     quote_ttl_s: int = 30
     #: the provider must start within this window after the quote (escrow start deadline)
@@ -134,14 +145,8 @@ class AgreementStore:
         """Remove and return it: an agreement runs one job."""
         return self._items.pop(agreement_id, None)
 
-    def pending(self, now: int) -> int:
-        """Agreements still within their start deadline (they hold capacity)."""
-        for aid in [a for a, it in self._items.items() if it.agreement.terms.start_deadline <= now]:
-            del self._items[aid]
-        return len(self._items)
 
-
-def _code(text: str) -> RejectCode:
+def reject_code(text: str) -> RejectCode:
     """A peer's reject code, or PROTOCOL_ERROR for one we do not know."""
     try:
         return RejectCode(text)
@@ -163,20 +168,20 @@ def _gpu_fits(offer: Offer, request: JobRequest) -> bool:
 class ProviderNegotiator:
     """Serves ``/dgpu/negotiate/1.0.0`` for a provider."""
 
-    def __init__(self, key: SigningKey, policy: ProviderPolicy, *,
-                 offer_for_seq: Callable[[int], Offer | None], verifier: EscrowVerifier,
-                 agreements: AgreementStore, running_jobs: Callable[[], int], clock: Clock,
-                 nonce: Nonce, deadline_clock: Clock | None = None, ledger_speed: int = 1) -> None:
+    def __init__(self, key: SigningKey, policy: ProviderPolicy, *, offers: OfferSource,
+                 inventory: Inventory, verifier: EscrowVerifier, agreements: AgreementStore,
+                 clock: Clock, nonce: Nonce, deadline_clock: Clock | None = None,
+                 ledger_speed: int = 1) -> None:
         self.key = key
         #: start deadlines are checked by the escrow's ledger, so they are set on its clock;
         #: a development ledger may run ``ledger_speed`` times faster than the wall clock
         self.deadline_clock = deadline_clock or clock
         self.ledger_speed = ledger_speed
         self.policy = policy
-        self.offer_for_seq = offer_for_seq
+        self.offers = offers
+        self.inventory = inventory
         self.verifier = verifier
         self.agreements = agreements
-        self.running_jobs = running_jobs
         self.clock = clock
         self.nonce = nonce
         # negotiation envelopes live 60 s: 20k entries is far above any honest rate
@@ -219,10 +224,10 @@ class ProviderNegotiator:
     def decide(self, request: JobRequest, now: int) -> tuple[RejectCode, str] | Quote:
         """Policy: a Quote, or why not. Pure given its inputs (tests call it directly)."""
         p = self.policy
-        offer = self.offer_for_seq(request.offer_seq)
+        offer = self.offers.offer_for_seq(request.offer_seq)
         if offer is None or offer.expires_at <= now:
             return RejectCode.STALE_OFFER, "that offer is no longer valid; re-read the offers"
-        if self.running_jobs() + self.agreements.pending(self.deadline_clock()) >= p.max_concurrent_jobs:
+        if self.offers.paused or self.inventory.leases >= self.inventory.max_jobs:
             return RejectCode.NO_CAPACITY, "all job slots are taken"
         if request.executor not in p.executors or request.executor not in offer.executors:
             return RejectCode.EXECUTOR_NOT_OFFERED, f"{request.executor} jobs are not offered"
@@ -232,11 +237,13 @@ class ProviderNegotiator:
             return RejectCode.EGRESS_NOT_ALLOWED, "network egress is not allowed"
         if not _gpu_fits(offer, request):
             return RejectCode.GPU_MISMATCH, "no GPU here matches the request"
+        if not self.inventory.can_lease(request):
+            return RejectCode.NO_CAPACITY, "the GPUs this request needs are leased"
         if not offer.min_minutes <= request.max_minutes <= offer.max_minutes:
             return (RejectCode.DURATION_OUT_OF_RANGE,
                     f"duration must be {offer.min_minutes}..{offer.max_minutes} minutes")
         gpus = max(1, request.gpu_count)
-        unit = max(offer.price_per_minute, p.price_floor_per_gpu_minute)
+        unit = max(offer.price_per_minute, self.inventory.price_per_gpu_minute)
         rate = unit * gpus
         if rate > request.max_price_per_minute:
             return RejectCode.PRICE_TOO_LOW, f"the price is {rate} per minute for {gpus} GPU(s)"
@@ -291,16 +298,17 @@ class ProviderNegotiator:
                 await self._reject(fs, neg, RejectCode.ESCROW_INVALID,
                                    "the escrow is not funded for these terms")
                 return
-            now = self.clock()
-            if self.running_jobs() + self.agreements.pending(self.deadline_clock()) >= self.policy.max_concurrent_jobs:
+            if self.offers.paused or not self.inventory.can_lease(neg.request):
                 await self._reject(fs, neg, RejectCode.NO_CAPACITY, "capacity taken meanwhile")
                 return
-            agreement = neg.agree(self.key, now)
+            agreement = neg.agree(self.key, self.clock())
+            # no checkpoint since can_lease: the lease is granted
+            self.inventory.lease(agreement.agreement_id, neg.request, lapses_at=terms.start_deadline)
             self.agreements.add(SignedAgreement(agreement, neg.request))
             await fs.write_frame(self._seal(agreement))
             self._count("agreed")
         except RemoteProtocolError as exc:
-            code = _code(exc.reject_code)
+            code = reject_code(exc.reject_code)
             refused, self._refused_request = self._refused_request, None
             await self._reject(fs, neg, code, str(exc)[:200], request or refused)
         except LocalProtocolError as exc:  # our own move was illegal: a bug or a timeout
@@ -320,7 +328,7 @@ class NegotiationResult:
     provider_peer: str
 
 
-async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str, Any], *,
+async def negotiate(node: Network, key: SigningKey, offer: Offer, job: dict[str, Any], *,
                     escrow: EscrowSource, clock: Clock, nonce: Nonce,
                     provider_peer: str | None = None,
                     accept_quote: Callable[[Quote], bool] | None = None) -> NegotiationResult:
@@ -353,7 +361,7 @@ async def negotiate(node: P2PNode, key: SigningKey, offer: Offer, job: dict[str,
             msg = opened.message
             neg.receive(msg, now, signer=opened.signer)
         except RemoteProtocolError as exc:
-            reject = neg.abort(_code(exc.reject_code), str(exc)[:200], clock())
+            reject = neg.abort(reject_code(exc.reject_code), str(exc)[:200], clock())
             if reject is not None:
                 with contextlib.suppress(StreamError):
                     await fs.write_frame(sealed(reject))

@@ -8,19 +8,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dgpu.bootstrap.auth import (
-    ChallengeBook,
-    Role,
-    TokenIssuer,
-    TokenVerifier,
-    decode_wallet,
-    signing_bytes,
-    verify_wallet_signature,
-)
+from dgpu.bootstrap.auth import ChallengeBook, TokenIssuer, decode_wallet, verify_wallet_signature
 from dgpu.bootstrap.config import wallet_of
 from dgpu.bootstrap.errors import BadRequest, Forbidden, RateLimited, Unauthorized
 from dgpu.bootstrap.ratelimit import TokenBucketLimiter
-from dgpu.bootstrap.storage import LinkSigner, validate_bucket, validate_cid, validate_key
+from dgpu.bootstrap.storage import LinkSigner
+from dgpu.node.adapters.storage_names import validate_bucket, validate_cid, validate_key
+from dgpu.node.adapters.tokens import TokenVerifier
+from dgpu.protocol.auth import Role, signing_bytes
 
 # -- rate limiter ---------------------------------------------------------------------------------
 

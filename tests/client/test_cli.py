@@ -200,7 +200,7 @@ def test_help_everywhere(cmd: str) -> None:
 def test_progress_bar_shows_bytes_percent_and_rate() -> None:
     import io
 
-    from dgpu.client.cli import ProgressBar
+    from dgpu.client.display import ProgressBar
 
     now = [100.0]
     out = io.StringIO()
@@ -275,7 +275,9 @@ async def test_an_expired_access_token_is_refreshed_and_rotated(tmp_path: Path) 
 def test_rent_inputs_are_checked_and_sent_as_local_paths(tmp_path: Path) -> None:
     import argparse
 
-    from dgpu.client.cli import CliError, _job_body, add_commands
+    from dgpu.client.api_client import CliError
+    from dgpu.client.cli import add_commands
+    from dgpu.client.commands.jobs import job_body
 
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="cmd"))
@@ -283,9 +285,9 @@ def test_rent_inputs_are_checked_and_sent_as_local_paths(tmp_path: Path) -> None
     data.write_text("1,2\n")
     args = parser.parse_args(["rent", "--image", "busybox", "--input", f"data/train.csv={data}",
                               "--command", "cat", "/inputs/data/train.csv"])
-    body = _job_body(args)
+    body = job_body(args)
     assert body["inputs"] == {"data/train.csv": str(data.resolve())}
     assert body["command"] == ["cat", "/inputs/data/train.csv"]
     for bad in ("no-equals-sign", f"x={tmp_path / 'missing'}", "=nothing"):
         with pytest.raises(CliError):
-            _job_body(parser.parse_args(["rent", "--image", "busybox", "--input", bad]))
+            job_body(parser.parse_args(["rent", "--image", "busybox", "--input", bad]))

@@ -23,6 +23,7 @@ from solders.pubkey import Pubkey
 
 from dgpu.contracts import solana_ix
 from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.protocol.escrow import Escrow, EscrowStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 IDL_DIR = ROOT / "contracts" / "idl"
@@ -106,8 +107,10 @@ def test_anchorpy_encodes_what_the_program_decodes() -> None:
 def test_anchorpy_decodes_an_escrow_account() -> None:
     coder = AccountsCoder(Idl.from_json(LEGACY_TEXT))
     keys = [Pubkey.new_unique() for _ in range(3)]
-    account = solana_ix.EscrowAccount(1, 254, "closed", keys[0], keys[1], keys[2], 7, 23_834, 60, 1_430_040, 500,
-                                      1_700_000_300, 1_700_000_060, 60, 1_358_538, 71_502, 0)
+    account = solana_ix.EscrowAccount(1, 254, Escrow(
+        renter=str(keys[0]), provider=str(keys[1]), mint=str(keys[2]), rental_id=7, rate_per_minute=23_834,
+        max_minutes=60, deposited=1_430_040, fee_bps=500, start_deadline=1_700_000_300, started_at=1_700_000_060,
+        claimed_minutes=60, paid=1_358_538, fee_paid=71_502, refunded=0, status=EscrowStatus.CLOSED))
     decoded = coder.decode(solana_ix.encode_escrow(account))
     assert decoded.renter == keys[0] and decoded.mint == keys[2]
     assert (decoded.rate_per_minute, decoded.max_minutes, decoded.deposited) == (23_834, 60, 1_430_040)

@@ -215,7 +215,7 @@ async def test_get_program_accounts_lists_the_renters_escrows(frozen_endpoint: L
             p.info.program_id, encoding="base64",
             filters=[ix.ESCROW_SPACE, MemcmpOpts(offset=renter_offset, bytes=p.renter.wallet)])).value
         assert sorted(str(a.pubkey) for a in found) == sorted([first.address, second.address])
-        assert all(ix.decode_escrow(bytes(a.account.data)).renter == Pubkey.from_string(p.renter.wallet)
+        assert all(ix.decode_escrow(bytes(a.account.data)).escrow.renter == p.renter.wallet
                    for a in found)
         nobody = (await p.client.get_program_accounts(
             p.info.program_id, encoding="base64",

@@ -16,7 +16,7 @@ from dgpu.contracts.errors import ConfirmationTimeout, EscrowNotFound, EscrowRef
 from dgpu.contracts.escrow_api import EscrowHandle
 from dgpu.contracts.solana_escrow import SolanaEscrow
 from dgpu.protocol.errors import EscrowErrorCode
-from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.escrow import Escrow, EscrowStatus
 
 from .litesvm_rpc import LiteSvmRpc, _RpcError
 from .solana_fixtures import PROGRAM_ID, Chain, make_chain
@@ -62,11 +62,11 @@ def test_pdas_match_the_program_seeds() -> None:
 async def test_fetch_decodes_the_escrow_and_its_vault() -> None:
     chain = make_chain()
     address = ix.escrow_pda(PROGRAM_ID, chain.renter.pubkey(), chain.provider.pubkey(), 7)
-    account = ix.EscrowAccount(
-        version=1, bump=254, status="open", renter=chain.renter.pubkey(), provider=chain.provider.pubkey(),
-        mint=chain.mint, rental_id=7, rate_per_minute=23_834, max_minutes=60, deposited=23_834 * 60,
+    account = ix.EscrowAccount(version=1, bump=254, escrow=Escrow(
+        status=EscrowStatus.OPEN, renter=str(chain.renter.pubkey()), provider=str(chain.provider.pubkey()),
+        mint=str(chain.mint), rental_id=7, rate_per_minute=23_834, max_minutes=60, deposited=23_834 * 60,
         fee_bps=500, start_deadline=T0 + 300, started_at=T0 + 60, claimed_minutes=10, paid=226_423,
-        fee_paid=11_917, refunded=0)
+        fee_paid=11_917, refunded=0))
     chain.put_program_account(address, ix.encode_escrow(account))
     chain.mint_to(address, 23_834 * 50)  # the vault: the PDA's associated token account
     chain.set_clock(T0 + 60 + 25 * 60 + 59)
@@ -123,8 +123,10 @@ async def test_program_error_codes_become_escrow_refusals() -> None:
     rpc._sendTransaction = refuse  # type: ignore[method-assign,assignment]
     escrow = SolanaEscrow(rpc.client(), PROGRAM_ID, chain.provider, poll_interval_s=0.01)
     address = ix.escrow_pda(PROGRAM_ID, chain.renter.pubkey(), chain.provider.pubkey(), 7)
-    account = ix.EscrowAccount(1, 254, "open", chain.renter.pubkey(), chain.provider.pubkey(), chain.mint, 7,
-                               10, 5, 50, 500, T0 + 300, T0, 0, 0, 0, 0)
+    account = ix.EscrowAccount(1, 254, Escrow(
+        renter=str(chain.renter.pubkey()), provider=str(chain.provider.pubkey()), mint=str(chain.mint), rental_id=7,
+        rate_per_minute=10, max_minutes=5, deposited=50, fee_bps=500, start_deadline=T0 + 300, started_at=T0,
+        claimed_minutes=0, paid=0, fee_paid=0, refunded=0, status=EscrowStatus.OPEN))
     chain.put_program_account(address, ix.encode_escrow(account))
     handle = (await escrow.fetch(str(address))).handle
     with pytest.raises(EscrowRefused) as caught:

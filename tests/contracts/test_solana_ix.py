@@ -19,6 +19,7 @@ from dgpu.contracts.errors import EscrowRefused, ProgramError
 from dgpu.contracts.escrow_api import EscrowHandle
 from dgpu.contracts.solana_escrow import SolanaEscrow
 from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.protocol.escrow import Escrow, EscrowStatus
 
 from .solana_fixtures import PROGRAM_ID, keypair
 
@@ -88,8 +89,10 @@ def test_settle_expired_needs_no_signature() -> None:
 
 def test_account_codec_round_trips() -> None:
     for started in (None, 1_700_000_060):
-        a = ix.EscrowAccount(1, 253, "closed", RENTER.pubkey(), PROVIDER.pubkey(), MINT, 2**64 - 1, 2**63,
-                             2**32 - 1, 2**64 - 1, 2000, -1, started, 7, 1, 2, 3)
+        a = ix.EscrowAccount(1, 253, Escrow(
+            renter=str(RENTER.pubkey()), provider=str(PROVIDER.pubkey()), mint=str(MINT), rental_id=2**64 - 1,
+            rate_per_minute=2**63, max_minutes=2**32 - 1, deposited=2**64 - 1, fee_bps=2000, start_deadline=-1,
+            started_at=started, claimed_minutes=7, paid=1, fee_paid=2, refunded=3, status=EscrowStatus.CLOSED))
         data = ix.encode_escrow(a)
         assert len(data) == ix.ESCROW_SPACE == 182
         assert ix.decode_escrow(data) == a

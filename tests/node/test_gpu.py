@@ -8,7 +8,8 @@ from typing import Any
 import pynvml
 import pytest
 
-from dgpu.node.adapters.gpu import NvmlGpus, normalize_gpu_model, simulated_inventory
+from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus, normalize_gpu_model
+from dgpu.protocol.messages import GpuSpec
 
 
 @pytest.mark.parametrize(
@@ -140,9 +141,13 @@ async def test_driver_not_loaded_message() -> None:
     assert inventory.gpus == () and "kernel driver is not loaded" in inventory.message
 
 
-def test_simulated_inventory_only_on_dev_network() -> None:
-    inv = simulated_inventory("devnet-local", [("NVIDIA GeForce RTX 4090", 24 * 1024**3)])
-    assert inv.simulated and all(g.simulated for g in inv.gpus)
-    assert inv.gpus[0].model == "RTX 4090"
-    with pytest.raises(ValueError):
-        simulated_inventory("mainnet", [("NVIDIA GeForce RTX 4090", 24 * 1024**3)])
+async def test_simulated_gpus_are_marked_stable_and_never_sampled() -> None:
+    specs = (GpuSpec(model="RTX 4090", vram_mib=24_576, count=2, simulated=True),)
+    scan = await SimulatedGpus(specs, owner="wallet-a").inventory()
+    assert scan.simulated and all(g.simulated for g in scan.gpus) and "SIMULATED" in scan.message
+    uuids = [g.uuid for g in scan.gpus]
+    assert len(set(uuids)) == 2 and all(u.startswith("GPU-sim-") for u in uuids)
+    assert [g.uuid for g in (await SimulatedGpus(specs, owner="wallet-a").inventory()).gpus] == uuids
+    assert not set(uuids) & {g.uuid for g in (await SimulatedGpus(specs, owner="wallet-b").inventory()).gpus}
+    assert [(g.model, g.vram_mib) for g in scan.gpus] == [("RTX 4090", 24_576)] * 2
+    assert await SimulatedGpus(specs, owner="wallet-a").sample(uuids) == []

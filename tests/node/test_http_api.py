@@ -7,6 +7,7 @@ runs in ``tests/integration/api``.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dgpu.bootstrap.auth import Role, TokenIssuer
+from dgpu.bootstrap.auth import TokenIssuer
+from dgpu.node.ports.gpu import simulated_gpus
 from dgpu.node.services import api as svc
-from dgpu.node.services.offers import OfferPublisher
+from dgpu.node.services.inventory import Inventory
+from dgpu.node.services.offers import OfferPublisher, OfferTerms
+from dgpu.protocol.auth import Role
 from dgpu.protocol.messages import Executor, GpuSpec, Offer
 
 from .test_http_api_harness import MINT, Stack, api_stack, login, make_offer, new_key
@@ -311,23 +315,21 @@ async def test_wallet_balance_faucet_and_withdraw_on_the_development_ledger(tmp_
 
 def publisher(sent: list[bytes]) -> OfferPublisher:
     key = new_key()
-    template = Offer(provider=key.public_key.wallet, gpus=(GpuSpec(model="RTX 4090", vram_mib=24_576, simulated=True),),
-                     price_per_minute=8_334, mint=MINT, ledger="dev", region="local",
-                     executors=(Executor.SCRIPT,), seq=0, issued_at=0, expires_at=1)
+    owner = key.public_key.wallet
+    gpus = simulated_gpus([GpuSpec(model="RTX 4090", vram_mib=24_576, simulated=True)], owner=owner)
+    inventory = Inventory(gpus, owner=owner, price_per_gpu_minute=8_334, max_jobs=1, clock=lambda: int(time.time()))
 
     async def publish(data: bytes) -> None:
         sent.append(data)
 
-    import time
-
-    return OfferPublisher(key, lambda: template, publish, clock=lambda: int(time.time()),
-                          clock_ms=lambda: time.time_ns() // 1_000_000)
+    return OfferPublisher(key, inventory, OfferTerms(mint=MINT, ledger="dev", region="local"), publish,
+                          clock=lambda: int(time.time()), clock_ms=lambda: time.time_ns() // 1_000_000)
 
 
 async def test_provider_profile_pause_and_resume(tmp_path: Path) -> None:
     sent: list[bytes] = []
     pub = publisher(sent)
-    control = svc.ProviderControl(pub, None, development=True)
+    control = svc.ProviderControl(pub, development=True)
     async with api_stack(tmp_path, providers=control) as s:
         s.ctx.owner = pub.key.public_key.wallet  # the node's wallet is the provider's
         h = s.auth(s.mint_token(pub.key.public_key.wallet))
@@ -361,7 +363,7 @@ async def test_provider_profile_pause_and_resume(tmp_path: Path) -> None:
 
 async def test_simulated_gpus_only_on_development_networks_and_renters_are_not_providers(tmp_path: Path) -> None:
     pub = publisher([])
-    control = svc.ProviderControl(pub, None, development=False)
+    control = svc.ProviderControl(pub, development=False)
     async with api_stack(tmp_path, providers=control, development=False) as s:
         s.ctx.owner = pub.key.public_key.wallet
         h = s.auth(s.mint_token(pub.key.public_key.wallet))

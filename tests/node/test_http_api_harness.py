@@ -20,7 +20,7 @@ import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dgpu.bootstrap.auth import Role, TokenIssuer
+from dgpu.bootstrap.auth import TokenIssuer
 from dgpu.bootstrap.config import BootstrapHttpConfig, wallet_of
 from dgpu.bootstrap.http_app import create_app
 from dgpu.contracts.devledger import DevLedgerConfig, DevLedgerEscrow, ledger_router
@@ -30,6 +30,7 @@ from dgpu.node.metrics import NodeMetrics
 from dgpu.node.services import api as svc
 from dgpu.node.services.blobs import pack_dir
 from dgpu.node.services.offers import OfferBook
+from dgpu.protocol.auth import Role
 from dgpu.protocol.keys import SigningKey, b58encode
 from dgpu.protocol.messages import Executor, GpuSpec, Offer
 

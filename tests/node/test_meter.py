@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from dgpu.node.adapters.gpu import GpuSample
 from dgpu.node.adapters.store import Store, UsageMinute
+from dgpu.node.ports.gpu import GpuSample
 from dgpu.node.services.meter import Meter, build_usage_receipts
 
 JOB = "0123456789abcdef"
@@ -90,4 +90,22 @@ async def test_restart_backfills_and_never_repeats(
     count = len(await store.minutes(JOB))
     await meter2.finish_job(JOB, started, started + 400)
     assert len(await store.minutes(JOB)) == count == 7  # 6 full + 40 s
+    await store.close()
+
+
+async def test_usage_stream_skips_no_minute_whose_notice_was_lost(tmp_path: Path) -> None:
+    # the meter stores a minute, then is cancelled (the job ended) before it notifies: the
+    # stream must still send that minute, before the next one (a renter refuses a gap)
+    from dgpu.node.services.durable import DurableHandle
+
+    store = await Store.open(tmp_path / "u.db")
+    await store.add_job(JOB, "r", "docker", {})
+    handle = DurableHandle(None, store, JOB)  # type: ignore[arg-type]  # the job service is not used here
+    for index in range(4):
+        await store.record_minute(JOB, index, 60.0, [], backfilled=False)
+    await handle._usage_send.send((await store.minutes(JOB, from_index=0))[0])  # notice for minute 0 only
+    await handle._usage_send.send((await store.minutes(JOB, from_index=3))[0])  # minutes 1-2 lost theirs
+    await handle._usage_send.aclose()
+    got = [r async for r in handle.usage(AGREEMENT)]
+    assert [(r.minute_index, r.minutes_total) for r in got] == [(0, 1), (1, 2), (2, 3), (3, 4)]
     await store.close()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from dgpu.node.adapters.p2p_pubsub import GossipMessage, Verdict
-from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferValidator
+import pytest
+
+from dgpu.node.ports.gpu import GpuInfo, simulated_gpus
+from dgpu.node.ports.network import GossipMessage, Verdict
+from dgpu.node.services.inventory import Inventory
+from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferTerms, OfferValidator
 from dgpu.protocol.envelope import seal
 from dgpu.protocol.ids import MAX_OFFER_BYTES
 from dgpu.protocol.keys import SigningKey
@@ -109,10 +113,46 @@ async def test_publisher_seq_increases_and_passes_the_validator(
     async def publish(data: bytes) -> None:
         sent.append(data)
 
-    pub = OfferPublisher(key, lambda: make_offer(key), publish, clock=lambda: NOW, clock_ms=lambda: NOW * 1000)
+    template = make_offer(key)
+    gpu = GpuInfo(index=0, uuid="GPU-test-0", model=template.gpus[0].model, raw_name=template.gpus[0].model,
+                  memory_total_bytes=template.gpus[0].vram_mib * 1024**2, power_limit_mw=None,
+                  compute_capability=None, driver_version="test", cuda_version=None, simulated=False)
+    inventory = Inventory([gpu], owner=key.public_key.wallet, price_per_gpu_minute=template.price_per_minute,
+                          max_jobs=1, clock=lambda: NOW)
+    terms = OfferTerms(mint=template.mint, ledger=template.ledger, region=template.region,
+                       executors=template.executors)
+    pub = OfferPublisher(key, inventory, terms, publish, clock=lambda: NOW, clock_ms=lambda: NOW * 1000)
     first = await pub.publish_now()
     second = await pub.publish_now()
-    assert second.seq > first.seq
+    assert first is not None and second is not None and second.seq > first.seq
+    assert first.gpus == template.gpus and first.price_per_minute == template.price_per_minute
+    assert pub.offer_for_seq(first.seq) == first and pub.offer_for_seq(second.seq) == second
     v = _validator()
     assert v(_msg(sent[0], key)) and v(_msg(sent[1], key))
     assert not v(_msg(sent[0], key))
+
+
+async def test_publisher_pause_resume_profile_and_recent_offers(
+    key: SigningKey, offer_factory: Callable[..., Offer]
+) -> None:
+    sent: list[bytes] = []
+
+    async def publish(data: bytes) -> None:
+        sent.append(data)
+
+    template = offer_factory(key, simulated=True)
+    inventory = Inventory(simulated_gpus(template.gpus, owner=key.public_key.wallet), owner=key.public_key.wallet,
+                          price_per_gpu_minute=100, max_jobs=1, clock=lambda: NOW)
+    pub = OfferPublisher(key, inventory, OfferTerms(mint=template.mint, ledger="dev"), publish, clock=lambda: NOW,
+                         clock_ms=lambda: NOW * 1000, recent=2)
+    pub.pause()
+    assert pub.paused and await pub.publish_now() is None and sent == []
+    pub.resume()
+    seqs = [o.seq for o in [await pub.publish_now() for _ in range(3)] if o is not None]
+    assert len(sent) == 3 and pub.offer_for_seq(seqs[0]) is None and pub.offer_for_seq(seqs[2]) is not None
+    with pytest.raises(ValueError):
+        pub.update_profile(region="not a label!", price_per_gpu_minute=5)
+    assert pub.profile().price_per_minute == 100 and pub.terms.region == "local"  # nothing changed
+    offer = pub.update_profile(price_per_gpu_minute=250, region="eu-west")
+    assert (offer.price_per_minute, offer.region) == (250, "eu-west") == (inventory.price_per_gpu_minute,
+                                                                          pub.terms.region)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from dgpu.node.adapters.executor import ExitReason, ExitStatus, JobSpec, LogChunk, ResourceLimits
 from dgpu.node.adapters.script_executor import ScriptExecutor, ScriptJobHandle, ScriptPolicy
 from dgpu.node.errors import ExecutorUnavailable
+from dgpu.node.ports.execution import ExitReason, ExitStatus, JobSpec, LogChunk, ResourceLimits
 
 MiB = 1024 * 1024
 

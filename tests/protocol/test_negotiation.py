@@ -9,7 +9,15 @@ import pytest
 from dgpu.protocol.envelope import sign_detached
 from dgpu.protocol.errors import LocalProtocolError, RemoteProtocolError, SignatureError, TimeoutError_
 from dgpu.protocol.messages import Accept, Agreement, JobRequest, Quote, Reject, RejectCode
-from dgpu.protocol.negotiation import TRANSITIONS, Negotiation, NegotiationMessage, Role, State, agreement_terms
+from dgpu.protocol.negotiation import (
+    TRANSITIONS,
+    UNCHECKED,
+    Negotiation,
+    NegotiationMessage,
+    Role,
+    State,
+    agreement_terms,
+)
 
 from .conftest import ESCROW, MALLORY, NOW, PROVIDER, RENTER, make_quote, make_request
 
@@ -40,7 +48,7 @@ def driven_to(state: State, role: Role) -> Negotiation:
         if sender is role:
             machine.send(SAMPLES[name], NOW)
         else:
-            machine.receive(SAMPLES[name], NOW)
+            machine.receive(SAMPLES[name], NOW, signer=UNCHECKED)
     assert machine.state is state
     return machine
 
@@ -64,11 +72,11 @@ def test_transition_table(state: State, role: Role, sender: Role, name: str) -> 
     else:
         if legal is None:
             with pytest.raises(RemoteProtocolError) as info:
-                machine.receive(message, NOW)
+                machine.receive(message, NOW, signer=UNCHECKED)
             assert info.value.reject_code == RejectCode.PROTOCOL_ERROR
             assert machine.state is state
         else:
-            assert machine.receive(message, NOW) is legal
+            assert machine.receive(message, NOW, signer=UNCHECKED) is legal
 
 
 def test_full_negotiation_between_two_machines_with_helpers() -> None:
@@ -96,7 +104,7 @@ def test_quote_above_the_renters_maximum_is_refused() -> None:
     renter = driven_to(State.REQUESTED, Role.RENTER)
     greedy = make_quote(REQUEST, rate_per_minute=30_001, deposit=300_010)
     with pytest.raises(RemoteProtocolError) as info:
-        renter.receive(greedy, NOW)
+        renter.receive(greedy, NOW, signer=UNCHECKED)
     assert info.value.reject_code == RejectCode.PRICE_TOO_HIGH
     assert renter.state is State.REQUESTED
 
@@ -106,7 +114,7 @@ def test_quote_above_the_renters_maximum_is_refused() -> None:
 def test_inconsistent_quotes_are_refused(change: dict[str, object]) -> None:
     renter = driven_to(State.REQUESTED, Role.RENTER)
     with pytest.raises(RemoteProtocolError):
-        renter.receive(make_quote(REQUEST, **change), NOW)
+        renter.receive(make_quote(REQUEST, **change), NOW, signer=UNCHECKED)
     assert renter.state is State.REQUESTED
 
 
@@ -114,17 +122,17 @@ def test_accept_with_a_forged_signature_is_refused() -> None:
     provider = driven_to(State.QUOTED, Role.PROVIDER)
     forged = ACCEPT.model_copy(update={"renter_sig": sign_detached(TERMS, MALLORY)})
     with pytest.raises(SignatureError):
-        provider.receive(forged, NOW)
+        provider.receive(forged, NOW, signer=UNCHECKED)
     other_escrow = ACCEPT.model_copy(update={"escrow": ESCROW.model_copy(update={"rental_id": 8})})
     with pytest.raises(SignatureError):  # the signature covered rental 7
-        provider.receive(other_escrow, NOW)
+        provider.receive(other_escrow, NOW, signer=UNCHECKED)
     assert provider.state is State.QUOTED
 
 
 def test_accept_after_the_quote_expired_is_refused() -> None:
     provider = driven_to(State.QUOTED, Role.PROVIDER)
     with pytest.raises(RemoteProtocolError) as info:
-        provider.receive(ACCEPT, QUOTE.expires_at)
+        provider.receive(ACCEPT, QUOTE.expires_at, signer=UNCHECKED)
     assert info.value.reject_code in (RejectCode.QUOTE_EXPIRED, RejectCode.TIMEOUT)
 
 
@@ -133,10 +141,10 @@ def test_agreement_with_altered_terms_or_signature_is_refused() -> None:
     cheaper = TERMS.model_copy(update={"max_minutes": 9})
     altered = AGREEMENT.model_copy(update={"terms": cheaper, "provider_sig": sign_detached(cheaper, PROVIDER)})
     with pytest.raises(RemoteProtocolError):
-        renter.receive(altered, NOW)
+        renter.receive(altered, NOW, signer=UNCHECKED)
     by_mallory = AGREEMENT.model_copy(update={"provider_sig": sign_detached(TERMS, MALLORY)})
     with pytest.raises(SignatureError):
-        renter.receive(by_mallory, NOW)
+        renter.receive(by_mallory, NOW, signer=UNCHECKED)
     assert renter.state is State.ACCEPTED
 
 
@@ -148,7 +156,7 @@ def test_timeouts_are_events_fed_in() -> None:
     late = Negotiation(Role.RENTER, step_timeout=30)
     late.send(REQUEST, NOW)
     with pytest.raises(TimeoutError_):
-        late.receive(QUOTE, NOW + 31)
+        late.receive(QUOTE, NOW + 31, signer=UNCHECKED)
     assert late.state is State.TIMED_OUT
     slow = driven_to(State.REQUESTED, Role.PROVIDER)
     with pytest.raises(LocalProtocolError, match="timed out"):
@@ -176,3 +184,33 @@ def test_helpers_refuse_out_of_order_use() -> None:
 def test_job_request_type_is_the_only_opening() -> None:
     assert isinstance(REQUEST, JobRequest) and isinstance(QUOTE, Quote)
     assert set(TRANSITIONS[State.IDLE]) == {(Role.RENTER, "job_request")}
+
+
+def test_a_quote_with_a_fee_above_the_escrow_maximum_is_refused_by_both_sides() -> None:
+    from dgpu.protocol.escrow import MAX_FEE_BPS
+
+    greedy = QUOTE.model_copy(update={"fee_bps": 9000})
+    renter = Negotiation(Role.RENTER)
+    renter.send(REQUEST, NOW)
+    with pytest.raises(RemoteProtocolError, match=f"maximum {MAX_FEE_BPS}"):
+        renter.receive(greedy, NOW + 1, signer=PROVIDER.public_key)
+    assert renter.state is State.REQUESTED
+    provider = Negotiation(Role.PROVIDER)
+    provider.receive(REQUEST, NOW, signer=RENTER.public_key)
+    with pytest.raises(LocalProtocolError):
+        provider.send(greedy, NOW + 1)
+
+
+def test_receive_demands_a_signer_or_an_explicit_opt_out() -> None:
+    provider = Negotiation(Role.PROVIDER)
+    with pytest.raises(TypeError):
+        provider.receive(REQUEST, NOW)  # type: ignore[call-arg]
+    assert provider.receive(REQUEST, NOW, signer=UNCHECKED) is State.REQUESTED
+
+
+def test_quote_for_request_fills_what_the_request_fixes() -> None:
+    quote = Quote.for_request(REQUEST, quote_id="ab" * 8, rate_per_minute=7, fee_bps=500, mint=QUOTE.mint,
+                              ledger="dev", start_deadline=NOW + 300, expires_at=NOW + 60)
+    assert (quote.request_id, quote.provider, quote.max_minutes) == (
+        REQUEST.request_id, REQUEST.provider, REQUEST.max_minutes)
+    assert quote.deposit == 7 * REQUEST.max_minutes

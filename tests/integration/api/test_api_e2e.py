@@ -25,12 +25,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dgpu.bootstrap.config import BootstrapHttpConfig
 from dgpu.bootstrap.http_app import create_app
+from dgpu.client.demo import DemoNetwork
 from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.node.adapters.http_api import serve_node_api
 from dgpu.node.adapters.http_server import serve_http
-from dgpu.node.app import NodeRuntime, run_node
+from dgpu.node.app import NodeRuntime, api_node, run_node
 from dgpu.node.config import NodeConfig
-from dgpu.node.demo import DemoNetwork
 from dgpu.node.services.api import ApiSettings
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.keys import b58encode
@@ -70,7 +70,7 @@ async def test_job_submitted_through_the_api_runs_on_a_real_provider() -> None:
             rt: NodeRuntime = await nursery.start(run_node, config)
             settings = ApiSettings(port=0, bootstrap_url=f"http://127.0.0.1:{boot_port}", development=True,
                                    ledger_url=net.ledger_url)
-            port = await nursery.start(serve_node_api, rt, settings)
+            port = await nursery.start(serve_node_api, api_node(rt), settings)
             wallet = rt.key.public_key.wallet
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
                 token = await login(api, rt)

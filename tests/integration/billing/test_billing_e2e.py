@@ -20,8 +20,8 @@ import trio
 
 from dgpu.client import Client, JobFailed, SyncClient
 from dgpu.client.client import RentalResult
+from dgpu.client.demo import DemoNetwork
 from dgpu.contracts.escrow_api import EscrowView
-from dgpu.node.demo import DemoNetwork
 from dgpu.node.services.billing import BillingPolicy, renter_billing
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.messages import JobState, LogChunk
@@ -235,7 +235,7 @@ async def test_an_api_job_ships_its_inputs_and_keeps_its_verified_result(network
 
     async with renter(network, tmp_path / "renter") as client:
         assert client.ledger is not None
-        backend = svc.NetworkJobBackend(client.runtime, client.ledger, progress_interval_s=1.0, clock=wall_clock)
+        backend = svc.NetworkJobBackend(client, results_dir=tmp_path / "api-results", progress_interval_s=1.0)
         local = tmp_path / "question.txt"
         local.write_text("six times seven\n")
         spec = svc.JobSpec(script='mkdir -p "$HOME/outputs"; wc -w < "$HOME/inputs/q.txt" > "$HOME/outputs/answer.txt"',

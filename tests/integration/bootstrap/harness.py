@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ async def bootstrap_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[Ha
     config = BootstrapHttpConfig(**settings)
     app = create_app(config, clock=clock)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_http, app, "127.0.0.1", 0)
+        port = await nursery.start(partial(serve_http, app, "127.0.0.1", 0, limits=config.connections))
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             yield Harness(client, clock, admin, config, app, base)

@@ -8,7 +8,7 @@ import base58
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dgpu.bootstrap.auth import TokenVerifier
+from dgpu.node.adapters.tokens import TokenVerifier
 
 from .harness import bootstrap_server, error_code, login, new_user, register, signed, wallet
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import trio
 
 from dgpu.node.adapters.docker_executor import DockerExecutor, DockerPolicy
-from dgpu.node.adapters.executor import JobSpec, ResourceLimits
 from dgpu.node.adapters.store import Store
+from dgpu.node.ports.execution import JobSpec, ResourceLimits
 from dgpu.node.services.jobs import JobService
 from dgpu.node.services.meter import Meter
 

@@ -16,8 +16,8 @@ import trio
 from docker_fixtures import bridge_gateway
 
 from dgpu.node.adapters.docker_executor import DockerExecutor, DockerPolicy
-from dgpu.node.adapters.executor import ExitReason, ExitStatus, JobSpec, LogChunk, ResourceLimits
 from dgpu.node.errors import ImageNotAllowed, JobSpecInvalid
+from dgpu.node.ports.execution import ExitReason, ExitStatus, JobSpec, LogChunk, ResourceLimits
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 

@@ -26,12 +26,13 @@ from typing import Any
 import pytest
 import trio
 
-from dgpu.client.client import LedgerFunder
 from dgpu.contracts.devledger.client import DevLedgerEscrow
-from dgpu.contracts.rental_ids import RentalIds
-from dgpu.node.adapters.p2p import Discovery, P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
+from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.offers import OfferBook, OfferValidator
+from dgpu.node.services.renter import LedgerFunder
+from dgpu.protocol.escrow import RentalIds
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
 
@@ -77,7 +78,7 @@ class Network:
         addr_file = self.workdir / f"{name}.addr"
         status_file = self.workdir / f"{name}.status" if status else None
         log = (self.workdir / f"{name}.log").open("wb")
-        cmd = [sys.executable, "-m", "dgpu.node.cli", *args, "--data-dir", str(data_dir),
+        cmd = [sys.executable, "-m", "dgpu.client.main", *args, "--data-dir", str(data_dir),
                "--addr-file", str(addr_file), "--log-level", "INFO"]
         if status_file is not None:
             cmd += ["--status-file", str(status_file)]
@@ -154,7 +155,7 @@ class Renter:
     #: this renter's wallet on the network's development ledger (funded by the faucet)
     ledger: DevLedgerEscrow
     #: rental ids only increase (docs/escrow-rules.md)
-    rental_ids: RentalIds = field(default_factory=RentalIds)
+    rental_ids: RentalIds = field(default_factory=lambda: RentalIds(lambda: time.time_ns() // 1000))
 
     def funder(self) -> LedgerFunder:
         """Opens a real escrow on the ledger for each quote (a fresh rental id each time)."""

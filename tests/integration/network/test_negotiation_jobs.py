@@ -16,11 +16,10 @@ import trio
 
 from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.contracts.escrow_api import EscrowHandle, EscrowView
-from dgpu.contracts.rental_ids import RentalIds
 from dgpu.node.errors import JobLostError, RejectedError
 from dgpu.node.services.job_stream import run_job
 from dgpu.node.services.negotiation import negotiate
-from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.messages import EscrowRef, Executor, JobState, LogChunk, Offer, Quote
 
 pytestmark = pytest.mark.integration

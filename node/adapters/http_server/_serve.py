@@ -29,13 +29,14 @@ import contextlib
 import logging
 import socket
 import sys
-import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
 import trio
 import trio_asyncio
 import uvicorn
+
+from ._guard import ConnectionLimits, guarded_protocol
 
 __all__ = ["HttpServerError", "serve_http"]
 
@@ -104,7 +105,7 @@ async def serve_http(
     port: int,
     *,
     graceful_timeout: float = 5.0,
-    limit_concurrency: int = 1024,
+    limits: ConnectionLimits | None = None,
     backlog: int = 1024,
     log_level: str = "warning",
     uvicorn_options: dict[str, Any] | None = None,
@@ -112,8 +113,9 @@ async def serve_http(
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled; report the bound port via task_status.
 
-    ``port`` 0 picks a free port. ``limit_concurrency`` bounds the open connections plus
-    in-flight requests (uvicorn answers 503 beyond it) so a flood cannot exhaust memory.
+    ``port`` 0 picks a free port. ``limits`` bounds slow and greedy clients (header and body
+    read timeouts, a minimum upload rate, open connections in total and per client address;
+    see ``_guard``), so neither a flood nor a crowd of slow sockets can lock others out.
     ``uvicorn_options`` passes further ``uvicorn.Config`` keywords (for example ``h11_max_
     incomplete_event_size``). The access log is off by default: URLs may carry signed-link
     signatures, which must not reach logs.
@@ -122,13 +124,17 @@ async def serve_http(
     case ``task_status.started`` was never called.
     """
     _align_anyio()
+    limits = limits if limits is not None else ConnectionLimits()
     options: dict[str, Any] = {
+        # uvicorn's h11 protocol, with the guard's deadlines and connection bounds
+        "http": guarded_protocol(limits),
         "lifespan": "on",
         "log_level": log_level,
         "access_log": False,
         "log_config": None,  # leave the process's logging configuration alone
-        # Bounds the connections + requests held in memory (uvicorn answers 503 beyond it).
-        "limit_concurrency": limit_concurrency,
+        # A backstop behind the guard's connection bound: requests still running after their
+        # connection went away also count (uvicorn answers 503 beyond it).
+        "limit_concurrency": 2 * limits.max_connections,
         # Bounds how long a cancelled server waits for in-flight requests.
         "timeout_graceful_shutdown": graceful_timeout,
         "server_header": False,
@@ -179,35 +185,3 @@ async def serve_http(
         raise HttpServerError(
             f"the HTTP server on {host}:{bound_port} failed to start"
         ) from (failure[0] if failure else None)
-
-
-#: what a route-timing middleware reports: (method, route template, status, seconds)
-RouteObserver = Callable[[str, str, int, float], None]
-
-
-class RouteTimingMiddleware:
-    """Pure ASGI middleware: reports every HTTP request's method, route *template* (never the raw
-    path, which would make metric labels unbounded), status and duration to ``observe``. A request
-    the app fails (or that is cancelled) before answering is reported as 500."""
-
-    def __init__(self, app: Any, observe: RouteObserver) -> None:
-        self.app = app
-        self.observe = observe
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = [500]
-
-        async def record_status(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            template = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.observe(str(scope.get("method", "?")), template, status[0], time.perf_counter() - start)

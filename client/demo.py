@@ -22,7 +22,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from dgpu.node.app import NodeRuntime
 
 __all__ = ["DEADLINE_S", "DemoNetwork", "rent_once", "run_demo"]
 
@@ -70,7 +73,7 @@ def _docker_image_ready() -> bool:
 
 
 def _cli() -> list[str]:
-    return [sys.executable, "-m", "dgpu.node.cli"]
+    return [sys.executable, "-m", "dgpu.client.main"]
 
 
 def _wait_file(path: Path, proc: subprocess.Popen[Any], deadline: float) -> str:
@@ -225,7 +228,7 @@ def run_demo(*, keep: bool = False, log_level: str = "WARNING") -> int:
     return 0 if ok else 1
 
 
-async def rent_once(rt: Any, *, script: str, min_vram_mib: int, expect_offers: int,
+async def rent_once(rt: NodeRuntime, *, script: str, min_vram_mib: int, expect_offers: int,
                     out: IO[str], ledger_url: str | None, minutes: int = 5,
                     wait_s: float = 20.0) -> dict[str, Any]:
     """Renter: fund itself from the faucet, find offers, rent the cheapest match with a real

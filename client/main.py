@@ -1,0 +1,60 @@
+"""The ``dgpu`` command: every subcommand, from the top of the package stack.
+
+``dgpu demo`` (``client/demo.py``), ``dgpu bootstrap`` (``bootstrap/cli.py``), ``dgpu node``
+(``node/cli.py``) and the renter commands (``client/cli.py``: offers, rent, jobs, wallet,
+login). It only parses and dispatches; each part builds its own configuration once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dgpu.bootstrap.cli import add_bootstrap_command, run_bootstrap_command
+from dgpu.client.cli import add_commands
+from dgpu.node.cli import add_node_command, run_node_command
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dgpu", description="dGPU: peer-to-peer GPU rental")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="run the local demo network (bootstrap, 2 providers, renter)")
+    d.add_argument("--keep", action="store_true", help="keep the work dir and logs")
+    d.add_argument("--log-level", default="WARNING", help="children's log level")
+
+    add_bootstrap_command(sub)
+    add_node_command(sub)
+    add_commands(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if hasattr(args, "handler"):  # renter commands (dgpu.client.cli) talk to a running node
+        return int(args.handler(args))
+    if args.cmd == "demo":
+        from dgpu.client.demo import run_demo
+
+        return run_demo(keep=args.keep, log_level=args.log_level)
+
+    from dgpu.client.demo import rent_once
+    from dgpu.node import logging as node_logging
+    from dgpu.node.errors import NodeError
+
+    node_logging.configure(args.log_level, name=args.cmd)
+    try:
+        if args.cmd == "bootstrap":
+            return run_bootstrap_command(args)
+        return run_node_command(args, rent_once=rent_once)
+    except NodeError as exc:
+        print(f"dgpu {args.cmd}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The renter workflow (``rental.py``) and its errors (``errors.py``).
+
+``dgpu.client`` (``Client``, ``SyncClient``) and the node's local HTTP API (its job backend)
+both rent through :class:`Renter`; neither depends on the other.
+"""
+
+from .errors import EscrowFailed as EscrowFailed
+from .errors import JobFailed as JobFailed
+from .errors import NegotiationFailed as NegotiationFailed
+from .errors import NoOffersError as NoOffersError
+from .errors import NotConnected as NotConnected
+from .errors import RenterError as RenterError
+from .rental import LedgerFunder as LedgerFunder
+from .rental import OfferInfo as OfferInfo
+from .rental import Rental as Rental
+from .rental import RentalResult as RentalResult
+from .rental import Renter as Renter
+
+__all__ = [
+    "EscrowFailed",
+    "JobFailed",
+    "LedgerFunder",
+    "NegotiationFailed",
+    "NoOffersError",
+    "NotConnected",
+    "OfferInfo",
+    "Rental",
+    "RentalResult",
+    "Renter",
+    "RenterError",
+]

@@ -1,0 +1,431 @@
+"""The renter workflow: find offers, rent (negotiate and fund the escrow), run, settle.
+
+``Renter`` works over one node's network, key, offer book and blob shelf, and the renter's
+ledger (``EscrowLedger``). ``rent`` negotiates with a provider and locks the deposit in escrow
+before accepting; ``Rental.run`` submits the job, streams its logs, watches the escrow
+(warning, optional top-up), and when the job ends makes sure the escrow is settled, so every
+unaccrued minute comes back. ``dgpu.client.Client`` is a ``Renter`` over an in-process node;
+the node's local HTTP API runs its jobs through one too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from dgpu.node.errors import JobLostError, NetworkError, RejectedError
+from dgpu.node.services.billing import BillingPolicy, renter_billing
+from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob, safe_unpack
+from dgpu.node.services.job_stream import run_job
+from dgpu.node.services.negotiation import negotiate
+from dgpu.node.services.offers import OfferBook, OfferQuery
+from dgpu.node.services.renter.errors import (
+    EscrowFailed,
+    JobFailed,
+    NegotiationFailed,
+    NoOffersError,
+    NotConnected,
+    RenterError,
+)
+from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.protocol.escrow import EscrowStatus, RentalIds
+from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.ledger import ContractsError, EscrowHandle, EscrowLedger, EscrowRefused, EscrowView
+from dgpu.protocol.messages import (
+    Agreement,
+    EscrowRef,
+    Executor,
+    InputRef,
+    JobState,
+    LogChunk,
+    Offer,
+    Quote,
+    ResultRef,
+)
+from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
+
+if TYPE_CHECKING:
+    # the network the workflow dials providers on; the concrete libp2p node until the
+    # services' network port (node/ports.py) replaces it
+    from dgpu.node.ports.network import Network
+
+__all__ = ["LedgerFunder", "OfferInfo", "Rental", "RentalResult", "Renter"]
+
+log = logging.getLogger(__name__)
+
+#: how long the renter waits after the job for the provider's settlement before closing itself
+SETTLE_WAIT_S = 10.0
+#: inputs stay on the renter's shelf this long past the rental's last minute (for a late start)
+INPUT_TTL_SLACK_S = 600.0
+#: an unpacked result at most (the provider caps outputs lower; this bounds a hostile archive)
+MAX_RESULT_UNPACKED_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class OfferInfo:
+    """One offer as a renter sees it (prices per GPU-minute, in base units)."""
+
+    offer: Offer
+    peer_id: str
+
+    @property
+    def provider(self) -> str:
+        return self.offer.provider
+
+    @property
+    def gpu_model(self) -> str:
+        return self.offer.gpus[0].model
+
+    @property
+    def vram_mib(self) -> int:
+        return self.offer.gpus[0].vram_mib
+
+    @property
+    def price_per_minute(self) -> int:
+        return self.offer.price_per_minute
+
+    @property
+    def simulated(self) -> bool:
+        return self.offer.simulated
+
+
+@dataclass
+class RentalResult:
+    """How a rental ended: the job's outcome and the escrow's final accounting (base units)."""
+
+    state: JobState
+    exit_code: int | None
+    reason: str
+    log_chunks: int
+    escrow: EscrowView | None
+    warnings: list[int] = field(default_factory=list)
+    #: the job's packed output folder on the provider (FINISHED jobs); see Rental.download_result
+    result: ResultRef | None = None
+
+    @property
+    def minutes(self) -> int:
+        return self.escrow.claimed_minutes if self.escrow else 0
+
+    @property
+    def paid(self) -> int:
+        return self.escrow.paid if self.escrow else 0
+
+    @property
+    def fee(self) -> int:
+        return self.escrow.fee_paid if self.escrow else 0
+
+    @property
+    def refunded(self) -> int:
+        return self.escrow.refunded if self.escrow else 0
+
+
+class LedgerFunder:
+    """Opens the escrow a quote asks for, on the renter's ledger, before the renter accepts."""
+
+    def __init__(self, ledger: EscrowLedger, rental_id: Callable[[], int]) -> None:
+        self.ledger = ledger
+        self._rental_id = rental_id
+        self.handle: EscrowHandle | None = None
+
+    async def fund(self, quote: Quote) -> EscrowRef:
+        if quote.ledger != self.ledger.ledger:
+            raise EscrowFailed(f"the provider wants ledger {quote.ledger!r}, we use {self.ledger.ledger!r}")
+        attempts = 3
+        for attempt in range(attempts):
+            try:
+                receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
+                                                 quote.max_minutes, quote.start_deadline)
+                break
+            except EscrowRefused as exc:
+                # rental ids of a renter must increase: a concurrent open landed a higher one first
+                if exc.code is EscrowErrorCode.RENTAL_ID_USED and attempt + 1 < attempts:
+                    continue
+                raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
+            except ContractsError as exc:
+                raise EscrowFailed(f"could not open the escrow: {exc}") from exc
+        self.handle = receipt.escrow
+        return receipt.escrow.to_ref()
+
+
+class Rental:
+    """One agreed rental: run it, follow it, top it up, or close it early."""
+
+    def __init__(self, renter: Renter, agreement: Agreement, provider_peer: str, handle: EscrowHandle | None) -> None:
+        self.renter = renter
+        self.agreement = agreement
+        self.provider_peer = provider_peer
+        self.escrow = handle
+        self._cancel = trio.Event()
+        self.result: ResultRef | None = None
+
+    @property
+    def id(self) -> str:
+        return self.agreement.agreement_id
+
+    @property
+    def rate_per_minute(self) -> int:
+        return self.agreement.terms.rate_per_minute
+
+    async def run(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None = None,
+                  policy: BillingPolicy | None = None,
+                  on_warning: Callable[[int], None] | None = None) -> RentalResult:
+        """Submit the job and follow it to the end; the escrow is settled before this returns."""
+        renter = self.renter
+        done = trio.Event()
+        warnings: list[int] = []
+
+        def warned(remaining: int) -> None:
+            warnings.append(remaining)
+            log.warning("rental %s: %d paid minute(s) left", self.id[:12], remaining)
+            if on_warning is not None:
+                on_warning(remaining)
+
+        failure: RenterError | None = None
+        async with trio.open_nursery() as nursery:
+            ledger, handle = renter.ledger, self.escrow
+            if handle is not None and ledger is not None:
+                nursery.start_soon(lambda: renter_billing(ledger, handle,
+                                                          policy=policy or renter.billing_policy,
+                                                          on_warning=warned, done=done))
+            try:
+                outcome = await run_job(renter.network, renter.key, self.agreement, self.provider_peer,
+                                        clock=renter.clock, nonce=renter.nonce, on_log=on_log,
+                                        cancel=self._cancel)
+            except (JobLostError, NetworkError) as exc:
+                failure = JobFailed(f"job {self.id[:12]} lost: {exc}; the escrow was closed, unused minutes "
+                                    "refunded")
+                failure.__cause__ = exc
+            except RejectedError as exc:
+                failure = NegotiationFailed(f"the provider refused the job: {exc}", exc.code)
+                failure.__cause__ = exc
+            finally:
+                done.set()
+        if failure is not None:  # raised outside the nursery, so callers see it unwrapped
+            await self._recover()
+            raise failure
+        final = await self._settled()
+        self.result = outcome.result
+        return RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings,
+                            outcome.result)
+
+    async def download_result(self, dest_dir: Path | str, progress: Progress | None = None) -> list[Path]:
+        """Fetch the job's output folder from the provider, verify it and unpack it into ``dest_dir``.
+
+        ``progress(bytes_done, total)`` is called as the archive arrives. Returns the files written.
+        Raises RenterError when the job left no result, or the transfer or the archive is refused."""
+        dest = Path(dest_dir)
+        archive = self.renter.shelf.temp_path()
+        try:
+            await self.fetch_result_archive(archive, progress)
+            return await trio.to_thread.run_sync(
+                lambda: safe_unpack(archive, dest, max_total_bytes=MAX_RESULT_UNPACKED_BYTES))
+        except BlobError as exc:
+            raise RenterError(f"could not unpack the result of {self.id[:12]}: {exc}") from exc
+        finally:
+            await trio.Path(archive).unlink(missing_ok=True)
+
+    async def fetch_result_archive(self, dest: Path, progress: Progress | None = None) -> int:
+        """Fetch the job's result archive (a tar, verified against its content id) to ``dest``."""
+        if self.result is None:
+            raise RenterError(f"rental {self.id[:12]} has no result (the job did not finish, or kept none)")
+        ref = self.result
+        renter = self.renter
+        renter.check_live()
+        try:
+            return await fetch_blob(renter.network, self.provider_peer, ref.cid, dest, expected_size=ref.size,
+                                    max_bytes=renter.shelf.max_blob_bytes, progress=progress)
+        except (BlobError, NetworkError) as exc:
+            raise RenterError(f"could not download the result of {self.id[:12]}: {exc}") from exc
+
+    async def _settled(self) -> EscrowView | None:
+        """Wait for the provider's settlement; close it ourselves if it does not come."""
+        ledger = self.renter.ledger
+        if self.escrow is None or ledger is None:
+            return None
+        with trio.move_on_after(SETTLE_WAIT_S):
+            while True:
+                view = await ledger.fetch(self.escrow.address)
+                if view.status is EscrowStatus.CLOSED:
+                    return view
+                await trio.sleep(0.2)
+        return await self._recover()
+
+    async def _recover(self) -> EscrowView | None:
+        """Close the escrow from our side: accrued minutes paid, the rest refunded."""
+        ledger = self.renter.ledger
+        if self.escrow is None or ledger is None:
+            return None
+        try:
+            await ledger.close(self.escrow)
+        except EscrowRefused as exc:
+            log.info("escrow %s already settled (%s)", self.escrow.address, exc.code.value)
+        except ContractsError as exc:
+            log.error("could not close escrow %s: %s (anyone can settle it after expiry)", self.escrow.address, exc)
+        return await ledger.fetch(self.escrow.address)
+
+    def cancel(self) -> None:
+        """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
+        self._cancel.set()
+
+    async def top_up(self, minutes: int) -> EscrowView:
+        """Buy ``minutes`` more at the agreed rate (only before the escrow expires)."""
+        ledger, handle = self._escrow()
+        try:
+            await ledger.top_up(handle, minutes)
+        except EscrowRefused as exc:
+            raise EscrowFailed("top-up refused", exc.code.value) from exc
+        return await ledger.fetch(handle.address)
+
+    async def close(self) -> EscrowView:
+        """Stop paying now: accrued minutes go to the provider, every other minute comes back."""
+        ledger, handle = self._escrow()
+        try:
+            await ledger.close(handle)
+        except EscrowRefused as exc:
+            raise EscrowFailed("close refused", exc.code.value) from exc
+        return await ledger.fetch(handle.address)
+
+    async def escrow_state(self) -> EscrowView:
+        ledger, handle = self._escrow()
+        return await ledger.fetch(handle.address)
+
+    def _escrow(self) -> tuple[EscrowLedger, EscrowHandle]:
+        if self.escrow is None or self.renter.ledger is None:
+            raise EscrowFailed("this rental has no escrow")
+        return self.renter.ledger, self.escrow
+
+
+class Renter:
+    """A renter's workflow over one node: find offers, fund and agree rentals, offer inputs.
+
+    ``clock`` (wall seconds) and ``nonce`` (fresh bytes) stamp the signed messages; ``ledger``
+    funds every rental (without one, ``rent`` refuses: every rental is paid for)."""
+
+    def __init__(self, network: Network, key: SigningKey, book: OfferBook, shelf: BlobShelf,
+                 ledger: EscrowLedger | None, *, accept_simulated: bool, clock: Callable[[], int],
+                 nonce: Callable[[], bytes], billing_policy: BillingPolicy | None = None) -> None:
+        self.network = network
+        self.key = key
+        self.book = book
+        self.shelf = shelf
+        self.ledger = ledger
+        #: rental ids only increase (docs/escrow-rules.md); microseconds of the injected wall clock
+        self.rental_ids = RentalIds(lambda: clock() * 1_000_000)
+        self.accept_simulated = accept_simulated
+        self.clock = clock
+        self.nonce = nonce
+        self.billing_policy = billing_policy or BillingPolicy(poll_interval_s=2.0)
+        #: set when the node under the workflow stops; every later call raises NotConnected
+        self.closed = False
+
+    @property
+    def wallet(self) -> str:
+        return self.key.public_key.wallet
+
+    def check_live(self) -> None:
+        if self.closed:
+            raise NotConnected("the client is closed")
+
+    async def add_input(self, local_path: Path | str, job_path: str, *, provider: str,
+                        ttl_s: float = 3600.0) -> InputRef:
+        """Offer ``local_path`` to ``provider`` (a wallet) as the job's input ``job_path``."""
+        self.check_live()
+        try:
+            entry = await self.shelf.add_file(Path(local_path), allowed=[provider], ttl_s=ttl_s)
+        except (BlobError, OSError) as exc:
+            raise RenterError(f"cannot offer {local_path} as an input: {exc}") from exc
+        try:
+            return InputRef(path=job_path, cid=entry.cid)
+        except ValueError as exc:
+            raise RenterError(f"bad input path {job_path!r}: {exc}") from exc
+
+    async def find_offers(self, *, gpu_model: str | None = None, min_vram_mib: int = 0, gpu_count: int = 1,
+                          region: str | None = None, max_price_per_minute: int | None = None,
+                          executor: Executor | None = None, include_simulated: bool | None = None,
+                          wait_s: float = 5.0, min_results: int = 1) -> list[OfferInfo]:
+        """Offers matching the filters, cheapest first; waits up to ``wait_s`` for ``min_results``."""
+        self.check_live()
+        query = OfferQuery(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count, region=region,
+                           max_price_per_minute=max_price_per_minute, executor=executor,
+                           include_simulated=self.accept_simulated if include_simulated is None
+                           else include_simulated)
+        with trio.move_on_after(wait_s):
+            await self.book.wait_for(query, now=self.clock, count=min_results)
+        return [OfferInfo(e.offer, e.peer_id) for e in self.book.query(query, now=self.clock())]
+
+    @staticmethod
+    def estimate(offer: OfferInfo, minutes: int, gpu_count: int = 1, fee_bps: int = DEFAULT_FEE_BPS) -> Estimate:
+        """What ``minutes`` on ``offer`` cost at most (the deposit), and the provider/fee split."""
+        return estimate(offer.price_per_minute * gpu_count, minutes, fee_bps)
+
+    async def balance(self) -> int:
+        """This wallet's token balance in base units (0 without a ledger)."""
+        if self.ledger is None:
+            return 0
+        return await self.ledger.balance(self.wallet)
+
+    async def faucet(self, amount: int) -> int:
+        """Development ledgers only: mint ``amount`` worthless base units to this wallet."""
+        faucet = getattr(self.ledger, "faucet", None)
+        if faucet is None:
+            raise EscrowFailed("this ledger has no faucet (it holds real value)", "no_faucet")
+        try:
+            return int(await faucet(amount))
+        except ContractsError as exc:
+            raise EscrowFailed(f"the faucet refused: {exc}") from exc
+
+    async def rent(self, offer: OfferInfo | None = None, *, image: str | None = None, script: str | None = None,
+                   command: Sequence[str] = (), env: dict[str, str] | None = None, max_minutes: int = 10,
+                   gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
+                   gpu_model: str | None = None, min_vram_mib: int = 0,
+                   inputs: Mapping[str, Path | str] | None = None) -> Rental:
+        """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match.
+
+        ``inputs`` maps a path under the job's inputs folder (``/inputs`` in Docker,
+        ``$HOME/inputs`` for scripts) to a local file; the provider fetches it from us before the
+        job starts. Needs a ledger: every rental is paid for."""
+        self.check_live()
+        if self.ledger is None:
+            raise EscrowFailed("this client has no ledger (connect with ledger_url or ledger), so it cannot "
+                               "fund a rental", "no_ledger")
+        if offer is None:
+            found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,
+                                           max_price_per_minute=max_price_per_minute)
+            if not found:
+                raise NoOffersError("no offer matched; try a wider filter or a longer wait")
+            offer = found[0]
+        executor = Executor.SCRIPT if script is not None else Executor.DOCKER
+        refs = tuple([await self.add_input(local, job_path, provider=offer.provider,
+                                           ttl_s=max_minutes * 60 + INPUT_TTL_SLACK_S)
+                      for job_path, local in (inputs or {}).items()])
+        job: dict[str, Any] = {"executor": executor, "image": image, "script": script, "command": tuple(command),
+                               "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
+                               "inputs": refs,
+                               "gpu_model": offer.gpu_model, "min_vram_mib": min_vram_mib, "egress": egress,
+                               "max_price_per_minute": max_price_per_minute or offer.price_per_minute * gpu_count}
+        funder = LedgerFunder(self.ledger, self.rental_ids)
+        try:
+            result = await negotiate(self.network, self.key, offer.offer, job, escrow=funder, clock=self.clock,
+                                     nonce=self.nonce, provider_peer=offer.peer_id)
+        except RejectedError as exc:
+            await self._refund_after_failed_negotiation(funder)
+            raise NegotiationFailed(f"provider {offer.provider[:8]}… refused: {exc}", exc.code) from exc
+        except NetworkError as exc:
+            await self._refund_after_failed_negotiation(funder)
+            raise NegotiationFailed(f"could not negotiate with {offer.provider[:8]}…: {exc}") from exc
+        return Rental(self, result.agreement, result.provider_peer, funder.handle)
+
+    async def _refund_after_failed_negotiation(self, funder: LedgerFunder) -> None:
+        """A deposit locked for a deal that fell through comes straight back (never started)."""
+        if funder.handle is None or self.ledger is None:
+            return
+        try:
+            await self.ledger.close(funder.handle)
+        except ContractsError as exc:
+            log.error("deposit of a failed negotiation stays in escrow %s (%s); it is refundable after the start "
+                      "deadline", funder.handle.address, exc)

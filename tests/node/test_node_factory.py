@@ -1,0 +1,46 @@
+"""The node factory's two choices, each made once from the config: the ledger client and the GPU source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from dgpu.contracts.devledger.client import DevLedgerEscrow
+from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus
+from dgpu.node.app import gpu_source, open_ledger
+from dgpu.node.config import NodeConfig
+from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.ledger import EscrowLedger
+from dgpu.protocol.messages import GpuSpec
+
+BOOT = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWGjciexZobMdVfYnGFEGesGVSpwJHpV7QQahLLMBPYbmz"
+KEY = SigningKey(b"\x05" * 32)
+SIM = GpuSpec(model="RTX 4090", vram_mib=24_576, simulated=True)
+
+
+def config(tmp_path: Path, **over: object) -> NodeConfig:
+    return NodeConfig(role="provider", bootstrap=(BOOT,), data_dir=tmp_path, **over)  # type: ignore[arg-type]
+
+
+async def test_the_ledger_is_the_development_ledger_at_its_url_or_none(tmp_path: Path) -> None:
+    assert open_ledger(config(tmp_path), KEY) is None  # nothing to pay with: escrows are refused
+    ledger = open_ledger(config(tmp_path, ledger="dev", ledger_url="http://127.0.0.1:1"), KEY)
+    assert isinstance(ledger, DevLedgerEscrow) and isinstance(ledger, EscrowLedger)
+    assert ledger.wallet == KEY.public_key.wallet
+    await ledger.aclose()
+    with pytest.raises(ValidationError):
+        config(tmp_path, ledger="solana")  # not wired yet: refused by the config, not at run time
+
+
+def test_declared_gpus_are_simulated_ones_and_real_gpus_come_from_nvml(tmp_path: Path) -> None:
+    assert isinstance(gpu_source(config(tmp_path, gpus=(SIM,)), KEY), SimulatedGpus)
+    assert isinstance(gpu_source(config(tmp_path), KEY), NvmlGpus)
+    with pytest.raises(ValidationError):
+        config(tmp_path, gpus=(GpuSpec(model="H100", vram_mib=81_920),))
+
+
+async def test_a_simulated_source_offers_its_gpus_marked(tmp_path: Path) -> None:
+    scan = await gpu_source(config(tmp_path, gpus=(SIM,)), KEY).inventory()
+    assert [(g.model, g.simulated) for g in scan.gpus] == [("RTX 4090", True)]
