@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_upload_bytes is not None:
         settings["max_upload_bytes"] = args.max_upload_bytes
     config = BootstrapHttpConfig.model_validate(settings)
+    os.umask(0o077)  # the database, blobs and keys it writes are owner-only
     try:
         trio.run(_main, config, args.host, args.port)
     except KeyboardInterrupt:

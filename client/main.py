@@ -8,6 +8,7 @@ login). It only parses and dispatches; each part builds its own configuration on
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dgpu.bootstrap.cli import add_bootstrap_command, run_bootstrap_command
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from dgpu.node.errors import NodeError
 
     node_logging.configure(args.log_level, name=args.cmd)
+    os.umask(0o077)  # daemons: the state, keys, job folders and logs they write are owner-only
     try:
         if args.cmd == "bootstrap":
             return run_bootstrap_command(args)

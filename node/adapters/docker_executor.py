@@ -11,23 +11,28 @@ Rules, each enforced in :meth:`DockerExecutor._create`:
 - the environment is the job spec's only (never the daemon's);
 - inputs bind-mounted read-only at ``/inputs``, a writable ``/outputs`` copied out at the end
   (regular files only, symlinks skipped, bounded by ``max_output_bytes``);
+- disk: every place a job can write is capped. ``/outputs`` is a host tmpfs of
+  ``max_output_bytes`` when the daemon can mount (else a watched folder plus an ``fsize``
+  ulimit, see :mod:`dgpu.node.adapters.disk_cap`); a job that fills it is stopped
+  (``ExitReason.OUTPUT_LIMIT``). ``/tmp``, ``/dev/shm`` and every ``VOLUME`` the image declares
+  are sized tmpfs (an anonymous volume would be uncapped host disk); the log file the engine
+  keeps is rotated at :data:`LOG_MAX_BYTES` x :data:`LOG_FILES`;
 - labels ``dgpu.job_id``, ``dgpu.rental_id``, ``dgpu.instance`` so a restarted daemon finds
   its containers (:meth:`DockerExecutor.list_jobs`, :meth:`DockerExecutor.reattach`).
 
 Threads: short API calls run behind ``api_limiter`` (8); the two long blocking calls per job
 (log follow, wait) run behind ``stream_limiter`` (2 per concurrent job). The HTTP pool is
 sized to both so no call waits on a pooled connection. docker/requests exceptions are
-converted here into ``dgpu.node.errors``.
+converted into ``dgpu.node.errors`` by :func:`dgpu.node.adapters.docker_job.converted`. The
+running job's handle lives in :mod:`dgpu.node.adapters.docker_job`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +44,9 @@ import docker.types
 import requests.exceptions
 import trio
 
-from dgpu.node.adapters.executor import split_lines
+from dgpu.node.adapters.disk_cap import CappedFolder, can_mount_tmpfs, same_mount_namespace
+from dgpu.node.adapters.docker_job import DockerJobHandle, converted, remove_workspace
+from dgpu.node.adapters.executor import copy_inputs
 from dgpu.node.errors import (
     ExecutorFailure,
     ExecutorUnavailable,
@@ -47,16 +54,7 @@ from dgpu.node.errors import (
     ImageUnavailable,
     JobSpecInvalid,
 )
-from dgpu.node.ports.execution import (
-    ContainerInfo,
-    ExitReason,
-    ExitStatus,
-    Isolation,
-    JobSpec,
-    LogChunk,
-    ResourceLimits,
-    StreamName,
-)
+from dgpu.node.ports.execution import ContainerInfo, Isolation, JobSpec, ResourceLimits
 
 __all__ = ["ContainerInfo", "DockerExecutor", "DockerJobHandle", "DockerPolicy"]
 
@@ -66,9 +64,10 @@ LABEL_JOB = "dgpu.job_id"
 LABEL_RENTAL = "dgpu.rental_id"
 LABEL_INSTANCE = "dgpu.instance"
 
-#: one log chunk never exceeds this many bytes (a longer line is split)
-MAX_LOG_CHUNK = 16 * 1024
-_STREAMS: dict[int, StreamName] = {1: "stdout", 2: "stderr"}
+#: the engine's json-file log of a job is rotated at this size, keeping this many files (a
+#: reader that falls this far behind a log flood loses the oldest lines, not the disk)
+LOG_MAX_BYTES = 64 * 1024**2
+LOG_FILES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +119,13 @@ class DockerExecutor:
     kind = "docker"
     isolation: Isolation = "container"
 
-    def __init__(self, client: docker.DockerClient, policy: DockerPolicy) -> None:
+    def __init__(
+        self, client: docker.DockerClient, policy: DockerPolicy, *, hard_cap: bool = False
+    ) -> None:
         self._client = client
         self._api: Any = client.api
         self.policy = policy
+        self._hard_cap = hard_cap  #: /outputs is a tmpfs of max_output_bytes (else watched)
         # short API calls (create, start, inspect, kill, remove): a few at a time is plenty
         self._api_limiter = trio.CapacityLimiter(8)
         # long blocking calls: each running job holds at most two (log follow + wait)
@@ -146,15 +148,19 @@ class DockerExecutor:
             return client
 
         client = await trio.to_thread.run_sync(_connect)
-        policy.workspace_root.mkdir(parents=True, exist_ok=True)
-        return cls(client, policy)
+        policy.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        policy.workspace_root.chmod(0o700)  # job folders: the daemon's (the engine is root)
+        hard = await trio.to_thread.run_sync(can_mount_tmpfs) and same_mount_namespace(
+            Path("/var/run/docker.pid")
+        )
+        return cls(client, policy, hard_cap=hard)
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self._client.close)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await trio.to_thread.run_sync(
-            lambda: _converted(fn, *args, **kwargs), limiter=self._api_limiter
+            lambda: converted(fn, *args, **kwargs), limiter=self._api_limiter
         )
 
     # --- start ---------------------------------------------------------------------------
@@ -170,18 +176,18 @@ class DockerExecutor:
         workspace = self.policy.workspace_root / spec.job_id
         container_id: str | None = None
         try:
-            await trio.to_thread.run_sync(self._prepare_workspace, spec, workspace)
-            container_id = await self._call(self._create, spec, limits, workspace)
+            outputs = await trio.to_thread.run_sync(self._prepare_workspace, spec, workspace)
+            container_id = await self._call(self._create, spec, limits, workspace, outputs)
             handle = DockerJobHandle(
                 self, container_id, spec=spec, limits=limits, workspace=workspace,
-                started_at=time.time(),
+                outputs=outputs, started_at=time.time(),
             )
             await self._call(self._api.start, container_id)
         except BaseException:
             with trio.CancelScope(shield=True):
                 if container_id is not None:
                     await self._remove(container_id)
-                await trio.to_thread.run_sync(_rmtree, workspace)
+                await trio.to_thread.run_sync(remove_workspace, workspace)
             raise
         return handle
 
@@ -202,26 +208,27 @@ class DockerExecutor:
         except ExecutorFailure as exc:
             raise ImageUnavailable(f"image {image!r} could not be pulled: {exc}") from exc
 
-    def _prepare_workspace(self, spec: JobSpec, workspace: Path) -> None:
+    def _prepare_workspace(self, spec: JobSpec, workspace: Path) -> CappedFolder:
+        """``workspace`` (0700, the daemon's) with ``inputs`` (read-only copies) and ``outputs``
+        (the job user's, capped at ``max_output_bytes``)."""
         if workspace.exists():
-            shutil.rmtree(workspace)
-        (workspace / "inputs").mkdir(parents=True)
-        outputs = workspace / "outputs"
-        outputs.mkdir()
-        for rel, source in spec.inputs.items():
-            if not source.is_file():
-                raise JobSpecInvalid(f"input {rel!r}: {source} is not a readable file")
-            dest = workspace / "inputs" / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, dest)
-            dest.chmod(0o444)
+            remove_workspace(workspace)
+        workspace.mkdir(mode=0o700)
+        workspace.chmod(0o700)
+        copy_inputs(spec.inputs, workspace / "inputs")
         uid_gid = _numeric_user(self.policy.run_as)
-        if uid_gid is not None and os.geteuid() == 0:
-            os.chown(outputs, *uid_gid)
-        else:
-            outputs.chmod(0o777)
+        root = os.geteuid() == 0
+        if uid_gid is not None and root:
+            uid, gid = uid_gid
+            mode = 0o700
+        else:  # the image's own user (or a non-root daemon): any uid must write there
+            uid, gid, mode = os.getuid(), os.getgid(), 0o777
+        return CappedFolder.create(workspace / "outputs", self.policy.max_output_bytes,
+                                   uid=uid, gid=gid, mode=mode, hard=self._hard_cap)
 
-    def _create(self, spec: JobSpec, limits: ResourceLimits, workspace: Path) -> str:
+    def _create(
+        self, spec: JobSpec, limits: ResourceLimits, workspace: Path, outputs: CappedFolder
+    ) -> str:
         device_requests = []
         if spec.gpu_uuids:
             device_requests.append(
@@ -230,6 +237,9 @@ class DockerExecutor:
                 )
             )
         network_mode = "bridge" if spec.network and self.policy.allow_network else "none"
+        ulimits = [docker.types.Ulimit(name="nofile", soft=4096, hard=4096)]
+        if not outputs.mounted:  # the soft cap: no single file past it between two samples
+            ulimits.append(docker.types.Ulimit(name="fsize", soft=outputs.cap, hard=outputs.cap))
         host_config = self._api.create_host_config(
             binds={
                 str(workspace / "inputs"): {"bind": "/inputs", "mode": "ro"},
@@ -241,12 +251,17 @@ class DockerExecutor:
             nano_cpus=int(limits.cpus * 1e9),
             pids_limit=limits.pids,
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.scratch_bytes},mode=1777"},
+            tmpfs=self._tmpfs(spec.image or "", limits),
+            shm_size=min(limits.scratch_bytes, 64 * 1024**2),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             device_requests=device_requests or None,
             init=True,
-            ulimits=[docker.types.Ulimit(name="nofile", soft=4096, hard=4096)],
+            ulimits=ulimits,
+            log_config=docker.types.LogConfig(
+                type="json-file",
+                config={"max-size": str(LOG_MAX_BYTES), "max-file": str(LOG_FILES)},
+            ),
         )
         created = self._api.create_container(
             image=spec.image,
@@ -264,10 +279,22 @@ class DockerExecutor:
         )
         return str(created["Id"])
 
+    def _tmpfs(self, image: str, limits: ResourceLimits) -> dict[str, str]:
+        """``/tmp`` and each ``VOLUME`` of the image as a sized tmpfs (blocking)."""
+        spec = f"rw,nosuid,nodev,size={limits.scratch_bytes},mode=1777"
+        declared = self._api.inspect_image(image).get("Config", {}).get("Volumes") or {}
+        mounts = {str(path): spec for path in declared if path not in ("/inputs", "/outputs")}
+        mounts["/tmp"] = spec
+        return mounts
+
     # --- restart support -----------------------------------------------------------------
 
     async def list_jobs(self) -> dict[str, ContainerInfo]:
-        """This daemon's containers (by ``dgpu.instance`` label), keyed by job id."""
+        """This daemon's containers (by ``dgpu.instance`` label), keyed by job id.
+
+        Called at start-up (reconcile), before any job starts: a workspace no container has
+        is what a crashed daemon left (a capped ``outputs`` is a tmpfs holding memory), and
+        is removed."""
 
         def _list() -> dict[str, ContainerInfo]:
             found = {}
@@ -279,7 +306,19 @@ class DockerExecutor:
                     found[info.job_id] = info
             return found
 
-        return await self._call(_list)
+        found = await self._call(_list)
+
+        def _sweep() -> None:
+            for entry in self.policy.workspace_root.iterdir():
+                if entry.name not in found:
+                    remove_workspace(entry)
+
+        await trio.to_thread.run_sync(_sweep)
+        return found
+
+    @property
+    def max_output_bytes(self) -> int:
+        return self.policy.max_output_bytes
 
     async def inspect(self, container_id: str) -> ContainerInfo | None:
         return await self._call(self._inspect_sync, container_id)
@@ -310,18 +349,26 @@ class DockerExecutor:
         """A handle on a container started by an earlier daemon (time limit kept)."""
         workspace = self.policy.workspace_root / spec.job_id
         started = info.started_at if info.started_at is not None else time.time()
+        outputs = workspace / "outputs"
+        mounted = await trio.to_thread.run_sync(os.path.ismount, outputs)
         return DockerJobHandle(
             self,
             info.container_id,
             spec=spec,
             limits=limits.clamp(self.policy.max_limits),
             workspace=workspace,
+            outputs=CappedFolder(outputs, self.policy.max_output_bytes, mounted),
             started_at=started,
         )
 
     async def remove(self, container_id: str) -> None:
-        """Remove a container (force); absent is fine."""
+        """Remove a container (force) and its job's workspace; absent is fine."""
+        info = await self.inspect(container_id)
         await self._remove(container_id)
+        if info is not None and info.job_id:
+            await trio.to_thread.run_sync(
+                remove_workspace, self.policy.workspace_root / info.job_id
+            )
 
     async def _remove(self, container_id: str) -> None:
         def _rm() -> None:
@@ -332,181 +379,6 @@ class DockerExecutor:
             await self._call(_rm)
 
 
-class DockerJobHandle:
-    """A running (or finished) container. ``logs()`` has a single consumer."""
-
-    def __init__(
-        self,
-        executor: DockerExecutor,
-        container_id: str,
-        *,
-        spec: JobSpec,
-        limits: ResourceLimits,
-        workspace: Path,
-        started_at: float,
-    ) -> None:
-        self._ex = executor
-        self.container_id = container_id
-        self.spec = spec
-        self.limits = limits
-        self._workspace = workspace
-        self.started_at = started_at  #: wall clock the container started (the meter's origin)
-        remaining = limits.time_limit_s - max(0.0, time.time() - started_at)
-        self._deadline = trio.current_time() + max(0.0, remaining)
-        self._stop_reason: ExitReason | None = None
-        self._status: ExitStatus | None = None
-        self._cleaned = False
-        self._outputs_collected = False
-
-    @property
-    def job_id(self) -> str:
-        return self.spec.job_id
-
-    async def logs(self) -> AsyncIterator[LogChunk]:
-        """Follow stdout/stderr from the container's start, as lines, in order."""
-        api = self._ex._api
-
-        def _open() -> Any:
-            # The SDK's logs() drops the stream id of each frame; read the frames ourselves.
-            res = api._get(
-                api._url("/containers/{0}/logs", self.container_id),
-                params={"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 0},
-                stream=True,
-            )
-            api._raise_for_status(res)
-            api._disable_socket_timeout(api._get_raw_response_socket(res))
-            return res
-
-        def _frame(res: Any) -> tuple[int, bytes] | None:
-            header = res.raw.read(8)
-            if len(header) < 8:
-                return None
-            stream_id, length = struct.unpack(">BxxxL", header)
-            data = res.raw.read(length) if length else b""
-            return stream_id, data
-
-        limiter = self._ex._stream_limiter
-        res = await trio.to_thread.run_sync(lambda: _converted(_open), limiter=limiter)
-        buffers: dict[StreamName, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-        seq = 0
-        try:
-            while True:
-                frame = await _in_thread_abandonable(lambda: _converted(_frame, res), limiter)
-                if frame is None:
-                    break
-                stream = _STREAMS.get(frame[0], "stdout")
-                for line in split_lines(buffers[stream], frame[1], MAX_LOG_CHUNK):
-                    yield LogChunk(seq, stream, line)
-                    seq += 1
-            for stream, rest in buffers.items():
-                if rest:
-                    yield LogChunk(seq, stream, bytes(rest))
-                    seq += 1
-        finally:
-            res.close()  # unblocks an abandoned reader thread
-
-    async def wait(self) -> ExitStatus:
-        """Wait for the exit; at the time limit stop it (reason TIMEOUT). Idempotent."""
-        if self._status is not None:
-            return self._status
-        with trio.move_on_at(self._deadline) as scope:
-            await self._wait_exit()
-        if scope.cancelled_caught:
-            self._stop_reason = self._stop_reason or ExitReason.TIMEOUT
-            await self._kill(grace_s=min(10.0, self.limits.time_limit_s))
-            await self._wait_exit()
-        info = await self._ex.inspect(self.container_id)
-        if info is None:
-            status = ExitStatus(None, ExitReason.FAILED, "the container vanished")
-        elif self._stop_reason is not None:
-            status = ExitStatus(info.exit_code, self._stop_reason)
-        elif info.oom_killed:
-            status = ExitStatus(info.exit_code, ExitReason.OOM, "memory limit exceeded")
-        elif info.exit_code == 0:
-            status = ExitStatus(0, ExitReason.FINISHED)
-        else:
-            status = ExitStatus(info.exit_code, ExitReason.FAILED, f"exit code {info.exit_code}")
-        self._status = status
-        return status
-
-    async def _wait_exit(self) -> None:
-        api = self._ex._api
-
-        def _wait_once() -> bool:
-            try:
-                api.wait(self.container_id, timeout=5)
-            except docker.errors.NotFound:
-                return True
-            except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-                return False  # our 5 s poll ran out (urllib3 reports it either way)
-            return True
-
-        while not await _in_thread_abandonable(
-            lambda: _converted(_wait_once), self._ex._stream_limiter
-        ):
-            pass
-
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM, ``grace_s`` seconds, SIGKILL. ``wait`` then reports CANCELLED."""
-        self._stop_reason = self._stop_reason or ExitReason.CANCELLED
-        await self._kill(grace_s)
-
-    async def _kill(self, grace_s: float) -> None:
-        api = self._ex._api
-
-        def _stop() -> None:
-            with contextlib.suppress(docker.errors.NotFound):
-                api.stop(self.container_id, timeout=max(0, round(grace_s)))
-
-        with trio.CancelScope(shield=True):
-            await self._ex._call(_stop)
-
-    async def collect_outputs(self) -> list[Path]:
-        """Copy regular files from ``/outputs`` to ``spec.output_dir`` (once)."""
-        if self._outputs_collected or self.spec.output_dir is None:
-            return []
-        self._outputs_collected = True
-        return await trio.to_thread.run_sync(
-            _copy_outputs,
-            self._workspace / "outputs",
-            self.spec.output_dir,
-            self._ex.policy.max_output_bytes,
-        )
-
-    async def cleanup(self) -> None:
-        """Collect outputs, remove the container and the workspace. Idempotent."""
-        if self._cleaned:
-            return
-        with trio.CancelScope(shield=True):
-            try:
-                await self.collect_outputs()
-            finally:
-                self._cleaned = True
-                await self._ex._remove(self.container_id)
-                await trio.to_thread.run_sync(_rmtree, self._workspace)
-
-
-async def _in_thread_abandonable(fn: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
-    """``trio.to_thread.run_sync(fn, abandon_on_cancel=True)``: on cancellation the thread is
-    left to finish on its own (each caller makes sure it ends soon: a closed response, a
-    5 s poll). Typed through Any because libp2p's trio-typing stubs predate the keyword."""
-    run: Any = trio.to_thread.run_sync
-    result: T = await run(fn, limiter=limiter, abandon_on_cancel=True)
-    return result
-
-
-def _converted(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn`` converting docker/requests errors into the node's tree (worker thread)."""
-    try:
-        return fn(*args, **kwargs)
-    except docker.errors.ImageNotFound as exc:
-        raise ImageUnavailable(str(exc)) from exc
-    except docker.errors.APIError as exc:
-        raise ExecutorFailure(f"Docker engine error: {exc.explanation or exc}") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise ExecutorFailure(f"Docker engine unreachable or failed: {exc}") from exc
-
-
 def _numeric_user(run_as: str | None) -> tuple[int, int] | None:
     if run_as is None:
         return None
@@ -514,32 +386,3 @@ def _numeric_user(run_as: str | None) -> tuple[int, int] | None:
     if uid.isdigit() and (gid or uid).isdigit():
         return int(uid), int(gid or uid)
     return None
-
-
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _copy_outputs(src: Path, dest: Path, max_bytes: int) -> list[Path]:
-    """Copy regular files (no symlinks, no devices) up to ``max_bytes`` in total."""
-    copied: list[Path] = []
-    if not src.is_dir():
-        return copied
-    total = 0
-    dest.mkdir(parents=True, exist_ok=True)
-    for root, dirs, files in os.walk(src, followlinks=False):
-        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
-        for name in sorted(files):
-            path = Path(root) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            size = path.stat().st_size
-            if total + size > max_bytes:
-                return copied
-            total += size
-            target = dest / path.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target, follow_symlinks=False)
-            copied.append(target)
-    return copied
-

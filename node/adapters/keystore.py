@@ -106,7 +106,7 @@ def create_keystore(path: Path, *, passphrase: str | None = None,
     """Write a new key to ``path`` (mode 0600, refusing to overwrite) and return it."""
     key = SigningKey(seed if seed is not None else secrets.token_bytes(32))
     data = _encode(key, passphrase)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data dir: owner only
     try:
         # O_EXCL: never clobber an existing identity; mode 0600 from the first byte on disk
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,16 +1,26 @@
-"""Run script jobs as plain processes, for hosts without Docker. Opt-in; WEAK isolation.
+"""Run script jobs as sandboxed host processes, for hosts without Docker. Opt-in; WEAK isolation.
 
-What it does: each job gets its own scratch folder (``HOME``, working directory, ``TMPDIR``;
-removed at cleanup); the environment is scrubbed to the job's own variables plus
-``PATH``/``HOME``/``TMPDIR``; ``resource.setrlimit`` in the child (before exec) caps CPU time,
-address space, file size, open files and (when the daemon is root and so can drop to
-``nobody``) processes; the child runs in its own session so stop signals reach the whole
-process group; when the daemon is root the job runs as ``65534:65534``; the network is cut
-with ``unshare -n`` where that works (detected once, :attr:`ScriptExecutor.network_isolated`).
+Each job, isolated from the node and from other jobs (see :mod:`dgpu.node.adapters.sandbox`):
+- its own host uid (``uid_base + slot``, from :class:`~dgpu.node.adapters.sandbox.UidPool`, when
+  the daemon is root; released at cleanup, never reused while a process of it lives), no
+  supplementary groups, no capabilities, ``no_new_privs``;
+- bubblewrap: its own PID, mount, IPC, UTS and (unless the job asked for network) network
+  namespaces; its file view is the read-only system folders (:data:`SYSTEM_DIRS`), its private
+  folder at ``/job`` (``HOME``, working directory; ``/tmp`` is ``/job/tmp``), its inputs read-only
+  at ``/job/inputs``, a fresh ``/proc`` showing its own processes only and a minimal ``/dev``
+  (plus the NVIDIA device nodes for a job given GPUs);
+  nothing of the node's data dir (database, keys, other jobs' folders);
+- the private folder is mode 0700, owned by the job's uid, capped at ``scratch_bytes``: a tmpfs
+  of that size when the daemon can mount (hard), else a watched folder plus RLIMIT_FSIZE (soft,
+  see :mod:`dgpu.node.adapters.disk_cap`); a job that fills it is stopped (``OUTPUT_LIMIT``);
+- the environment is the job's own variables plus ``PATH``/``HOME``/``TMPDIR``/``LANG``;
+- rlimits (CPU time, address space, file size, open files, and per uid the process count).
 
 What it does NOT do, and offers must say so (``isolation = "weak"``): the job shares the
-host's kernel, file system view (it can read anything ``nobody`` can), process table and,
-where ``unshare`` is unavailable, its network; limits are per process, not per job.
+host's kernel (one kernel exploit escapes the sandbox) and GPUs; it can read the system
+folders, ``/etc`` included, as any unprivileged user can; CPU and memory limits are per
+process (rlimits), not per job (no cgroup). When the daemon is not root all jobs run as the
+daemon's uid, separated by namespaces only, and the folder cap is soft.
 """
 
 from __future__ import annotations
@@ -30,25 +40,30 @@ from typing import Any
 
 import trio
 
-from dgpu.node.adapters.executor import split_lines
-from dgpu.node.errors import ExecutorFailure, ExecutorUnavailable, JobSpecInvalid
-from dgpu.node.ports.execution import (
-    ExitReason,
-    ExitStatus,
-    Isolation,
-    JobSpec,
-    LogChunk,
-    ResourceLimits,
-    StreamName,
+from dgpu.node.adapters.disk_cap import CappedFolder, can_mount_tmpfs
+from dgpu.node.adapters.executor import copy_inputs, copy_outputs, split_lines, wait_enforcing
+from dgpu.node.adapters.sandbox import (
+    DEFAULT_UID_BASE,
+    JOB_HOME,
+    SYSTEM_DIRS,
+    UidPool,
+    bwrap_argv,
+    detect_bwrap,
+    gpu_devices,
+    namespace_pids,
 )
+from dgpu.node.errors import ExecutorFailure, ExecutorUnavailable, JobSpecInvalid
+from dgpu.node.ports.execution import ExitReason, ExitStatus, Isolation, JobSpec, LogChunk, ResourceLimits, StreamName
 
 __all__ = ["ISOLATION_STATEMENT", "ScriptExecutor", "ScriptJobHandle", "ScriptPolicy"]
 
 ISOLATION_STATEMENT = (
-    "weak: script jobs run as host processes (own scratch folder, scrubbed environment, "
-    "rlimits{net}); no container, shared kernel and file system view"
+    "weak: script jobs are host processes sharing the kernel and GPUs; each runs {who} in its "
+    "own bubblewrap PID, mount, IPC and UTS namespaces{net}, sees only read-only system folders "
+    "and its private 0700 folder (not the node's data dir, other jobs or their processes), "
+    "writes at most its scratch limit ({cap} cap); NOT isolated: the kernel, /etc and the "
+    "system folders (readable), CPU and memory limits are per process, not per job"
 )
-NOBODY = 65534
 MAX_LOG_CHUNK = 16 * 1024
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -56,39 +71,24 @@ _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 @dataclass(frozen=True, slots=True)
 class ScriptPolicy:
     enabled: bool  #: the provider opted in; False → every start raises ExecutorUnavailable
-    scratch_root: Path
+    scratch_root: Path  #: job folders live here (mode 0700, root-owned when root)
     max_limits: ResourceLimits = field(
         default_factory=lambda: ResourceLimits(
             memory_bytes=16 * 1024**3, cpus=8.0, pids=512, time_limit_s=24 * 3600.0
         )
     )
     max_output_bytes: int = 256 * 1024**2
+    uid_base: int = DEFAULT_UID_BASE  #: job uids are uid_base .. uid_base + uid_count - 1
+    uid_count: int = 4096
 
 
-def detect_unshare_net() -> list[str] | None:
-    """The command prefix that gives a child its own empty network namespace, or None."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return None
-    for prefix in ([exe, "-n", "--"], [exe, "-r", "-n", "--"]):
-        try:
-            done = subprocess.run(
-                [*prefix, "true"], capture_output=True, timeout=5, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if done.returncode == 0:
-            return prefix
-    return None
-
-
-def _preexec(limits: ResourceLimits, drop_to_nobody: bool) -> Callable[[], None]:
+def _preexec(limits: ResourceLimits, own_uid: bool) -> Callable[[], None]:
     """Runs in the forked child before exec: only async-signal-safe-ish calls, no allocation
     beyond what ``resource``/``os`` need."""
     cpu = max(1, int(limits.time_limit_s + 1))
     mem = limits.memory_bytes
     fsize = limits.scratch_bytes
-    nproc = limits.pids
+    nproc = limits.pids + 2  # bwrap's two processes
 
     def fn() -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -96,7 +96,7 @@ def _preexec(limits: ResourceLimits, drop_to_nobody: bool) -> Callable[[], None]
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if drop_to_nobody:
+        if own_uid:
             # RLIMIT_NPROC counts the user's processes: only meaningful for a dedicated user
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
@@ -104,115 +104,129 @@ def _preexec(limits: ResourceLimits, drop_to_nobody: bool) -> Callable[[], None]
 
 
 class ScriptExecutor:
-    """The script executor (``isolation = "weak"``)."""
+    """The script executor (``isolation = "weak"``). Build with :meth:`create`."""
 
     kind = "script"
     isolation: Isolation = "weak"
 
-    def __init__(self, policy: ScriptPolicy, *, unshare_prefix: list[str] | None = None) -> None:
+    def __init__(
+        self, policy: ScriptPolicy, *, bwrap: str, setpriv: str | None, hard_cap: bool
+    ) -> None:
         self.policy = policy
-        self._unshare = unshare_prefix
-        self._root = os.geteuid() == 0
+        self._bwrap = bwrap
+        self._setpriv = setpriv  #: set when root: jobs drop to their own uid through it
+        self._hard_cap = hard_cap
+        self._uids = UidPool(policy.uid_base, policy.uid_count)
 
     @classmethod
     async def create(cls, policy: ScriptPolicy) -> ScriptExecutor:
-        """Detect ``unshare -n`` (once) and build the executor."""
-        prefix = await trio.to_thread.run_sync(detect_unshare_net)
-        policy.scratch_root.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            # jobs run as nobody: they must traverse (not list) the root to reach their scratch
-            policy.scratch_root.chmod(0o711)
-            for parent in policy.scratch_root.resolve().parents:
-                if not parent.stat().st_mode & 0o001:
-                    raise ExecutorUnavailable(
-                        f"script jobs run as uid {NOBODY}, who cannot reach the scratch root "
-                        f"{policy.scratch_root}: {parent} is not searchable by others"
-                    )
-        return cls(policy, unshare_prefix=prefix)
+        """Check bubblewrap works here (once) and build the executor."""
+        root = os.geteuid() == 0
+        setpriv = shutil.which("setpriv") if root else None
+        if root and setpriv is None:
+            raise ExecutorUnavailable("script jobs need setpriv (util-linux) to drop to their uid")
+        bwrap = await trio.to_thread.run_sync(detect_bwrap)
+        if bwrap is None:
+            raise ExecutorUnavailable(
+                "script jobs need a working bubblewrap (apt-get install bubblewrap; "
+                "unprivileged user namespaces when the node is not root)"
+            )
+        scratch = policy.scratch_root.resolve()
+        for d in SYSTEM_DIRS:
+            if scratch.is_relative_to(d):
+                raise ExecutorUnavailable(f"the scratch root {scratch} is inside {d}, which jobs see")
+        policy.scratch_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        policy.scratch_root.chmod(0o700)
+        # script jobs die with the daemon (bwrap --die-with-parent) and are never re-attached:
+        # any job folder here is a crashed daemon's (its tmpfs still holds memory)
+        await trio.to_thread.run_sync(_sweep, policy.scratch_root)
+        hard = await trio.to_thread.run_sync(can_mount_tmpfs)
+        return cls(policy, bwrap=bwrap, setpriv=setpriv, hard_cap=hard)
+
+    def release_uid(self, uid: int) -> None:
+        self._uids.release(uid)
 
     @property
     def network_isolated(self) -> bool:
-        return self._unshare is not None
+        return True  # bwrap --unshare-net, for every job that did not ask for network
 
     @property
     def isolation_statement(self) -> str:
-        net = ", no network (unshare -n)" if self._unshare else ", NETWORK NOT ISOLATED"
-        return ISOLATION_STATEMENT.format(net=net)
+        p = self.policy
+        who = (f"as its own uid ({p.uid_base}+slot)" if self._setpriv
+               else "as the daemon's uid (the node is not root)")
+        return ISOLATION_STATEMENT.format(
+            who=who, net=", no network (an empty network namespace; the host's network only for "
+            "a job that asks for it)",
+            cap="hard tmpfs" if self._hard_cap else "soft, sampled",
+        )
 
     async def start(self, spec: JobSpec, limits: ResourceLimits) -> ScriptJobHandle:
         if not self.policy.enabled:
             raise ExecutorUnavailable("the provider has not enabled the script executor")
         limits = limits.clamp(self.policy.max_limits)
-        scratch = Path(
-            await trio.to_thread.run_sync(
-                lambda: tempfile.mkdtemp(prefix=f"job-{spec.job_id}-", dir=self.policy.scratch_root)
-            )
-        )
+        uid = await trio.to_thread.run_sync(self._uids.acquire) if self._setpriv else None
+        job_dir: Path | None = None
+        home: CappedFolder | None = None
         try:
-            argv = await trio.to_thread.run_sync(self._prepare, spec, scratch)
-            env = {
-                "PATH": _SAFE_PATH,
-                "HOME": str(scratch),
-                "TMPDIR": str(scratch / "tmp"),
-                "LANG": "C.UTF-8",
-            }
+            job_dir = Path(await trio.to_thread.run_sync(
+                lambda: tempfile.mkdtemp(prefix=f"job-{spec.job_id}-", dir=self.policy.scratch_root)
+            ))
+            home = await trio.to_thread.run_sync(self._prepare, spec, limits, job_dir, uid)
+            argv = list(spec.command)
+            if spec.script is not None:
+                argv = ["/bin/sh", f"{JOB_HOME}/job.sh", *spec.command]
+            elif not argv:
+                raise JobSpecInvalid("a script job needs a script or a command")
+            if self._setpriv is not None and uid is not None:
+                argv = [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv]
+            devices = await trio.to_thread.run_sync(gpu_devices) if spec.gpu_uuids else []
+            argv = bwrap_argv(self._bwrap, home=home.path, inputs=job_dir / "inputs",
+                              network=spec.network, user_ns=self._setpriv is None, argv=argv,
+                              devices=devices)
+            env = {"PATH": _SAFE_PATH, "HOME": JOB_HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
             if spec.gpu_uuids:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids)
             env.update(spec.env)
-            use_unshare = self._unshare is not None and not spec.network
-            drop = self._root
-            if use_unshare and self._unshare is not None:
-                prefix = list(self._unshare)
-                if drop:
-                    prefix[-1:-1] = ["--setgid", str(NOBODY), "--setuid", str(NOBODY)]
-                argv = [*prefix, *argv]
-            options: dict[str, Any] = {}
-            if drop and not use_unshare:
-                options.update(user=NOBODY, group=NOBODY, extra_groups=[])
             proc = await trio.lowlevel.open_process(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
-                cwd=str(scratch),
+                cwd="/",
                 start_new_session=True,
-                preexec_fn=_preexec(limits, drop),
+                preexec_fn=_preexec(limits, uid is not None),
                 close_fds=True,
-                **options,
             )
-        except OSError as exc:
-            await trio.to_thread.run_sync(_rmtree, scratch)
-            raise ExecutorFailure(f"could not start the script: {exc}") from exc
-        except BaseException:
+        except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_rmtree, scratch)
+                if job_dir is not None:
+                    await trio.to_thread.run_sync(_remove_job_dir, job_dir, home)
+                if uid is not None:
+                    self._uids.release(uid)
+            if isinstance(exc, OSError):
+                raise ExecutorFailure(f"could not start the script: {exc}") from exc
             raise
-        return ScriptJobHandle(self, proc, spec, limits, scratch)
+        return ScriptJobHandle(self, proc, spec, limits, job_dir=job_dir, home=home, uid=uid)
 
-    def _prepare(self, spec: JobSpec, scratch: Path) -> list[str]:
-        (scratch / "tmp").mkdir()
-        (scratch / "outputs").mkdir()
-        inputs = scratch / "inputs"
-        inputs.mkdir()
-        for rel, source in spec.inputs.items():
-            if not source.is_file():
-                raise JobSpecInvalid(f"input {rel!r}: {source} is not a readable file")
-            dest = inputs / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, dest)
-            dest.chmod(0o444)
+    def _prepare(
+        self, spec: JobSpec, limits: ResourceLimits, job_dir: Path, uid: int | None
+    ) -> CappedFolder:
+        """The job's folder: ``inputs`` (root's, read-only) and ``home`` (the job's, capped)."""
+        owner = (uid, uid) if uid is not None else (os.getuid(), os.getgid())
+        # job_dir stays the daemon's, 0700 (mkdtemp): only bwrap, started as root, looks in
+        copy_inputs(spec.inputs, job_dir / "inputs")
+        home = CappedFolder.create(job_dir / "home", limits.scratch_bytes,
+                                   uid=owner[0], gid=owner[1], hard=self._hard_cap)
+        for sub in ("tmp", "outputs", "inputs"):  # inputs: the mount point of the ro bind
+            (home.path / sub).mkdir(mode=0o700)
         if spec.script is not None:
-            (scratch / "job.sh").write_text(spec.script)
-            argv = ["/bin/sh", str(scratch / "job.sh"), *spec.command]
-        else:
-            argv = list(spec.command)
-            if not argv:
-                raise JobSpecInvalid("a script job needs a script or a command")
-        if self._root:
-            for path in [scratch, *scratch.rglob("*")]:
-                os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
-        return argv
+            (home.path / "job.sh").write_text(spec.script)
+        for path in home.path.iterdir():
+            os.chown(path, *owner, follow_symlinks=False)
+        return home
 
 
 class ScriptJobHandle:
@@ -224,13 +238,19 @@ class ScriptJobHandle:
         proc: trio.Process,
         spec: JobSpec,
         limits: ResourceLimits,
-        scratch: Path,
+        *,
+        job_dir: Path,
+        home: CappedFolder,
+        uid: int | None,
     ) -> None:
         self._ex = executor
         self._proc = proc
         self.spec = spec
         self.limits = limits
-        self.scratch = scratch
+        self._job_dir = job_dir
+        self._home = home
+        self.scratch = home.path  #: the job's folder on the host (``/job`` inside)
+        self.uid = uid  #: the job's own host uid; None when the daemon is not root
         self.started_at = time.time()
         self._deadline = trio.current_time() + limits.time_limit_s
         self._stop_reason: ExitReason | None = None
@@ -282,14 +302,18 @@ class ScriptJobHandle:
     async def wait(self) -> ExitStatus:
         if self._status is not None:
             return self._status
-        with trio.move_on_at(self._deadline) as scope:
-            await self._proc.wait()
-        if scope.cancelled_caught:
-            self._stop_reason = self._stop_reason or ExitReason.TIMEOUT
-            await self._kill(grace_s=min(10.0, self.limits.time_limit_s))
+        await wait_enforcing(
+            self._proc.wait, deadline=self._deadline, grace_s=min(10.0, self.limits.time_limit_s),
+            disk_full=self._home.wait_full, stop=self._stop_for,
+        )
         code = await self._proc.wait()
+        if self._stop_reason is None and await trio.to_thread.run_sync(self._home.full):
+            self._stop_reason = ExitReason.OUTPUT_LIMIT  # filled it, then exited (ENOSPC)
         sig = -code if code < 0 else None
-        if self._stop_reason is not None:
+        if self._stop_reason is ExitReason.OUTPUT_LIMIT:
+            status = ExitStatus(code, ExitReason.OUTPUT_LIMIT, f"output limit exceeded: the "
+                                f"job's folder is capped at {self._home.cap} bytes")
+        elif self._stop_reason is not None:
             status = ExitStatus(code, self._stop_reason)
         elif sig == signal.SIGXCPU:
             status = ExitStatus(code, ExitReason.TIMEOUT, "CPU time limit")
@@ -305,15 +329,24 @@ class ScriptJobHandle:
         return status
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        self._stop_reason = self._stop_reason or ExitReason.CANCELLED
+        await self._stop_for(ExitReason.CANCELLED, grace_s)
+
+    async def _stop_for(self, reason: ExitReason, grace_s: float) -> None:
+        self._stop_reason = self._stop_reason or reason
         await self._kill(grace_s)
 
     async def _kill(self, grace_s: float) -> None:
         with trio.CancelScope(shield=True):
-            self._signal_group(signal.SIGTERM)
-            with trio.move_on_after(grace_s):
-                await self._proc.wait()
-            self._signal_group(signal.SIGKILL)  # the group too: children may outlive the leader
+            if grace_s > 0:
+                # SIGTERM reaches the job's processes in its PID namespace (bwrap's init there
+                # ignores it); SIGKILL to bwrap outside then takes the whole namespace down
+                pids = await trio.to_thread.run_sync(namespace_pids, self._proc.pid)
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGTERM)
+                with trio.move_on_after(grace_s):
+                    await self._proc.wait()
+            self._signal_group(signal.SIGKILL)
             await self._proc.wait()
 
     def _signal_group(self, sig: int) -> None:
@@ -321,7 +354,8 @@ class ScriptJobHandle:
             os.killpg(self._proc.pid, sig)
 
     async def cleanup(self) -> None:
-        """Kill anything left of the job, collect outputs, remove the scratch. Idempotent."""
+        """Kill anything left of the job, collect outputs, remove its folder, release its uid.
+        Idempotent."""
         if self._cleaned:
             return
         self._cleaned = True
@@ -332,10 +366,8 @@ class ScriptJobHandle:
                 self._signal_group(signal.SIGKILL)  # stragglers in the job's session
             try:
                 if self.spec.output_dir is not None:
-                    from dgpu.node.adapters.docker_executor import _copy_outputs
-
                     await trio.to_thread.run_sync(
-                        _copy_outputs,
+                        copy_outputs,
                         self.scratch / "outputs",
                         self.spec.output_dir,
                         self._ex.policy.max_output_bytes,
@@ -344,7 +376,9 @@ class ScriptJobHandle:
                 for pipe in (self._proc.stdout, self._proc.stderr):
                     if pipe is not None:
                         await pipe.aclose()
-                await trio.to_thread.run_sync(_rmtree, self.scratch)
+                await trio.to_thread.run_sync(_remove_job_dir, self._job_dir, self._home)
+                if self.uid is not None:
+                    self._ex.release_uid(self.uid)  # acquire() skips it while a process lives
 
 
 async def _read_pipe(
@@ -360,5 +394,12 @@ async def _read_pipe(
                 await out.send((name, data))
 
 
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _sweep(scratch_root: Path) -> None:
+    for entry in scratch_root.glob("job-*"):
+        _remove_job_dir(entry, CappedFolder(entry / "home", 0, os.path.ismount(entry / "home")))
+
+
+def _remove_job_dir(job_dir: Path, home: CappedFolder | None) -> None:
+    if home is not None:
+        home.remove()
+    shutil.rmtree(job_dir, ignore_errors=True)

@@ -15,12 +15,19 @@ Rules:
   ``INSERT OR IGNORE`` and says whether the row was new, so a minute is never counted twice,
   whatever restarts happen;
 - the schema is versioned: ``schema_version`` holds one row; :data:`MIGRATIONS` is an
-  ordered list applied in one transaction each; a database newer than the code is refused.
+  ordered list applied in one transaction each; a database newer than the code is refused;
+- secrets: the database and its ``-wal``/``-shm`` are mode 0600 (SQLite gives the side files
+  the main file's mode). A job's environment (the renter's secrets) is kept only while the job
+  may still run, so a restarted daemon can re-attach it; the move to a terminal state blanks
+  it in the same transaction, with ``secure_delete`` zeroing the old bytes and a truncating
+  checkpoint emptying the WAL, so no copy is left in any file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -115,6 +122,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX escrow_receipts_escrow ON escrow_receipts (escrow);
     """,
+    # 3: jobs that ended before environments were blanked at the end lose theirs now
+    "UPDATE jobs SET spec_json = json_set(spec_json, '$.env', json('{}')) WHERE state IN ("
+    + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATES)) + ")",
 )
 
 
@@ -160,9 +170,11 @@ class Store:
     ) -> Store:
         def _open() -> sqlite3.Connection:
             try:
+                _private_files(Path(path))
                 conn = sqlite3.connect(
                     str(path), check_same_thread=False, isolation_level=None, timeout=10.0
                 )
+                conn.execute("PRAGMA secure_delete=ON")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
@@ -301,7 +313,7 @@ class Store:
                     sets.append("started_at = ?")
                     args.append(started_at if started_at is not None else now)
                 if to in TERMINAL_STATES:
-                    sets += ["finished_at = ?", "exit_code = ?", "reason = ?"]
+                    sets += ["finished_at = ?", "exit_code = ?", "reason = ?", _BLANK_ENV]
                     args += [now, exit_code, reason or to.value]
                 conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?", [*args, job_id])
                 conn.execute(
@@ -314,6 +326,8 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if to in TERMINAL_STATES:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held the env too
             return record
 
         return await self._run(q)
@@ -412,6 +426,19 @@ class Store:
             return None if row is None or row[0] is None else int(row[0])
 
         return await self._run(q)
+
+
+_BLANK_ENV = "spec_json = json_set(spec_json, '$.env', json('{}'))"
+
+
+def _private_files(path: Path) -> None:
+    """Create the database file 0600 (its -wal/-shm inherit the mode); narrow older ones."""
+    if str(path) == ":memory:":
+        return
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            p.chmod(0o600)
 
 
 def _version(conn: sqlite3.Connection) -> int:

@@ -50,6 +50,7 @@ class ExitReason(enum.StrEnum):
     TIMEOUT = "timeout"  #: killed at its time limit (wall clock, or CPU time for scripts)
     OOM = "oom"  #: killed by the kernel for exceeding its memory limit
     CANCELLED = "cancelled"  #: stopped on request (renter cancel, escrow exhausted, shutdown)
+    OUTPUT_LIMIT = "output_limit"  #: filled the disk space it may write (outputs, scratch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ class ResourceLimits:
     cpus: float = 1.0
     pids: int = 256
     time_limit_s: float = 3600.0
-    scratch_bytes: int = 256 * 1024 * 1024  #: tmpfs size (Docker) / file size cap (script)
+    scratch_bytes: int = 256 * 1024 * 1024  #: /tmp tmpfs size (Docker) / the job's folder (script)
 
     def __post_init__(self) -> None:
         if self.memory_bytes <= 0 or self.cpus <= 0 or self.pids <= 0:
@@ -110,7 +111,9 @@ class JobSpec:
     command: tuple[str, ...] = ()
     image: str | None = None
     script: str | None = None  #: shell script text, run by ``/bin/sh`` (script executor)
-    env: Mapping[str, str] = field(default_factory=dict)
+    #: may hold the renter's secrets: kept out of repr (logs, errors) and dropped from the
+    #: provider's database when the job ends (see Store.transition)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     inputs: Mapping[str, Path] = field(default_factory=dict)
     output_dir: Path | None = None
     limits: ResourceLimits = field(default_factory=ResourceLimits)

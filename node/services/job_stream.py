@@ -4,7 +4,7 @@ Provider (:class:`JobServer`): the renter opens the stream and sends ``JobSubmit
 Agreement. The provider checks both signatures, that it signed this agreement itself and has
 not run it yet (:class:`~dgpu.node.services.negotiation.AgreementStore`), then runs the job on
 the GPUs of the agreement's lease (``JobSpec.gpu_uuids``, released when the job ends) and
-and streams ``JobStatus`` (accepted → starting → running → final, with the exit code) and
+streams ``JobStatus`` (accepted → starting → running → final, with the exit code) and
 ``LogChunk`` frames in order, all through one writer lock. A ``JobCancel`` from the renter
 stops the job; a renter that disappears stops it too (nobody would pay for it).
 

@@ -63,6 +63,7 @@ _FINAL_STATE = {
     ExitReason.OOM: JobState.FAILED,
     ExitReason.TIMEOUT: JobState.EXPIRED,
     ExitReason.CANCELLED: JobState.CANCELLED,
+    ExitReason.OUTPUT_LIMIT: JobState.FAILED,
 }
 #: after the process exits, how long the log follower may take to deliver what is left
 LOG_DRAIN_S = 10.0

@@ -85,11 +85,14 @@ class EscrowVerifier(Protocol):
 
 
 class OfferSource(Protocol):
-    """The provider's own offers (its ``OfferPublisher``): those recently published, and whether
-    offering is paused (a paused provider takes no new requests)."""
+    """The provider's own offers (its ``OfferPublisher``): those recently published, the
+    executors offered now, and whether offering is paused (then no new request is taken)."""
 
     @property
     def paused(self) -> bool: ...
+
+    @property
+    def executors(self) -> tuple[Executor, ...]: ...
 
     def offer_for_seq(self, seq: int) -> Offer | None: ...
 
@@ -229,7 +232,7 @@ class ProviderNegotiator:
             return RejectCode.STALE_OFFER, "that offer is no longer valid; re-read the offers"
         if self.offers.paused or self.inventory.leases >= self.inventory.max_jobs:
             return RejectCode.NO_CAPACITY, "all job slots are taken"
-        if request.executor not in p.executors or request.executor not in offer.executors:
+        if request.executor not in p.executors or request.executor not in self.offers.executors:
             return RejectCode.EXECUTOR_NOT_OFFERED, f"{request.executor} jobs are not offered"
         if request.image is not None and not p.image_allowed(request.image):
             return RejectCode.IMAGE_NOT_ALLOWED, "image not on the provider's allow-list"

@@ -357,6 +357,11 @@ class OfferPublisher:
     def terms(self) -> OfferTerms:
         return self._terms
 
+    @property
+    def executors(self) -> tuple[Executor, ...]:
+        """The executors offered now (an older offer a request quotes may list others)."""
+        return self._terms.executors
+
     def profile(self, *, terms: OfferTerms | None = None, gpus: tuple[GpuSpec, ...] | None = None,
                 price_per_gpu_minute: int | None = None) -> Offer:
         """The offer as it would be published now (or with the given changes), unsigned, seq 0.

@@ -160,7 +160,9 @@ async def test_renter_tops_up_when_warned_and_the_job_keeps_running(tmp_path: Pa
                                             policy=FAST, already_started=True)
         assert warnings and warnings[0] <= 1
         view = await ledgers.renter.fetch(handle.address)
-        assert view.max_minutes == 5 and view.deposited == 5 * RATE
+        # one top-up of 2 minutes at the first warning; a poll that lands at the 4th minute sees
+        # 1 minute left again and tops up once more (both are right: it depends on scheduling)
+        assert view.max_minutes in (5, 7) and view.deposited == view.max_minutes * RATE
         assert result.stopped_for is None
         await assert_conserved(ledgers, handle)
 

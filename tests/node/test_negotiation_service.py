@@ -95,6 +95,7 @@ class OffersForTests:
     def __init__(self, offer: Offer) -> None:
         self.offer = offer
         self.paused = False
+        self.executors = offer.executors
 
     def offer_for_seq(self, seq: int) -> Offer | None:
         return self.offer if seq == self.offer.seq else None

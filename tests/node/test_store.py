@@ -112,3 +112,58 @@ async def test_money_is_integer(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         await store.add_rental("r2", "renter", 0.5, 60)  # type: ignore[arg-type]
     await store.close()
+
+
+def _files(path: Path) -> list[Path]:
+    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+
+
+async def test_database_files_are_private(tmp_path: Path) -> None:
+    store = await new_store(tmp_path)
+    await store.transition(JOB, JobState.STARTING)
+    files = _files(tmp_path / "s.db")
+    assert len(files) == 3  # WAL mode: all three exist while open
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o600 for p in files}
+    await store.close()
+    (tmp_path / "s.db").chmod(0o644)  # a database from before: narrowed when opened
+    store = await Store.open(tmp_path / "s.db")
+    assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600
+    await store.close()
+
+
+async def test_job_environment_kept_while_running_and_gone_from_every_file_after(
+    tmp_path: Path,
+) -> None:
+    secret = "API_KEY_VALUE_" + "x9" * 20
+    path = tmp_path / "s.db"
+    store = await Store.open(path)
+    await store.add_job(JOB, "r1", "docker", {"env": {"API_KEY": secret}, "k": 1})
+    await store.transition(JOB, JobState.STARTING)
+    await store.transition(JOB, JobState.RUNNING, container_id="c1")
+    await store.close()
+    store = await Store.open(path)  # a daemon restart while it runs: reconcile needs the spec
+    assert (await store.get_job(JOB)).spec["env"] == {"API_KEY": secret}
+    await store.transition(JOB, JobState.FINISHED, exit_code=0)
+    assert (await store.get_job(JOB)).spec == {"env": {}, "k": 1}
+    raw = b"".join(p.read_bytes() for p in _files(path))  # while open, and after close
+    assert secret.encode() not in raw
+    await store.close()
+    assert secret.encode() not in b"".join(p.read_bytes() for p in _files(path))
+
+
+async def test_migration_blanks_environments_of_jobs_ended_before(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = await Store.open(path, migrations=MIGRATIONS[:2])
+    await store.add_job(JOB, "r1", "docker", {"env": {"A": "old-secret"}})
+    await store.transition(JOB, JobState.CANCELLED)
+    await store.add_job("f" * 16, "r1", "docker", {"env": {"B": "still-needed"}})
+    await store.close()
+    # the code before this change kept the env; emulate it by putting it back
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE jobs SET spec_json = ? WHERE job_id = ?", ('{"env": {"A": "old-secret"}}', JOB))
+    conn.commit()
+    conn.close()
+    store = await Store.open(path)
+    assert (await store.get_job(JOB)).spec["env"] == {}
+    assert (await store.get_job("f" * 16)).spec["env"] == {"B": "still-needed"}
+    await store.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from dgpu.bootstrap.config import BootstrapHttpConfig
 from dgpu.bootstrap.http_app import create_app
 from dgpu.client.demo import DemoNetwork
 from dgpu.contracts.devledger.client import DevLedgerEscrow
+from dgpu.node.adapters.disk_cap import remove_tree
 from dgpu.node.adapters.http_api import serve_node_api
 from dgpu.node.adapters.http_server import serve_http
 from dgpu.node.app import NodeRuntime, api_node, run_node
@@ -119,4 +119,4 @@ async def test_job_submitted_through_the_api_runs_on_a_real_provider() -> None:
             nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(net.stop)
-    shutil.rmtree(workdir, ignore_errors=True)  # kept when the test failed, for the logs
+    await trio.to_thread.run_sync(remove_tree, workdir)  # kept when the test failed, for the logs

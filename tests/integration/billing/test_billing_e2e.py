@@ -7,7 +7,6 @@ each path the escrow is checked on the ledger: paid + fee + refunded == deposite
 
 from __future__ import annotations
 
-import shutil
 import signal
 import tempfile
 import time
@@ -22,6 +21,7 @@ from dgpu.client import Client, JobFailed, SyncClient
 from dgpu.client.client import RentalResult
 from dgpu.client.demo import DemoNetwork
 from dgpu.contracts.escrow_api import EscrowView
+from dgpu.node.adapters.disk_cap import remove_tree
 from dgpu.node.services.billing import BillingPolicy, renter_billing
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.messages import JobState, LogChunk
@@ -47,7 +47,7 @@ def network() -> Iterator[DemoNetwork]:
         yield net
     finally:
         net.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)  # and the job folders a killed provider left mounted
 
 
 @asynccontextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pytest
 import trio
 
 from dgpu.contracts.devledger.client import DevLedgerEscrow
+from dgpu.node.adapters.disk_cap import remove_tree
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
@@ -141,7 +141,7 @@ def network() -> Iterator[Network]:
         yield net
     finally:
         codes = net.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)  # and the job folders a killed provider left mounted
         killed = [n for n, c in codes.items() if c is None]
         assert not killed, f"processes did not stop on SIGTERM: {killed}"
 

@@ -227,3 +227,25 @@ async def test_provider_killed_mid_job_fails_clearly(network: Any, renter: Any,
     assert trio.current_time() - t0 < 30
     doomed.popen.wait()
     del network.procs["provider-doomed"]
+
+
+async def test_what_the_daemons_wrote_is_owner_only_and_a_jobs_env_is_not_kept(
+        network: Any, renter: Any, until: Any) -> None:
+    b = network.procs["provider-b"]
+    secret = "API_KEY_" + secrets.token_hex(16)
+    offer = await offer_of(renter, b, until)
+    res = await negotiate(renter.node, renter.key, offer,
+                          job(script='[ -n "$API_KEY" ] && echo HAS-KEY', env={"API_KEY": secret}),
+                          escrow=renter.funder(), clock=clock, nonce=nonce)
+    lines: list[str] = []
+    out = await run_job(renter.node, renter.key, res.agreement, res.provider_peer, clock=clock,
+                        nonce=nonce, on_log=lambda c: lines.extend(c.data.splitlines()))
+    assert out.state is JobState.FINISHED and "HAS-KEY" in lines  # control: the job had it
+    db = b.data_dir / "node.sqlite3"
+    held = b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    assert secret.encode() not in held
+    for name in ("bootstrap", "provider-a", "provider-b"):  # node, bootstrap HTTP and ledger
+        root = network.procs[name].data_dir
+        wide = [f"{p} {p.stat().st_mode & 0o777:o}" for p in [root, *root.rglob("*")]
+                if not p.is_symlink() and p.stat().st_mode & 0o077]
+        assert wide == [], name

@@ -1,0 +1,171 @@
+"""Sandboxes for script jobs: a uid of its own per job, bubblewrap namespaces.
+
+Why bubblewrap and not ``unshare --pid --fork --mount-proc``: a job must also lose its view of
+the file system (the node's data dir, other jobs' folders) and bwrap builds that view from an
+empty root in one call (read-only system folders, the job's own folder, a fresh ``/proc`` of
+its PID namespace, a minimal ``/dev``) with ``--die-with-parent``; unshare would need a mount
+script run inside the namespace. When the daemon is root bwrap runs as root without a user
+namespace (so the node's data dir can stay 0700: bwrap, not the job, opens the job's folder)
+and the job drops to its own uid inside through ``setpriv`` (no groups, no capabilities, empty
+bounding set, ``no_new_privs``); the job's processes are that host uid. Otherwise bwrap runs as
+the daemon's uid in a user namespace mapping that uid to itself.
+
+The uid pool: ``base + slot`` for ``slot < size``; :meth:`UidPool.acquire` skips a uid that is
+held by a running job, names a user in the passwd database, or still owns a process (a job's
+straggler: a uid is never reused while a process of it lives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+from dgpu.node.errors import ExecutorFailure
+
+__all__ = [
+    "DEFAULT_UID_BASE", "JOB_HOME", "SYSTEM_DIRS", "UidPool", "bwrap_argv", "detect_bwrap",
+    "gpu_devices", "namespace_pids",
+]
+
+DEFAULT_UID_BASE = 200_000
+#: the job's folder as the job sees it (HOME, working directory)
+JOB_HOME = "/job"
+#: read-only in every sandbox; missing ones are skipped (merged-/usr systems lack some)
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+
+
+class UidPool:
+    """Allocates one host uid per running job. Owned by one executor (no locking: trio)."""
+
+    def __init__(self, base: int = DEFAULT_UID_BASE, size: int = 4096) -> None:
+        if base < 1000 or size < 1:
+            raise ValueError("the job uid range must lie above system uids")
+        self.base = base
+        self.size = size
+        self._held: set[int] = set()
+
+    def acquire(self) -> int:
+        """A uid no running job holds and no process runs as. Blocking (reads /proc)."""
+        busy = _uids_with_processes()
+        for uid in range(self.base, self.base + self.size):
+            if uid in self._held or uid in busy or _is_user(uid):
+                continue
+            self._held.add(uid)
+            return uid
+        raise ExecutorFailure(f"all {self.size} job uids from {self.base} are in use")
+
+    def release(self, uid: int) -> None:
+        self._held.discard(uid)
+
+
+def _is_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+def _uids_with_processes() -> set[int]:
+    uids: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                uids.add(entry.stat(follow_symlinks=False).st_uid)
+            except OSError:
+                continue  # exited meanwhile
+    return uids
+
+
+def gpu_devices() -> list[str]:
+    """The NVIDIA device nodes of this host (all of them: which GPU a job uses is chosen by
+    ``CUDA_VISIBLE_DEVICES``, not enforced; the isolation statement says GPUs are shared)."""
+    return sorted(str(p) for p in Path("/dev").glob("nvidia*"))
+
+
+def bwrap_argv(
+    bwrap: str,
+    *,
+    home: Path,
+    inputs: Path,
+    network: bool,
+    user_ns: bool,
+    argv: list[str],
+    devices: list[str] | tuple[str, ...] = (),
+) -> list[str]:
+    """The command that runs ``argv`` in its own PID, mount, IPC, UTS and (unless ``network``)
+    network namespaces, seeing only the system folders read-only, ``home`` read-write at
+    :data:`JOB_HOME` (``/tmp`` is its ``tmp``) and ``inputs`` read-only at ``JOB_HOME/inputs``.
+
+    ``devices`` (GPU nodes) are bound into its otherwise minimal ``/dev``.
+    ``user_ns``: the daemon is not root, so bwrap needs a user namespace of its own (mapping
+    the daemon's uid to itself); as root, bwrap runs without one and ``argv`` drops the uid."""
+    out = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+           "--die-with-parent", "--new-session"]
+    if user_ns:
+        out += ["--unshare-user", "--cap-drop", "ALL"]
+    if not network:
+        out.append("--unshare-net")
+    for d in SYSTEM_DIRS:
+        if os.path.exists(d):
+            out += ["--ro-bind", d, d]
+    out += ["--proc", "/proc", "--dev", "/dev"]
+    for dev in devices:  # after --dev: bound into the fresh /dev
+        out += ["--dev-bind-try", dev, dev]
+    out += ["--bind", str(home), JOB_HOME,
+            "--bind", str(home / "tmp"), "/tmp", "--ro-bind", str(inputs), f"{JOB_HOME}/inputs",
+            "--chdir", JOB_HOME, "--"]
+    return out + argv
+
+
+def detect_bwrap() -> str | None:
+    """bwrap's path if a sandbox starts here the way :func:`bwrap_argv` starts one."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return None
+    cmd = [exe, "--unshare-pid", "--unshare-net", "--die-with-parent"]
+    if os.geteuid() != 0:
+        cmd.append("--unshare-user")
+    cmd += ["--ro-bind", "/", "/", "--proc", "/proc", "--", "true"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return exe if done.returncode == 0 else None
+
+
+def namespace_pids(outer_pid: int) -> list[int]:
+    """The job's processes: those in the PID namespace of ``outer_pid``'s child (bwrap's init),
+    that init excluded (it ignores SIGTERM; killing ``outer_pid`` takes it and all down)."""
+    init = None
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _ppid(int(entry.name)) == outer_pid:
+            init = int(entry.name)
+            break
+    if init is None:
+        return []
+    try:
+        ns = os.readlink(f"/proc/{init}/ns/pid")
+    except OSError:
+        return []
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != init:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry.name}/ns/pid") == ns:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after ")"
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
