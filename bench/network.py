@@ -41,6 +41,7 @@ from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.node.services.renter import LedgerFunder
+from dgpu.protocol.escrow import RentalIds
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import EscrowRef, Executor, Quote
@@ -216,8 +217,9 @@ async def _negotiate_rounds(boot: str, key: SigningKey, ledger: DevLedgerEscrow,
         entry = next(iter(book._entries.values()))
         job = {"executor": Executor.SCRIPT, "script": "true", "max_minutes": 1, "gpu_count": 1,
                "max_price_per_minute": 10**6}
+        rental_ids = RentalIds(lambda: time.time_ns() // 1000)
         for i in range(rounds + 1):
-            funder = TimedFunder(LedgerFunder(ledger, lambda: secrets.randbits(62)))
+            funder = TimedFunder(LedgerFunder(ledger, rental_ids))
             t0 = time.perf_counter()
             await negotiate(node, key, entry.offer, job, escrow=funder,
                             clock=lambda: int(time.time()),

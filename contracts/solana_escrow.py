@@ -9,12 +9,14 @@ converted here, once, into ``dgpu.contracts.errors``; the program's custom error
 :class:`~dgpu.contracts.errors.EscrowRefused` with the shared code.
 
 What a receipt reports: the amounts are the differences of the escrow account before and after
-the transaction; ``now`` is ``started_at`` for ``start`` and otherwise the Clock sysvar read right
-after confirmation (within a few seconds of the instruction's own clock). The mint's decimals are
-read from the mint account. No floats anywhere.
+the transaction, except for the exits (close, settle_expired, refund_unstarted), which close the
+escrow's account: theirs are the transaction's token movements (getTransaction). ``now`` is
+``started_at`` for ``start``, the block time for exits, and otherwise the Clock sysvar read right
+after confirmation. The mint's decimals are read from the mint account. No floats anywhere.
 
-Not verified here: the program cannot be built to SBF on these machines, so no instruction of
-the program has run from Python; the Rust tests replay ``tests/vectors/escrow_instructions.json``.
+The program cannot be built to SBF on these machines; ``tests/contracts/test_local_rpc.py`` runs
+this client against the program executing natively behind the local development endpoint
+(``dgpu-local-rpc``), and the Rust tests replay ``tests/vectors/escrow_instructions.json``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.token.state import Mint, TokenAccount
 from solders.transaction import Transaction
-from solders.transaction_status import TransactionConfirmationStatus
+from solders.transaction_status import TransactionConfirmationStatus, UiRawMessage
 from spl.token.instructions import create_idempotent_associated_token_account, get_associated_token_address
 
 from . import solana_ix as ix
@@ -207,6 +209,7 @@ class SolanaEscrow:
         accounts = {
             "renter": renter, "provider": provider, "caller": me, "config": ix.config_pda(self.program_id),
             "mint": mint, "escrow": escrow, "vault": ix.vault_address(escrow, mint),
+            "renter_state": ix.renter_pda(self.program_id, renter),
             "renter_token": get_associated_token_address(renter, mint),
             "provider_token": get_associated_token_address(provider, mint), "treasury": config.treasury,
         }
@@ -231,6 +234,8 @@ class SolanaEscrow:
         if before is None and action != "open":
             before = await self.fetch(handle.address)
         signature = await self._send(self.instructions(action, handle, config, args=args))
+        if action in _EXITS:
+            return await self._exit_receipt(action, handle, config, signature)
         after = await self.fetch(handle.address)
 
         def diff(field: str) -> int:
@@ -240,6 +245,33 @@ class SolanaEscrow:
         return EscrowReceipt(action=action, escrow=handle, now=now, tx=signature,
                              deposited=diff("deposited"), paid=diff("paid"), fee=diff("fee_paid"),
                              refunded=diff("refunded"))
+
+    async def _exit_receipt(self, action: Action, handle: EscrowHandle, config: ix.ConfigAccount,
+                            signature: str) -> EscrowReceipt:
+        """An exit closes the escrow's account, so its receipt is the transaction's token movements
+        (``refunded`` includes any dust that was in the vault)."""
+        resp = await self._rpc(self._client.get_transaction(
+            Signature.from_string(signature), commitment=self._commitment, max_supported_transaction_version=0))
+        found = resp.value
+        meta = found.transaction.meta if found is not None else None
+        message = found.transaction.transaction.message if found is not None else None
+        if found is None or meta is None or not isinstance(message, UiRawMessage):
+            raise TransportError(f"transaction {signature} confirmed but its metadata is not available")
+        keys = message.account_keys
+
+        def moved(owner: str, account: Pubkey | None = None) -> int:
+            address = account or get_associated_token_address(Pubkey.from_string(owner), config.mint)
+            total = 0
+            for sign, balances in ((-1, meta.pre_token_balances), (1, meta.post_token_balances)):
+                for b in balances or []:
+                    if keys[b.account_index] == address:
+                        total += sign * int(b.ui_token_amount.amount)
+            return total
+
+        now = found.block_time if found.block_time is not None else await self.now()
+        return EscrowReceipt(action=action, escrow=handle, now=now, tx=signature, deposited=0,
+                             paid=moved(handle.provider), fee=moved("", config.treasury),
+                             refunded=moved(handle.renter))
 
     async def open(
         self, rental_id: int, provider: str, rate_per_minute: int, max_minutes: int, start_deadline: int
@@ -281,6 +313,9 @@ class SolanaEscrow:
         if await self._account(ata) is None:
             await self._send([create_idempotent_associated_token_account(self._keypair.pubkey(), who, mint)])
         return str(ata)
+
+
+_EXITS = ("close", "settle_expired", "refund_unstarted")
 
 
 def _custom_code(err: Any) -> int | None:

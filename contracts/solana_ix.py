@@ -2,8 +2,9 @@
 
 Pure (no RPC). Mirrors ``contracts/programs/dgpu_escrow/src`` exactly:
 
-- PDAs: config ``[b"config"]``; escrow ``[b"escrow", renter, provider, rental_id u64 LE]``; the vault
-  is the escrow's associated token account for the mint (classic SPL Token).
+- PDAs: config ``[b"config"]``; escrow ``[b"escrow", renter, provider, rental_id u64 LE]``; the
+  renter's rental-id record ``[b"renter", renter]``; the vault is the escrow's associated token
+  account for the mint (classic SPL Token).
 - Instruction data: Anchor's discriminator ``sha256("global:<snake_name>")[:8]`` then the borsh
   args (``OpenArgs {rental_id u64, rate_per_minute u64, max_minutes u32, start_deadline i64}``,
   ``TopUpArgs {extra_minutes u32}``, ``InitializeConfigArgs {fee_bps u16}``).
@@ -51,11 +52,13 @@ __all__ = [
     "error_from_code",
     "escrow_pda",
     "instruction_discriminator",
+    "renter_pda",
     "vault_address",
 ]
 
 SEED_CONFIG = b"config"
 SEED_ESCROW = b"escrow"
+SEED_RENTER = b"renter"
 CLOCK_SYSVAR = Pubkey.from_string("SysvarC1ock11111111111111111111111111111111")
 
 #: the program's error enum in declaration order; Anchor numbers them from 6000
@@ -63,7 +66,7 @@ PROGRAM_ERRORS = (
     "InvalidAmount", "Overflow", "InvalidDeadline", "Paused", "Unauthorized", "EscrowClosed",
     "AlreadyStarted", "StartDeadlinePassed", "NotStarted", "NothingToClaim", "Expired", "NotExpired",
     "StartDeadlineNotReached", "FeeTooHigh", "SameParty", "InvalidMint", "InvalidTreasury",
-    "InvalidVault", "VaultBalanceMismatch", "DuplicateAccount",
+    "InvalidVault", "VaultBalanceMismatch", "DuplicateAccount", "RentalIdUsed",
 )
 ANCHOR_ERROR_OFFSET = 6000
 
@@ -72,7 +75,8 @@ ACCOUNTS: dict[str, tuple[tuple[str, bool, bool], ...]] = {
     "initialize_config": (("admin", True, True), ("config", False, True), ("mint", False, False),
                           ("treasury", False, False), ("system_program", False, False)),
     "open": (("renter", True, True), ("provider", False, False), ("config", False, False),
-             ("mint", False, False), ("escrow", False, True), ("vault", False, True),
+             ("mint", False, False), ("escrow", False, True), ("renter_state", False, True),
+             ("vault", False, True),
              ("renter_token", False, True), ("token_program", False, False),
              ("associated_token_program", False, False), ("system_program", False, False)),
     "start": (("provider", True, False), ("escrow", False, True)),
@@ -120,6 +124,10 @@ def config_pda(program_id: Pubkey) -> Pubkey:
 def escrow_pda(program_id: Pubkey, renter: Pubkey, provider: Pubkey, rental_id: int) -> Pubkey:
     seeds = [SEED_ESCROW, bytes(renter), bytes(provider), rental_id.to_bytes(8, "little")]
     return Pubkey.find_program_address(seeds, program_id)[0]
+
+
+def renter_pda(program_id: Pubkey, renter: Pubkey) -> Pubkey:
+    return Pubkey.find_program_address([SEED_RENTER, bytes(renter)], program_id)[0]
 
 
 def vault_address(escrow: Pubkey, mint: Pubkey) -> Pubkey:

@@ -126,6 +126,7 @@ class EscrowErrorCode(StrEnum):
     NOT_EXPIRED = "NotExpired"
     START_DEADLINE_NOT_REACHED = "StartDeadlineNotReached"
     FEE_TOO_HIGH = "FeeTooHigh"
+    RENTAL_ID_USED = "RentalIdUsed"
 
 
 class EscrowError(ProtocolError):

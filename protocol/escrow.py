@@ -15,12 +15,18 @@ claims are split the treasury gets exactly ``floor(total x bps / 10000)`` and th
 rest. Invariant after every step: ``vault == deposited - paid - fee_paid - refunded``; once
 closed, ``paid + fee_paid + refunded == deposited``.
 
+Tokens sent to a vault outside the instructions ("dust": anyone can transfer to an address that
+can be derived) are not part of the accounting: the vault may hold more than it, never less, and
+an exit hands whatever is left to the renter (:func:`sweep_dust`) without counting it in
+``refunded``.
+
 Every instruction is a pure function ``(state, actor, now, ...) -> Outcome`` that raises
 :class:`~dgpu.protocol.errors.EscrowError` and changes nothing when refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -34,6 +40,7 @@ __all__ = [
     "EscrowStatus",
     "Outcome",
     "Party",
+    "RentalIds",
     "Transfer",
     "accrued_minutes",
     "claim",
@@ -45,6 +52,7 @@ __all__ = [
     "refund_unstarted",
     "settle_expired",
     "start",
+    "sweep_dust",
     "top_up",
 ]
 
@@ -189,15 +197,19 @@ def open_escrow(
     fee_bps: int,
     now: int,
     paused: bool = False,
+    last_rental_id: int = 0,
 ) -> Outcome:
-    """The renter deposits ``rate x max_minutes``; refused when paused or on impossible terms."""
+    """The renter deposits ``rate x max_minutes``; refused when paused, on impossible terms, or when
+    ``rental_id`` is not above ``last_rental_id``, the highest id this renter opened before (so no
+    rental is ever opened twice, even after its closed escrow is gone)."""
     _require(0 <= fee_bps <= MAX_FEE_BPS, Code.FEE_TOO_HIGH)
     _require(0 < rate_per_minute <= U64_MAX and 0 < max_minutes <= U32_MAX, Code.INVALID_AMOUNT)
     _require(0 <= rental_id <= U64_MAX, Code.INVALID_AMOUNT, "rental id is a u64")
     deposited = rate_per_minute * max_minutes
     _require(deposited <= U64_MAX, Code.OVERFLOW)
     _require(start_deadline > now, Code.INVALID_DEADLINE)
-    _require(not paused, Code.PAUSED)  # checked last, as the program does
+    _require(not paused, Code.PAUSED)
+    _require(rental_id > last_rental_id, Code.RENTAL_ID_USED)  # checked last, as the program does
     escrow = Escrow(
         renter=renter, provider=provider, mint=mint, rental_id=rental_id,
         rate_per_minute=rate_per_minute, max_minutes=max_minutes, deposited=deposited,
@@ -266,3 +278,28 @@ def refund_unstarted(escrow: Escrow, actor: str, now: int) -> Outcome:
     _require(escrow.started_at is None, Code.ALREADY_STARTED)
     _require(now >= escrow.start_deadline, Code.START_DEADLINE_NOT_REACHED)
     return _close_with_refund(escrow, [])
+
+
+def sweep_dust(escrow: Escrow, vault_balance: int) -> tuple[Transfer, ...]:
+    """After an exit: what the closed escrow's vault still holds beyond its accounting (dust) goes to
+    the renter, so the vault ends empty; nothing for an open escrow or an empty vault."""
+    if escrow.status is EscrowStatus.CLOSED and vault_balance > 0:
+        return (Transfer(Party.VAULT, Party.RENTER, vault_balance),)
+    return ()
+
+
+class RentalIds:
+    """A renter's rental ids: strictly increasing, as ``open`` requires (``RentalIdUsed`` otherwise).
+
+    ``clock_us`` is the wall clock in microseconds (passed in: this module reads no clock); each id
+    is that time, lifted above the last id given, so ids keep increasing within a process and across
+    restarts unless the wall clock steps back (then the ledger refuses and the caller asks again).
+    """
+
+    def __init__(self, clock_us: Callable[[], int]) -> None:
+        self._clock_us = clock_us
+        self._last = 0
+
+    def __call__(self) -> int:
+        self._last = max(self._last + 1, self._clock_us())
+        return self._last

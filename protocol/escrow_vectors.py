@@ -28,6 +28,8 @@ class World:
     fee_bps: int
     escrow: e.Escrow | None = None
     history: tuple[str, ...] = field(default=())
+    #: the renter's highest opened rental id (0 before the first open)
+    last_rental_id: int = 0
 
 
 def _move(balances: Mapping[str, int], transfers: tuple[e.Transfer, ...]) -> dict[str, int]:
@@ -54,6 +56,7 @@ def apply_step(world: World, step: Mapping[str, Any]) -> tuple[World, str | None
                 renter="renter", provider="provider", mint=MINT, rental_id=args["rental_id"],
                 rate_per_minute=args["rate_per_minute"], max_minutes=args["max_minutes"],
                 start_deadline=args["start_deadline"], fee_bps=world.fee_bps, now=now,
+                last_rental_id=world.last_rental_id,
             )
         else:
             if world.escrow is None:
@@ -67,8 +70,10 @@ def apply_step(world: World, step: Mapping[str, Any]) -> tuple[World, str | None
     except EscrowError as exc:
         return world, exc.code.value
     balances = _move(world.balances, outcome.transfers)
+    balances = _move(balances, e.sweep_dust(outcome.escrow, balances["vault"]))
     return World(balances=balances, fee_bps=world.fee_bps, escrow=outcome.escrow,
-                 history=(*world.history, action)), None
+                 history=(*world.history, action),
+                 last_rental_id=outcome.escrow.rental_id if action == "open" else world.last_rental_id), None
 
 
 def snapshot(world: World) -> dict[str, Any]:

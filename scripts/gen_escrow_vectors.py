@@ -95,6 +95,15 @@ SCENARIOS: list[dict[str, Any]] = [
      "description": "the renter cancels before the provider starts: everything back; nothing works afterwards",
      "steps": [opened(), op(T + 30, "renter", "close"), op(T + 40, "provider", "start"),
                op(T + 50, "renter", "top_up", extra_minutes=1), op(T + 60, "renter", "close")]},
+    {"name": "vault-funded-before-open", "fee_bps": 500, "initial": {**INITIAL, "vault": 5},
+     "description": "someone sent 5 units to the rental's vault address before open: open works, the "
+                    "accounting ignores them, and the close hands them to the renter (not counted as refunded)",
+     "steps": [opened(), op(S, "provider", "start"), op(S + 2 * M, "provider", "claim"),
+               op(S + 3 * M + 10, "renter", "close")]},
+    {"name": "no-revival-after-close", "fee_bps": 500,
+     "description": "a closed rental's id cannot be opened again (rental ids of a renter only increase)",
+     "steps": [opened(), op(T + 30, "renter", "close"), opened(at=T + 40, deadline=T + 340),
+               op(T + 50, "provider", "start")]},
     {"name": "top-up-before-start", "fee_bps": 500,
      "description": "a top-up before the start extends the rental; full run then settlement",
      "steps": [opened(minutes=2), op(T + 10, "renter", "top_up", extra_minutes=3), op(S, "provider", "start"),
@@ -105,13 +114,14 @@ SCENARIOS: list[dict[str, Any]] = [
 def build() -> dict[str, Any]:
     out: list[dict[str, Any]] = []
     for scenario in SCENARIOS:
-        world = World(balances=dict(INITIAL), fee_bps=scenario["fee_bps"])
+        initial = dict(scenario.get("initial", INITIAL))
+        world = World(balances=dict(initial), fee_bps=scenario["fee_bps"])
         steps = []
         for step in scenario["steps"]:
             world, error = apply_step(world, step)
             steps.append({**step, "expect": {"error": error, **snapshot(world)}})
         out.append({"name": scenario["name"], "description": scenario["description"],
-                    "fee_bps": scenario["fee_bps"], "initial": dict(INITIAL), "steps": steps})
+                    "fee_bps": scenario["fee_bps"], "initial": initial, "steps": steps})
     return {"version": 1, "decimals": 6, "max_fee_bps": MAX_FEE_BPS,
             "mint_note": "balances are base units of a 6-decimal mint", "scenarios": out}
 

@@ -38,13 +38,16 @@ FORMAT = (
     "dgpu escrow instruction vectors, version 1. Written by contracts/scripts/gen_escrow_instructions.py "
     "from tests/vectors/escrow.json; do not edit. "
     "`keys`: every keypair is the Ed25519 key whose 32-byte secret seed (solders Keypair.from_seed, Rust "
-    "keypair_from_seed) is sha256('dgpu/escrow-instructions/' + role) (hex in `seed_hex`); `pubkey` is its "
+    "keypair_from_seed) is sha256('dgpu/escrow-instructions/' + role) (hex in `seed_hex`), except `admin`, "
+    "the program's "
+    "build-time ADMIN (the public development admin, seed b'dgpu-escrow-dev-admin-NOT-SECRET'); `pubkey` is its "
     "base58 address. The mint is the `mint` key's account: a classic "
     "SPL Token mint with `decimals`, mint authority `admin`. `accounts`: config PDA [b'config']; `treasury` = "
     "ATA(treasury_owner, mint), to exist before the scenario; token accounts are ATAs (classic SPL Token program). "
     "Per scenario: fund renter/provider/stranger/admin with SOL; create the mint; create the treasury ATA and the "
     "renter ATA; mint `initial.renter` base units to the renter ATA (`initial.provider` to the provider ATA if "
-    "non-zero); run `setup` (initialize_config signed by admin with the scenario's fee_bps). Then for each step: "
+    "non-zero; a non-zero `initial.vault` is already at the scenario's `vault` ATA, created ahead by someone "
+    "else); run `setup` (initialize_config signed by admin with the scenario's fee_bps). Then for each step: "
     "set the Clock's unix_timestamp to `at`, send one transaction with `instructions` in order, fee payer and only "
     "signer `signer` (the key named by `by`), and check `expect_error` (null, or the program error name: "
     "Anchor code 6000 + its index in the EscrowError enum) and the scenario's `expect` balances in escrow.json "
@@ -57,8 +60,18 @@ FORMAT = (
 _ATA_NAMES = ("payer", "associated_token", "owner", "mint", "system_program", "token_program")
 
 
+#: the program's build-time ADMIN (constants::DEV_ADMIN): only it may run initialize_config
+DEV_ADMIN_SEED = b"dgpu-escrow-dev-admin-NOT-SECRET"
+
+
+def seed(role: str) -> bytes:
+    if role == "admin":
+        return DEV_ADMIN_SEED
+    return hashlib.sha256(f"dgpu/escrow-instructions/{role}".encode()).digest()
+
+
 def key(role: str) -> Keypair:
-    return Keypair.from_seed(hashlib.sha256(f"dgpu/escrow-instructions/{role}".encode()).digest())
+    return Keypair.from_seed(seed(role))
 
 
 def _instruction(instruction: Instruction, action: str) -> dict[str, Any]:
@@ -119,8 +132,7 @@ def generate() -> dict[str, Any]:
         "version": 1,
         "source": "tests/vectors/escrow.json",
         "program_id": str(PROGRAM_ID),
-        "keys": {role: {"seed_hex": hashlib.sha256(f"dgpu/escrow-instructions/{role}".encode()).hexdigest(),
-                        "pubkey": str(k.pubkey())} for role, k in keys.items()},
+        "keys": {role: {"seed_hex": seed(role).hex(), "pubkey": str(k.pubkey())} for role, k in keys.items()},
         "mint": {"address": str(mint), "decimals": source["decimals"], "mint_authority": str(keys["admin"].pubkey())},
         "accounts": {
             "config": str(ix.config_pda(PROGRAM_ID)), "treasury": str(treasury),

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from fastapi import FastAPI
 
 from dgpu.contracts.devledger import DevLedger, DevLedgerConfig, DevLedgerEscrow, ledger_router
+from dgpu.contracts.local_rpc import LocalRpc, LocalRpcInfo
 from dgpu.node.adapters.http_server import serve_http
 from dgpu.protocol.keys import SigningKey
+
+from .local_rpc import build_or_skip
 
 VECTORS_PATH = Path(__file__).resolve().parents[1] / "vectors" / "escrow.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text())
@@ -60,3 +64,16 @@ async def served_ledger(config: DevLedgerConfig) -> AsyncIterator[Served]:
             nursery.cancel_scope.cancel()
     finally:
         ledger.close()
+
+
+@pytest.fixture(scope="session")
+def local_rpc_binary() -> Path:
+    """The ``dgpu-local-rpc`` binary, built once per session (skips without cargo, outside CI)."""
+    return build_or_skip()
+
+
+@pytest.fixture
+def local_rpc_endpoint(local_rpc_binary: Path, tmp_path: Path) -> Iterator[LocalRpcInfo]:
+    """A fresh local development Solana endpoint (mint and Config created), stopped afterwards."""
+    with LocalRpc(local_rpc_binary, tmp_path / "solana") as info:
+        yield info

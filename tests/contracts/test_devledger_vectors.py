@@ -66,6 +66,13 @@ async def test_scenario_over_http(scenario: dict[str, Any], tmp_path: Path) -> N
         for who in ("renter", "provider"):
             if scenario["initial"][who]:
                 await served.clients[who].faucet(scenario["initial"][who])
+        if scenario["initial"].get("vault"):
+            # a stranger sends tokens to the vault's (derivable) address before the rental opens
+            first = next(s["args"]["rental_id"] for s in scenario["steps"] if s["action"] == "open")
+            dust = scenario["initial"]["vault"]
+            await served.clients["stranger"].faucet(dust)
+            await served.clients["stranger"].transfer(
+                escrow_address(WALLETS["renter"], WALLETS["provider"], first), dust)
         handle: EscrowHandle | None = None
         for index, step in enumerate(scenario["steps"]):
             if step["action"] == "open":

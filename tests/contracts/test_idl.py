@@ -57,10 +57,10 @@ def test_anchorpy_loads_the_legacy_idl() -> None:
     idl = Idl.from_json(LEGACY_TEXT)
     assert idl.name == "dgpu_escrow"
     assert {i.name for i in idl.instructions} == {
-        "initializeConfig", "updateConfig", "open", "start", "claim", "topUp", "close", "settleExpired",
-        "refundUnstarted",
+        "initializeConfig", "updateConfig", "setTreasury", "open", "start", "claim", "topUp", "close",
+        "settleExpired", "refundUnstarted",
     }
-    assert [a.name for a in idl.accounts] == ["Config", "Escrow"]
+    assert [a.name for a in idl.accounts] == ["Config", "Escrow", "Renter"]
     assert idl.errors is not None
     assert [(e.code, e.name) for e in idl.errors][: len(RULES_ERRORS)] == [
         (6000 + i, name) for i, name in enumerate(RULES_ERRORS)

@@ -51,7 +51,9 @@ def test_open_encodes_args_and_accounts() -> None:
     metas = [(m.pubkey, m.is_signer, m.is_writable) for m in instruction.accounts]
     assert metas == [
         (RENTER.pubkey(), True, True), (PROVIDER.pubkey(), False, False), (ix.config_pda(PROGRAM_ID), False, False),
-        (MINT, False, False), (ESCROW, False, True), (get_associated_token_address(ESCROW, MINT), False, True),
+        (MINT, False, False), (ESCROW, False, True),
+        (Pubkey.find_program_address([b"renter", bytes(RENTER.pubkey())], PROGRAM_ID)[0], False, True),
+        (get_associated_token_address(ESCROW, MINT), False, True),
         (get_associated_token_address(RENTER.pubkey(), MINT), False, True), (TOKEN_PROGRAM_ID, False, False),
         (ASSOCIATED_TOKEN_PROGRAM_ID, False, False), (Pubkey.from_string("11111111111111111111111111111111"),
                                                        False, False),

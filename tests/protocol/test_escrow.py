@@ -33,6 +33,10 @@ def test_open_deposits_rate_times_minutes() -> None:
     ({"max_minutes": 2**32}, EscrowErrorCode.INVALID_AMOUNT),
     ({"rate_per_minute": 2**63, "max_minutes": 2}, EscrowErrorCode.OVERFLOW),
     ({"start_deadline": T}, EscrowErrorCode.INVALID_DEADLINE),
+    ({"rental_id": 0}, EscrowErrorCode.RENTAL_ID_USED),  # 0 is never above a renter's last id
+    ({"last_rental_id": 1}, EscrowErrorCode.RENTAL_ID_USED),  # the same id again
+    ({"last_rental_id": 9}, EscrowErrorCode.RENTAL_ID_USED),  # a lower id
+    ({"paused": True, "last_rental_id": 1}, EscrowErrorCode.PAUSED),  # checked before the id
 ])
 def test_open_refusals(kwargs: dict[str, int], code: EscrowErrorCode) -> None:
     args: dict[str, object] = dict(renter="r", provider="p", mint="m", rental_id=1, rate_per_minute=5,
@@ -150,3 +154,11 @@ def test_top_up_only_before_expiry() -> None:
         e.top_up(esc, "r", T + 120, 1)
     assert info.value.code is EscrowErrorCode.EXPIRED
     assert replace(esc) == esc
+
+
+def test_dust_in_the_vault_goes_to_the_renter_only_when_closed() -> None:
+    esc = opened()
+    assert e.sweep_dust(esc, esc.vault + 5) == ()
+    closed = e.close(esc, "r", T + 1).escrow
+    assert e.sweep_dust(closed, 5) == (e.Transfer(e.Party.VAULT, e.Party.RENTER, 5),)
+    assert e.sweep_dust(closed, 0) == ()

@@ -11,7 +11,6 @@ the node's local HTTP API runs its jobs through one too.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,8 @@ from dgpu.node.services.renter.errors import (
     NotConnected,
     RenterError,
 )
-from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import ContractsError, EscrowHandle, EscrowLedger, EscrowRefused, EscrowView
 from dgpu.protocol.messages import (
@@ -135,13 +135,19 @@ class LedgerFunder:
     async def fund(self, quote: Quote) -> EscrowRef:
         if quote.ledger != self.ledger.ledger:
             raise EscrowFailed(f"the provider wants ledger {quote.ledger!r}, we use {self.ledger.ledger!r}")
-        try:
-            receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
-                                             quote.max_minutes, quote.start_deadline)
-        except EscrowRefused as exc:
-            raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
-        except ContractsError as exc:
-            raise EscrowFailed(f"could not open the escrow: {exc}") from exc
+        attempts = 3
+        for attempt in range(attempts):
+            try:
+                receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
+                                                 quote.max_minutes, quote.start_deadline)
+                break
+            except EscrowRefused as exc:
+                # rental ids of a renter must increase: a concurrent open landed a higher one first
+                if exc.code is EscrowErrorCode.RENTAL_ID_USED and attempt + 1 < attempts:
+                    continue
+                raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
+            except ContractsError as exc:
+                raise EscrowFailed(f"could not open the escrow: {exc}") from exc
         self.handle = receipt.escrow
         return receipt.escrow.to_ref()
 
@@ -308,6 +314,8 @@ class Renter:
         self.book = book
         self.shelf = shelf
         self.ledger = ledger
+        #: rental ids only increase (docs/escrow-rules.md); microseconds of the injected wall clock
+        self.rental_ids = RentalIds(lambda: clock() * 1_000_000)
         self.accept_simulated = accept_simulated
         self.clock = clock
         self.nonce = nonce
@@ -400,7 +408,7 @@ class Renter:
                                "inputs": refs,
                                "gpu_model": offer.gpu_model, "min_vram_mib": min_vram_mib, "egress": egress,
                                "max_price_per_minute": max_price_per_minute or offer.price_per_minute * gpu_count}
-        funder = LedgerFunder(self.ledger, lambda: int.from_bytes(os.urandom(8), "little") >> 1)
+        funder = LedgerFunder(self.ledger, self.rental_ids)
         try:
             result = await negotiate(self.network, self.key, offer.offer, job, escrow=funder, clock=self.clock,
                                      nonce=self.nonce, provider_peer=offer.peer_id)

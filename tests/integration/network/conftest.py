@@ -32,6 +32,7 @@ from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.node.services.renter import LedgerFunder
+from dgpu.protocol.escrow import RentalIds
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
 
@@ -159,10 +160,12 @@ class Renter:
     validator: OfferValidator
     #: this renter's wallet on the network's development ledger (funded by the faucet)
     ledger: DevLedgerEscrow
+    #: rental ids only increase (docs/escrow-rules.md)
+    rental_ids: RentalIds = field(default_factory=lambda: RentalIds(lambda: time.time_ns() // 1000))
 
     def funder(self) -> LedgerFunder:
         """Opens a real escrow on the ledger for each quote (a fresh rental id each time)."""
-        return LedgerFunder(self.ledger, lambda: secrets.randbits(62))
+        return LedgerFunder(self.ledger, self.rental_ids)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from dgpu.contracts.escrow_api import EscrowHandle, EscrowView
 from dgpu.node.errors import JobLostError, RejectedError
 from dgpu.node.services.job_stream import run_job
 from dgpu.node.services.negotiation import negotiate
-from dgpu.protocol.escrow import EscrowStatus
+from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.messages import EscrowRef, Executor, JobState, LogChunk, Offer, Quote
 
 pytestmark = pytest.mark.integration
@@ -53,14 +53,15 @@ class MisfundingRenter:
     ``minutes_short`` fewer minutes (a smaller deposit), another ``provider``, or the reference
     named on another ``ledger``. The provider must refuse each (``escrow_invalid``)."""
 
-    def __init__(self, ledger: DevLedgerEscrow, *, minutes_short: int = 0, provider: str | None = None,
-                 ledger_name: str | None = None) -> None:
+    def __init__(self, ledger: DevLedgerEscrow, rental_ids: RentalIds, *, minutes_short: int = 0,
+                 provider: str | None = None, ledger_name: str | None = None) -> None:
         self.ledger = ledger
+        self.rental_ids = rental_ids
         self.minutes_short, self.provider, self.ledger_name = minutes_short, provider, ledger_name
         self.handle: EscrowHandle | None = None
 
     async def fund(self, quote: Quote) -> EscrowRef:
-        receipt = await self.ledger.open(secrets.randbits(62), self.provider or quote.provider,
+        receipt = await self.ledger.open(self.rental_ids(), self.provider or quote.provider,
                                          quote.rate_per_minute, quote.max_minutes - self.minutes_short,
                                          quote.start_deadline)
         self.handle = receipt.escrow
@@ -132,9 +133,9 @@ async def test_negotiation_success_and_every_reject_path(network: Any, renter: A
 
     a_wallet = network.procs["provider-a"].key().public_key.wallet
     misfunded = {
-        "too small a deposit": MisfundingRenter(renter.ledger, minutes_short=1),
-        "another provider": MisfundingRenter(renter.ledger, provider=a_wallet),
-        "an unknown ledger": MisfundingRenter(renter.ledger, ledger_name="some-other-ledger"),
+        "too small a deposit": MisfundingRenter(renter.ledger, renter.rental_ids, minutes_short=1),
+        "another provider": MisfundingRenter(renter.ledger, renter.rental_ids, provider=a_wallet),
+        "an unknown ledger": MisfundingRenter(renter.ledger, renter.rental_ids, ledger_name="some-other-ledger"),
     }
     for what, source in misfunded.items():
         with pytest.raises(RejectedError) as info:

@@ -1,9 +1,10 @@
 //! The program's errors: one enum.
 //!
-//! The first thirteen variants are the error names of `docs/escrow-rules.md`, shared with the
-//! Python ledgers (`dgpu.protocol.escrow`) and the test vectors; keep their names and order.
-//! The variants after them are on-chain-only account checks that the ledger model has no
-//! counterpart for (a wrong mint, a substituted vault, a fee above the cap, ...).
+//! The first thirteen variants and `RentalIdUsed` are the error names of `docs/escrow-rules.md`,
+//! shared with the Python ledgers (`dgpu.protocol.escrow`) and the test vectors; keep every
+//! name and its position (the code is 6000 + position). The variants between them are
+//! on-chain-only account checks that the ledger model has no counterpart for (a wrong mint, a
+//! substituted vault, a fee above the cap, ...); new variants go at the end.
 
 use anchor_lang::prelude::*;
 
@@ -52,4 +53,8 @@ pub enum EscrowError {
     VaultBalanceMismatch,
     #[msg("the same token account is passed twice")]
     DuplicateAccount,
+
+    // ---- shared with the Python ledger again (added after the account checks, codes are stable) ----
+    #[msg("rental ids of a renter must increase: this one is not above the renter's last")]
+    RentalIdUsed,
 }

@@ -31,7 +31,7 @@ declare_id!("FwS7dLgPfT2jNmtFXVhesDHXLJhpa1gPLYfxZe5Guu4P");
 pub mod dgpu_escrow {
     use super::*;
 
-    /// Creates the config: admin, pinned mint, treasury token account, fee (<= MAX_FEE_BPS).
+    /// `ADMIN` only: creates the config: admin, pinned mint, treasury token account, fee (<= MAX_FEE_BPS).
     pub fn initialize_config(
         ctx: Context<InitializeConfig>,
         args: InitializeConfigArgs,
@@ -39,9 +39,14 @@ pub mod dgpu_escrow {
         InitializeConfig::initialize_config(ctx, args)
     }
 
-    /// Admin only: change the admin, the treasury, the fee (new escrows only) or the pause.
+    /// Admin only: change the admin, the fee (new escrows only) or the pause.
     pub fn update_config(ctx: Context<UpdateConfig>, args: UpdateConfigArgs) -> Result<()> {
         UpdateConfig::update_config(ctx, args)
+    }
+
+    /// Admin and the new treasury's owner: move the fee to another token account of the mint.
+    pub fn set_treasury(ctx: Context<SetTreasury>) -> Result<()> {
+        SetTreasury::set_treasury(ctx)
     }
 
     /// Renter: open a rental and deposit `rate_per_minute * max_minutes`.

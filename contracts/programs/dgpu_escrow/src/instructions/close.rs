@@ -7,16 +7,18 @@ use anchor_lang::prelude::*;
 use anchor_spl::token::{Mint, Token, TokenAccount};
 
 /// The renter or the provider ends the rental: the accrued minutes are paid, the rest of the
-/// vault goes back to the renter, the vault is closed (rent to the renter) and the escrow is
-/// marked Closed.
+/// vault goes back to the renter, and the vault and the escrow account are closed (their rent
+/// to the renter).
 #[derive(Accounts)]
 pub struct Close<'info> {
     /// The renter or the provider of the escrow.
     pub caller: Signer<'info>,
     #[account(seeds = [SEED_CONFIG], bump = config.bump)]
     pub config: Account<'info, Config>,
+    /// Closed at the end of the instruction: its rent goes to the renter.
     #[account(
         mut,
+        close = renter,
         seeds = [SEED_ESCROW, escrow.renter.as_ref(), escrow.provider.as_ref(), &escrow.rental_id.to_le_bytes()],
         bump = escrow.bump,
     )]
@@ -28,7 +30,7 @@ pub struct Close<'info> {
     /// authority are checked in `vault_balance` before any transfer.
     #[account(mut, address = vault_address(&escrow.key(), &escrow.mint) @ EscrowError::InvalidVault)]
     pub vault: UncheckedAccount<'info>,
-    /// CHECK: the escrow's renter (address pinned); receives the vault's rent.
+    /// CHECK: the escrow's renter (address pinned); receives the vault's and the escrow's rent.
     #[account(mut, address = escrow.renter)]
     pub renter: UncheckedAccount<'info>,
     #[account(mut, token::mint = mint, token::authority = escrow.renter)]

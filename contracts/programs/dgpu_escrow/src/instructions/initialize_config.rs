@@ -1,4 +1,4 @@
-use crate::constants::{CONFIG_LAYOUT_VERSION, MAX_FEE_BPS, SEED_CONFIG};
+use crate::constants::{ADMIN, CONFIG_LAYOUT_VERSION, MAX_FEE_BPS, SEED_CONFIG};
 use crate::errors::EscrowError;
 use crate::events::ConfigInitialized;
 use crate::state::Config;
@@ -10,11 +10,11 @@ pub struct InitializeConfigArgs {
     pub fee_bps: u16,
 }
 
-/// Creates the single `Config`. Whoever calls it first becomes the admin, so run it in the
-/// deployment transaction (or right after it) and hand the admin to a multisig.
+/// Creates the single `Config`. Only `ADMIN`, fixed when the program is built, may sign it; it
+/// becomes the config's first admin (`update_config` can hand it over).
 #[derive(Accounts)]
 pub struct InitializeConfig<'info> {
-    #[account(mut)]
+    #[account(mut, address = ADMIN @ EscrowError::Unauthorized)]
     pub admin: Signer<'info>,
     #[account(
         init,

@@ -1,9 +1,9 @@
-use crate::constants::{ESCROW_LAYOUT_VERSION, SEED_CONFIG, SEED_ESCROW};
+use crate::constants::{ESCROW_LAYOUT_VERSION, RENTER_LAYOUT_VERSION, SEED_CONFIG, SEED_ESCROW, SEED_RENTER};
 use crate::errors::EscrowError;
 use crate::events::EscrowOpened;
 use crate::instructions::vault::{now, vault_balance};
 use crate::math;
-use crate::state::{Config, Escrow, EscrowStatus};
+use crate::state::{Config, Escrow, EscrowStatus, Renter};
 use anchor_lang::prelude::*;
 use anchor_spl::associated_token::AssociatedToken;
 use anchor_spl::token::{self, Mint, Token, TokenAccount, TransferChecked};
@@ -38,6 +38,15 @@ pub struct Open<'info> {
         bump,
     )]
     pub escrow: Account<'info, Escrow>,
+    /// The renter's rental-id record (created by the first `open`, paid by the renter).
+    #[account(
+        init_if_needed,
+        payer = renter,
+        space = 8 + Renter::INIT_SPACE,
+        seeds = [SEED_RENTER, renter.key().as_ref()],
+        bump,
+    )]
+    pub renter_state: Account<'info, Renter>,
     /// The escrow's own ATA: one vault per rental. `init_if_needed` because anyone can create
     /// an ATA: a vault created ahead of `open` (with dust in it) must not block the rental.
     #[account(
@@ -56,8 +65,8 @@ pub struct Open<'info> {
 }
 
 impl Open<'_> {
-    /// Order of docs/escrow-rules.md: InvalidAmount, Overflow, InvalidDeadline, Paused.
-    /// (The signer is the renter by construction.)
+    /// Order of docs/escrow-rules.md: InvalidAmount, Overflow, InvalidDeadline, Paused,
+    /// RentalIdUsed. (The signer is the renter by construction.)
     fn validate(&self, args: &OpenArgs) -> Result<()> {
         require!(
             args.rate_per_minute > 0 && args.max_minutes > 0,
@@ -66,6 +75,10 @@ impl Open<'_> {
         math::cost(args.rate_per_minute, args.max_minutes)?;
         require!(args.start_deadline > now()?, EscrowError::InvalidDeadline);
         require!(!self.config.paused, EscrowError::Paused);
+        require!(
+            args.rental_id > self.renter_state.last_rental_id,
+            EscrowError::RentalIdUsed
+        );
         Ok(())
     }
 
@@ -73,6 +86,12 @@ impl Open<'_> {
     pub fn open(ctx: Context<Self>, args: OpenArgs) -> Result<()> {
         let accounts = ctx.accounts;
         let deposited = math::cost(args.rate_per_minute, args.max_minutes)?;
+        let state = &mut accounts.renter_state;
+        state.version = RENTER_LAYOUT_VERSION;
+        state.bump = ctx.bumps.renter_state;
+        state.renter = accounts.renter.key();
+        state.last_rental_id = args.rental_id;
+        state.opened = state.opened.checked_add(1).ok_or_else(|| error!(EscrowError::Overflow))?;
         accounts.escrow.set_inner(Escrow {
             version: ESCROW_LAYOUT_VERSION,
             bump: ctx.bumps.escrow,

@@ -7,14 +7,16 @@ use anchor_lang::prelude::*;
 use anchor_spl::token::{Mint, Token, TokenAccount};
 
 /// The renter takes everything back when the provider never started before the deadline;
-/// the vault is closed (rent to the renter) and the escrow is marked Closed.
+/// the vault and the escrow account are closed (their rent to the renter).
 #[derive(Accounts)]
 pub struct RefundUnstarted<'info> {
-    /// The escrow's renter; receives the vault's rent.
+    /// The escrow's renter; receives the vault's and the escrow's rent.
     #[account(mut)]
     pub renter: Signer<'info>,
+    /// Closed at the end of the instruction: its rent goes to the renter.
     #[account(
         mut,
+        close = renter,
         seeds = [SEED_ESCROW, escrow.renter.as_ref(), escrow.provider.as_ref(), &escrow.rental_id.to_le_bytes()],
         bump = escrow.bump,
     )]

@@ -7,14 +7,16 @@ use anchor_lang::prelude::*;
 use anchor_spl::token::{Mint, Token, TokenAccount};
 
 /// Anyone settles an expired rental, so that funds never get stuck: all `max_minutes` are
-/// paid, any remainder goes back to the renter, the vault is closed (rent to the renter) and
-/// the escrow is marked Closed. No signer other than the fee payer is needed.
+/// paid, any remainder goes back to the renter, and the vault and the escrow account are closed
+/// (their rent to the renter). No signer other than the fee payer is needed.
 #[derive(Accounts)]
 pub struct SettleExpired<'info> {
     #[account(seeds = [SEED_CONFIG], bump = config.bump)]
     pub config: Account<'info, Config>,
+    /// Closed at the end of the instruction: its rent goes to the renter.
     #[account(
         mut,
+        close = renter,
         seeds = [SEED_ESCROW, escrow.renter.as_ref(), escrow.provider.as_ref(), &escrow.rental_id.to_le_bytes()],
         bump = escrow.bump,
     )]
@@ -26,7 +28,7 @@ pub struct SettleExpired<'info> {
     /// authority are checked in `vault_balance` before any transfer.
     #[account(mut, address = vault_address(&escrow.key(), &escrow.mint) @ EscrowError::InvalidVault)]
     pub vault: UncheckedAccount<'info>,
-    /// CHECK: the escrow's renter (address pinned); receives the vault's rent.
+    /// CHECK: the escrow's renter (address pinned); receives the vault's and the escrow's rent.
     #[account(mut, address = escrow.renter)]
     pub renter: UncheckedAccount<'info>,
     #[account(mut, token::mint = mint, token::authority = escrow.renter)]

@@ -13,9 +13,10 @@ pub enum EscrowStatus {
 /// One rental, PDA `[SEED_ESCROW, renter, provider, rental_id.to_le_bytes()]`.
 /// Its vault is the escrow's own associated token account for `mint`.
 ///
-/// A closed escrow stays on chain as a tombstone with status `Closed` (only its vault is closed,
-/// rent to the renter): any later instruction then fails with `EscrowClosed` as the rules
-/// require, and the same `(renter, provider, rental_id)` can never be opened again.
+/// The exit that sets status `Closed` also closes this account and its vault (their rent goes
+/// to the renter): a later instruction finds no escrow (Anchor's AccountNotInitialized, the
+/// rules' `EscrowClosed`), and the same `(renter, provider, rental_id)` can never be opened
+/// again because `open` requires a rental id above the renter's last (`Renter`).
 ///
 /// Invariants (docs/escrow-rules.md): `deposited == rate_per_minute * max_minutes`;
 /// `claimed_minutes <= max_minutes`; while open the vault holds at least

@@ -3,17 +3,16 @@
 //! (the BPF builds that solana-program-test bundles), a settable Clock, and helpers to build
 //! instructions, send them and read balances and escrow state.
 
-use anchor_lang::prelude::{AccountInfo, Clock, Pubkey};
-use anchor_lang::solana_program::entrypoint::ProgramResult;
+use anchor_lang::prelude::{Clock, Pubkey};
 use anchor_lang::solana_program::instruction::Instruction;
 use anchor_lang::solana_program::program_pack::Pack;
 use anchor_lang::{AccountDeserialize, InstructionData, ToAccountMetas};
 use anchor_spl::associated_token::{self, get_associated_token_address};
-use dgpu_escrow::{accounts, instruction, EscrowError, SEED_CONFIG, SEED_ESCROW};
+use dgpu_escrow::{accounts, instruction, EscrowError, SEED_CONFIG, SEED_ESCROW, SEED_RENTER};
 use dgpu_escrow::{Escrow, InitializeConfigArgs, OpenArgs, TopUpArgs};
 use solana_account::Account;
 use solana_keypair::Keypair;
-use solana_program_test::{processor, BanksClientError, ProgramTest, ProgramTestContext};
+use solana_program_test::{BanksClientError, ProgramTest, ProgramTestContext};
 use solana_signer::Signer;
 use solana_transaction::{InstructionError, Transaction, TransactionError};
 use spl_token_interface::state::{Account as TokenState, AccountState, Mint as MintState};
@@ -23,30 +22,7 @@ pub const TOKEN_PROGRAM: Pubkey = anchor_spl::token::ID;
 pub const SYSTEM_PROGRAM: Pubkey = anchor_lang::solana_program::system_program::ID;
 pub const SOL: u64 = 1_000_000_000;
 
-/// Anchor's `entry` ties the program id, the account slice and every `AccountInfo` to one
-/// lifetime, which `processor!`'s function pointer type cannot express (anchor issue #2738).
-/// The references live for the whole call, so lengthening them for its duration is sound here.
-fn process(program_id: &Pubkey, accounts: &[AccountInfo], data: &[u8]) -> ProgramResult {
-    // SAFETY: every reference outlives this call, and `entry` does not keep any of them.
-    let (program_id, accounts, data): (&Pubkey, &[AccountInfo], &[u8]) =
-        unsafe { std::mem::transmute((program_id, accounts, data)) };
-    dgpu_escrow::entry(program_id, accounts, data)
-}
-
-/// A program-test with the escrow program as a native builtin (SPL Token and ATA are loaded
-/// by program-test itself).
-pub fn program_test() -> ProgramTest {
-    // program-test logs every instruction at debug level unless RUST_LOG says otherwise.
-    static QUIET: std::sync::Once = std::sync::Once::new();
-    QUIET.call_once(|| {
-        if std::env::var_os("RUST_LOG").is_none() {
-            std::env::set_var("RUST_LOG", "error");
-        }
-    });
-    let mut pt = ProgramTest::new("dgpu_escrow", dgpu_escrow::ID, processor!(process));
-    pt.prefer_bpf(false);
-    pt
-}
+pub use crate::entry::program_test;
 
 /// Adds an initialized classic SPL Token mint.
 pub fn add_mint(pt: &mut ProgramTest, mint: Pubkey, authority: Pubkey, supply: u64, decimals: u8) {
@@ -104,6 +80,10 @@ pub fn escrow_pda(renter: &Pubkey, provider: &Pubkey, rental_id: u64) -> Pubkey 
     .0
 }
 
+pub fn renter_pda(renter: &Pubkey) -> Pubkey {
+    Pubkey::find_program_address(&[SEED_RENTER, renter.as_ref()], &dgpu_escrow::ID).0
+}
+
 pub fn ata(owner: &Pubkey, mint: &Pubkey) -> Pubkey {
     get_associated_token_address(owner, mint)
 }
@@ -125,7 +105,7 @@ pub fn escrow_error_names() -> Vec<(&'static str, u32)> {
         InvalidAmount, Overflow, InvalidDeadline, Paused, Unauthorized, EscrowClosed,
         AlreadyStarted, StartDeadlinePassed, NotStarted, NothingToClaim, Expired, NotExpired,
         StartDeadlineNotReached, FeeTooHigh, SameParty, InvalidMint, InvalidTreasury,
-        InvalidVault, VaultBalanceMismatch, DuplicateAccount,
+        InvalidVault, VaultBalanceMismatch, DuplicateAccount, RentalIdUsed,
     )
 }
 
@@ -153,6 +133,11 @@ pub fn anchor(code: anchor_lang::error::ErrorCode) -> String {
     format!("Custom({})", u32::from(code))
 }
 
+/// The public development admin (`dgpu_escrow::DEV_ADMIN`): its seed is public by design.
+pub fn dev_admin() -> Keypair {
+    Keypair::new_from_array(*b"dgpu-escrow-dev-admin-NOT-SECRET")
+}
+
 /// The roles of a scenario.
 pub struct Parties {
     pub admin: Keypair,
@@ -164,9 +149,10 @@ pub struct Parties {
 }
 
 impl Parties {
+    /// Random keys, but the admin is the program's build-time `ADMIN` (the development admin).
     pub fn random() -> Self {
         Parties {
-            admin: Keypair::new(),
+            admin: dev_admin(),
             renter: Keypair::new(),
             provider: Keypair::new(),
             stranger: Keypair::new(),
@@ -198,6 +184,9 @@ pub struct Setup {
     pub provider_ata: bool,
     /// Run `initialize_config` (signed by the admin) once the ledger is up.
     pub init_config: bool,
+    /// Tokens a stranger put at the vault address of rental 7 before it opens (the vault
+    /// then already exists, created through the ATA program by anyone).
+    pub vault: u64,
 }
 
 impl Default for Setup {
@@ -210,6 +199,7 @@ impl Default for Setup {
             treasury: 0,
             provider_ata: true,
             init_config: true,
+            vault: 0,
         }
     }
 }
@@ -245,8 +235,12 @@ impl Env {
         for k in [&p.admin, &p.renter, &p.provider, &p.stranger, &p.treasury_owner] {
             add_wallet(&mut pt, k.pubkey());
         }
-        let supply = setup.renter + setup.provider + setup.treasury;
+        let supply = setup.renter + setup.provider + setup.treasury + setup.vault;
         add_mint(&mut pt, mint, p.admin.pubkey(), supply, setup.decimals);
+        if setup.vault > 0 {
+            let escrow = escrow_pda(&p.renter.pubkey(), &p.provider.pubkey(), 7);
+            add_token_account(&mut pt, ata(&escrow, &mint), mint, escrow, setup.vault);
+        }
         add_token_account(&mut pt, ata(&p.renter.pubkey(), &mint), mint, p.renter.pubkey(), setup.renter);
         if setup.provider_ata || setup.provider > 0 {
             add_token_account(&mut pt, ata(&p.provider.pubkey(), &mint), mint, p.provider.pubkey(), setup.provider);
@@ -310,6 +304,7 @@ impl Env {
             config: self.config,
             mint: self.mint,
             escrow,
+            renter_state: renter_pda(renter),
             vault: ata(&escrow, &self.mint),
             renter_token: ata(renter, &self.mint),
             token_program: TOKEN_PROGRAM,

@@ -5,6 +5,7 @@
 #![allow(deprecated)]
 
 mod attacks;
+mod entry;
 mod harness;
 mod idl;
 mod vectors;
