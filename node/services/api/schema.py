@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dgpu.protocol.messages import Executor, Offer
+from dgpu.protocol.messages import Executor, GpuSample, Offer, UsageReceipt
 
 __all__ = [
     "ApiJobState",
@@ -233,6 +233,19 @@ class LogLine(_Out):
     line: str
 
 
+class UsageOut(_Out):
+    """One metered minute of a job, from the provider's signed usage receipt."""
+
+    minute_index: int
+    at: int
+    #: the leased GPUs' averaged samples (utilisation %, memory MiB, power mW, temperature °C)
+    gpus: list[GpuSample]
+
+    @classmethod
+    def of(cls, receipt: UsageReceipt) -> UsageOut:
+        return cls(minute_index=receipt.minute_index, at=receipt.at, gpus=list(receipt.gpus))
+
+
 class JobOut(_Out):
     id: str
     state: ApiJobState
@@ -255,6 +268,11 @@ class JobOut(_Out):
     cancel_requested: bool
     next_log_seq: int
     last_logs: list[LogLine]
+    #: the metered minutes (receipts) received; the last ``usage`` of them in full
+    metered_minutes: int = 0
+    usage: list[UsageOut] = []
+    #: the settled escrow paid more minutes than were metered (dgpu.protocol.reconcile)
+    over_accrued: bool = False
 
 
 class JobsOut(_Out):
