@@ -120,13 +120,16 @@ class DemoNetwork:
         self.ledger_url = _wait_file(url_file, proc, deadline)
         return self.addrs["bootstrap"]
 
-    def start_provider(self, name: str, gpu: str, price: int | None, deadline: float,
+    def start_provider(self, name: str, gpu: str | None, price: int | None, deadline: float,
                        extra: list[str] | None = None) -> str:
+        """A provider of the simulated ``gpu`` (None: the GPUs NVML reports), at ``price`` (None: the
+        pricing engine's market price)."""
         addr_file = self.workdir / f"{name}.addr"
         proc = self._spawn(name, [
             "node", "--role", "provider", "--bootstrap", self.addrs["bootstrap"],
             "--data-dir", str(self.workdir / name), "--addr-file", str(addr_file),
-            "--simulated-gpu", gpu, *(["--price", str(price)] if price is not None else []),
+            *(["--simulated-gpu", gpu] if gpu is not None else []),
+            *(["--price", str(price)] if price is not None else []),
             "--ledger-url", self.ledger_url,
             # ledger seconds: claim every 2 accelerated minutes; the meter follows the ledger's minute
             "--claim-interval", "120", "--billing-poll", "0.5",
@@ -299,6 +302,7 @@ async def rent_once(rt: NodeRuntime, *, script: str, min_vram_mib: int, expect_o
                   deposited=terms.deposit, minutes_billed=outcome.minutes, paid_to_provider=outcome.paid,
                   fee=outcome.fee, refunded=outcome.refunded, balances_before=before, balances_after=after,
                   conserved=outcome.paid + outcome.fee + outcome.refunded == terms.deposit,
+                  offer=best.offer.model_dump(mode="json"),
                   rate_inputs=best.offer.pricing.model_dump(mode="json") if best.offer.pricing else None,
                   metered_minutes=len(outcome.receipts),
                   usage=[{"minute": r.minute_index, "gpus": [g.model_dump(mode="json") for g in r.gpus]}

@@ -221,3 +221,17 @@ async def test_receipts_carry_the_leased_gpus_samples(tmp_path: Path) -> None:
     assert len(receipts) >= 2 and all([g.uuid for g in r.gpus] == ["GPU-22222222-bbbb"] for r in receipts)
     assert receipts[0].gpus[0].utilization_pct == 37 and receipts[0].gpus[0].power_mw == 200_000
     assert set(fake.sampled) == {"GPU-22222222-bbbb"}  # the other, unleased GPU is never sampled
+
+
+def test_the_gpu_check_script_says_clearly_that_it_needs_nvml() -> None:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has an NVIDIA driver: run scripts/gpu-check.sh itself")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([str(root / "scripts" / "gpu-check.sh")], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 2 and "NVML is not usable here" in proc.stderr and "--simulated-gpu" in proc.stderr
