@@ -17,6 +17,8 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from dgpu.node.errors import ConfigError
+
 if TYPE_CHECKING:
     from dgpu.node.app import NodeRuntime
 
@@ -88,6 +90,13 @@ def add_node_command(sub: Any) -> None:
                    help="another wallet allowed to use the API")
     n.add_argument("--development", action="store_true",
                    help="development network: simulated GPUs and the faucet through the API")
+
+
+def _leaves(group: BaseExceptionGroup[ConfigError]) -> list[ConfigError]:
+    out: list[ConfigError] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
@@ -167,7 +176,14 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
     async def body() -> None:
         await run_node(config, main=main_fn, api=api)
 
-    trio.run(until_signal, body)
+    refused: list[str] = []
+    try:
+        trio.run(until_signal, body)
+    except* ConfigError as group:  # a provider that cannot offer what it was asked to (no GPU, no runtime)
+        refused.extend(str(exc) for exc in _leaves(group))
+    if refused:
+        print(f"dgpu node: {refused[0]}", file=sys.stderr)
+        return 2
     if args.rent_script is not None:
         print("SUMMARY " + json.dumps(result), flush=True)
         return 0 if result.get("state") == "finished" else 1
