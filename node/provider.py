@@ -52,7 +52,7 @@ from dgpu.protocol.ledger import ContractsError, EscrowHandle, EscrowLedger, Esc
 from dgpu.protocol.messages import Agreement, Executor, JobState, PriceBasis
 from dgpu.protocol.pricing import MultiplierBounds
 
-__all__ = ["Offering", "start_offering"]
+__all__ = ["Offering", "meter_minute_s", "start_offering"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,12 @@ async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, sourc
     return {Executor(name): DurableExecutor(service, store, name, nursery) for name in raw}
 
 
+def meter_minute_s(config: NodeConfig, ledger_speed: int) -> float:
+    """Wall seconds per metered minute: the ledger's minute (60 s / its clock speed), so receipts and
+    the escrow's accrual count the same minutes; ``--meter-interval`` overrides it (tests)."""
+    return config.meter_interval_s if config.meter_interval_s is not None else 60.0 / max(1, ledger_speed)
+
+
 def _initial_price(config: NodeConfig, scan: GpuScan, decimals: int) -> tuple[int, PriceBasis]:
     """The engine's price at multiplier 1 (the market pricer adjusts it before the first publication),
     or the provider's ``--price`` override with the engine's inputs beside it."""
@@ -147,8 +153,7 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         await ledger_time.sync(ledger)
     deadline_clock = ledger_time.now if ledger_time is not None else wall_clock
     speed = ledger_time.speed if ledger_time is not None else 1
-    # the meter's minute is the ledger's minute, so receipts and accrual count the same minutes
-    meter_interval_s = config.meter_interval_s if config.meter_interval_s is not None else 60.0 / speed
+    meter_interval_s = meter_minute_s(config, speed)
     price, pricing = _initial_price(config, scan, decimals)
     inventory = Inventory(scan.gpus, owner=key.public_key.wallet, price_per_gpu_minute=price, pricing=pricing,
                           max_jobs=config.max_concurrent_jobs or min(64, len(scan.gpus)), clock=deadline_clock)

@@ -24,6 +24,7 @@ from dgpu.node.config import NodeConfig
 from dgpu.node.errors import ConfigError
 from dgpu.node.ports.execution import JobSpec, ResourceLimits
 from dgpu.node.ports.gpu import GpuScan
+from dgpu.node.provider import meter_minute_s
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.meter import Meter, build_usage_receipts
 from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferTerms
@@ -235,3 +236,9 @@ def test_the_gpu_check_script_says_clearly_that_it_needs_nvml() -> None:
     proc = subprocess.run([str(root / "scripts" / "gpu-check.sh")], capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 2 and "NVML is not usable here" in proc.stderr and "--simulated-gpu" in proc.stderr
+
+
+def test_the_meter_and_an_accelerated_ledger_agree_on_a_minute(tmp_path: Path) -> None:
+    assert meter_minute_s(provider_config(tmp_path), 60) == 1.0  # the demo's x60 development ledger
+    assert meter_minute_s(provider_config(tmp_path), 1) == 60.0  # Solana's clock
+    assert meter_minute_s(provider_config(tmp_path, meter_interval_s=0.5), 60) == 0.5  # explicit (tests)
