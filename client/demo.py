@@ -42,9 +42,9 @@ DEMO_SCRIPT: Final = (
 DEMO_IMAGE: Final = "dgpu-demo/busybox:1"
 
 _PROVIDERS: Final = (
-    # name, GPU, price per GPU-minute (base units, 6 decimals)
-    ("provider-a", "RTX 4090:24576:1", 8_334),
-    ("provider-b", "RTX 4080:16384:1", 6_667),
+    # name, GPU, price per GPU-minute (base units, 6 decimals; None: the pricing engine's market price)
+    ("provider-a", "RTX 4090:24576:1", None),
+    ("provider-b", "RTX 4080:16384:1", None),
 )
 
 
@@ -120,15 +120,19 @@ class DemoNetwork:
         self.ledger_url = _wait_file(url_file, proc, deadline)
         return self.addrs["bootstrap"]
 
-    def start_provider(self, name: str, gpu: str, price: int, deadline: float,
+    def start_provider(self, name: str, gpu: str | None, price: int | None, deadline: float,
                        extra: list[str] | None = None) -> str:
+        """A provider of the simulated ``gpu`` (None: the GPUs NVML reports), at ``price`` (None: the
+        pricing engine's market price)."""
         addr_file = self.workdir / f"{name}.addr"
         proc = self._spawn(name, [
             "node", "--role", "provider", "--bootstrap", self.addrs["bootstrap"],
             "--data-dir", str(self.workdir / name), "--addr-file", str(addr_file),
-            "--simulated-gpu", gpu, "--price", str(price), "--ledger-url", self.ledger_url,
-            # ledger seconds: claim every 2 accelerated minutes; poll and meter per wall second
-            "--claim-interval", "120", "--billing-poll", "0.5", "--meter-interval", "1",
+            *(["--simulated-gpu", gpu] if gpu is not None else []),
+            *(["--price", str(price)] if price is not None else []),
+            "--ledger-url", self.ledger_url,
+            # ledger seconds: claim every 2 accelerated minutes; the meter follows the ledger's minute
+            "--claim-interval", "120", "--billing-poll", "0.5",
             *(extra or ["--executor", "script"]),
         ])
         self.addrs[name] = _wait_file(addr_file, proc, deadline)
@@ -195,7 +199,8 @@ def run_demo(*, keep: bool = False, log_level: str = "WARNING") -> int:
             print("  no Docker engine: providers run jobs with the script executor (weaker isolation)", flush=True)
         for name, gpu, price in _PROVIDERS:
             addr = net.start_provider(name, gpu, price, deadline, extra=executors)
-            print(f"  {name} {addr}  [{gpu}, simulated, {price} base units/GPU-min]", flush=True)
+            priced = f"{price} base units/GPU-min" if price is not None else "engine-priced"
+            print(f"  {name} {addr}  [{gpu}, simulated, {priced}]", flush=True)
         renter = net.start_renter("renter", ["--rent-script", DEMO_SCRIPT,
                                              "--rent-min-vram", "16000",
                                              "--rent-expect-offers", str(len(_PROVIDERS))])
@@ -296,7 +301,13 @@ async def rent_once(rt: NodeRuntime, *, script: str, min_vram_mib: int, expect_o
                   job_s=round(time.monotonic() - t2, 3), rate_per_minute=terms.rate_per_minute,
                   deposited=terms.deposit, minutes_billed=outcome.minutes, paid_to_provider=outcome.paid,
                   fee=outcome.fee, refunded=outcome.refunded, balances_before=before, balances_after=after,
-                  conserved=outcome.paid + outcome.fee + outcome.refunded == terms.deposit)
+                  conserved=outcome.paid + outcome.fee + outcome.refunded == terms.deposit,
+                  offer=best.offer.model_dump(mode="json"),
+                  rate_inputs=best.offer.pricing.model_dump(mode="json") if best.offer.pricing else None,
+                  metered_minutes=len(outcome.receipts),
+                  usage=[{"minute": r.minute_index, "gpus": [g.model_dump(mode="json") for g in r.gpus]}
+                         for r in outcome.receipts[-5:]],
+                  over_accrued=bool(outcome.reconciliation and outcome.reconciliation.over_accrued))
     print(f"renter: job {outcome.state} with exit code {outcome.exit_code}; billed {outcome.minutes} minute(s): "
           f"{outcome.paid} to the provider, {outcome.fee} fee, {outcome.refunded} refunded", file=out, flush=True)
     return result

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -35,11 +35,12 @@ from dgpu.node.adapters.reachability import NatTraversal
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
 from dgpu.node.config import NodeConfig
-from dgpu.node.errors import NetworkError
+from dgpu.node.errors import ConfigError, NetworkError
 from dgpu.node.metrics import NodeMetrics, RuntimeStats
-from dgpu.node.ports.gpu import GpuSource
+from dgpu.node.ports.gpu import GpuScan, GpuSource
 from dgpu.node.provider import Offering, start_offering
 from dgpu.node.services import blobs
+from dgpu.node.services.inventory import select_gpus
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
@@ -61,6 +62,7 @@ __all__ = [
     "new_nonce",
     "open_ledger",
     "run_node",
+    "scan_offered",
     "status_snapshot",
     "wall_clock",
     "wall_clock_ms",
@@ -123,6 +125,24 @@ def gpu_source(config: NodeConfig, key: SigningKey) -> GpuSource:
     if config.gpus:
         return SimulatedGpus(config.gpus, owner=key.public_key.wallet)
     return NvmlGpus()
+
+
+async def scan_offered(config: NodeConfig, source: GpuSource) -> GpuScan:
+    """The GPUs this provider offers (``--gpu`` applied). Raises ConfigError, saying what was
+    looked for and the two ways out, when there are none: a provider with nothing to offer must
+    not idle on the network."""
+    scan = await source.inventory()  # NVML without a driver fails at once (nvmlInit)
+    try:
+        gpus = select_gpus(scan.gpus, config.gpu_select)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not gpus:
+        raise ConfigError(
+            f"no GPU to offer: looked for NVIDIA GPUs through NVML and found none ({scan.message}). "
+            "Either install the NVIDIA driver (nvidia-smi must list the GPUs; the nvidia-ml-py package "
+            "comes with dgpu), or, on a development network only, declare simulated GPUs with "
+            "--simulated-gpu MODEL:VRAM_MIB[:COUNT]")
+    return replace(scan, gpus=gpus)
 
 
 async def _watch_peers(node: P2PNode, on_new_peers: Callable[[], None], *, poll_s: float = 0.5,
@@ -235,6 +255,8 @@ async def run_node(config: NodeConfig, *,
         gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES),
         reachability=config.reachability,
     )
+    source = gpu_source(config, key) if config.role == "provider" else None
+    scan = await scan_offered(config, source) if source is not None else None  # before any network
     async with contextlib.AsyncExitStack() as stack:
         ledger = open_ledger(config, key)
         if ledger is not None:
@@ -256,8 +278,8 @@ async def run_node(config: NodeConfig, *,
             stack.push_async_callback(store.close)
         nursery = await stack.enter_async_context(trio.open_nursery())
         rt: AnyNode
-        if store is not None:
-            offering = await start_offering(config, key, node, source=gpu_source(config, key), shelf=shelf,
+        if store is not None and source is not None and scan is not None:
+            offering = await start_offering(config, key, node, source=source, scan=scan, shelf=shelf, book=book,
                                             ledger=ledger, store=store, metrics=metrics, nursery=nursery)
             rt = ProviderNode(config, key, node, book, validator, discovery, metrics, shelf, ledger,
                               offering=offering)

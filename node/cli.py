@@ -17,6 +17,8 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from dgpu.node.errors import ConfigError
+
 if TYPE_CHECKING:
     from dgpu.node.app import NodeRuntime
 
@@ -49,9 +51,14 @@ def add_node_command(sub: Any) -> None:
                    help="bootstrap node multiaddr with /p2p/ID (repeatable)")
     n.add_argument("--simulated-gpu", action="append", default=[], metavar="MODEL:VRAM[:N]",
                    help="provider: a SIMULATED GPU (development networks; marked in offers)")
-    n.add_argument("--price", type=int, default=8_334, help="provider: base units per GPU-minute")
+    n.add_argument("--gpu", action="append", default=[], metavar="UUID|INDEX",
+                   help="provider: offer only this GPU of those NVML reports (repeatable; default: all)")
+    n.add_argument("--price", type=int, default=None,
+                   help="provider: base units per GPU-minute, overriding the pricing engine's market price")
+    n.add_argument("--price-multiplier-bounds", default="0.5:2.0", metavar="LOW:HIGH",
+                   help="provider: keep the demand/supply multiplier in this band (inside 0.5:2.0)")
     n.add_argument("--region", default="local")
-    n.add_argument("--max-jobs", type=int, default=1, help="provider: concurrent jobs")
+    n.add_argument("--max-jobs", type=int, default=None, help="provider: concurrent jobs (default: one per GPU)")
     n.add_argument("--allow-image", action="append", default=[], help="provider: docker image")
     n.add_argument("--executor", action="append", default=[], choices=["script", "docker"])
     n.add_argument("--offer-ttl", type=int, default=300)
@@ -71,7 +78,8 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--billing-grace", type=int, default=60,
                    help="provider: ledger seconds an exhausted rental keeps running, waiting for a top-up")
     n.add_argument("--billing-poll", type=float, default=5.0, help="seconds between looks at the escrow")
-    n.add_argument("--meter-interval", type=float, default=60.0, help="provider: seconds per metered minute")
+    n.add_argument("--meter-interval", type=float, default=None,
+                   help="provider: wall seconds per metered minute (default: the ledger's minute)")
     n.add_argument("--start-window", type=int, default=120,
                    help="provider: seconds a renter has to submit an agreed job (then its escrow is refundable)")
     n.add_argument("--api-port", type=int, default=None,
@@ -85,6 +93,13 @@ def add_node_command(sub: Any) -> None:
                    help="another wallet allowed to use the API")
     n.add_argument("--development", action="store_true",
                    help="development network: simulated GPUs and the faucet through the API")
+
+
+def _leaves(group: BaseExceptionGroup[ConfigError]) -> list[ConfigError]:
+    out: list[ConfigError] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
@@ -107,15 +122,23 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
 
     from dgpu.node.app import run_node
     from dgpu.node.config import NodeConfig, parse_gpu
+    from dgpu.protocol.errors import PricingError
     from dgpu.protocol.messages import Executor
+    from dgpu.protocol.pricing import MultiplierBounds
 
+    try:
+        bounds = MultiplierBounds.parse(args.price_multiplier_bounds)
+    except PricingError as exc:
+        print(f"dgpu node: --price-multiplier-bounds: {exc}", file=sys.stderr)
+        return 2
     try:
         config = NodeConfig(
             role=args.role, bootstrap=tuple(args.bootstrap), data_dir=args.data_dir,
             listen_host=args.host, listen_port=args.port, addr_file=args.addr_file,
             log_level=args.log_level, accept_simulated=args.accept_simulated,
             gpus=tuple(parse_gpu(g, simulated=True) for g in args.simulated_gpu),
-            price_per_gpu_minute=args.price, region=args.region,
+            gpu_select=tuple(args.gpu), price_per_gpu_minute=args.price,
+            price_multiplier_low=bounds.low, price_multiplier_high=bounds.high, region=args.region,
             executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
             allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
             offer_ttl_s=args.offer_ttl,
@@ -157,7 +180,14 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
     async def body() -> None:
         await run_node(config, main=main_fn, api=api)
 
-    trio.run(until_signal, body)
+    refused: list[str] = []
+    try:
+        trio.run(until_signal, body)
+    except* ConfigError as group:  # a provider that cannot offer what it was asked to (no GPU, no runtime)
+        refused.extend(str(exc) for exc in _leaves(group))
+    if refused:
+        print(f"dgpu node: {refused[0]}", file=sys.stderr)
+        return 2
     if args.rent_script is not None:
         print("SUMMARY " + json.dumps(result), flush=True)
         return 0 if result.get("state") == "finished" else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -67,11 +68,20 @@ class NodeConfig(_Config):
     # --- provider ---
     #: simulated GPUs (``--simulated-gpu``; development ledgers only); none: the GPUs NVML reports
     gpus: tuple[GpuSpec, ...] = ()
-    price_per_gpu_minute: int = Field(8_334, gt=0)  # 0.50 dGPU/h with 6 decimals, rounded up
+    #: ``--gpu UUID|INDEX``: offer only these of the GPUs NVML reports (none: all of them)
+    gpu_select: tuple[str, ...] = Field((), max_length=64)
+    #: the provider's own price (base units per GPU-minute); None: the pricing engine's, at the market
+    price_per_gpu_minute: int | None = Field(None, gt=0)
+    #: the band the market multiplier stays in (inside the engine's [0.5, 2.0])
+    price_multiplier_low: Decimal = Field(Decimal("0.5"), ge=Decimal("0.5"), le=Decimal("2.0"))
+    price_multiplier_high: Decimal = Field(Decimal("2.0"), ge=Decimal("0.5"), le=Decimal("2.0"))
+    #: seconds of job requests the market multiplier looks back over
+    price_window_s: int = Field(900, ge=1, le=86_400)
     region: str = "local"
     executors: tuple[Executor, ...] = (Executor.SCRIPT,)
     allowed_images: tuple[str, ...] = ()
-    max_concurrent_jobs: int = Field(1, ge=1, le=64)
+    #: concurrent rentals; None: one per GPU offered
+    max_concurrent_jobs: int | None = Field(None, ge=1, le=64)
     offer_ttl_s: int = Field(300, ge=60, le=3600)
     #: write a JSON status (offers seen, rejections, peers) here every half second (tests, bench)
     status_file: Path | None = None
@@ -87,8 +97,9 @@ class NodeConfig(_Config):
     #: seconds (at wall speed) a renter has after a quote to submit the job before the provider's
     #: start deadline; an unstarted escrow is refundable after it
     start_window_s: int = Field(120, ge=1, le=3600)
-    #: length of a metered usage "minute" in wall seconds (60; shorter only for tests)
-    meter_interval_s: float = Field(60.0, gt=0)
+    #: length of a metered usage "minute" in wall seconds; None: the ledger's minute (60 s divided by
+    #: its clock speed, so an accelerated development ledger and the meter agree on a minute)
+    meter_interval_s: float | None = Field(None, gt=0)
     #: "auto": bootstrap nodes dial us back; "private": always reserve relay slots (behind NAT);
     #: "public": never (a provider with a public address)
     reachability: Literal["auto", "public", "private"] = "auto"
@@ -100,6 +111,12 @@ class NodeConfig(_Config):
             if "/p2p/" not in a:
                 raise ValueError(f"bootstrap address needs /p2p/PEERID: {a}")
         return v
+
+    @model_validator(mode="after")
+    def _multiplier_band(self) -> NodeConfig:
+        if self.price_multiplier_low > self.price_multiplier_high:
+            raise ValueError("the price multiplier's low bound exceeds its high bound")
+        return self
 
     @model_validator(mode="after")
     def _simulated_on_development_ledgers_only(self) -> NodeConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -23,11 +24,11 @@ from dgpu.node.adapters.p2p import P2PNode
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
 from dgpu.node.config import DEV_MINT, NodeConfig
-from dgpu.node.errors import ExecutionError
+from dgpu.node.errors import ConfigError, ExecutionError
 from dgpu.node.metrics import NodeMetrics
 from dgpu.node.ports.execution import Executor as ExecutorPort
 from dgpu.node.ports.execution import JobSpec, ResourceLimits
-from dgpu.node.ports.gpu import GpuSource
+from dgpu.node.ports.gpu import GpuScan, GpuSource
 from dgpu.node.ports.store import JobRecord
 from dgpu.node.services.billing import BillingPolicy, LedgerEscrowVerifier, LedgerTime, provider_billing
 from dgpu.node.services.blobs import BlobShelf
@@ -35,7 +36,7 @@ from dgpu.node.services.durable import DurableExecutor
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.jobs import JobService
-from dgpu.node.services.meter import Meter
+from dgpu.node.services.meter import Meter, build_usage_receipts
 from dgpu.node.services.negotiation import (
     AgreementStore,
     EscrowVerifier,
@@ -43,13 +44,15 @@ from dgpu.node.services.negotiation import (
     ProviderPolicy,
     RefuseAll,
 )
-from dgpu.node.services.offers import OfferPublisher, OfferTerms
+from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferTerms
+from dgpu.node.services.pricing import MarketPricer, engine_basis
 from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import ContractsError, EscrowHandle, EscrowLedger, EscrowReceipt
-from dgpu.protocol.messages import Agreement, Executor, JobState
+from dgpu.protocol.messages import Agreement, Executor, JobState, PriceBasis
+from dgpu.protocol.pricing import MultiplierBounds
 
-__all__ = ["Offering", "start_offering"]
+__all__ = ["Offering", "meter_minute_s", "start_offering"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,8 @@ class Offering:
 
 
 async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, source: GpuSource,
-                     inventory: Inventory, nursery: trio.Nursery) -> dict[Executor, ExecutorLike]:
+                     inventory: Inventory, meter_interval_s: float,
+                     nursery: trio.Nursery) -> dict[Executor, ExecutorLike]:
     """The executors this provider can really run, each behind the durable job service.
 
     Jobs go through :class:`JobService` (SQLite lifecycle, per-minute meter of the leased GPUs,
@@ -81,12 +85,19 @@ async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, sourc
         from dgpu.node.adapters.docker_executor import DockerExecutor, DockerPolicy
 
         try:
-            raw["docker"] = await DockerExecutor.connect(DockerPolicy(
+            docker_executor = await DockerExecutor.connect(DockerPolicy(
                 workspace_root=config.data_dir / "docker", instance=key.public_key.wallet[:16],
-                allowed_images=frozenset(config.allowed_images),
-                max_concurrent_jobs=config.max_concurrent_jobs))
+                allowed_images=frozenset(config.allowed_images), max_concurrent_jobs=inventory.max_jobs))
         except ExecutionError as exc:
             log.warning("docker executor unavailable (%s); not offering docker jobs", exc)
+        else:
+            if not inventory.simulated and not await docker_executor.has_nvidia_runtime():
+                await docker_executor.close()
+                raise ConfigError(
+                    "GPUs are offered for Docker jobs but the Docker engine has no NVIDIA runtime: install "
+                    "nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker` (then "
+                    "restart dockerd), or offer script jobs only (--executor script)")
+            raw["docker"] = docker_executor
     if Executor.SCRIPT in config.executors:
         from dgpu.node.adapters.script_executor import ScriptExecutor, ScriptPolicy
 
@@ -102,7 +113,7 @@ async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, sourc
         if record.state.terminal:
             inventory.release(record.job_id)
 
-    service = JobService(store, raw, Meter(store, source, interval_s=config.meter_interval_s),
+    service = JobService(store, raw, Meter(store, source, interval_s=meter_interval_s),
                          on_status=release_when_final)
     inventory.restore((r.job_id, JobSpec.from_json(r.spec).gpu_uuids)
                       for r in await store.jobs_in([JobState.STARTING, JobState.RUNNING]))
@@ -113,25 +124,43 @@ async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, sourc
     return {Executor(name): DurableExecutor(service, store, name, nursery) for name in raw}
 
 
-async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, source: GpuSource,
-                         shelf: BlobShelf, ledger: EscrowLedger | None, store: Store, metrics: NodeMetrics,
-                         nursery: trio.Nursery) -> Offering | None:
-    """Build the provider's services and serve its protocols; None when it has nothing to offer."""
-    scan = await source.inventory()
-    if not scan.gpus:
-        log.warning("provider has no GPU inventory (%s); it will not publish", scan.message)
-        return None
+def meter_minute_s(config: NodeConfig, ledger_speed: int) -> float:
+    """Wall seconds per metered minute: the ledger's minute (60 s / its clock speed), so receipts and
+    the escrow's accrual count the same minutes; ``--meter-interval`` overrides it (tests)."""
+    return config.meter_interval_s if config.meter_interval_s is not None else 60.0 / max(1, ledger_speed)
+
+
+def _initial_price(config: NodeConfig, scan: GpuScan, decimals: int) -> tuple[int, PriceBasis]:
+    """The engine's price at multiplier 1 (the market pricer adjusts it before the first publication),
+    or the provider's ``--price`` override with the engine's inputs beside it."""
+    rate, basis = engine_basis(scan.gpus, decimals=decimals)
+    if config.price_per_gpu_minute is None:
+        return rate, basis
+    return config.price_per_gpu_minute, basis.model_copy(update={"source": "override"})
+
+
+async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, source: GpuSource, scan: GpuScan,
+                         shelf: BlobShelf, book: OfferBook, ledger: EscrowLedger | None, store: Store,
+                         metrics: NodeMetrics, nursery: trio.Nursery) -> Offering | None:
+    """Build the provider's services and serve its protocols for the GPUs of ``scan`` (not empty:
+    ``app.scan_offered``); None when no executor can run jobs here."""
     if ledger is None:
         log.warning("no ledger configured (--ledger-url): every escrow will be refused")
-        mint, ledger_name, ledger_time = DEV_MINT, "none", None
+        mint, decimals, ledger_name, ledger_time = DEV_MINT, 6, "none", None
     else:
-        mint, ledger_name, ledger_time = (await ledger.mint_info()).address, ledger.ledger, LedgerTime()
+        mint_info = await ledger.mint_info()
+        mint, decimals, ledger_name, ledger_time = mint_info.address, mint_info.decimals, ledger.ledger, LedgerTime()
         await ledger_time.sync(ledger)
     deadline_clock = ledger_time.now if ledger_time is not None else wall_clock
-    inventory = Inventory(scan.gpus, owner=key.public_key.wallet, price_per_gpu_minute=config.price_per_gpu_minute,
-                          max_jobs=config.max_concurrent_jobs, clock=deadline_clock)
-    log.info("GPU inventory: %s", scan.message)
-    executors = await _executors(config, key, store=store, source=source, inventory=inventory, nursery=nursery)
+    speed = ledger_time.speed if ledger_time is not None else 1
+    meter_interval_s = meter_minute_s(config, speed)
+    price, pricing = _initial_price(config, scan, decimals)
+    inventory = Inventory(scan.gpus, owner=key.public_key.wallet, price_per_gpu_minute=price, pricing=pricing,
+                          max_jobs=config.max_concurrent_jobs or min(64, len(scan.gpus)), clock=deadline_clock)
+    log.info("GPU inventory: %s; %d job slot(s); price %d per GPU-minute (%s)", scan.message, inventory.max_jobs,
+             price, pricing.source)
+    executors = await _executors(config, key, store=store, source=source, inventory=inventory,
+                                 meter_interval_s=meter_interval_s, nursery=nursery)
     offered = tuple(e for e in config.executors if e in executors)
     if not offered:
         log.warning("no executor can run jobs here; the provider will not publish an offer")
@@ -140,10 +169,16 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     async def publish(data: bytes) -> None:
         await node.publish(OFFERS_TOPIC, data)
 
+    def requests_seen() -> int:  # the negotiator is built below; the first reprice is at publication
+        return negotiator.requests_received
+
+    pricer = MarketPricer(inventory, book, own_wallet=key.public_key.wallet, decimals=decimals,
+                          requests_seen=requests_seen, clock=wall_clock, window_s=config.price_window_s,
+                          bounds=MultiplierBounds(config.price_multiplier_low, config.price_multiplier_high))
     publisher = OfferPublisher(
         key, inventory, OfferTerms(mint=mint, ledger=ledger_name, region=config.region, executors=offered,
                                    addrs=tuple(node.addrs)),
-        publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s)
+        publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s, reprice=pricer.reprice)
     agreements = AgreementStore()
     on_running = _billing_hook(config, ledger, store, metrics, nursery) if ledger is not None else None
     jobs = JobServer(key, agreements, inventory, executor_for=executors.get, limits_cap=LIMITS_CAP,
@@ -155,7 +190,7 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
                             start_window_s=config.start_window_s),
         offers=publisher, inventory=inventory, verifier=verifier, agreements=agreements, clock=wall_clock,
         nonce=new_nonce, deadline_clock=deadline_clock,
-        ledger_speed=ledger_time.speed if ledger_time is not None else 1)
+        ledger_speed=speed)
     node.set_handler(NEGOTIATE_PROTOCOL, negotiator.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=10.0, handler_timeout_s=60.0)
     # a job stream lives as long as the job (bounded by the agreement's max minutes)
@@ -192,7 +227,9 @@ def _billing_hook(config: NodeConfig, ledger: EscrowLedger, store: Store, metric
                               provider=terms.provider, rental_id=terms.escrow.rental_id)
         try:
             result = await provider_billing(ledger, handle, job_done=job_done, stop_job=stop, policy=policy,
-                                            record=record)
+                                            record=record, receipts=partial(build_usage_receipts, store,
+                                                                            agreement.agreement_id,
+                                                                            agreement.agreement_id))
         except ContractsError as exc:  # could not even start the escrow: the renter must not run free
             metrics.ledger_calls.labels("start", "error").inc()
             log.error("escrow %s could not be started (%s); stopping the job", handle.address[:8], exc)

@@ -10,6 +10,7 @@ in ``tests/protocol/test_public_surface.py``). Everything not listed in ``__all_
 
 from . import escrow as escrow
 from . import pricing as pricing
+from . import reconcile as reconcile
 from .canonical import canonical_bytes as canonical_bytes
 from .envelope import Opened as Opened
 from .envelope import ReplayCache as ReplayCache
@@ -89,5 +90,6 @@ __all__ = [
     "escrow",
     "open_envelope",
     "pricing",
+    "reconcile",
     "seal",
 ]

@@ -33,8 +33,12 @@ JOB_TRANSITIONS: Final[dict[JobState | None, frozenset[JobState]]] = {
 }
 
 
+#: usage receipts a session keeps (a week of minutes; later ones are still checked and counted)
+MAX_KEPT_RECEIPTS = 7 * 24 * 60
+
+
 class JobSession:
-    """Validates the provider's stream for one job."""
+    """Validates the provider's stream for one job; keeps its usage receipts (``receipts``)."""
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -44,6 +48,8 @@ class JobSession:
         self.next_status_seq = 0
         self.next_log_seq = 0
         self.minutes = 0
+        #: the receipts received, in minute order (the first MAX_KEPT_RECEIPTS)
+        self.receipts: list[UsageReceipt] = []
         self.result: ResultRef | None = None
 
     @property
@@ -76,6 +82,8 @@ class JobSession:
             if message.minute_index != self.minutes or message.minutes_total != self.minutes + 1:
                 raise _refuse(f"usage for minute {message.minute_index}, expected {self.minutes}")
             self.minutes += 1
+            if len(self.receipts) < MAX_KEPT_RECEIPTS:
+                self.receipts.append(message)
 
 
 def _refuse(message: str) -> RemoteProtocolError:

@@ -23,8 +23,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     TypeAdapter,
+    model_serializer,
     model_validator,
 )
 
@@ -55,6 +57,7 @@ __all__ = [
     "LogChunk",
     "Message",
     "Offer",
+    "PriceBasis",
     "Quote",
     "Reject",
     "RejectCode",
@@ -125,6 +128,34 @@ class GpuSpec(_Model):
     simulated: bool = False
 
 
+class PriceBasis(_Model):
+    """Which inputs produced an offer's rate (so a renter can see why, and recompute it).
+
+    ``source="engine"``: ``price_per_minute = rate_per_minute(hourly_price(model, VRAM, power,
+    multiplier_bps / 10000))`` (``dgpu.protocol.pricing.priced``) with the multiplier from ``demand``
+    and ``supply`` clamped to the provider's bounds; ``"override"``: the provider set it (``--price``)."""
+
+    source: Literal["engine", "override"]
+    #: the GPU kind priced (the offer's priciest)
+    model: Label
+    vram_mib: Annotated[int, Field(ge=0, le=2**24, strict=True)]
+    power_limit_w: Annotated[int, Field(ge=0, le=100_000, strict=True)] = 0
+    #: the engine's rate at multiplier 1 (base units per GPU-minute)
+    engine_rate: PositiveAmount
+    #: the demand/supply multiplier applied, in basis points (5000..20000 = 0.5..2.0)
+    multiplier_bps: Annotated[int, Field(ge=5_000, le=20_000, strict=True)] = 10_000
+    #: job requests received plus rentals running over the window
+    demand: Annotated[int, Field(ge=0, le=U32_MAX, strict=True)] = 0
+    #: comparable offers (same model) in the provider's offer book, its own included
+    supply: Annotated[int, Field(ge=0, le=U32_MAX, strict=True)] = 0
+    window_s: Annotated[int, Field(ge=0, le=U32_MAX, strict=True)] = 0
+
+
+#: Offer fields added after version 1: left out of the wire form when unset, so an offer signed
+#: by a node that does not know them still verifies (the signature covers the dumped fields)
+_OFFER_OPTIONAL = ("pricing", "free_gpus")
+
+
 class Offer(_Model):
     """A provider's signed advertisement. A higher ``seq`` from the same provider replaces it."""
 
@@ -145,11 +176,25 @@ class Offer(_Model):
     seq: Seq
     issued_at: Timestamp
     expires_at: Timestamp
+    #: which inputs produced ``price_per_minute`` (absent in offers from older nodes)
+    pricing: PriceBasis | None = None
+    #: GPUs no rental holds now (capacity follows leases); absent: unknown (older nodes)
+    free_gpus: Annotated[int, Field(ge=0, le=1024, strict=True)] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in _OFFER_OPTIONAL:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.expires_at <= self.issued_at:
             raise ValueError("expires_at must be after issued_at")
+        if self.free_gpus is not None and self.free_gpus > self.gpu_count:
+            raise ValueError("free_gpus exceeds the GPUs offered")
         if self.min_minutes > self.max_minutes:
             raise ValueError("min_minutes exceeds max_minutes")
         if len(set(self.executors)) != len(self.executors):

@@ -26,11 +26,15 @@ __all__ = [
     "POWER_RATE_PER_WATT_HOUR",
     "VRAM_RATE_PER_GB_HOUR",
     "Estimate",
+    "MultiplierBounds",
     "PriceInputs",
+    "Priced",
     "demand_multiplier",
     "estimate",
     "fee_for",
     "hourly_price",
+    "market_multiplier",
+    "priced",
     "rate_per_minute",
     "to_base_units",
 ]
@@ -75,6 +79,63 @@ def demand_multiplier(demand: int, supply: int) -> Decimal:
     if supply == 0:
         return MAX_MULTIPLIER
     return min(max(Decimal(demand) / Decimal(supply), MIN_MULTIPLIER), MAX_MULTIPLIER)
+
+
+@dataclass(frozen=True, slots=True)
+class MultiplierBounds:
+    """A provider's band for the demand/supply multiplier, inside [0.5, 2.0]."""
+
+    low: Decimal = MIN_MULTIPLIER
+    high: Decimal = MAX_MULTIPLIER
+
+    def __post_init__(self) -> None:
+        if not (self.low.is_finite() and self.high.is_finite()
+                and MIN_MULTIPLIER <= self.low <= self.high <= MAX_MULTIPLIER):
+            raise PricingError(f"multiplier bounds must satisfy {MIN_MULTIPLIER} <= low <= high <= {MAX_MULTIPLIER}")
+
+    @classmethod
+    def parse(cls, text: str) -> MultiplierBounds:
+        """``"LOW:HIGH"`` (e.g. ``"0.8:1.5"``)."""
+        low, sep, high = text.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            return cls(Decimal(low), Decimal(high))
+        except (ValueError, ArithmeticError):
+            raise PricingError(f"bad multiplier bounds {text!r}: expected LOW:HIGH, e.g. 0.8:1.5") from None
+
+
+def market_multiplier(demand: int, supply: int, bounds: MultiplierBounds = MultiplierBounds()) -> int:
+    """The demand/supply multiplier in basis points (10000 = 1.0), clamped to ``bounds``.
+
+    Basis points, rounded to the nearest, so the multiplier an offer states reproduces its
+    rate exactly (``demand / supply`` may not terminate)."""
+    m = min(max(demand_multiplier(demand, supply), bounds.low), bounds.high)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        bps = int((m * 10_000).to_integral_value())
+    low = int((bounds.low * 10_000).to_integral_value(rounding=ROUND_CEILING))
+    high = int((bounds.high * 10_000).to_integral_value())
+    return min(max(bps, low), high)
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """A GPU's rate per minute and what produced it."""
+
+    engine_rate: int  #: base units per minute at multiplier 1
+    multiplier_bps: int
+    rate: int  #: base units per minute at the multiplier
+
+
+def priced(gpu: PriceInputs, multiplier_bps: int, decimals: int,
+           base_rates: Mapping[str, Decimal] = GPU_BASE_RATES) -> Priced:
+    """The engine's rate for one GPU at ``multiplier_bps`` (what an offer's ``pricing`` states)."""
+    if not 5_000 <= multiplier_bps <= 20_000:
+        raise PricingError("the multiplier is 5000..20000 basis points")
+    engine = rate_per_minute(hourly_price(gpu, Decimal(1), base_rates), decimals)
+    rate = rate_per_minute(hourly_price(gpu, Decimal(multiplier_bps) / 10_000, base_rates), decimals)
+    return Priced(engine_rate=engine, multiplier_bps=multiplier_bps, rate=rate)
 
 
 def hourly_price(

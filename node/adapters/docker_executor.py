@@ -113,6 +113,17 @@ def _parse_docker_time(value: str) -> float | None:
     return stamp + (float("0." + frac) if frac else 0.0)
 
 
+#: what a job's GPUs may do: CUDA compute and nvidia-smi (not graphics, video or display)
+GPU_CAPABILITIES = [["compute", "utility"]]
+
+
+def gpu_device_requests(uuids: tuple[str, ...]) -> list[docker.types.DeviceRequest]:
+    """The device request that gives a container exactly ``uuids`` (none: no GPU at all)."""
+    if not uuids:
+        return []
+    return [docker.types.DeviceRequest(driver="nvidia", device_ids=list(uuids), capabilities=GPU_CAPABILITIES)]
+
+
 class DockerExecutor:
     """The Docker job executor. Create with :meth:`connect` (checks the engine answers)."""
 
@@ -154,6 +165,11 @@ class DockerExecutor:
             Path("/var/run/docker.pid")
         )
         return cls(client, policy, hard_cap=hard)
+
+    async def has_nvidia_runtime(self) -> bool:
+        """The engine lists the NVIDIA runtime (nvidia-container-toolkit), which GPU jobs need."""
+        info = await self._call(self._client.info)
+        return "nvidia" in (info.get("Runtimes") or {})
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self._client.close)
@@ -229,13 +245,7 @@ class DockerExecutor:
     def _create(
         self, spec: JobSpec, limits: ResourceLimits, workspace: Path, outputs: CappedFolder
     ) -> str:
-        device_requests = []
-        if spec.gpu_uuids:
-            device_requests.append(
-                docker.types.DeviceRequest(
-                    driver="nvidia", device_ids=list(spec.gpu_uuids), capabilities=[["gpu"]]
-                )
-            )
+        device_requests = gpu_device_requests(spec.gpu_uuids)
         network_mode = "bridge" if spec.network and self.policy.allow_network else "none"
         ulimits = [docker.types.Ulimit(name="nofile", soft=4096, hard=4096)]
         if not outputs.mounted:  # the soft cap: no single file past it between two samples
@@ -266,7 +276,7 @@ class DockerExecutor:
         created = self._api.create_container(
             image=spec.image,
             command=list(spec.command),
-            environment=dict(spec.env),
+            environment=spec.job_env(),
             user=self.policy.run_as or "",
             labels={
                 LABEL_JOB: spec.job_id,

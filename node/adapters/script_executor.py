@@ -185,10 +185,7 @@ class ScriptExecutor:
             argv = bwrap_argv(self._bwrap, home=home.path, inputs=job_dir / "inputs",
                               network=spec.network, user_ns=self._setpriv is None, argv=argv,
                               devices=devices)
-            env = {"PATH": _SAFE_PATH, "HOME": JOB_HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
-            if spec.gpu_uuids:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids)
-            env.update(spec.env)
+            env = spec.job_env({"PATH": _SAFE_PATH, "HOME": JOB_HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
             proc = await trio.lowlevel.open_process(
                 argv,
                 stdin=subprocess.DEVNULL,

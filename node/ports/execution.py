@@ -24,6 +24,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from dgpu.node.errors import JobSpecInvalid
 
+#: the variables CUDA and the NVIDIA container runtime read to pick the visible GPUs
+_GPU_VISIBILITY = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+
 __all__ = [
     "ContainerInfo",
     "Executor",
@@ -119,6 +122,17 @@ class JobSpec:
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     network: bool = False  #: the renter wants network access (the provider may refuse)
     gpu_uuids: tuple[str, ...] = ()
+
+    def job_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """What a job's process sees: ``base``, the spec's ``env``, then ``CUDA_VISIBLE_DEVICES``
+        and ``NVIDIA_VISIBLE_DEVICES`` = the leased UUIDs (or nothing), last so the renter's own
+        values never widen the lease."""
+        env = {**(base or {}), **self.env}
+        for name in _GPU_VISIBILITY:
+            env.pop(name, None)
+            if self.gpu_uuids:
+                env[name] = ",".join(self.gpu_uuids)
+        return env
 
     def __post_init__(self) -> None:
         if not self.job_id or not self.rental_id:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -40,7 +40,8 @@ from dgpu.protocol.ledger import (
     EscrowRefused,
     EscrowView,
 )
-from dgpu.protocol.messages import AgreementTerms, EscrowRef
+from dgpu.protocol.messages import AgreementTerms, EscrowRef, UsageReceipt
+from dgpu.protocol.reconcile import reconcile
 
 __all__ = [
     "BillingPolicy",
@@ -106,6 +107,17 @@ async def _fetch(ledger: EscrowLedger, handle: EscrowHandle) -> EscrowView | Non
         return None
 
 
+async def _metered_enough(view: EscrowView, receipts: Callable[[], Awaitable[Sequence[UsageReceipt]]] | None
+                          ) -> bool:
+    if receipts is None:
+        return True
+    check = reconcile(await receipts(), accrued=view.accrued_minutes, claimed=view.claimed_minutes)
+    if not check.may_claim:
+        log.debug("escrow %s: %d accrued minute(s) not metered yet; the claim waits", view.address[:8],
+                 check.unmetered)
+    return check.may_claim
+
+
 async def provider_billing(
     ledger: EscrowLedger,
     handle: EscrowHandle,
@@ -115,12 +127,15 @@ async def provider_billing(
     policy: BillingPolicy = BillingPolicy(),
     record: Record = _no_record,
     already_started: bool = False,
+    receipts: Callable[[], Awaitable[Sequence[UsageReceipt]]] | None = None,
 ) -> ProviderBillingResult:
     """Bill one rental from the provider's side until the job is done and the escrow settled.
 
     Call when the job starts. ``stop_job(reason)`` is awaited once if the escrow runs out and
     no top-up comes within the grace period. ``already_started`` skips ``start`` (a daemon that
-    restarted mid-rental must not start twice; the ledger would refuse it anyway)."""
+    restarted mid-rental must not start twice; the ledger would refuse it anyway). With
+    ``receipts`` (the rental's usage receipts so far) a claim waits until every accrued minute is
+    metered (``dgpu.protocol.reconcile``): the provider never claims a minute it did not meter."""
     result = ProviderBillingResult()
 
     async def apply(action: Callable[[EscrowHandle], Awaitable[EscrowReceipt]]) -> EscrowReceipt:
@@ -147,7 +162,8 @@ async def provider_billing(
             continue
         if last_claim_at is None:
             last_claim_at = view.started_at or view.now
-        if view.claimable_minutes and view.now - last_claim_at >= policy.claim_interval_s:
+        if (view.claimable_minutes and view.now - last_claim_at >= policy.claim_interval_s
+                and await _metered_enough(view, receipts)):
             try:
                 await apply(ledger.claim)
                 last_claim_at = view.now

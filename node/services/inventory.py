@@ -5,7 +5,9 @@ the meter only read it):
 
 - The GPUs come from a source port once at start (NVML, or on a development network only the
   simulated GPUs of ``--simulated-gpu``); the offer lists them (:meth:`Inventory.offered`) at
-  :attr:`Inventory.price_per_gpu_minute`.
+  :attr:`Inventory.price_per_gpu_minute`, with :attr:`Inventory.pricing` saying what produced it
+  (the market pricer's engine price, or the provider's override, which the pricer never replaces).
+- Every lease taken or released tells the watcher (the offer publisher: capacity is in the offer).
 - One lease per agreement, at most ``max_jobs`` at once; a lease holds ``request.gpu_count``
   distinct GPUs that match the request (model, VRAM) and no other lease holds (zero GPUs for a
   CPU-only request, which still takes a job slot).
@@ -24,9 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dgpu.node.ports.gpu import GpuInfo, simulated_gpus
-from dgpu.protocol.messages import GpuSpec, JobRequest
+from dgpu.protocol.messages import GpuSpec, JobRequest, PriceBasis
 
-__all__ = ["GpuLease", "Inventory"]
+__all__ = ["GpuLease", "Inventory", "select_gpus"]
 
 #: an offer lists at most this many GPU kinds (the Offer message's bound)
 MAX_KINDS = 16
@@ -55,6 +57,22 @@ class _Held:
     lapses_at: int | None
 
 
+def select_gpus(gpus: Sequence[GpuInfo], selectors: Sequence[str]) -> tuple[GpuInfo, ...]:
+    """The GPUs ``--gpu UUID|INDEX`` names (all of them without selectors), in index order.
+
+    Raises ValueError naming a selector that matches no GPU (a typo must not offer nothing)."""
+    if not selectors:
+        return tuple(gpus)
+    picked: set[int] = set()
+    for sel in selectors:
+        hits = [i for i, g in enumerate(gpus) if sel.casefold() in (g.uuid.casefold(), str(g.index))]
+        if not hits:
+            known = ", ".join(f"{g.index}={g.uuid}" for g in gpus) or "none"
+            raise ValueError(f"--gpu {sel!r} matches no GPU (found: {known})")
+        picked.update(hits)
+    return tuple(g for i, g in enumerate(gpus) if i in picked)
+
+
 def _matches(gpu: GpuInfo, request: JobRequest) -> bool:
     want = request.gpu_model.casefold() if request.gpu_model else None
     return (want is None or gpu.model.casefold() == want) and gpu.vram_mib >= request.min_vram_mib
@@ -64,9 +82,11 @@ class Inventory:
     """Owns this provider's GPUs, their price and one lease per agreement."""
 
     def __init__(self, gpus: Sequence[GpuInfo], *, owner: str, price_per_gpu_minute: int, max_jobs: int,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], pricing: PriceBasis | None = None) -> None:
         if price_per_gpu_minute <= 0 or max_jobs < 1:
             raise ValueError("the price and the job slots must be positive")
+        self._pricing = pricing
+        self._watchers: list[Callable[[], None]] = []
         #: the wallet whose simulated GPUs these are (their fake UUIDs derive from it)
         self.owner = owner
         self.max_jobs = max_jobs
@@ -90,10 +110,32 @@ class Inventory:
     def price_per_gpu_minute(self) -> int:
         return self._price
 
-    def set_price(self, price_per_gpu_minute: int) -> None:
+    @property
+    def pricing(self) -> PriceBasis | None:
+        """What produced the price (None: a fixed price with no stated inputs)."""
+        return self._pricing
+
+    @property
+    def price_overridden(self) -> bool:
+        """The provider set the price itself: the market pricer leaves it alone."""
+        return self._pricing is None or self._pricing.source == "override"
+
+    def set_price(self, price_per_gpu_minute: int, pricing: PriceBasis | None = None) -> None:
+        """Set the price; without ``pricing`` it is the provider's override from now on."""
         if price_per_gpu_minute <= 0:
             raise ValueError("the price must be positive")
+        if pricing is None and self._pricing is not None:
+            pricing = self._pricing.model_copy(update={"source": "override", "multiplier_bps": 10_000})
         self._price = price_per_gpu_minute
+        self._pricing = pricing
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` whenever a lease is taken, lapses or is released (capacity moved)."""
+        self._watchers.append(on_change)
+
+    def _changed(self) -> None:
+        for notify in self._watchers:
+            notify()
 
     def declare_simulated(self, specs: Sequence[GpuSpec]) -> None:
         """Replace a simulated inventory's GPUs (development networks, through the provider API).
@@ -117,8 +159,11 @@ class Inventory:
 
     def _lapse(self) -> None:
         now = self._clock()
-        for agreement_id in [a for a, h in self._leases.items() if h.lapses_at is not None and h.lapses_at <= now]:
+        lapsed = [a for a, h in self._leases.items() if h.lapses_at is not None and h.lapses_at <= now]
+        for agreement_id in lapsed:
             del self._leases[agreement_id]
+        if lapsed:
+            self._changed()
 
     def _leased(self) -> set[str]:
         return {u for h in self._leases.values() for u in h.lease.uuids}
@@ -158,6 +203,7 @@ class Inventory:
         simulated = {g.uuid for g in self._gpus if g.simulated}
         lease = GpuLease(agreement_id, picked, simulated=any(u in simulated for u in picked))
         self._leases[agreement_id] = _Held(lease, lapses_at)
+        self._changed()
         return lease
 
     def lease_of(self, agreement_id: str) -> GpuLease | None:
@@ -181,4 +227,5 @@ class Inventory:
 
     def release(self, agreement_id: str) -> None:
         """The job ended (or never will): its GPUs are free again. Idempotent."""
-        self._leases.pop(agreement_id, None)
+        if self._leases.pop(agreement_id, None) is not None:
+            self._changed()

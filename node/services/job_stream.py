@@ -59,6 +59,7 @@ from dgpu.protocol.messages import (
     Reject,
     RejectCode,
     ResultRef,
+    UsageReceipt,
 )
 
 __all__ = ["JobOutcome", "JobServer", "run_job"]
@@ -384,6 +385,7 @@ class JobOutcome:
     log_chunks: int
     #: the packed output folder, when the job FINISHED and the provider kept one
     result: ResultRef | None = None
+    receipts: tuple[UsageReceipt, ...] = ()  #: the signed per-minute usage (GPU samples) received
 
 
 LogSink = Callable[[LogChunk], Awaitable[None] | None]
@@ -434,7 +436,7 @@ async def run_job(node: Network, key: SigningKey, agreement: Agreement, provider
             raise failure
         assert session.state is not None
         return JobOutcome(job_id, session.state, session.exit_code, session.reason, chunks,
-                          session.result)
+                          session.result, tuple(session.receipts))
     finally:
         await fs.close()
 

@@ -191,6 +191,8 @@ class ProviderNegotiator:
         self.replay_cache = ReplayCache(capacity=20_000)
         #: outcome counters (tests, metrics)
         self.outcomes: dict[str, int] = {}
+        #: job requests received (the pricing service's demand reads it)
+        self.requests_received = 0
         self._refused_request: JobRequest | None = None
 
     def _count(self, what: str) -> None:
@@ -283,6 +285,7 @@ class ProviderNegotiator:
             if not isinstance(msg, JobRequest):
                 return
             request = msg
+            self.requests_received += 1
             decision = self.decide(request, self.clock())
             if not isinstance(decision, Quote):
                 await self._reject(fs, neg, *decision)

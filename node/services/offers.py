@@ -333,7 +333,8 @@ class OfferPublisher:
 
     def __init__(self, key: SigningKey, inventory: Inventory, terms: OfferTerms,
                  publish: Callable[[bytes], Awaitable[None]], *, clock: Clock,
-                 clock_ms: Callable[[], int], ttl_s: int = 300, recent: int = 16) -> None:
+                 clock_ms: Callable[[], int], ttl_s: int = 300, recent: int = 16,
+                 reprice: Callable[[], None] | None = None) -> None:
         if not 60 <= ttl_s <= MAX_OFFER_TTL_S:
             raise ValueError("offer ttl must be 60 s .. 1 h")
         self.key = key
@@ -350,6 +351,9 @@ class OfferPublisher:
         self._recent_max = recent
         self._paused = False
         self._wake = trio.Event()
+        #: the market pricer: recomputes the inventory's price before each publication
+        self._reprice = reprice
+        inventory.watch(self.changed)  # capacity (free GPUs) is in the offer
 
     # -- profile ---------------------------------------------------------------------------
 
@@ -368,12 +372,16 @@ class OfferPublisher:
         Raises ValueError when those make no valid offer (no GPUs, a bad region, ...)."""
         t = terms or self._terms
         now = self.clock()
-        return Offer(provider=self.key.public_key.wallet, addrs=t.addrs[:8],
-                     gpus=self.inventory.offered() if gpus is None else gpus,
+        listed = self.inventory.offered() if gpus is None else gpus
+        pricing = self.inventory.pricing
+        if price_per_gpu_minute is not None and pricing is not None:
+            pricing = pricing.model_copy(update={"source": "override", "multiplier_bps": 10_000})
+        return Offer(provider=self.key.public_key.wallet, addrs=t.addrs[:8], gpus=listed,
                      price_per_minute=(self.inventory.price_per_gpu_minute if price_per_gpu_minute is None
                                        else price_per_gpu_minute),
                      mint=t.mint, ledger=t.ledger, region=t.region, executors=t.executors, seq=0,
-                     issued_at=now, expires_at=now + self.ttl_s)
+                     issued_at=now, expires_at=now + self.ttl_s, pricing=pricing,
+                     free_gpus=min(len(self.inventory.free()), sum(g.count for g in listed)) if gpus is None else None)
 
     def update_profile(self, *, price_per_gpu_minute: int | None = None, region: str | None = None,
                        gpus: tuple[GpuSpec, ...] | None = None,
@@ -417,6 +425,8 @@ class OfferPublisher:
         return self._recent.get(seq)
 
     def make(self) -> tuple[Offer, bytes]:
+        if self._reprice is not None:
+            self._reprice()
         now = self.clock()
         self._seq = max(self._seq + 1, self.clock_ms())
         offer = self.profile().model_copy(update={"seq": self._seq, "issued_at": now, "expires_at": now + self.ttl_s})

@@ -259,3 +259,41 @@ async def test_ledger_time_follows_an_accelerated_dev_ledger(tmp_path: Path) -> 
         fake_wall[0] += 2.0
         assert estimate.speed == 60 and estimate.now() == start + 120
         assert abs((await ledger.now()) - start) <= 120  # the real ledger agrees within the elapsed time
+
+
+async def test_claims_wait_for_metered_minutes(tmp_path: Path) -> None:
+    from dgpu.protocol.messages import UsageReceipt
+
+    metered = 1
+
+    async def receipts() -> list[UsageReceipt]:
+        return [UsageReceipt(job_id="ab" * 8, agreement_id="cd" * 32, minute_index=i, minutes_total=i + 1, at=T0)
+                for i in range(metered)]
+
+    async with dev_ledger(tmp_path) as ledgers:
+        handle = await open_rental(ledgers, minutes=5)
+        job_done = trio.Event()
+        claimed_early: list[int] = []
+
+        async def stop_job(reason: str) -> None:
+            job_done.set()
+
+        async with trio.open_nursery() as nursery:
+            async def run() -> None:
+                nonlocal metered
+                await wait_started(ledgers, handle)
+                for _ in range(8):  # 4 ledger minutes accrue; the meter has recorded one
+                    await ledgers.advance(30)
+                    await trio.sleep(0.03)
+                claimed_early.append((await ledgers.renter.fetch(handle.address)).claimed_minutes)
+                metered = 4  # the meter catches up: the claim goes through
+                while (await ledgers.renter.fetch(handle.address)).claimed_minutes < 4:
+                    await trio.sleep(0.01)
+                job_done.set()
+
+            nursery.start_soon(run)
+            result = await provider_billing(ledgers.provider, handle, job_done=job_done, stop_job=stop_job,
+                                            policy=FAST, receipts=receipts)
+        assert claimed_early == [0]  # never a claim past the metered minutes
+        assert result.claims >= 1
+        await assert_conserved(ledgers, handle)

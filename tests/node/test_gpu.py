@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
 import pynvml
 import pytest
 
 from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus, normalize_gpu_model
 from dgpu.protocol.messages import GpuSpec
+
+from .fake_nvml import FakeNvml as FakeNvmlForTests
 
 
 @pytest.mark.parametrize(
@@ -45,76 +44,6 @@ async def test_real_pynvml_without_driver_gives_empty_inventory() -> None:
     assert inventory.gpus == () and not inventory.available
     assert "no GPUs" in inventory.message and "NVML" in inventory.message
     assert await NvmlGpus().sample(["GPU-x"]) == []
-
-
-class FakeNvmlForTests:
-    """A unit-test double of the pynvml module: two GPUs, one field unsupported."""
-
-    NVMLError = pynvml.NVMLError
-    NVMLError_DriverNotLoaded = pynvml.NVMLError_DriverNotLoaded
-    NVMLError_LibraryNotFound = pynvml.NVMLError_LibraryNotFound
-    NVML_TEMPERATURE_GPU = 0
-
-    def __init__(self, fail_init: bool = False) -> None:
-        self.fail_init = fail_init
-        self.inits = 0
-        self.shutdowns = 0
-        self.gpus = [
-            ("NVIDIA GeForce RTX 4090", "GPU-aaaa", 24 * 1024**3, 450_000, (8, 9)),
-            ("NVIDIA H100 80GB HBM3", "GPU-bbbb", 80 * 1024**3, None, (9, 0)),
-        ]
-
-    def nvmlInit(self) -> None:
-        if self.fail_init:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
-        self.inits += 1
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return "550.54.15"
-
-    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
-        return 12040
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        return i
-
-    def nvmlDeviceGetHandleByUUID(self, uuid: bytes) -> int:
-        for i, g in enumerate(self.gpus):
-            if g[1].encode() == uuid:
-                return i
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
-
-    def nvmlDeviceGetName(self, h: int) -> bytes:
-        return self.gpus[h][0].encode()
-
-    def nvmlDeviceGetUUID(self, h: int) -> str:
-        return self.gpus[h][1]
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
-        return SimpleNamespace(total=self.gpus[h][2], used=1024**3)
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:
-        if self.gpus[h][3] is None:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return int(self.gpus[h][3])
-
-    def nvmlDeviceGetCudaComputeCapability(self, h: int) -> tuple[int, int]:
-        return self.gpus[h][4]
-
-    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
-        return SimpleNamespace(gpu=37)
-
-    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
-        return 200_000
-
-    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
-        return 61
 
 
 async def test_inventory_parsing_with_fake_nvml() -> None:

@@ -140,3 +140,12 @@ async def test_runs_as_its_own_uid_when_root(executor: ScriptExecutor) -> None:
         assert out(chunks) == [str(handle.uid), str(handle.uid)]
     else:
         assert out(chunks)[0] == str(os.geteuid())
+
+
+async def test_a_gpu_job_sees_only_its_leased_uuids(executor: ScriptExecutor) -> None:
+    leased = ("GPU-11111111-aaaa",)
+    job = spec('echo "$CUDA_VISIBLE_DEVICES"; echo "$NVIDIA_VISIBLE_DEVICES"', gpu_uuids=leased,
+               env={"CUDA_VISIBLE_DEVICES": "all", "NVIDIA_VISIBLE_DEVICES": "all"})  # cannot widen the lease
+    status, chunks, _ = await run(executor, job)
+    assert status.reason is ExitReason.FINISHED
+    assert out(chunks) == [leased[0], leased[0]]

@@ -10,7 +10,7 @@ def test_exported_members() -> None:
         "TO_RENTER_NEGOTIATION", "UNCHECKED", "Accept", "Agreement", "AgreementTerms", "EscrowError", "EscrowRef",
         "Executor", "GpuSpec", "JobRequest", "JobSession", "LocalProtocolError", "Negotiation", "Offer", "Opened",
         "ProtocolError", "PublicKey", "Quote", "Reject", "RejectCode", "RemoteProtocolError", "ReplayCache", "Role",
-        "SigningKey", "State", "canonical_bytes", "escrow", "open_envelope", "pricing", "seal",
+        "SigningKey", "State", "canonical_bytes", "escrow", "open_envelope", "pricing", "reconcile", "seal",
     ])
     for name in dgpu.protocol.__all__:
         assert getattr(dgpu.protocol, name) is not None

@@ -115,8 +115,10 @@ class NetworkJobBackend:
                 log.warning("job %s: result not fetched: %s", job.id, exc)
             else:
                 job.result_file = archive
+        check = result.reconciliation
         return JobFinal(_final_state(str(result.state)), result.exit_code, result.reason,
-                        result.minutes, result.paid, result.fee, result.refunded)
+                        result.minutes, result.paid, result.fee, result.refunded, result.receipts,
+                        check is not None and check.over_accrued)
 
 
 def _final_state(value: str) -> ApiJobState:

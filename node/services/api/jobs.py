@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from dgpu.node.services.api.errors import Busy, Conflict, JobRunError, NotFound, Unavailable
-from dgpu.node.services.api.schema import ApiJobState, JobOut, JobSpec, LogLine, LogsOut
+from dgpu.node.services.api.schema import ApiJobState, JobOut, JobSpec, LogLine, LogsOut, UsageOut
+from dgpu.protocol.messages import UsageReceipt
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
@@ -48,6 +49,9 @@ class JobFinal:
     paid: int = 0
     fee: int = 0
     refunded: int = 0
+    #: the provider's signed per-minute usage receipts
+    receipts: tuple[UsageReceipt, ...] = ()
+    over_accrued: bool = False
 
 
 @dataclass
@@ -81,6 +85,8 @@ class ApiJob:
     #: (seq, stream, line); seq counts every line ever logged, from 0, without gaps
     logs: deque[tuple[int, str, str]] = field(init=False)
     next_seq: int = 0
+    receipts: tuple[UsageReceipt, ...] = ()
+    over_accrued: bool = False
 
     def __post_init__(self) -> None:
         self.logs = deque(maxlen=self.log_capacity)
@@ -116,7 +122,8 @@ class ApiJob:
             error_code=self.error_code, minutes=self.minutes, spent=self.spent, paid=self.paid, fee=self.fee,
             refunded=self.refunded, executor=str(self.spec.executor), max_minutes=self.spec.max_minutes,
             cancel_requested=self.cancel_requested.is_set(), next_log_seq=self.next_seq,
-            last_logs=_lines(self.tail(None, tail)),
+            last_logs=_lines(self.tail(None, tail)), metered_minutes=len(self.receipts),
+            usage=[UsageOut.of(r) for r in self.receipts[-tail:]], over_accrued=self.over_accrued,
         )
 
     def log_page(self, since: int | None, limit: int) -> LogsOut:
@@ -225,6 +232,7 @@ class JobManager:
         finally:
             self._active -= 1
         job.state, job.exit_code, job.reason = final.state, final.exit_code, final.reason
+        job.receipts, job.over_accrued = final.receipts, final.over_accrued
         if final.minutes or final.paid or final.fee or final.refunded or not job.minutes:
             job.minutes = final.minutes
             job.paid, job.fee, job.refunded = final.paid, final.fee, final.refunded

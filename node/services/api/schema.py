@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dgpu.protocol.messages import Executor, Offer
+from dgpu.protocol.messages import Executor, GpuSample, Offer, PriceBasis, UsageReceipt
 
 __all__ = [
     "ApiJobState",
@@ -202,6 +202,10 @@ class OfferOut(_Out):
     expires_at: int
     own: bool = False
     paused: bool = False
+    #: which inputs produced the price (engine inputs and market multiplier, or an override)
+    pricing: PriceBasis | None = None
+    #: GPUs no rental holds now (None: an older provider that does not say)
+    free_gpus: int | None = None
 
     @classmethod
     def of(cls, offer: Offer, peer_id: str | None, *, own: bool = False, paused: bool = False) -> OfferOut:
@@ -213,7 +217,8 @@ class OfferOut(_Out):
             max_vram_mib=gpus[0].vram_mib if len(gpus) == 1 else max(g.vram_mib for g in gpus),
             price_per_gpu_minute=offer.price_per_minute, executors=[str(e) for e in offer.executors],
             simulated=offer.simulated, min_minutes=offer.min_minutes, max_minutes=offer.max_minutes,
-            seq=offer.seq, expires_at=offer.expires_at, own=own, paused=paused)
+            seq=offer.seq, expires_at=offer.expires_at, own=own, paused=paused, pricing=offer.pricing,
+            free_gpus=offer.free_gpus)
 
 
 class MarketOut(_Out):
@@ -231,6 +236,19 @@ class LogLine(_Out):
     seq: int
     stream: str
     line: str
+
+
+class UsageOut(_Out):
+    """One metered minute of a job, from the provider's signed usage receipt."""
+
+    minute_index: int
+    at: int
+    #: the leased GPUs' averaged samples (utilisation %, memory MiB, power mW, temperature °C)
+    gpus: list[GpuSample]
+
+    @classmethod
+    def of(cls, receipt: UsageReceipt) -> UsageOut:
+        return cls(minute_index=receipt.minute_index, at=receipt.at, gpus=list(receipt.gpus))
 
 
 class JobOut(_Out):
@@ -255,6 +273,11 @@ class JobOut(_Out):
     cancel_requested: bool
     next_log_seq: int
     last_logs: list[LogLine]
+    #: the metered minutes (receipts) received; the last ``usage`` of them in full
+    metered_minutes: int = 0
+    usage: list[UsageOut] = []
+    #: the settled escrow paid more minutes than were metered (dgpu.protocol.reconcile)
+    over_accrued: bool = False
 
 
 class JobsOut(_Out):

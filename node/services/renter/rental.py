@@ -46,8 +46,10 @@ from dgpu.protocol.messages import (
     Offer,
     Quote,
     ResultRef,
+    UsageReceipt,
 )
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
+from dgpu.protocol.reconcile import Reconciliation, reconcile
 
 if TYPE_CHECKING:
     # the network the workflow dials providers on; the concrete libp2p node until the
@@ -106,6 +108,15 @@ class RentalResult:
     warnings: list[int] = field(default_factory=list)
     #: the job's packed output folder on the provider (FINISHED jobs); see Rental.download_result
     result: ResultRef | None = None
+    #: the provider's signed usage receipts: one per metered minute, with the leased GPUs' samples
+    receipts: tuple[UsageReceipt, ...] = ()
+
+    @property
+    def reconciliation(self) -> Reconciliation | None:
+        """The receipts against the settled escrow (``over_accrued``: paid for unmetered minutes)."""
+        if self.escrow is None:
+            return None
+        return reconcile(self.receipts, accrued=self.escrow.claimed_minutes, claimed=self.escrow.claimed_minutes)
 
     @property
     def minutes(self) -> int:
@@ -210,8 +221,13 @@ class Rental:
             raise failure
         final = await self._settled()
         self.result = outcome.result
-        return RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings,
-                            outcome.result)
+        rental = RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings,
+                              outcome.result, outcome.receipts)
+        check = rental.reconciliation
+        if check is not None and check.over_accrued:
+            log.warning("rental %s: the escrow paid %d minute(s) but only %d were metered (receipts)", self.id[:12],
+                        check.claimed, check.metered)
+        return rental
 
     async def download_result(self, dest_dir: Path | str, progress: Progress | None = None) -> list[Path]:
         """Fetch the job's output folder from the provider, verify it and unpack it into ``dest_dir``.
