@@ -68,10 +68,12 @@ async def test_auth_refusals_are_structured(tmp_path: Path, caplog: pytest.LogCa
         assert err(await s.api.get(url, headers=s.auth(old))) == (401, "token_expired")
         # garbage
         assert err(await s.api.get(url, headers=s.auth("x.y.z"))) == (401, "invalid_token")
-        # the owner and an admin get in
+        # the owner gets in; a network admin's token (role admin, any wallet) does not
         assert (await s.api.get(url, headers=s.owner_headers)).status_code == 200
         admin = s.mint_token(s.admin.public_key.wallet, Role.ADMIN)
-        assert (await s.api.get(url, headers=s.auth(admin))).status_code == 200
+        assert err(await s.api.get(url, headers=s.auth(admin))) == (403, "not_owner")
+        stranger_admin = s.mint_token(new_key().public_key.wallet, Role.ADMIN)
+        assert err(await s.api.get(url, headers=s.auth(stranger_admin))) == (403, "not_owner")
     assert forged not in caplog.text and other not in caplog.text
 
 
@@ -90,6 +92,21 @@ async def test_login_through_the_node_proxy_gives_a_token_the_node_accepts(tmp_p
         stranger = await login(s.api, new_key())
         assert err(await s.api.get("/api/v1/jobs", headers=s.auth(stranger["access_token"]))) == (403, "not_owner")
         assert err(await s.api.post("/api/v1/auth/challenge", json={"wallet": "nope"})) == (400, "bad_wallet")
+
+
+async def test_a_logged_out_token_is_refused_by_the_node_within_the_check_interval(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:
+        pair = await login(s.api, s.node_key)
+        headers = s.auth(pair["access_token"])
+        assert (await s.api.get("/api/v1/jobs", headers=headers)).status_code == 200
+        r = await s.boot.post("/api/v1/auth/logout", json={"refresh_token": pair["refresh_token"]})
+        assert r.status_code == 204
+        # the token is still far from expiry; past the check interval the node asks again
+        s.clock.now += s.ctx.settings.revocation_check_s + 1
+        assert err(await s.api.get("/api/v1/jobs", headers=headers)) == (401, "token_revoked")
+        s.clock.now += 3600  # a revocation is final, whatever the clock says later
+        assert err(await s.api.get("/api/v1/jobs", headers=headers)) in {(401, "token_revoked"),
+                                                                          (401, "token_expired")}
 
 
 # -- marketplace ---------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ stay on the asyncio side with their own httpx client, opened and closed by the a
 
 Authentication: every ``/api/v1`` route except ``/api/v1/auth/*`` needs ``Authorization: Bearer
 <JWT>`` issued by the bootstrap node, verified with its JWKS (signature, issuer, audience, time),
-whose subject is this node's wallet or whose role is ``admin`` (or a configured admin wallet).
+whose subject is this node's wallet (or a wallet its owner configured), whatever its role, and
+whose family the bootstrap has not revoked (asked at most every ``revocation_check_s``).
 ``/metrics``, ``/healthz`` and the OpenAPI documents are open: the server listens on localhost.
 
 Errors are ``{"error": {"code", "message"}}``; library exceptions (httpx, the bootstrap's and the

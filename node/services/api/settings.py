@@ -21,7 +21,7 @@ class ApiSettings(BaseModel):
     ledger_url: str | None = Field(None, max_length=512)
     #: development networks only: simulated GPUs may be registered and the faucet may be used
     development: bool = False
-    #: wallets besides the owner allowed to use the API (tokens with role "admin" always are)
+    #: wallets besides the owner that the owner allows to use the API (a token's role never does)
     admin_wallets: frozenset[str] = frozenset()
     #: each running API job holds a stream, an escrow poller and a log buffer
     max_active_jobs: int = Field(4, ge=1, le=64)
@@ -35,5 +35,7 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     #: clock skew tolerated when checking token times (seconds)
     token_leeway_s: int = Field(30, ge=0, le=300)
+    #: a revoked (logged-out) token is refused at most this many seconds after its revocation
+    revocation_check_s: float = Field(5.0, gt=0, le=60)
     #: seconds between escrow reads while a job runs (minutes and spend in the status)
     progress_interval_s: float = Field(5.0, gt=0, le=300)
