@@ -430,3 +430,73 @@ async def test_metrics_use_route_templates_and_openapi_is_served(tmp_path: Path)
                      "/api/v1/billing/pricing/estimate", "/api/v1/providers", "/api/v1/auth/login",
                      "/api/v1/storage/{bucket}/{key}", "/api/v1/billing/wallet/{wallet_id}/withdraw"):
             assert path in schema["paths"], path
+
+
+async def test_job_inputs_come_only_from_the_input_roots(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "data.txt").write_text("ok")
+    (root / "escape").symlink_to("/etc/passwd")
+    (root / "sub").symlink_to(tmp_path)  # a folder link out of the root
+    (tmp_path / "secret.txt").write_text("no")
+    async with api_stack(tmp_path) as s:
+        s.ctx.settings = s.ctx.settings.model_copy(update={"input_roots": (root.resolve(),)})
+        for local in ("/etc/shadow", str(root / "escape"), str(root / "sub" / "secret.txt"),
+                      str(root / ".." / "secret.txt")):
+            r = await s.api.post("/api/v1/jobs", json={"script": "true", "inputs": {"x": local}},
+                                 headers=s.owner_headers)
+            assert err(r) == (403, "input_refused"), local
+            assert "outside the input roots" in r.json()["error"]["message"]
+        r = await s.api.post("/api/v1/jobs", json={"script": "true", "inputs": {"x": str(root / "data.txt")}},
+                             headers=s.owner_headers)
+        assert r.status_code == 202, r.text
+
+
+def test_the_renter_resolves_inputs_against_its_roots(tmp_path: Path) -> None:
+    from dgpu.node.services.renter import InputRefused, resolve_input
+    from dgpu.node.services.renter.inputs import resolve_roots
+
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "link").symlink_to("/etc/hostname")
+    roots = resolve_roots([tmp_path])
+    assert resolve_input(tmp_path / "a.txt", roots) == (tmp_path / "a.txt").resolve()
+    for bad in ("/etc/shadow", tmp_path / "link"):
+        with pytest.raises(InputRefused, match="outside the input roots"):
+            resolve_input(bad, roots)
+    with pytest.raises(InputRefused, match="not a regular file"):
+        resolve_input(tmp_path / "missing.txt", roots)
+
+
+async def test_rebound_host_names_and_cross_site_writes_are_refused(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:
+        port = s.api_url.rsplit(":", 1)[1]
+        # a page on a domain rebound to 127.0.0.1: its requests carry its own Host
+        for path in ("/metrics", "/docs", "/openapi.json", "/healthz"):
+            r = await s.api.get(path, headers={"host": f"evil.example:{port}"})
+            assert err(r) == (403, "bad_host"), path
+        r = await s.api.post("/api/v1/auth/challenge", headers={"host": "evil.example"},
+                             json={"wallet": s.node_key.public_key.wallet, "action": "login"})
+        assert err(r) == (403, "bad_host")
+        for name in ("localhost", "127.0.0.1", "[::1]"):
+            assert (await s.api.get("/healthz", headers={"host": f"{name}:{port}"})).status_code == 200
+        # a page on another origin posting to the real localhost (a simple request, no preflight)
+        body = {"wallet": s.node_key.public_key.wallet, "action": "login"}
+        for headers in ({"origin": "http://evil.example"}, {"origin": "null"},
+                        {"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"}):
+            r = await s.api.post("/api/v1/auth/challenge", json=body, headers=headers)
+            assert err(r) == (403, "cross_origin"), headers
+        # the same origin, and clients that are not browsers, still work; reads are not state changes
+        same = {"origin": f"http://127.0.0.1:{port}", "sec-fetch-site": "same-origin"}
+        assert (await s.api.post("/api/v1/auth/challenge", json=body, headers=same)).status_code == 200
+        assert (await s.api.post("/api/v1/auth/challenge", json=body)).status_code == 200
+        r = await s.api.get("/healthz", headers={"origin": "http://evil.example", "sec-fetch-site": "cross-site"})
+        assert r.status_code == 200
+
+
+def test_configured_host_names_are_answered() -> None:
+    from dgpu.node.adapters.http_api.hosts import HostGuardMiddleware, host_name
+
+    assert host_name("Node.LAN:8700") == "node.lan" and host_name("[::1]:1") == "::1"
+    guard = HostGuardMiddleware(lambda *a: None, allowed=["node.lan"])  # type: ignore[arg-type]
+    assert guard._refusal("GET", {"host": "node.lan:8700"}) is None
+    assert guard._refusal("GET", {"host": "other.lan"}) is not None
