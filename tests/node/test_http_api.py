@@ -478,7 +478,8 @@ async def test_rebound_host_names_and_cross_site_writes_are_refused(tmp_path: Pa
                              json={"wallet": s.node_key.public_key.wallet, "action": "login"})
         assert err(r) == (403, "bad_host")
         for name in ("localhost", "127.0.0.1", "[::1]"):
-            assert (await s.api.get("/healthz", headers={"host": f"{name}:{port}"})).status_code == 200
+            ok = await s.api.get("/healthz", headers={"host": f"{name}:{port}"})
+            assert ok.status_code == 200 and ok.headers["x-content-type-options"] == "nosniff"
         # a page on another origin posting to the real localhost (a simple request, no preflight)
         body = {"wallet": s.node_key.public_key.wallet, "action": "login"}
         for headers in ({"origin": "http://evil.example"}, {"origin": "null"},

@@ -48,12 +48,22 @@ async def test_upload_download_pin_unpin_list(tmp_path: Path) -> None:
         listed = (await h.client.get("/api/v1/pins", headers=auth)).json()
         assert {p["cid"] for p in listed["pins"]} == {cid, r.json()["cid"]}
         assert listed["usage_bytes"] == len(data) + len(other)
-        # another wallet neither lists nor reads it, but may pin the existing blob
+        # another wallet neither lists nor reads it, nor pins it by its cid alone: the refusal is
+        # the one a cid nobody stored gets (no existence oracle)
         _, auth2 = await new_user(h.client)
         assert (await h.client.get("/api/v1/pins", headers=auth2)).json()["pins"] == []
         assert (await h.client.get(f"/api/v1/blobs/{cid}", headers=auth2)).status_code == 404
+        stolen = await h.client.post(f"/api/v1/pins/{cid}", headers=auth2)
+        unknown = await h.client.post(f"/api/v1/pins/{cid_of(b'never stored')}", headers=auth2)
+        assert (stolen.status_code, stolen.json()) == (unknown.status_code, unknown.json())
+        assert stolen.status_code == 404
+        assert (await h.client.get(f"/api/v1/blobs/{cid}", headers=auth2)).status_code == 404
+        # uploading the same bytes (proof of having them) shares the stored blob
+        r = await h.client.put(f"/api/v1/blobs/{cid}", content=data, headers=auth2)
+        assert r.status_code == 201
+        served = await h.client.get(f"/api/v1/blobs/{cid}", headers=auth2)
+        assert served.status_code == 200 and served.headers["x-content-type-options"] == "nosniff"
         assert (await h.client.post(f"/api/v1/pins/{cid}", headers=auth2)).status_code == 201
-        assert (await h.client.get(f"/api/v1/blobs/{cid}", headers=auth2)).status_code == 200
         # unpin by one wallet keeps the bytes for the other; the last unpin deletes them
         assert (await h.client.delete(f"/api/v1/pins/{cid}", headers=auth)).status_code == 204
         assert len(_stored_files(h)) == 2
@@ -63,13 +73,13 @@ async def test_upload_download_pin_unpin_list(tmp_path: Path) -> None:
         assert r.status_code == 404
         assert error_code(r) == "not_found"
         metrics = (await h.client.get("/metrics")).text
-        assert 'dgpu_storage_uploads_total{result="ok"} 2.0' in metrics
+        assert 'dgpu_storage_uploads_total{result="ok"} 3.0' in metrics  # auth2 uploaded data too
         samples = {
             s.name: s.value
             for family in text_string_to_metric_families(metrics)
             for s in family.samples
         }
-        assert samples["dgpu_storage_upload_bytes_total"] == len(data) + len(other)
+        assert samples["dgpu_storage_upload_bytes_total"] == 2 * len(data) + len(other)
 
 
 async def test_corrupted_upload_refused_nothing_kept(tmp_path: Path) -> None:
