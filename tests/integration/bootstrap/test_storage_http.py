@@ -263,3 +263,22 @@ async def test_bucket_key_view_and_path_traversal(tmp_path: Path) -> None:
         assert _stored_files(h) == []
         r = await h.client.delete("/api/v1/storage/models/llama/weights.bin", headers=auth)
         assert r.status_code == 404
+
+
+async def test_keys_are_nfc_and_invalid_utf8_and_look_alikes_are_refused(tmp_path: Path) -> None:
+    async with bootstrap_server(tmp_path) as h:
+        _, auth = await new_user(h.client)
+        # two raw keys that a lossy decoding would make one key
+        for raw in ("a%FF", "a%FE", "a%ED%A0%80"):
+            r = await h.client.put(httpx.URL(f"{h.base_url}/api/v1/storage/models/{raw}"),
+                                   content=b"x", headers=auth)
+            assert r.status_code == 400 and error_code(r) == "bad_key", raw
+        # look-alikes of '.' and '/': one dot leader, fullwidth full stop and solidus, division slash
+        for key in ("\u2024\u2024/x", "a/\uff0e\uff0e/b", "a\uff0fb", "a\u2215b", "\u2025/x"):
+            r = await h.client.put(f"/api/v1/storage/models/{key}", content=b"x", headers=auth)
+            assert r.status_code == 400 and error_code(r) == "bad_key", key
+        # NFD and NFC spellings are one object
+        r = await h.client.put("/api/v1/storage/models/cafe\u0301", content=b"v1", headers=auth)
+        assert r.status_code == 200
+        r = await h.client.get("/api/v1/storage/models/caf\u00e9", headers=auth)
+        assert r.status_code == 200 and r.content == b"v1"
