@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -89,6 +90,13 @@ class NodeConfig(_Config):
     start_window_s: int = Field(120, ge=1, le=3600)
     #: length of a metered usage "minute" in wall seconds (60; shorter only for tests)
     meter_interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, v: Path) -> Path:
+        # Docker binds and script sandboxes need absolute paths; the folder the node was
+        # started in is the one a relative path meant
+        return Path(os.path.abspath(v.expanduser()))
 
     @field_validator("bootstrap")
     @classmethod
