@@ -501,3 +501,16 @@ def test_configured_host_names_are_answered() -> None:
     guard = HostGuardMiddleware(lambda *a: None, allowed=["node.lan"])  # type: ignore[arg-type]
     assert guard._refusal("GET", {"host": "node.lan:8700"}) is None
     assert guard._refusal("GET", {"host": "other.lan"}) is not None
+
+
+async def test_a_log_flood_that_dropped_lines_says_so_in_the_final_status(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:  # the harness keeps 100 lines per job
+        h = s.owner_headers
+        quiet = (await s.api.post("/api/v1/jobs", json={"script": "a\nb"}, headers=h)).json()["id"]
+        flood = (await s.api.post("/api/v1/jobs", json={"script": "\n".join(f"l{i}" for i in range(350))},
+                                  headers=h)).json()["id"]
+        await wait_state(s, flood, "running")
+        s.double.release.set()
+        done = await wait_state(s, flood, "finished")
+        assert "250 log lines were dropped unread" in done["reason"], done["reason"]
+        assert "dropped" not in (await wait_state(s, quiet, "finished"))["reason"]
