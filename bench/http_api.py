@@ -37,12 +37,16 @@ QUERIES: list[dict[str, Any]] = [
 
 def serve(offers: int, key_hex: str) -> None:
     """Child: the API over a filled book; prints {"port", "fill_s"} once it accepts connections."""
+    import tempfile
     from functools import partial
+    from pathlib import Path
 
     import trio
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from dgpu.bootstrap.auth import TokenIssuer
+    from dgpu.bootstrap.config import BootstrapHttpConfig
+    from dgpu.bootstrap.http_app import create_app
     from dgpu.node.adapters.http_api import ApiContext, create_node_api
     from dgpu.node.adapters.http_server import serve_http
     from dgpu.node.metrics import NodeMetrics
@@ -74,15 +78,19 @@ def serve(offers: int, key_hex: str) -> None:
         async def run(self, spec: svc.JobSpec, job: svc.ApiJob) -> svc.JobFinal:
             raise svc.JobRunError("the benchmark runs no jobs")
 
-    settings = svc.ApiSettings(bootstrap_url="http://127.0.0.1:9")  # never called by these routes
     issuer = TokenIssuer(boot, "dgpu-bootstrap", "dgpu", 3600)
     jobs = svc.JobManager(Idle(), max_active=1, max_records=10, log_lines=10, clock=lambda: int(time.time()))
-    ctx = ApiContext(settings=settings, owner=node_key.public_key.wallet, key=node_key, book=book,
-                     verifier=issuer.verifier(), jobs=jobs, wallet=svc.WalletService(None, node_key.public_key.wallet),
-                     metrics=NodeMetrics())
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            # a real bootstrap: the node asks it whether a token was revoked (once per interval)
+            boot_app = create_app(BootstrapHttpConfig(data_dir=Path(tempfile.mkdtemp(prefix="dgpu-bench-"))),
+                                  node_key=boot)
+            boot_port = await nursery.start(serve_http, boot_app, "127.0.0.1", 0)
+            settings = svc.ApiSettings(bootstrap_url=f"http://127.0.0.1:{boot_port}")
+            ctx = ApiContext(settings=settings, owner=node_key.public_key.wallet, key=node_key, book=book,
+                             verifier=issuer.verifier(), jobs=jobs,
+                             wallet=svc.WalletService(None, node_key.public_key.wallet), metrics=NodeMetrics())
             await nursery.start(jobs.run)
             port = await nursery.start(partial(serve_http, create_node_api(ctx), "127.0.0.1", 0))
             print(json.dumps({"port": port, "fill_s": round(fill_s, 2), "book": len(book)}), flush=True)
@@ -123,6 +131,7 @@ def main() -> None:
     if args.serve:
         serve(args.offers, args.key)
         return
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from dgpu.bootstrap.auth import TokenIssuer

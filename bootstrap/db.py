@@ -256,6 +256,15 @@ class SyncDB:
         )
         return int(cur.rowcount)
 
+    def family_revoked(self, family_id: str) -> bool:
+        """True only for a known family that was revoked (unknown ones are not on any list)."""
+        row = self._tx(
+            lambda c: c.execute(
+                "SELECT revoked_at FROM refresh_families WHERE family_id = ?", (family_id,)
+            ).fetchone()
+        )
+        return row is not None and row[0] is not None
+
     def family_active(self, family_id: str) -> bool:
         row = self._tx(
             lambda c: c.execute(

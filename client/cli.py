@@ -87,6 +87,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--provider", default=None, metavar="WALLET", help="rent from this provider")
     p.add_argument("--input", action="append", default=[], metavar="JOB_PATH=LOCAL_FILE",
                    help="ship a file to the job (read-only under /inputs, or $HOME/inputs for scripts); repeatable")
+    p.add_argument("--input-root", action="append", default=[], metavar="DIR",
+                   help="--input files must lie under this folder (repeatable; default: the current folder)")
     p.set_defaults(handler=_wrap(cmd_rent))
 
     p = subparsers.add_parser("jobs", help="list, show, follow, cancel API jobs or download their results",

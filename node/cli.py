@@ -91,6 +91,11 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--bootstrap-url", default=None, help="HTTP URL of a bootstrap node (login, storage)")
     n.add_argument("--api-admin", action="append", default=[], metavar="WALLET",
                    help="another wallet allowed to use the API")
+    n.add_argument("--input-root", action="append", default=[], metavar="DIR",
+                   help="API jobs may ship files only from under this folder (repeatable; default: the "
+                        "folder the node starts in)")
+    n.add_argument("--api-host-name", action="append", default=[], metavar="NAME",
+                   help="a Host name the API answers besides loopback names (repeatable)")
     n.add_argument("--development", action="store_true",
                    help="development network: simulated GPUs and the faucet through the API")
 
@@ -156,7 +161,9 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
                 return 2
             api = ApiSettings(host=args.api_host, port=args.api_port, bootstrap_url=args.bootstrap_url,
                               ledger_url=args.ledger_url, development=args.development,
-                              admin_wallets=frozenset(args.api_admin))
+                              admin_wallets=frozenset(args.api_admin),
+                              **({"input_roots": tuple(args.input_root)} if args.input_root else {}),
+                              allowed_hosts=tuple(args.api_host_name))
     except ValidationError as exc:
         print(f"dgpu node: invalid configuration: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2

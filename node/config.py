@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -103,6 +104,13 @@ class NodeConfig(_Config):
     #: "auto": bootstrap nodes dial us back; "private": always reserve relay slots (behind NAT);
     #: "public": never (a provider with a public address)
     reachability: Literal["auto", "public", "private"] = "auto"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, v: Path) -> Path:
+        # Docker binds and script sandboxes need absolute paths; the folder the node was
+        # started in is the one a relative path meant
+        return Path(os.path.abspath(v.expanduser()))
 
     @field_validator("bootstrap")
     @classmethod

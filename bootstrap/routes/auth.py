@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Path, Response
 
 from dgpu.protocol.auth import (
     DOMAINS,
@@ -17,7 +17,7 @@ from dgpu.protocol.auth import (
     TokenOut,
 )
 
-from ..http_state import Claims, State
+from ..http_state import Claims, State, limit_ip
 from ..schemas import token_out
 
 __all__ = ["router"]
@@ -64,6 +64,13 @@ def router() -> APIRouter:
         """The bootstrap node's token-signing public key (JWK Set); kid = base58 public key."""
         return {**state.issuer.jwks(), "issuer": state.issuer.issuer,
                 "audience": state.issuer.audience}
+
+    @r.get("/families/{family_id}", dependencies=[Depends(limit_ip)])
+    async def family(family_id: Annotated[str, Path(max_length=64)], state: State) -> dict[str, Any]:
+        """Whether a token family was revoked (logout, reuse, admin): nodes ask this to refuse
+        revoked access tokens within seconds. A family id is random and grants nothing."""
+        revoked = await state.db.run(state.db.sync.family_revoked, family_id)
+        return {"family_id": family_id, "revoked": revoked}
 
     @r.get("/me", response_model=MeOut)
     async def me(claims: Claims) -> MeOut:

@@ -100,8 +100,12 @@ def router() -> APIRouter:
 
     @r.post("/pins/{cid}", response_model=PinOut, status_code=201)
     async def pin(cid: str, claims: Claims, state: State) -> PinOut:
-        """Pin a blob this node already stores (uploaded by anyone); counts against the quota."""
+        """Keep a pin on a blob this wallet uploaded (idempotent). A blob another wallet uploaded
+        is not pinned (upload its bytes instead): a cid alone grants no read, and the answer is
+        the same 404 whether or not the bytes are stored here (no existence oracle)."""
         validate_cid(cid)
+        if not await state.db.run(state.db.sync.is_pinned_by, claims.wallet, cid):
+            raise NotFound("no such blob for this wallet; upload it instead")
         async with state.cid_locks.hold(cid):
             try:
                 size = await state.db.run(

@@ -29,7 +29,7 @@ def router() -> APIRouter:
         bucket: str, key: str, request: Request, claims: Claims, state: State
     ) -> ObjectOut:
         validate_bucket(bucket)
-        validate_key(key)
+        key = validate_key(key)
         replaced: list[str] = []
         now = state.clock()
 
@@ -57,7 +57,7 @@ def router() -> APIRouter:
         bucket: str, key: str, claims: Claims, state: State
     ) -> StreamingResponse:
         validate_bucket(bucket)
-        validate_key(key)
+        key = validate_key(key)
         row = await state.db.run(state.db.sync.get_object, claims.wallet, bucket, key)
         if row is None:
             raise NotFound("no such key")
@@ -66,7 +66,7 @@ def router() -> APIRouter:
     @r.delete("/{bucket}/{key:path}", status_code=204)
     async def delete_object(bucket: str, key: str, claims: Claims, state: State) -> Response:
         validate_bucket(bucket)
-        validate_key(key)
+        key = validate_key(key)
         cid = await state.db.run(state.db.sync.delete_object, claims.wallet, bucket, key)
         if cid is None:
             raise NotFound("no such key")

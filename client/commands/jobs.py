@@ -18,6 +18,7 @@ from dgpu.client.api_client import Api, ApiCallError, CliError, answer_of, setti
 from dgpu.client.display import ProgressBar, fmt_amount, fmt_bytes, table
 from dgpu.node.services.api.schema import ApiJobState, JobOut, JobsOut, LogLine, LogsOut
 from dgpu.node.services.blobs import BlobError, safe_unpack
+from dgpu.node.services.renter.inputs import InputRefused, resolve_input, resolve_roots
 
 __all__ = ["cmd_jobs", "cmd_rent", "download_result", "job_body"]
 
@@ -64,13 +65,15 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.count != 1:
         body["gpu_count"] = args.count
     inputs: dict[str, str] = {}
+    roots = resolve_roots(getattr(args, "input_root", None) or [Path.cwd()])
     for item in args.input or []:
         job_path, sep, local = item.partition("=")
         if not sep or not job_path or not local:
             raise CliError(f"--input is JOB_PATH=LOCAL_FILE, got {item!r}", 2)
-        if not Path(local).is_file():
-            raise CliError(f"--input {job_path}: {local} is not a readable file", 2)
-        inputs[job_path] = str(Path(local).resolve())
+        try:  # the node checks its own --input-root too; this refuses early, with the CLI's roots
+            inputs[job_path] = str(resolve_input(local, roots))
+        except InputRefused as exc:
+            raise CliError(f"--input {job_path}: {exc}", 2) from None
     if inputs:
         body["inputs"] = inputs
     return body

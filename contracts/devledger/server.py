@@ -26,7 +26,11 @@ check-then-apply of every request atomic with respect to the others.
 
 from __future__ import annotations
 
+import json
+import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -47,7 +51,7 @@ from ..errors import (
 )
 from .model import NOTICE, DevLedger, DevLedgerConfig, TxOutcome
 
-__all__ = ["PREFIX", "ledger_router"]
+__all__ = ["PREFIX", "FaucetBudget", "ledger_router"]
 
 PREFIX = "/api/v1/ledger"
 T = TypeVar("T")
@@ -100,6 +104,63 @@ def _outcome(out: TxOutcome) -> dict[str, Any]:
     }
 
 
+@dataclass
+class FaucetBudget:
+    """Base units the faucet may mint per client address and in all, refilled per hour.
+
+    The ledger limits each wallet; wallets are free, so this bounds what fresh wallets take from
+    one address and from everyone. Checked before the request is applied and charged its amount
+    (a faucet request that then fails costs its sender budget, never the ledger supply)."""
+
+    per_address_per_hour: int
+    global_per_hour: int
+    max_addresses: int = 10_000
+    clock: Callable[[], float] = time.monotonic
+    #: key ('' is the global bucket) -> (units left, when last refilled)
+    _left: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def for_config(cls, config: DevLedgerConfig) -> FaucetBudget:
+        return cls(per_address_per_hour=10 * config.faucet_max, global_per_hour=100 * config.faucet_max)
+
+    def _level(self, key: str, capacity: int, now: float) -> float:
+        left, at = self._left.get(key, (float(capacity), now))
+        return min(float(capacity), left + (now - at) * capacity / 3600)
+
+    def take(self, address: str, amount: int) -> None:
+        """Charge ``amount`` to ``address`` and to the total; RequestRejected when either is spent."""
+        now = self.clock()
+        mine = self._level(address, self.per_address_per_hour, now)
+        total = self._level("", self.global_per_hour, now)
+        if amount > mine or amount > total:
+            who = "this address" if amount > mine else "all addresses"
+            raise RequestRejected("faucet_rate_limited", f"the faucet's hourly budget for {who} is spent; "
+                                  "try again later or ask for less")
+        self._left[address] = (mine - amount, now)
+        self._left[""] = (total - amount, now)
+        self._left.move_to_end(address)
+        while len(self._left) > self.max_addresses:
+            oldest = next(iter(self._left))
+            if oldest == "":
+                self._left.move_to_end("")
+                continue
+            del self._left[oldest]
+
+
+def _faucet_amount(body: bytes) -> int | None:
+    """The amount of a faucet envelope, None for anything else (the ledger verifies it fully:
+    an envelope whose type is not the payload's is refused there)."""
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(envelope, dict) or envelope.get("type") != "devledger_faucet":
+        return None
+    payload = envelope.get("payload")
+    amount = payload.get("amount") if isinstance(payload, dict) else None
+    return amount if type(amount) is int and amount > 0 else None
+
+
 async def _read_bounded(request: Request, limit: int) -> bytes:
     """The body, refused beyond ``limit`` bytes while streaming (never buffered past it)."""
     declared = request.headers.get("content-length")
@@ -115,12 +176,15 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def ledger_router(config: DevLedgerConfig, *, ledger: DevLedger | None = None) -> APIRouter:
+def ledger_router(config: DevLedgerConfig, *, ledger: DevLedger | None = None,
+                  faucet_budget: FaucetBudget | None = None) -> APIRouter:
     """The development ledger's routes; opens (or creates) the SQLite file named by ``config``.
 
-    Pass ``ledger`` to share one :class:`DevLedger` (tests close it themselves).
+    Pass ``ledger`` to share one :class:`DevLedger` (tests close it themselves); ``faucet_budget``
+    defaults to ``FaucetBudget.for_config(config)``.
     """
     state = ledger if ledger is not None else DevLedger(config)
+    budget = faucet_budget if faucet_budget is not None else FaucetBudget.for_config(config)
     router = APIRouter(prefix=PREFIX, tags=["development ledger (no real value)"])
     # One worker thread at a time: SQLite has one writer, and each request is check-then-apply.
     limiter_box: list[anyio.CapacityLimiter] = []
@@ -168,6 +232,9 @@ def ledger_router(config: DevLedgerConfig, *, ledger: DevLedger | None = None) -
     async def submit(request: Request) -> JSONResponse:
         try:
             body = await _read_bounded(request, config.max_body_bytes)
+            amount = _faucet_amount(body)
+            if amount is not None and amount <= config.faucet_max:  # larger: the ledger refuses it
+                budget.take(request.client.host if request.client is not None else "unknown", amount)
             out = await run(lambda: state.submit(body))
         except ContractsError as exc:
             return error_response(exc)

@@ -284,10 +284,17 @@ def test_rent_inputs_are_checked_and_sent_as_local_paths(tmp_path: Path) -> None
     data = tmp_path / "train.csv"
     data.write_text("1,2\n")
     args = parser.parse_args(["rent", "--image", "busybox", "--input", f"data/train.csv={data}",
-                              "--command", "cat", "/inputs/data/train.csv"])
+                              "--input-root", str(tmp_path), "--command", "cat", "/inputs/data/train.csv"])
     body = job_body(args)
     assert body["inputs"] == {"data/train.csv": str(data.resolve())}
     assert body["command"] == ["cat", "/inputs/data/train.csv"]
     for bad in ("no-equals-sign", f"x={tmp_path / 'missing'}", "=nothing"):
         with pytest.raises(CliError):
-            job_body(parser.parse_args(["rent", "--image", "busybox", "--input", bad]))
+            job_body(parser.parse_args(["rent", "--image", "busybox", "--input", bad,
+                                        "--input-root", str(tmp_path)]))
+    # outside the input roots (the current folder by default): refused before anything is sent
+    (tmp_path / "link").symlink_to("/etc/passwd")
+    for bad in ("x=/etc/shadow", f"x={tmp_path / 'link'}"):
+        with pytest.raises(CliError, match="outside the input roots"):
+            job_body(parser.parse_args(["rent", "--image", "busybox", "--input", bad,
+                                        "--input-root", str(tmp_path)]))

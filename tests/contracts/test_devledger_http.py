@@ -197,3 +197,35 @@ async def test_state_and_replay_protection_survive_a_restart(tmp_path: Path) -> 
         receipt = await served.clients["provider"].claim(handle)
         assert receipt.paid + receipt.fee == 1000
         served.ledger.audit()
+
+
+async def test_fresh_wallets_cannot_drain_the_faucet_from_one_address(tmp_path: Path) -> None:
+    # the attack: many fresh wallets, one faucet request each, from one address
+    config = ledger_config(tmp_path, faucet_interval_s=3600, faucet_max=1_000)
+    async with served_ledger(config) as served:
+        ledger_id = config.ledger_id
+        granted = 0
+        for _ in range(30):
+            status, body = await _post(served, _sealed(FaucetRequest(ledger=ledger_id, amount=1_000),
+                                                       SigningKey(os.urandom(32))))
+            if status != 200:
+                assert (status, body["error"]["code"]) == (429, "faucet_rate_limited")
+                assert "hourly budget" in body["error"]["message"]
+                break
+            granted += 1_000
+        assert granted == 10 * 1_000  # the per-address budget, not 30 x faucet_max
+
+
+def test_the_faucet_budget_has_a_global_bound_and_refills() -> None:
+    from dgpu.contracts.devledger.server import FaucetBudget
+
+    now = [0.0]
+    budget = FaucetBudget(per_address_per_hour=50, global_per_hour=100, clock=lambda: now[0])
+    for i in range(10):  # ten addresses, 10 each: the global budget is spent
+        budget.take(f"10.0.0.{i}", 10)
+    with pytest.raises(RequestRejected, match="all addresses"):
+        budget.take("10.0.0.99", 1)
+    now[0] += 360  # a tenth of an hour refills a tenth
+    budget.take("10.0.0.99", 10)
+    with pytest.raises(RequestRejected):
+        budget.take("10.0.0.98", 1)

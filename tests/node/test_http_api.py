@@ -68,10 +68,12 @@ async def test_auth_refusals_are_structured(tmp_path: Path, caplog: pytest.LogCa
         assert err(await s.api.get(url, headers=s.auth(old))) == (401, "token_expired")
         # garbage
         assert err(await s.api.get(url, headers=s.auth("x.y.z"))) == (401, "invalid_token")
-        # the owner and an admin get in
+        # the owner gets in; a network admin's token (role admin, any wallet) does not
         assert (await s.api.get(url, headers=s.owner_headers)).status_code == 200
         admin = s.mint_token(s.admin.public_key.wallet, Role.ADMIN)
-        assert (await s.api.get(url, headers=s.auth(admin))).status_code == 200
+        assert err(await s.api.get(url, headers=s.auth(admin))) == (403, "not_owner")
+        stranger_admin = s.mint_token(new_key().public_key.wallet, Role.ADMIN)
+        assert err(await s.api.get(url, headers=s.auth(stranger_admin))) == (403, "not_owner")
     assert forged not in caplog.text and other not in caplog.text
 
 
@@ -90,6 +92,21 @@ async def test_login_through_the_node_proxy_gives_a_token_the_node_accepts(tmp_p
         stranger = await login(s.api, new_key())
         assert err(await s.api.get("/api/v1/jobs", headers=s.auth(stranger["access_token"]))) == (403, "not_owner")
         assert err(await s.api.post("/api/v1/auth/challenge", json={"wallet": "nope"})) == (400, "bad_wallet")
+
+
+async def test_a_logged_out_token_is_refused_by_the_node_within_the_check_interval(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:
+        pair = await login(s.api, s.node_key)
+        headers = s.auth(pair["access_token"])
+        assert (await s.api.get("/api/v1/jobs", headers=headers)).status_code == 200
+        r = await s.boot.post("/api/v1/auth/logout", json={"refresh_token": pair["refresh_token"]})
+        assert r.status_code == 204
+        # the token is still far from expiry; past the check interval the node asks again
+        s.clock.now += s.ctx.settings.revocation_check_s + 1
+        assert err(await s.api.get("/api/v1/jobs", headers=headers)) == (401, "token_revoked")
+        s.clock.now += 3600  # a revocation is final, whatever the clock says later
+        assert err(await s.api.get("/api/v1/jobs", headers=headers)) in {(401, "token_revoked"),
+                                                                          (401, "token_expired")}
 
 
 # -- marketplace ---------------------------------------------------------------------------------
@@ -413,3 +430,87 @@ async def test_metrics_use_route_templates_and_openapi_is_served(tmp_path: Path)
                      "/api/v1/billing/pricing/estimate", "/api/v1/providers", "/api/v1/auth/login",
                      "/api/v1/storage/{bucket}/{key}", "/api/v1/billing/wallet/{wallet_id}/withdraw"):
             assert path in schema["paths"], path
+
+
+async def test_job_inputs_come_only_from_the_input_roots(tmp_path: Path) -> None:
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "data.txt").write_text("ok")
+    (root / "escape").symlink_to("/etc/passwd")
+    (root / "sub").symlink_to(tmp_path)  # a folder link out of the root
+    (tmp_path / "secret.txt").write_text("no")
+    async with api_stack(tmp_path) as s:
+        s.ctx.settings = s.ctx.settings.model_copy(update={"input_roots": (root.resolve(),)})
+        for local in ("/etc/shadow", str(root / "escape"), str(root / "sub" / "secret.txt"),
+                      str(root / ".." / "secret.txt")):
+            r = await s.api.post("/api/v1/jobs", json={"script": "true", "inputs": {"x": local}},
+                                 headers=s.owner_headers)
+            assert err(r) == (403, "input_refused"), local
+            assert "outside the input roots" in r.json()["error"]["message"]
+        r = await s.api.post("/api/v1/jobs", json={"script": "true", "inputs": {"x": str(root / "data.txt")}},
+                             headers=s.owner_headers)
+        assert r.status_code == 202, r.text
+
+
+def test_the_renter_resolves_inputs_against_its_roots(tmp_path: Path) -> None:
+    from dgpu.node.services.renter import InputRefused, resolve_input
+    from dgpu.node.services.renter.inputs import resolve_roots
+
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "link").symlink_to("/etc/hostname")
+    roots = resolve_roots([tmp_path])
+    assert resolve_input(tmp_path / "a.txt", roots) == (tmp_path / "a.txt").resolve()
+    for bad in ("/etc/shadow", tmp_path / "link"):
+        with pytest.raises(InputRefused, match="outside the input roots"):
+            resolve_input(bad, roots)
+    with pytest.raises(InputRefused, match="not a regular file"):
+        resolve_input(tmp_path / "missing.txt", roots)
+
+
+async def test_rebound_host_names_and_cross_site_writes_are_refused(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:
+        port = s.api_url.rsplit(":", 1)[1]
+        # a page on a domain rebound to 127.0.0.1: its requests carry its own Host
+        for path in ("/metrics", "/docs", "/openapi.json", "/healthz"):
+            r = await s.api.get(path, headers={"host": f"evil.example:{port}"})
+            assert err(r) == (403, "bad_host"), path
+        r = await s.api.post("/api/v1/auth/challenge", headers={"host": "evil.example"},
+                             json={"wallet": s.node_key.public_key.wallet, "action": "login"})
+        assert err(r) == (403, "bad_host")
+        for name in ("localhost", "127.0.0.1", "[::1]"):
+            ok = await s.api.get("/healthz", headers={"host": f"{name}:{port}"})
+            assert ok.status_code == 200 and ok.headers["x-content-type-options"] == "nosniff"
+        # a page on another origin posting to the real localhost (a simple request, no preflight)
+        body = {"wallet": s.node_key.public_key.wallet, "action": "login"}
+        for headers in ({"origin": "http://evil.example"}, {"origin": "null"},
+                        {"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"}):
+            r = await s.api.post("/api/v1/auth/challenge", json=body, headers=headers)
+            assert err(r) == (403, "cross_origin"), headers
+        # the same origin, and clients that are not browsers, still work; reads are not state changes
+        same = {"origin": f"http://127.0.0.1:{port}", "sec-fetch-site": "same-origin"}
+        assert (await s.api.post("/api/v1/auth/challenge", json=body, headers=same)).status_code == 200
+        assert (await s.api.post("/api/v1/auth/challenge", json=body)).status_code == 200
+        r = await s.api.get("/healthz", headers={"origin": "http://evil.example", "sec-fetch-site": "cross-site"})
+        assert r.status_code == 200
+
+
+def test_configured_host_names_are_answered() -> None:
+    from dgpu.node.adapters.http_api.hosts import HostGuardMiddleware, host_name
+
+    assert host_name("Node.LAN:8700") == "node.lan" and host_name("[::1]:1") == "::1"
+    guard = HostGuardMiddleware(lambda *a: None, allowed=["node.lan"])  # type: ignore[arg-type]
+    assert guard._refusal("GET", {"host": "node.lan:8700"}) is None
+    assert guard._refusal("GET", {"host": "other.lan"}) is not None
+
+
+async def test_a_log_flood_that_dropped_lines_says_so_in_the_final_status(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:  # the harness keeps 100 lines per job
+        h = s.owner_headers
+        quiet = (await s.api.post("/api/v1/jobs", json={"script": "a\nb"}, headers=h)).json()["id"]
+        flood = (await s.api.post("/api/v1/jobs", json={"script": "\n".join(f"l{i}" for i in range(350))},
+                                  headers=h)).json()["id"]
+        await wait_state(s, flood, "running")
+        s.double.release.set()
+        done = await wait_state(s, flood, "finished")
+        assert "250 log lines were dropped unread" in done["reason"], done["reason"]
+        assert "dropped" not in (await wait_state(s, quiet, "finished"))["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,11 @@ def test_declared_gpus_are_simulated_ones_and_real_gpus_come_from_nvml(tmp_path:
 async def test_a_simulated_source_offers_its_gpus_marked(tmp_path: Path) -> None:
     scan = await gpu_source(config(tmp_path, gpus=(SIM,)), KEY).inventory()
     assert [(g.model, g.simulated) for g in scan.gpus] == [("RTX 4090", True)]
+
+
+def test_a_relative_data_dir_is_made_absolute_at_start_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = NodeConfig(role="provider", bootstrap=(BOOT,), data_dir=Path("state/node"))
+    assert config.data_dir.is_absolute() and config.data_dir == tmp_path / "state" / "node"
+    os.chdir("/")  # a later change of folder does not move the node's data
+    assert config.data_dir == tmp_path / "state" / "node"

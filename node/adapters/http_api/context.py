@@ -13,12 +13,13 @@ from fastapi import Depends, Request
 
 from dgpu.node.adapters import http_server as http_errors
 from dgpu.node.adapters.bootstrap_client import BootstrapSession
+from dgpu.node.adapters.http_api.revocations import RevocationCache
 from dgpu.node.adapters.tokens import TokenVerifier
 from dgpu.node.metrics import NodeMetrics
 from dgpu.node.services import api as svc
 from dgpu.node.services.api.schema import ErrorOut
 from dgpu.node.services.offers import OfferBook
-from dgpu.protocol.auth import AccessClaims, Role
+from dgpu.protocol.auth import AccessClaims
 from dgpu.protocol.keys import SigningKey
 
 __all__ = ["ERRORS", "UPSTREAM", "ApiContext", "Ctx", "Protected", "control", "in_trio"]
@@ -49,10 +50,12 @@ class ApiContext:
     #: refreshes gauges that are read at scrape time (peers, offer book size)
     on_scrape: Callable[[], None] | None = None
     session: BootstrapSession = field(init=False)
+    revocations: RevocationCache = field(init=False)
     http: httpx.AsyncClient | None = None
 
     def __post_init__(self) -> None:
         self.session = BootstrapSession(self.key, self.clock)
+        self.revocations = RevocationCache(self.settings.revocation_check_s, self.clock)
 
     def upstream(self) -> httpx.AsyncClient:
         if self.http is None:
@@ -77,9 +80,10 @@ async def _authorized(request: Request, ctx: Ctx) -> AccessClaims:
     if scheme.lower() != "bearer" or not token.strip():
         raise http_errors.Unauthorized("send Authorization: Bearer <token> (dgpu login)", code="no_token")
     claims = ctx.verifier.verify(token.strip(), ctx.clock())
-    if claims.wallet != ctx.owner and claims.role is not Role.ADMIN and (
-            claims.wallet not in ctx.settings.admin_wallets):
-        raise http_errors.Forbidden("this node serves its owner's wallet and admins only", code="not_owner")
+    # the role does not matter here: an admin of the network is not an owner of this node
+    if claims.wallet != ctx.owner and claims.wallet not in ctx.settings.admin_wallets:
+        raise http_errors.Forbidden("this node serves its owner's wallet only", code="not_owner")
+    await ctx.revocations.check(claims.family_id, ctx.upstream())
     return claims
 
 
@@ -96,7 +100,7 @@ def control(ctx: ApiContext) -> svc.ProviderControl:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing, forged or expired token"},
-    403: {"model": ErrorOut, "description": "not this node's owner or an admin"},
+    403: {"model": ErrorOut, "description": "not this node's owner"},
     413: {"model": ErrorOut, "description": "request body too large"},
     422: {"model": ErrorOut, "description": "invalid request"},
 }

@@ -11,6 +11,7 @@ from pydantic import Field
 from dgpu.node.adapters.http_api.context import ERRORS, Ctx, Protected, in_trio
 from dgpu.node.services import api as svc
 from dgpu.node.services.api.schema import ErrorOut, JobOut, JobsOut, LogsOut
+from dgpu.node.services.renter import InputRefused, resolve_input
 
 __all__ = ["jobs_router"]
 
@@ -24,7 +25,14 @@ def jobs_router() -> APIRouter:
                                   "jobs cannot be paid for"}})
     async def submit(spec: svc.JobSpec, ctx: Ctx, response: Response) -> JobOut:
         """Submit a job: it is negotiated, funded on the ledger (escrow) and run in the background;
-        poll its status. A node without a ledger refuses (503 ``no_ledger``)."""
+        poll its status. A node without a ledger refuses (503 ``no_ledger``); an input outside the
+        node's input roots is refused (403 ``input_refused``)."""
+        for local in spec.inputs.values():
+            try:
+                resolve_input(local, ctx.settings.input_roots)
+            except InputRefused as exc:
+                raise svc.Forbidden(str(exc), InputRefused.code) from None
+
         async def go() -> svc.ApiJob:
             return ctx.jobs.submit(spec)
 

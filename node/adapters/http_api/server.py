@@ -14,7 +14,8 @@ stay on the asyncio side with their own httpx client, opened and closed by the a
 
 Authentication: every ``/api/v1`` route except ``/api/v1/auth/*`` needs ``Authorization: Bearer
 <JWT>`` issued by the bootstrap node, verified with its JWKS (signature, issuer, audience, time),
-whose subject is this node's wallet or whose role is ``admin`` (or a configured admin wallet).
+whose subject is this node's wallet (or a wallet its owner configured), whatever its role, and
+whose family the bootstrap has not revoked (asked at most every ``revocation_check_s``).
 ``/metrics``, ``/healthz`` and the OpenAPI documents are open: the server listens on localhost.
 
 Errors are ``{"error": {"code", "message"}}``; library exceptions (httpx, the bootstrap's and the
@@ -45,6 +46,7 @@ from dgpu.node.adapters.bootstrap_client import UPSTREAM_TIMEOUT_S, UpstreamErro
 from dgpu.node.adapters.http_api.auth import auth_router
 from dgpu.node.adapters.http_api.billing import billing_router
 from dgpu.node.adapters.http_api.context import ApiContext
+from dgpu.node.adapters.http_api.hosts import HostGuardMiddleware
 from dgpu.node.adapters.http_api.jobs import jobs_router
 from dgpu.node.adapters.http_api.marketplace import marketplace_router
 from dgpu.node.adapters.http_api.providers import providers_router
@@ -161,6 +163,9 @@ def create_node_api(ctx: ApiContext) -> FastAPI:
         ctx.metrics.http_latency.labels(template, method, str(status)).observe(seconds)
 
     app.add_middleware(RouteTimingMiddleware, observe=observe)
+    # outermost: a rebound or cross-site request reaches nothing, not even /metrics or /docs
+    listen = () if ctx.settings.host in ("0.0.0.0", "::") else (ctx.settings.host,)
+    app.add_middleware(HostGuardMiddleware, allowed=(*ctx.settings.allowed_hosts, *listen))
     return app
 
 
@@ -204,7 +209,8 @@ async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
     verifier = await fetch_verifier(settings.bootstrap_url, leeway_s=settings.token_leeway_s)
     if backend is None and ledger is not None:  # no ledger: nothing can be paid, jobs are refused
         renter = Renter(node.network, node.key, node.book, node.shelf, ledger,
-                        accept_simulated=node.accept_simulated, clock=node.clock, nonce=node.nonce)
+                        accept_simulated=node.accept_simulated, clock=node.clock, nonce=node.nonce,
+                        input_roots=settings.input_roots)
         backend = svc.NetworkJobBackend(renter, results_dir=node.data_dir / "api-results",
                                         progress_interval_s=settings.progress_interval_s)
     jobs = svc.JobManager(

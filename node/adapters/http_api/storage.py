@@ -24,7 +24,7 @@ STREAMING_PREFIXES = ("/api/v1/storage/",)
 
 def _target(bucket: str, key: str) -> str:
     validate_bucket(bucket)
-    validate_key(key)
+    key = validate_key(key)
     return f"/api/v1/storage/{bucket}/{urllib.parse.quote(key, safe='/')}"
 
 

@@ -138,6 +138,8 @@ async def serve_http(
         # Bounds how long a cancelled server waits for in-flight requests.
         "timeout_graceful_shutdown": graceful_timeout,
         "server_header": False,
+        # every answer, served files included: browsers must not sniff a blob into HTML
+        "headers": [("X-Content-Type-Options", "nosniff")],
     }
     options.update(uvicorn_options or {})
     config = uvicorn.Config(app, **options)

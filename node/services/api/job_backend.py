@@ -11,7 +11,7 @@ from dgpu.node.services.api.errors import JobRunError
 from dgpu.node.services.api.jobs import ApiJob, JobFinal
 from dgpu.node.services.api.schema import ApiJobState, JobSpec
 from dgpu.node.services.offers import BookEntry, OfferQuery
-from dgpu.node.services.renter import EscrowFailed, NegotiationFailed, OfferInfo, Renter, RenterError
+from dgpu.node.services.renter import EscrowFailed, InputRefused, NegotiationFailed, OfferInfo, Renter, RenterError
 
 __all__ = ["OFFER_WAIT_S", "NetworkJobBackend"]
 
@@ -67,6 +67,8 @@ class NetworkJobBackend:
                 gpu_count=spec.gpu_count, egress=spec.egress,
                 max_price_per_minute=spec.max_price_per_minute, min_vram_mib=spec.min_vram_mib,
                 inputs=dict(spec.inputs))
+        except InputRefused as exc:
+            raise JobRunError(str(exc), InputRefused.code) from exc
         except NegotiationFailed as exc:
             raise JobRunError(str(exc), "negotiation_failed") from exc
         except EscrowFailed as exc:

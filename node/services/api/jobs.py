@@ -87,6 +87,10 @@ class ApiJob:
     next_seq: int = 0
     receipts: tuple[UsageReceipt, ...] = ()
     over_accrued: bool = False
+    #: the first seq no reader has been given yet (lines below it were read at least once)
+    read_seq: int = 0
+    #: lines pushed out of the ring buffer before anyone read them (a log flood)
+    dropped_lines: int = 0
 
     def __post_init__(self) -> None:
         self.logs = deque(maxlen=self.log_capacity)
@@ -101,6 +105,8 @@ class ApiJob:
 
     def log(self, stream: str, text: str) -> None:
         for line in text.splitlines() or [""]:
+            if len(self.logs) == self.log_capacity and self.logs[0][0] >= self.read_seq:
+                self.dropped_lines += 1
             self.logs.append((self.next_seq, stream, line[:4096]))  # one line is bounded too
             self.next_seq += 1
 
@@ -129,8 +135,19 @@ class ApiJob:
     def log_page(self, since: int | None, limit: int) -> LogsOut:
         """The last ``limit`` lines, or up to ``limit`` lines from ``since`` on."""
         first = self.logs[0][0] if self.logs else self.next_seq
+        lines = self.tail(since, limit)
+        if lines and (since is None or since <= self.read_seq):  # a reader caught up to here
+            self.read_seq = max(self.read_seq, lines[-1][0] + 1)
         return LogsOut(id=self.id, state=self.state, next_seq=self.next_seq, first_seq=first,
-                       lines=_lines(self.tail(since, limit)))
+                       lines=_lines(lines))
+
+    def final_reason(self, reason: str) -> str:
+        """``reason``, saying so when the log flood dropped lines nobody had read."""
+        if not self.dropped_lines:
+            return reason
+        note = (f"{self.dropped_lines} log lines were dropped unread (a log flood: this node keeps "
+                f"the last {self.log_capacity} lines)")
+        return f"{reason}; {note}" if reason else note
 
 
 def _lines(entries: list[tuple[int, str, str]]) -> list[LogLine]:
@@ -231,7 +248,7 @@ class JobManager:
             job.error_code = "internal"
         finally:
             self._active -= 1
-        job.state, job.exit_code, job.reason = final.state, final.exit_code, final.reason
+        job.state, job.exit_code, job.reason = final.state, final.exit_code, job.final_reason(final.reason)
         job.receipts, job.over_accrued = final.receipts, final.over_accrued
         if final.minutes or final.paid or final.fee or final.refunded or not job.minutes:
             job.minutes = final.minutes

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["ApiSettings"]
 
@@ -21,7 +24,7 @@ class ApiSettings(BaseModel):
     ledger_url: str | None = Field(None, max_length=512)
     #: development networks only: simulated GPUs may be registered and the faucet may be used
     development: bool = False
-    #: wallets besides the owner allowed to use the API (tokens with role "admin" always are)
+    #: wallets besides the owner that the owner allows to use the API (a token's role never does)
     admin_wallets: frozenset[str] = frozenset()
     #: each running API job holds a stream, an escrow poller and a log buffer
     max_active_jobs: int = Field(4, ge=1, le=64)
@@ -35,5 +38,17 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     #: clock skew tolerated when checking token times (seconds)
     token_leeway_s: int = Field(30, ge=0, le=300)
+    #: Host names the API answers besides the loopback names (DNS-rebinding guard)
+    allowed_hosts: tuple[str, ...] = Field((), max_length=64)
+    #: job inputs are read only from under these folders (resolved, symlinks included); the
+    #: default is the folder the node was started in
+    input_roots: tuple[Path, ...] = Field(default_factory=lambda: (Path.cwd(),), max_length=64)
+    #: a revoked (logged-out) token is refused at most this many seconds after its revocation
+    revocation_check_s: float = Field(5.0, gt=0, le=60)
     #: seconds between escrow reads while a job runs (minutes and spend in the status)
     progress_interval_s: float = Field(5.0, gt=0, le=300)
+
+    @field_validator("input_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: tuple[Path, ...]) -> tuple[Path, ...]:
+        return tuple(Path(os.path.realpath(root.expanduser())) for root in roots)

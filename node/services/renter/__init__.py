@@ -10,6 +10,8 @@ from .errors import NegotiationFailed as NegotiationFailed
 from .errors import NoOffersError as NoOffersError
 from .errors import NotConnected as NotConnected
 from .errors import RenterError as RenterError
+from .inputs import InputRefused as InputRefused
+from .inputs import resolve_input as resolve_input
 from .rental import LedgerFunder as LedgerFunder
 from .rental import OfferInfo as OfferInfo
 from .rental import Rental as Rental
@@ -18,6 +20,7 @@ from .rental import Renter as Renter
 
 __all__ = [
     "EscrowFailed",
+    "InputRefused",
     "JobFailed",
     "LedgerFunder",
     "NegotiationFailed",
@@ -28,4 +31,5 @@ __all__ = [
     "RentalResult",
     "Renter",
     "RenterError",
+    "resolve_input",
 ]

@@ -32,6 +32,7 @@ from dgpu.node.services.renter.errors import (
     NotConnected,
     RenterError,
 )
+from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
 from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.keys import SigningKey
@@ -324,8 +325,12 @@ class Renter:
 
     def __init__(self, network: Network, key: SigningKey, book: OfferBook, shelf: BlobShelf,
                  ledger: EscrowLedger | None, *, accept_simulated: bool, clock: Callable[[], int],
-                 nonce: Callable[[], bytes], billing_policy: BillingPolicy | None = None) -> None:
+                 nonce: Callable[[], bytes], billing_policy: BillingPolicy | None = None,
+                 input_roots: Sequence[Path | str] | None = None) -> None:
         self.network = network
+        #: inputs must lie under these folders; None: any file this process can read (a library
+        #: caller is the owner; the local API always passes the roots its owner configured)
+        self.input_roots = None if input_roots is None else resolve_roots(input_roots)
         self.key = key
         self.book = book
         self.shelf = shelf
@@ -351,8 +356,9 @@ class Renter:
                         ttl_s: float = 3600.0) -> InputRef:
         """Offer ``local_path`` to ``provider`` (a wallet) as the job's input ``job_path``."""
         self.check_live()
+        source = Path(local_path) if self.input_roots is None else resolve_input(local_path, self.input_roots)
         try:
-            entry = await self.shelf.add_file(Path(local_path), allowed=[provider], ttl_s=ttl_s)
+            entry = await self.shelf.add_file(source, allowed=[provider], ttl_s=ttl_s)
         except (BlobError, OSError) as exc:
             raise RenterError(f"cannot offer {local_path} as an input: {exc}") from exc
         try:

@@ -48,12 +48,22 @@ async def test_upload_download_pin_unpin_list(tmp_path: Path) -> None:
         listed = (await h.client.get("/api/v1/pins", headers=auth)).json()
         assert {p["cid"] for p in listed["pins"]} == {cid, r.json()["cid"]}
         assert listed["usage_bytes"] == len(data) + len(other)
-        # another wallet neither lists nor reads it, but may pin the existing blob
+        # another wallet neither lists nor reads it, nor pins it by its cid alone: the refusal is
+        # the one a cid nobody stored gets (no existence oracle)
         _, auth2 = await new_user(h.client)
         assert (await h.client.get("/api/v1/pins", headers=auth2)).json()["pins"] == []
         assert (await h.client.get(f"/api/v1/blobs/{cid}", headers=auth2)).status_code == 404
+        stolen = await h.client.post(f"/api/v1/pins/{cid}", headers=auth2)
+        unknown = await h.client.post(f"/api/v1/pins/{cid_of(b'never stored')}", headers=auth2)
+        assert (stolen.status_code, stolen.json()) == (unknown.status_code, unknown.json())
+        assert stolen.status_code == 404
+        assert (await h.client.get(f"/api/v1/blobs/{cid}", headers=auth2)).status_code == 404
+        # uploading the same bytes (proof of having them) shares the stored blob
+        r = await h.client.put(f"/api/v1/blobs/{cid}", content=data, headers=auth2)
+        assert r.status_code == 201
+        served = await h.client.get(f"/api/v1/blobs/{cid}", headers=auth2)
+        assert served.status_code == 200 and served.headers["x-content-type-options"] == "nosniff"
         assert (await h.client.post(f"/api/v1/pins/{cid}", headers=auth2)).status_code == 201
-        assert (await h.client.get(f"/api/v1/blobs/{cid}", headers=auth2)).status_code == 200
         # unpin by one wallet keeps the bytes for the other; the last unpin deletes them
         assert (await h.client.delete(f"/api/v1/pins/{cid}", headers=auth)).status_code == 204
         assert len(_stored_files(h)) == 2
@@ -63,13 +73,13 @@ async def test_upload_download_pin_unpin_list(tmp_path: Path) -> None:
         assert r.status_code == 404
         assert error_code(r) == "not_found"
         metrics = (await h.client.get("/metrics")).text
-        assert 'dgpu_storage_uploads_total{result="ok"} 2.0' in metrics
+        assert 'dgpu_storage_uploads_total{result="ok"} 3.0' in metrics  # auth2 uploaded data too
         samples = {
             s.name: s.value
             for family in text_string_to_metric_families(metrics)
             for s in family.samples
         }
-        assert samples["dgpu_storage_upload_bytes_total"] == len(data) + len(other)
+        assert samples["dgpu_storage_upload_bytes_total"] == 2 * len(data) + len(other)
 
 
 async def test_corrupted_upload_refused_nothing_kept(tmp_path: Path) -> None:
@@ -253,3 +263,22 @@ async def test_bucket_key_view_and_path_traversal(tmp_path: Path) -> None:
         assert _stored_files(h) == []
         r = await h.client.delete("/api/v1/storage/models/llama/weights.bin", headers=auth)
         assert r.status_code == 404
+
+
+async def test_keys_are_nfc_and_invalid_utf8_and_look_alikes_are_refused(tmp_path: Path) -> None:
+    async with bootstrap_server(tmp_path) as h:
+        _, auth = await new_user(h.client)
+        # two raw keys that a lossy decoding would make one key
+        for raw in ("a%FF", "a%FE", "a%ED%A0%80"):
+            r = await h.client.put(httpx.URL(f"{h.base_url}/api/v1/storage/models/{raw}"),
+                                   content=b"x", headers=auth)
+            assert r.status_code == 400 and error_code(r) == "bad_key", raw
+        # look-alikes of '.' and '/': one dot leader, fullwidth full stop and solidus, division slash
+        for key in ("\u2024\u2024/x", "a/\uff0e\uff0e/b", "a\uff0fb", "a\u2215b", "\u2025/x"):
+            r = await h.client.put(f"/api/v1/storage/models/{key}", content=b"x", headers=auth)
+            assert r.status_code == 400 and error_code(r) == "bad_key", key
+        # NFD and NFC spellings are one object
+        r = await h.client.put("/api/v1/storage/models/cafe\u0301", content=b"v1", headers=auth)
+        assert r.status_code == 200
+        r = await h.client.get("/api/v1/storage/models/caf\u00e9", headers=auth)
+        assert r.status_code == 200 and r.content == b"v1"
