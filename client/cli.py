@@ -61,7 +61,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--min-vram", type=int, default=0, metavar="MIB")
     p.add_argument("--count", type=int, default=1, help="GPUs of one kind")
     p.add_argument("--region", default=None)
-    p.add_argument("--max-price", type=int, default=None, metavar="UNITS", help="base units per GPU-minute")
+    p.add_argument("--max-price", type=int, default=None, metavar="UNITS",
+                   help="hide offers dearer than this many base units per GPU-minute")
     p.add_argument("--executor", choices=["docker", "script"], default=None)
     p.add_argument("--include-simulated", action="store_true", help="show simulated GPUs (development)")
     p.add_argument("--sort", choices=["price", "-price", "vram", "-vram"], default="price")
@@ -81,7 +82,8 @@ def add_commands(subparsers: Any) -> None:
                    help="with --image: the command and its arguments (put it last)")
     p.add_argument("--max-minutes", type=int, default=10, help="the deposit covers this many minutes")
     p.add_argument("--max-price", type=int, default=None, metavar="UNITS",
-                   help="most base units per minute for the whole job")
+                   help="the most this job may cost per minute, all its GPUs together, in base units "
+                        "(1000000 = 1 dGPU); offers above it are passed over")
     p.add_argument("--gpu", default=None, metavar="MODEL[:MIN_VRAM_MIB]")
     p.add_argument("--count", type=int, default=1, help="GPUs")
     p.add_argument("--provider", default=None, metavar="WALLET", help="rent from this provider")
