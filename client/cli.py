@@ -95,8 +95,9 @@ def add_commands(subparsers: Any) -> None:
                               formatter_class=fmt,
                               description="Jobs submitted through the node's API.\n\n" + HELP)
     _common(p)
-    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "cancel", "result"], default="list")
-    p.add_argument("job_id", nargs="?", default=None)
+    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "cancel", "result"], default="list",
+                   help="what to do")
+    p.add_argument("job_id", nargs="?", default=None, help="a job id, or `last` for the newest job")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="result: unpack the job's outputs here (default ./result-ID)")
     p.add_argument("--state", default=None, choices=["pending", "running", "finished", "failed", "cancelled",

@@ -164,7 +164,12 @@ def cmd_jobs(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] =
                   ["ID", "STATE", "CREATED", "PROVIDER", "MINUTES", "SPENT", "EXIT"], out)
             return 0
         if args.job_id is None:
-            raise CliError(f"dgpu jobs {action} needs a job id", 2)
+            raise CliError(f"dgpu jobs {action} needs a job id (or `last`)", 2)
+        if args.job_id == "last":  # the newest job: what a person usually means after `dgpu rent`
+            newest = api.get(JobsOut, "GET", "/api/v1/jobs", params={"limit": 1}).jobs
+            if not newest:
+                raise CliError("this node has no jobs yet", 2)
+            args.job_id = max(newest, key=lambda j: j.created_at).id
         if action == "show":
             _dump(api.get(JobOut, "GET", f"/api/v1/jobs/{args.job_id}"), out, iso_times=not args.json)
             return 0

@@ -29,7 +29,7 @@ def no_match_message(book: OfferBook, query: OfferQuery, now: int) -> str:
         return (f"no offer matches this job: this node knows no offers (waited {OFFER_WAIT_S:.0f} s; is a "
                 "provider on the network?)")
     hidden = sum(1 for _, reason in near if reason.startswith("simulated"))
-    why = "; ".join(f"{e.offer.provider[:8]}… {e.offer.gpus[0].model}: {reason}" for e, reason in near)
+    why = "; ".join(f"{e.offer.provider} ({e.offer.gpus[0].model}): {reason}" for e, reason in near)
     hint = " (a renter node started with --accept-simulated shows simulated offers)" if hidden else ""
     return f"no offer matches this job; closest {len(near)} of {len(book)}: {why}{hint}"
 
