@@ -18,24 +18,29 @@ __all__ = ["add_bootstrap_command", "run_bootstrap_command"]
 
 def add_bootstrap_command(sub: Any) -> None:
     b = sub.add_parser("bootstrap", help="run a bootstrap node (DHT server + rendezvous, login, pinning, "
-                                         "development ledger)")
+                                         "development ledger)",
+                       description="Run a bootstrap node: peers find each other through it (DHT server and "
+                                   "rendezvous), log in (wallet-signed challenges, JWTs), pin files, and on "
+                                   "development networks use its ledger and faucet.")
     add_common_options(b)
-    b.set_defaults(data_dir=Path(".dgpu/bootstrap"))
     b.add_argument("--http-host", default="127.0.0.1", help="HTTP listen address (login, pinning, ledger)")
     b.add_argument("--http-port", type=int, default=8600, help="HTTP port (0: the kernel picks)")
     b.add_argument("--http-url-file", type=Path, default=None, help="write the HTTP base URL here once listening")
     b.add_argument("--no-ledger", action="store_true", help="do not serve the development ledger")
     b.add_argument("--ledger-clock-speed", type=int, default=1,
-                   help="development ledger: its clock runs this many times faster (demos)")
+                   help="development ledger: its clock runs this many times faster (60: one wall second "
+                        "bills one minute, so short jobs show a cost)")
     b.add_argument("--ledger-test-mode", action="store_true",
                    help="development ledger: allow setting its clock over HTTP (tests only)")
 
 
 def run_bootstrap_command(args: argparse.Namespace) -> int:
     from dgpu.bootstrap.service import LedgerSettings, run_bootstrap_services
+    from dgpu.node.adapters.data_lock import hold_data_dir
     from dgpu.node.config import BootstrapConfig
+    from dgpu.node.data_dir import resolve_data_dir
 
-    config = BootstrapConfig(data_dir=args.data_dir, listen_host=args.host,
+    config = BootstrapConfig(data_dir=resolve_data_dir(args.data_dir, "bootstrap"), listen_host=args.host,
                              listen_port=args.port, addr_file=args.addr_file,
                              log_level=args.log_level)
     ledger = LedgerSettings(enabled=not args.no_ledger, clock_speed=args.ledger_clock_speed,
@@ -45,5 +50,6 @@ def run_bootstrap_command(args: argparse.Namespace) -> int:
         await run_bootstrap_services(config, http_host=args.http_host, http_port=args.http_port, ledger=ledger,
                                      url_file=args.http_url_file)
 
-    trio.run(until_signal, body)
+    with hold_data_dir(config.data_dir):
+        trio.run(until_signal, body)
     return 0

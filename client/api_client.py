@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,6 +76,7 @@ class Api:
         self.http = httpx.Client(base_url=settings.api_url, timeout=settings.timeout_s, headers=headers)
         #: a stored login may be refreshed (rotating refresh token); a DGPU_TOKEN cannot
         self._can_refresh = auth and not settings.env_token
+        self._ledger_warned = False
 
     def close(self) -> None:
         self.http.close()
@@ -120,8 +122,12 @@ class Api:
         """The mint's decimals, read from the ledger through the node; None without a ledger."""
         try:
             return self.get(WalletOut, "GET", "/api/v1/billing/wallet").decimals
-        except ApiCallError:
-            return None  # no ledger on this node: amounts are shown in base units
+        except ApiCallError as exc:
+            # amounts are then shown in base units; say why once, so "0" is not mistaken for a balance
+            if not self._ledger_warned:
+                print(f"dgpu: the ledger is unavailable ({exc}); amounts are in base units", file=sys.stderr)
+                self._ledger_warned = True
+            return None
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:

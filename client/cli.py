@@ -58,14 +58,17 @@ def add_commands(subparsers: Any) -> None:
                               description="List offers the node knows, cheapest first.\n\n" + HELP)
     _common(p)
     p.add_argument("--gpu-model", default=None, help='e.g. "RTX 4090" (case-insensitive)')
-    p.add_argument("--min-vram", type=int, default=0, metavar="MIB")
+    p.add_argument("--min-vram", type=int, default=0, metavar="MIB", help="least VRAM per GPU")
     p.add_argument("--count", type=int, default=1, help="GPUs of one kind")
-    p.add_argument("--region", default=None)
-    p.add_argument("--max-price", type=int, default=None, metavar="UNITS", help="base units per GPU-minute")
-    p.add_argument("--executor", choices=["docker", "script"], default=None)
+    p.add_argument("--region", default=None, help="only offers from this region")
+    p.add_argument("--max-price", type=int, default=None, metavar="UNITS",
+                   help="hide offers dearer than this many base units per GPU-minute")
+    p.add_argument("--executor", choices=["docker", "script"], default=None,
+                   help="only providers that run this kind of job")
     p.add_argument("--include-simulated", action="store_true", help="show simulated GPUs (development)")
-    p.add_argument("--sort", choices=["price", "-price", "vram", "-vram"], default="price")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--sort", choices=["price", "-price", "vram", "-vram"], default="price",
+                   help="order (a leading - reverses it)")
+    p.add_argument("--limit", type=int, default=50, help="show at most this many offers")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_wrap(cmd_offers))
 
@@ -81,8 +84,10 @@ def add_commands(subparsers: Any) -> None:
                    help="with --image: the command and its arguments (put it last)")
     p.add_argument("--max-minutes", type=int, default=10, help="the deposit covers this many minutes")
     p.add_argument("--max-price", type=int, default=None, metavar="UNITS",
-                   help="most base units per minute for the whole job")
-    p.add_argument("--gpu", default=None, metavar="MODEL[:MIN_VRAM_MIB]")
+                   help="the most this job may cost per minute, all its GPUs together, in base units "
+                        "(1000000 = 1 dGPU); offers above it are passed over")
+    p.add_argument("--gpu", default=None, metavar="MODEL[:MIN_VRAM_MIB]",
+                   help='the GPU to rent, e.g. "RTX 4090" or "RTX 4090:20000" (any when not given)')
     p.add_argument("--count", type=int, default=1, help="GPUs")
     p.add_argument("--provider", default=None, metavar="WALLET", help="rent from this provider")
     p.add_argument("--input", action="append", default=[], metavar="JOB_PATH=LOCAL_FILE",
@@ -95,15 +100,16 @@ def add_commands(subparsers: Any) -> None:
                               formatter_class=fmt,
                               description="Jobs submitted through the node's API.\n\n" + HELP)
     _common(p)
-    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "cancel", "result"], default="list")
-    p.add_argument("job_id", nargs="?", default=None)
+    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "cancel", "result"], default="list",
+                   help="what to do")
+    p.add_argument("job_id", nargs="?", default=None, help="a job id, or `last` for the newest job")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="result: unpack the job's outputs here (default ./result-ID)")
     p.add_argument("--state", default=None, choices=["pending", "running", "finished", "failed", "cancelled",
-                                                     "expired"])
-    p.add_argument("--limit", type=int, default=50)
+                                                     "expired"], help="list: only jobs in this state")
+    p.add_argument("--limit", type=int, default=50, help="list: at most this many jobs; logs: the last N lines")
     p.add_argument("--follow", "-f", action="store_true", help="logs: follow until the job ends")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output (times as epoch seconds)")
     p.set_defaults(handler=_wrap(cmd_jobs))
 
     p = subparsers.add_parser("wallet", help="the node's wallet: address and balances", formatter_class=fmt,
@@ -118,7 +124,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--program-id", default=None, help="the dGPU escrow program (with --solana-rpc)")
     p.add_argument("--create-token-account", action="store_true",
                    help="with --solana-rpc: create the wallet's dGPU token account if missing (costs SOL rent)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_wrap(cmd_wallet))
 
     p = subparsers.add_parser("login", help="get an API token by signing with the node key", formatter_class=fmt,

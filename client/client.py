@@ -27,6 +27,7 @@ import trio
 
 from dgpu.node.app import NodeRuntime, new_nonce, run_node, wall_clock
 from dgpu.node.config import NodeConfig
+from dgpu.node.logging import quiet_libp2p
 from dgpu.node.services.billing import BillingPolicy
 from dgpu.node.services.renter import OfferInfo, Rental, RentalResult, Renter
 from dgpu.protocol.ledger import EscrowLedger
@@ -55,6 +56,7 @@ class Client(Renter):
         ``ledger_url`` is the development ledger (a bootstrap node's HTTP address); pass a
         ready ``ledger`` (e.g. ``SolanaEscrow``) instead for Solana. ``data_dir`` holds the
         identity (created on first use, mode 0600); by default a temporary one."""
+        quiet_libp2p()
         with tempfile.TemporaryDirectory(prefix="dgpu-client-") as tmp:
             # the node chooses (and closes) its ledger client from the config, unless one is given
             config = NodeConfig(role="renter", bootstrap=tuple(bootstrap), data_dir=data_dir or Path(tmp),

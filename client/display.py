@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import IO
 
 from dgpu.client.api_client import CliError
 from dgpu.node.services.api.schema import OfferOut, format_amount
 
-__all__ = ["ProgressBar", "fmt_amount", "fmt_bytes", "offer_table", "parse_amount", "table"]
+__all__ = ["ProgressBar", "fmt_amount", "fmt_bytes", "fmt_time", "offer_table", "parse_amount", "table"]
 
 
 def fmt_amount(base_units: int, decimals: int | None) -> str:
-    """``8334`` with 6 decimals -> ``"0.008334"``; unknown decimals -> base units."""
+    """``8334`` with 6 decimals -> ``"0.008334"``; unknown decimals (the ledger does not answer,
+    which ``Api.decimals`` says once) -> ``"8334 base units"``."""
     if decimals is None:
-        return f"{base_units} units"
+        return f"{base_units} base units"
     return format_amount(base_units, decimals)
+
+
+def fmt_time(epoch_s: float | None) -> str:
+    """Seconds since the epoch as ISO-8601 UTC (``2026-12-01T10:57:37Z``); ``-`` for none."""
+    if epoch_s is None:
+        return "-"
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_amount(text: str, decimals: int) -> int:
@@ -96,7 +105,7 @@ def offer_table(offers: Sequence[OfferOut], decimals: int | None, out: IO[str]) 
     for o in offers:
         g = o.gpus[0]
         price = o.price_per_gpu_minute
-        rows.append([o.provider[:12] + "…", g.model, f"{g.vram_mib} MiB", str(o.gpu_count),
+        rows.append([o.provider, g.model, f"{g.vram_mib} MiB", str(o.gpu_count),
                      fmt_amount(price, decimals), fmt_amount(price * 60, decimals), o.region,
                      "yes" if o.simulated else "no"])
     table(rows, ["PROVIDER", "GPU", "VRAM", "COUNT", "dGPU/GPU-MIN", "dGPU/GPU-HOUR", "REGION", "SIMULATED"], out)

@@ -8,21 +8,54 @@ login). It only parses and dispatches; each part builds its own configuration on
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import os
 import sys
+from typing import TypeVar
 
 from dgpu.bootstrap.cli import add_bootstrap_command, run_bootstrap_command
 from dgpu.client.cli import add_commands
 from dgpu.node.cli import add_node_command, run_node_command
 
-__all__ = ["main"]
+__all__ = ["HelpFormatter", "main"]
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _leaf(exc: BaseException, kinds: tuple[type[_E], ...]) -> _E | None:
+    """The first ``kinds`` error inside ``exc`` (trio wraps a task's error in ExceptionGroups)."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _leaf(inner, kinds)
+            if found is not None:
+                return found
+    return None
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; every flag's help ends with its default."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dgpu")
+    except importlib.metadata.PackageNotFoundError:  # a source tree without its metadata
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dgpu", description="dGPU: peer-to-peer GPU rental")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = argparse.ArgumentParser(prog="dgpu", description="dGPU: peer-to-peer GPU rental",
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"dgpu {_version()}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="run the local demo network (bootstrap, 2 providers, renter)")
+    d = sub.add_parser("demo", help="run the local demo network (bootstrap, 2 providers, renter)",
+                       description="A local network on 127.0.0.1: a bootstrap node, two providers with "
+                                   "simulated GPUs and a renter that rents the cheapest and runs a paid job.",
+                       formatter_class=HelpFormatter)
     d.add_argument("--keep", action="store_true", help="keep the work dir and logs")
     d.add_argument("--log-level", default="WARNING", help="children's log level")
     d.add_argument("--provider-behind-nat", action="store_true",
@@ -31,10 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     add_bootstrap_command(sub)
     add_node_command(sub)
     add_commands(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `dgpu jobs logs ID | head`: the reader left; so do we, quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if hasattr(args, "handler"):  # renter commands (dgpu.client.cli) talk to a running node
         return int(args.handler(args))
@@ -49,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dgpu.client.demo import rent_once
     from dgpu.node import logging as node_logging
+    from dgpu.node.adapters.http_server import HttpServerError
     from dgpu.node.errors import NodeError
 
     node_logging.configure(args.log_level, name=args.cmd)
@@ -57,11 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "bootstrap":
             return run_bootstrap_command(args)
         return run_node_command(args, rent_once=rent_once)
-    except NodeError as exc:
-        print(f"dgpu {args.cmd}: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        # a node that cannot start or join says why in one line, not in a nested traceback
+        known = _leaf(exc, (NodeError, HttpServerError))
+        if known is None:
+            if _leaf(exc, (KeyboardInterrupt,)) is not None:
+                return 130
+            raise
+        print(f"dgpu {args.cmd}: {known}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

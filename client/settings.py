@@ -4,13 +4,15 @@ Precedence, lowest to highest:
 
 1. the TOML file: ``--config PATH``, else ``$DGPU_CONFIG``, else ``~/.config/dgpu/config.toml``
    (a missing default file is fine; a missing file that was asked for is an error);
-2. environment variables ``DGPU_API_URL``, ``DGPU_DATA_DIR``, ``DGPU_TOKEN``, ``DGPU_TIMEOUT``;
+2. environment variables ``DGPU_API_URL``, ``DGPU_DATA_DIR``, ``DGPU_TOKEN``, ``DGPU_TIMEOUT``
+   (``XDG_DATA_HOME`` moves the default data dir as it moves the node's);
 3. command-line flags (``--api-url``, ``--data-dir``, ``--timeout``).
 
 TOML keys (all optional)::
 
-    api_url = "http://127.0.0.1:8700"   # the node's local API
-    data_dir = "~/.dgpu/node"            # the node's data dir: identity.json, api-token.json
+    api_url = "http://127.0.0.1:8700"   # the node's local API (default: what the node wrote to
+                                        # <data_dir>/api.json, else this URL)
+    data_dir = "~/.local/share/dgpu/renter"   # the node's data dir: identity.json, api-token.json
     timeout = 30                         # seconds per API request
 
 The access token is never read from the file (it is a secret with a short life): ``dgpu login``
@@ -27,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dgpu.node.data_dir import API_FILE, default_data_dir
+
 __all__ = ["DEFAULT_API_URL", "DEFAULT_CONFIG", "HELP", "ClientSettings", "SettingsError", "load_settings"]
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 DEFAULT_CONFIG = Path("~/.config/dgpu/config.toml")
-DEFAULT_DATA_DIR = Path(".dgpu/node")  # the same default as ``dgpu node --data-dir``
 TOKEN_FILE = "api-token.json"
 _KEYS = {"api_url", "data_dir", "timeout"}
 #: a config file is a few lines; anything bigger is a mistake
@@ -99,6 +102,16 @@ def _read_file(path: Path, *, required: bool) -> dict[str, Any]:
     return data
 
 
+def _node_api_url(data_dir: Path) -> str | None:
+    """The URL the node serving this data dir wrote when its API started listening."""
+    try:
+        data = json.loads((data_dir / API_FILE).read_text()[:_MAX_CONFIG_BYTES])
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) else None
+
+
 def _timeout(value: Any, where: str) -> float:
     try:
         t = float(value)
@@ -118,8 +131,9 @@ def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str]
     config_flag = flags.get("config") or env.get("DGPU_CONFIG")
     path = Path(config_flag).expanduser() if config_flag else DEFAULT_CONFIG.expanduser()
     file = _read_file(path, required=bool(config_flag))
-    api_url: Any = file.get("api_url", DEFAULT_API_URL)
-    data_dir: Any = file.get("data_dir", DEFAULT_DATA_DIR)
+    api_url: Any = file.get("api_url")
+    # the same default as ``dgpu node --role renter`` (DGPU_DATA_DIR, then XDG)
+    data_dir: Any = file.get("data_dir") or default_data_dir("renter", env)
     timeout = _timeout(file.get("timeout", 30), str(path))
     if env.get("DGPU_API_URL"):
         api_url = env["DGPU_API_URL"]
@@ -133,8 +147,11 @@ def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str]
         data_dir = flags["data_dir"]
     if flags.get("timeout") is not None:
         timeout = _timeout(flags["timeout"], "--timeout")
+    data_path = Path(str(data_dir)).expanduser().absolute()
+    if api_url is None:
+        api_url = _node_api_url(data_path) or DEFAULT_API_URL
     if not isinstance(api_url, str) or not api_url.startswith(("http://", "https://")):
         raise SettingsError("api_url must be an http:// or https:// URL")
-    return ClientSettings(api_url=api_url.rstrip("/"), data_dir=Path(str(data_dir)).expanduser(),
+    return ClientSettings(api_url=api_url.rstrip("/"), data_dir=data_path,
                           timeout_s=timeout, env_token=env.get("DGPU_TOKEN") or None,
                           config_file=path if path.exists() else None)

@@ -35,6 +35,7 @@ from dgpu.node.adapters.reachability import NatTraversal
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
 from dgpu.node.config import NodeConfig
+from dgpu.node.data_dir import API_FILE
 from dgpu.node.errors import ConfigError, NetworkError
 from dgpu.node.metrics import NodeMetrics, RuntimeStats
 from dgpu.node.ports.gpu import GpuScan, GpuSource
@@ -303,7 +304,10 @@ async def run_node(config: NodeConfig, *,
             from dgpu.node.adapters.http_api import serve_node_api
 
             rt.api_port = await nursery.start(serve_node_api, api_node(rt), api)
-            log.info("local API on http://%s:%d/docs", api.host, rt.api_port)
+            api_url = f"http://{api.host}:{rt.api_port}"
+            # the renter commands find their node's API here, from any folder
+            write_addr_file(config.data_dir / API_FILE, json.dumps({"url": api_url}))
+            log.info("local API on %s/docs", api_url)
         task_status.started(rt)
         if main is not None:
             await main(rt)

@@ -34,19 +34,26 @@ class RentOnce(Protocol):
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
     """Identity, listen address and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
-    p.add_argument("--data-dir", type=Path, default=Path(".dgpu/node"),
-                   help="identity and state (identity.json is created on first run, mode 0600)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="identity and state (identity.json is created on first run, mode 0600); default "
+                        "$DGPU_DATA_DIR, else $XDG_DATA_HOME/dgpu/ROLE (~/.local/share/dgpu/ROLE); one process "
+                        "per data dir")
     p.add_argument("--host", default="127.0.0.1", help="listen address")
     p.add_argument("--port", type=int, default=0, help="listen port (0: the kernel picks)")
     p.add_argument("--addr-file", type=Path, default=None,
                    help="write the full multiaddr here once listening")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                   type=str.upper, help="INFO: what an operator must know; DEBUG adds libp2p's and HTTP's chatter")
 
 
 def add_node_command(sub: Any) -> None:
-    n = sub.add_parser("node", help="run a provider or renter node")
+    n = sub.add_parser("node", help="run a provider or renter node",
+                       description="Run a provider (offers its GPUs, runs renters' jobs, claims its earnings) "
+                                   "or a renter node (finds offers, funds escrows, serves the local API the "
+                                   "renter commands use) until Ctrl-C.")
     add_common_options(n)
-    n.add_argument("--role", choices=["provider", "renter"], required=True)
+    n.add_argument("--role", choices=["provider", "renter"], required=True,
+                   help="provider: rent out GPUs; renter: rent them")
     n.add_argument("--bootstrap", action="append", required=True, metavar="MULTIADDR",
                    help="bootstrap node multiaddr with /p2p/ID (repeatable)")
     n.add_argument("--simulated-gpu", action="append", default=[], metavar="MODEL:VRAM[:N]",
@@ -57,19 +64,23 @@ def add_node_command(sub: Any) -> None:
                    help="provider: base units per GPU-minute, overriding the pricing engine's market price")
     n.add_argument("--price-multiplier-bounds", default="0.5:2.0", metavar="LOW:HIGH",
                    help="provider: keep the demand/supply multiplier in this band (inside 0.5:2.0)")
-    n.add_argument("--region", default="local")
+    n.add_argument("--region", default="local", help="provider: the region named in its offers")
     n.add_argument("--max-jobs", type=int, default=None, help="provider: concurrent jobs (default: one per GPU)")
-    n.add_argument("--allow-image", action="append", default=[], help="provider: docker image")
-    n.add_argument("--executor", action="append", default=[], choices=["script", "docker"])
-    n.add_argument("--offer-ttl", type=int, default=300)
+    n.add_argument("--allow-image", action="append", default=[], metavar="IMAGE",
+                   help="provider: a Docker image renters may run (repeatable; needs --executor docker)")
+    n.add_argument("--executor", action="append", default=[], choices=["script", "docker"],
+                   help="provider: how jobs run (repeatable; none given: script)")
+    n.add_argument("--offer-ttl", type=int, default=300, help="provider: seconds an offer stays valid")
     n.add_argument("--status-file", type=Path, default=None,
                    help="write a JSON status here every 0.5 s (tests, benchmarks)")
     n.add_argument("--accept-simulated", action="store_true",
                    help="accept offers of simulated GPUs (development networks)")
     n.add_argument("--rent-script", default=None,
                    help="renter: run this script once on the cheapest match, then exit")
-    n.add_argument("--rent-min-vram", type=int, default=0)
-    n.add_argument("--rent-expect-offers", type=int, default=1)
+    n.add_argument("--rent-min-vram", type=int, default=0, metavar="MIB",
+                   help="renter (--rent-script): least VRAM per GPU")
+    n.add_argument("--rent-expect-offers", type=int, default=1,
+                   help="renter (--rent-script): offers to wait for before choosing")
     n.add_argument("--rent-minutes", type=int, default=5, help="renter (--rent-script): minutes to pay for")
     n.add_argument("--ledger-url", default=None,
                    help="development ledger (a bootstrap node's HTTP URL): providers verify and claim escrows, "
@@ -84,7 +95,7 @@ def add_node_command(sub: Any) -> None:
                    help="provider: seconds a renter has to submit an agreed job (then its escrow is refundable)")
     n.add_argument("--api-port", type=int, default=None,
                    help="serve the local HTTP API on this port (8700 is usual; needs --bootstrap-url)")
-    n.add_argument("--api-host", default="127.0.0.1")
+    n.add_argument("--api-host", default="127.0.0.1", help="the local HTTP API's listen address")
     n.add_argument("--reachability", choices=["auto", "public", "private"], default="auto",
                    help="provider: auto-detect (dial-back by bootstrap nodes) or force; "
                         "not public = reserve relay slots on the bootstrap nodes")
@@ -125,8 +136,10 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
     """Run ``dgpu node`` until a signal (or, with ``--rent-script``, until ``rent_once`` returns)."""
     from pydantic import ValidationError
 
+    from dgpu.node.adapters.data_lock import hold_data_dir
     from dgpu.node.app import run_node
     from dgpu.node.config import NodeConfig, parse_gpu
+    from dgpu.node.data_dir import resolve_data_dir
     from dgpu.protocol.errors import PricingError
     from dgpu.protocol.messages import Executor
     from dgpu.protocol.pricing import MultiplierBounds
@@ -138,7 +151,7 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
         return 2
     try:
         config = NodeConfig(
-            role=args.role, bootstrap=tuple(args.bootstrap), data_dir=args.data_dir,
+            role=args.role, bootstrap=tuple(args.bootstrap), data_dir=resolve_data_dir(args.data_dir, args.role),
             listen_host=args.host, listen_port=args.port, addr_file=args.addr_file,
             log_level=args.log_level, accept_simulated=args.accept_simulated,
             gpus=tuple(parse_gpu(g, simulated=True) for g in args.simulated_gpu),
@@ -189,7 +202,8 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
 
     refused: list[str] = []
     try:
-        trio.run(until_signal, body)
+        with hold_data_dir(config.data_dir):
+            trio.run(until_signal, body)
     except* ConfigError as group:  # a provider that cannot offer what it was asked to (no GPU, no runtime)
         refused.extend(str(exc) for exc in _leaves(group))
     if refused:

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Final, TextIO
 
-__all__ = ["BenignLibp2pFilter", "configure", "get_logger"]
+__all__ = ["BenignLibp2pFilter", "configure", "get_logger", "quiet_libp2p"]
 
 #: substrings of py-libp2p 0.8.1 messages that are normal operation, demoted to DEBUG
 _BENIGN: Final = (
@@ -29,6 +29,9 @@ _BENIGN: Final = (
     "invalid-signed-record",
     "exceeded size limit",  # our guard: oversized pubsub frames are dropped on purpose
     "Spam protection",
+    "failed to upgrade security for peer",  # dialling a dead peer's stale address
+    "fail to upgrade mux for peer",  # same
+    "Error checking connection to",  # health monitor, a peer that went away
 )
 
 
@@ -85,8 +88,30 @@ def configure(level: str | int = "INFO", *, stream: TextIO | None = None,
     for name_, obj in list(logging.Logger.manager.loggerDict.items()):
         if name_.startswith("libp2p.") and isinstance(obj, logging.Logger):
             obj.setLevel(logging.NOTSET if lvl <= logging.DEBUG else logging.WARNING)
-    for noisy in ("multiaddr", "async_service"):
+    # httpx logs every request at INFO (the ledger is polled every few seconds): DEBUG only
+    for noisy in ("multiaddr", "async_service", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
+
+
+class _ToRoot(logging.Handler):
+    """Hands libp2p's records that pass the filter to the application's own logging."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
+
+
+def quiet_libp2p() -> None:
+    """For the renter library inside someone's script: libp2p's benign noise (dead peers,
+    "Failed to open stream ... /meshsub/1.1.0") is dropped, its real warnings reach the script's
+    logging (or stderr), and nothing else of the script's logging changes. Idempotent; a
+    process that called :func:`configure` keeps that configuration."""
+    lib = logging.getLogger("libp2p")
+    if lib.handlers:
+        return
+    handler = _ToRoot()
+    handler.addFilter(BenignLibp2pFilter(logging.getLogger().isEnabledFor(logging.DEBUG)))
+    lib.addHandler(handler)
+    lib.propagate = False  # its records reach the root through the handler, filtered
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -15,8 +15,8 @@ import httpx
 from pydantic import BaseModel
 
 from dgpu.client.api_client import Api, ApiCallError, CliError, answer_of, settings_of
-from dgpu.client.display import ProgressBar, fmt_amount, fmt_bytes, table
-from dgpu.node.services.api.schema import ApiJobState, JobOut, JobsOut, LogLine, LogsOut
+from dgpu.client.display import ProgressBar, fmt_amount, fmt_bytes, fmt_time, table
+from dgpu.node.services.api.schema import IMAGE_REFERENCE, ApiJobState, JobOut, JobsOut, LogLine, LogsOut
 from dgpu.node.services.blobs import BlobError, safe_unpack
 from dgpu.node.services.renter.inputs import InputRefused, resolve_input, resolve_roots
 
@@ -31,8 +31,12 @@ MAX_SCRIPT_BYTES = 64 * 1024
 MAX_RESULT_BYTES = 1024**3
 
 
-def _dump(model: BaseModel, out: IO[str]) -> None:
-    json.dump(model.model_dump(mode="json"), out, indent=2)
+def _dump(model: BaseModel, out: IO[str], *, iso_times: bool = False) -> None:
+    data = model.model_dump(mode="json")
+    if iso_times:  # for people: times as ISO-8601, not epoch seconds
+        data = {k: fmt_time(v) if k.endswith("_at") and isinstance(v, int | float | None) else v
+                for k, v in data.items()}
+    json.dump(data, out, indent=2)
     print(file=out)
 
 
@@ -47,6 +51,9 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc.strerror}", 2) from None
     elif args.image is not None:
+        if not IMAGE_REFERENCE.fullmatch(args.image):
+            raise CliError(f"--image {args.image!r} is not a Docker image name (like busybox or "
+                           "pytorch/pytorch:2.4)", 2)
         body["image"] = args.image
         body["command"] = list(args.command or [])
     else:
@@ -155,14 +162,19 @@ def cmd_jobs(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] =
                 _dump(jobs, out)
                 return 0
             decimals = api.decimals()
-            table([[j.id, str(j.state), (j.provider or "-")[:12], str(j.minutes),
+            table([[j.id, str(j.state), fmt_time(j.created_at), j.provider or "-", str(j.minutes),
                     fmt_amount(j.spent, decimals), str(j.exit_code)] for j in jobs.jobs],
-                  ["ID", "STATE", "PROVIDER", "MINUTES", "SPENT", "EXIT"], out)
+                  ["ID", "STATE", "CREATED", "PROVIDER", "MINUTES", "SPENT", "EXIT"], out)
             return 0
         if args.job_id is None:
-            raise CliError(f"dgpu jobs {action} needs a job id", 2)
+            raise CliError(f"dgpu jobs {action} needs a job id (or `last`)", 2)
+        if args.job_id == "last":  # the newest job: what a person usually means after `dgpu rent`
+            newest = api.get(JobsOut, "GET", "/api/v1/jobs", params={"limit": 1}).jobs
+            if not newest:
+                raise CliError("this node has no jobs yet", 2)
+            args.job_id = max(newest, key=lambda j: j.created_at).id
         if action == "show":
-            _dump(api.get(JobOut, "GET", f"/api/v1/jobs/{args.job_id}"), out)
+            _dump(api.get(JobOut, "GET", f"/api/v1/jobs/{args.job_id}"), out, iso_times=not args.json)
             return 0
         if action == "logs":
             if args.follow:

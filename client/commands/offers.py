@@ -30,4 +30,7 @@ def cmd_offers(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         return 0
     offer_table(market.offers, decimals, out)
     print(f"{len(market.offers)} of {market.total} matching offer(s)", file=out)
+    if market.hidden_simulated:
+        print(f"{market.hidden_simulated} offer(s) of simulated GPUs hidden; `dgpu offers --include-simulated` "
+              "shows them", file=out)
     return 0

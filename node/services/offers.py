@@ -76,23 +76,27 @@ class OfferQuery:
     include_simulated: bool = False
 
     def matches(self, offer: Offer) -> bool:
-        if self.region is not None and offer.region != self.region:
-            return False
-        if self.max_price_per_minute is not None and (
-            offer.price_per_minute > self.max_price_per_minute
-        ):
-            return False
-        if self.executor is not None and self.executor not in offer.executors:
-            return False
+        return self.rejection(offer) is None
+
+    def rejection(self, offer: Offer) -> str | None:
+        """Why ``offer`` does not match (the first reason, in words a renter can act on), or None."""
         if offer.simulated and not self.include_simulated:
-            return False
+            return "simulated GPU (hidden unless simulated offers are accepted)"
+        if self.executor is not None and self.executor not in offer.executors:
+            return f"runs {'/'.join(e.value for e in offer.executors)} jobs, not {self.executor.value}"
+        if self.region is not None and offer.region != self.region:
+            return f"region {offer.region}, not {self.region}"
         want = self.gpu_model.casefold() if self.gpu_model else None
-        return any(
-            (want is None or g.model.casefold() == want)
-            and g.vram_mib >= self.min_vram_mib
-            and g.count >= self.gpu_count
-            for g in offer.gpus
-        )
+        kinds = [g for g in offer.gpus if want is None or g.model.casefold() == want]
+        if not kinds:
+            return f"GPU {', '.join(g.model for g in offer.gpus)}, not {self.gpu_model}"
+        if all(g.vram_mib < self.min_vram_mib for g in kinds):
+            return f"{max(g.vram_mib for g in kinds)} MiB of VRAM, fewer than {self.min_vram_mib}"
+        if not any(g.vram_mib >= self.min_vram_mib and g.count >= self.gpu_count for g in kinds):
+            return f"{max(g.count for g in kinds)} GPU(s) of that kind, fewer than {self.gpu_count}"
+        if self.max_price_per_minute is not None and offer.price_per_minute > self.max_price_per_minute:
+            return f"price {offer.price_per_minute} per GPU-minute, above {self.max_price_per_minute}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +219,19 @@ class OfferBook:
             matched.sort(key=key, reverse=descending)
         entries = self._entries
         return [entries[f.provider] for f in matched]
+
+    def closest(self, q: OfferQuery, *, now: int, limit: int = 3) -> list[tuple[BookEntry, str]]:
+        """The cheapest ``limit`` offers that do not match, each with the first reason why (what a
+        renter whose query found nothing needs to widen it)."""
+        self.drop_expired(now)
+        out: list[tuple[BookEntry, str]] = []
+        for *_, entry in self._order:
+            reason = q.rejection(entry.offer)
+            if reason is not None:
+                out.append((entry, reason))
+                if len(out) >= limit:
+                    break
+        return out
 
     def _scan(self, q: OfferQuery, now: int) -> list[_Facts]:
         """The facts of every match, in price order (no per-match allocation: a scan of

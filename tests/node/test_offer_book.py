@@ -95,3 +95,19 @@ async def test_wait_for_wakes_on_a_matching_offer(key: SigningKey, offer_factory
         assert got == []
         book.put(make_offer(key), "p", now=1000)
     assert len(got) == 1
+
+
+
+def test_rejection_names_the_first_reason_an_offer_does_not_match(
+        key: SigningKey, offer_factory: Callable[..., Offer]) -> None:
+    offer = offer_factory(key, simulated=True, price=100)  # an RTX 4090, 24 GiB, docker jobs
+    assert "simulated" in str(OfferQuery().rejection(offer))
+    assert OfferQuery(include_simulated=True).rejection(offer) is None
+    assert "not H100" in str(OfferQuery(include_simulated=True, gpu_model="H100").rejection(offer))
+    assert "fewer than 90000" in str(OfferQuery(include_simulated=True, min_vram_mib=90_000).rejection(offer))
+    assert "above 1" in str(OfferQuery(include_simulated=True, max_price_per_minute=1).rejection(offer))
+    assert "not script" in str(OfferQuery(include_simulated=True, executor=Executor.SCRIPT).rejection(offer))
+    book = OfferBook()
+    book.put(offer, "p", now=1000)
+    assert [reason for _, reason in book.closest(OfferQuery(gpu_model="H100"), now=1000)] == [
+        "simulated GPU (hidden unless simulated offers are accepted)"]

@@ -37,6 +37,7 @@ def marketplace_router() -> APIRouter:
                             region=region, max_price=max_price, executor=executor,
                             include_simulated=include_simulated, sort=sort, limit=limit, offset=offset)
         total, page = svc.market_page(ctx.book, q, now=ctx.now())
-        return MarketOut(total=total, offset=offset, limit=limit, offers=svc.offer_rows(page))
+        return MarketOut(total=total, offset=offset, limit=limit, offers=svc.offer_rows(page),
+                         hidden_simulated=svc.hidden_simulated(ctx.book, q, total, now=ctx.now()))
 
     return router

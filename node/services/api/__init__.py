@@ -29,6 +29,7 @@ from .jobs import JobFinal as JobFinal
 from .jobs import JobManager as JobManager
 from .market import MAX_PAGE as MAX_PAGE
 from .market import MarketQuery as MarketQuery
+from .market import hidden_simulated as hidden_simulated
 from .market import market_page as market_page
 from .market import offer_rows as offer_rows
 from .market import price_estimate as price_estimate
@@ -65,6 +66,7 @@ __all__ = [
     "Unavailable",
     "WalletService",
     "format_amount",
+    "hidden_simulated",
     "market_page",
     "offer_rows",
     "price_estimate",

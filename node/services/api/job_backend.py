@@ -10,16 +10,28 @@ import trio
 from dgpu.node.services.api.errors import JobRunError
 from dgpu.node.services.api.jobs import ApiJob, JobFinal
 from dgpu.node.services.api.schema import ApiJobState, JobSpec
-from dgpu.node.services.offers import BookEntry, OfferQuery
+from dgpu.node.services.offers import BookEntry, OfferBook, OfferQuery
 from dgpu.node.services.renter import EscrowFailed, InputRefused, NegotiationFailed, OfferInfo, Renter, RenterError
 
-__all__ = ["OFFER_WAIT_S", "NetworkJobBackend"]
+__all__ = ["OFFER_WAIT_S", "NetworkJobBackend", "no_match_message"]
 
 log = logging.getLogger(__name__)
 
 #: how long a submitted job waits for a matching offer before failing with no_offers (a fresh
 #: node learns offers by gossip, which takes seconds on a loaded machine)
 OFFER_WAIT_S = 10.0
+
+
+def no_match_message(book: OfferBook, query: OfferQuery, now: int) -> str:
+    """"no offer matches", with the closest offers and why each was passed over."""
+    near = book.closest(query, now=now)
+    if not near:
+        return (f"no offer matches this job: this node knows no offers (waited {OFFER_WAIT_S:.0f} s; is a "
+                "provider on the network?)")
+    hidden = sum(1 for _, reason in near if reason.startswith("simulated"))
+    why = "; ".join(f"{e.offer.provider} ({e.offer.gpus[0].model}): {reason}" for e, reason in near)
+    hint = " (a renter node started with --accept-simulated shows simulated offers)" if hidden else ""
+    return f"no offer matches this job; closest {len(near)} of {len(book)}: {why}{hint}"
 
 
 class NetworkJobBackend:
@@ -52,7 +64,7 @@ class NetworkJobBackend:
             await book.wait_for(query, now=clock)
         hits = book.query(query, now=clock())
         if not hits:
-            raise JobRunError("no offer matches this job", "no_offers")
+            raise JobRunError(no_match_message(book, query, clock()), "no_offers")
         return hits[0]
 
     async def run(self, spec: JobSpec, job: ApiJob) -> JobFinal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -14,7 +15,7 @@ from dgpu.protocol.errors import PricingError
 from dgpu.protocol.messages import Executor
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, PriceInputs, estimate, hourly_price, rate_per_minute
 
-__all__ = ["MAX_PAGE", "MarketQuery", "market_page", "offer_rows", "price_estimate"]
+__all__ = ["MAX_PAGE", "MarketQuery", "hidden_simulated", "market_page", "offer_rows", "price_estimate"]
 
 #: a page of the marketplace is at most this many offers (bounds the response size)
 MAX_PAGE = 200
@@ -44,6 +45,14 @@ def market_page(book: OfferBook, q: MarketQuery, *, now: int) -> tuple[int, list
     """(total matches, the requested page) — sorted by price (cheapest first) or VRAM."""
     hits = book.query(q.offer_query(), now=now, order=q.sort)
     return len(hits), hits[q.offset:q.offset + min(q.limit, MAX_PAGE)]
+
+
+def hidden_simulated(book: OfferBook, q: MarketQuery, total: int, *, now: int) -> int:
+    """How many more offers would match with simulated GPUs included (0 when they already are)."""
+    if q.include_simulated:
+        return 0
+    with_simulated = dataclasses.replace(q.offer_query(), include_simulated=True)
+    return len(book.query(with_simulated, now=now)) - total
 
 
 def offer_rows(entries: Iterable[BookEntry]) -> list[OfferOut]:

@@ -7,6 +7,7 @@ only. Amounts are integers of the mint's base unit; ``Decimal`` appears only in 
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dgpu.protocol.messages import Executor, GpuSample, Offer, PriceBasis, UsageReceipt
 
 __all__ = [
+    "IMAGE_REFERENCE",
     "ApiJobState",
     "BalanceOut",
     "DepositIn",
@@ -54,6 +56,13 @@ def format_amount(base_units: int, decimals: int) -> str:
 # -- requests --------------------------------------------------------------------------------------
 
 
+#: a Docker image reference: [registry[:port]/]name[/name...][:tag][@sha256:digest], names lowercase
+IMAGE_REFERENCE = re.compile(
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+
+
 class JobSpec(BaseModel):
     """What a renter submits through ``POST /api/v1/jobs``."""
 
@@ -84,6 +93,8 @@ class JobSpec(BaseModel):
             raise ValueError("give exactly one of script or image")
         if self.script is not None and self.command:
             raise ValueError("command goes with an image, not a script")
+        if self.image is not None and not IMAGE_REFERENCE.fullmatch(self.image):
+            raise ValueError(f"{self.image!r} is not a Docker image name (like busybox or pytorch/pytorch:2.4)")
         return self
 
     @property
@@ -226,6 +237,8 @@ class MarketOut(_Out):
     offset: int
     limit: int
     offers: list[OfferOut]
+    #: offers of simulated GPUs this query would also match, left out (``include_simulated``)
+    hidden_simulated: int = 0
 
 
 class ProvidersOut(_Out):
