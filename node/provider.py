@@ -23,7 +23,7 @@ from dgpu.node.adapters.p2p import P2PNode
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
 from dgpu.node.config import DEV_MINT, NodeConfig
-from dgpu.node.errors import ExecutionError
+from dgpu.node.errors import ConfigError, ExecutionError
 from dgpu.node.metrics import NodeMetrics
 from dgpu.node.ports.execution import Executor as ExecutorPort
 from dgpu.node.ports.execution import JobSpec, ResourceLimits
@@ -126,6 +126,8 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         mint, ledger_name, ledger_time = DEV_MINT, "none", None
     else:
         mint, ledger_name, ledger_time = (await ledger.mint_info()).address, ledger.ledger, LedgerTime()
+        if config.mint is not None and mint != config.mint:
+            raise ConfigError(f"the ledger's program pins mint {mint}, not the configured {config.mint}")
         await ledger_time.sync(ledger)
     deadline_clock = ledger_time.now if ledger_time is not None else wall_clock
     inventory = Inventory(scan.gpus, owner=key.public_key.wallet, price_per_gpu_minute=config.price_per_gpu_minute,

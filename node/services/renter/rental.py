@@ -35,7 +35,14 @@ from dgpu.node.services.renter.errors import (
 from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.keys import SigningKey
-from dgpu.protocol.ledger import ContractsError, EscrowHandle, EscrowLedger, EscrowRefused, EscrowView
+from dgpu.protocol.ledger import (
+    ContractsError,
+    EscrowHandle,
+    EscrowLedger,
+    EscrowNotFound,
+    EscrowRefused,
+    EscrowView,
+)
 from dgpu.protocol.messages import (
     Agreement,
     EscrowRef,
@@ -249,7 +256,10 @@ class Rental:
             return None
         with trio.move_on_after(SETTLE_WAIT_S):
             while True:
-                view = await ledger.fetch(self.escrow.address)
+                try:
+                    view = await ledger.fetch(self.escrow.address)
+                except EscrowNotFound:  # Solana closes a settled escrow's account (rent back to us)
+                    return None
                 if view.status is EscrowStatus.CLOSED:
                     return view
                 await trio.sleep(0.2)
@@ -264,9 +274,14 @@ class Rental:
             await ledger.close(self.escrow)
         except EscrowRefused as exc:
             log.info("escrow %s already settled (%s)", self.escrow.address, exc.code.value)
+        except EscrowNotFound:
+            return None  # settled and its account closed (Solana)
         except ContractsError as exc:
             log.error("could not close escrow %s: %s (anyone can settle it after expiry)", self.escrow.address, exc)
-        return await ledger.fetch(self.escrow.address)
+        try:
+            return await ledger.fetch(self.escrow.address)
+        except EscrowNotFound:
+            return None
 
     def cancel(self) -> None:
         """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
