@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -102,6 +103,14 @@ class NodeConfig(_Config):
     #: "public": never (a provider with a public address)
     reachability: Literal["auto", "public", "private"] = "auto"
 
+    @property
+    def development_ledger(self) -> bool:
+        """A ledger of no real value: the development ledger, or Solana on this machine (the local
+        development endpoint, run by `dgpu demo --ledger solana` and the tests)."""
+        if self.ledger == "solana":
+            return urlsplit(self.solana_rpc or "").hostname in ("127.0.0.1", "localhost", "::1")
+        return self.ledger in DEVELOPMENT_LEDGERS
+
     @model_validator(mode="after")
     def _solana_settings(self) -> NodeConfig:
         if self.ledger == "solana" and (self.solana_rpc is None or self.program_id is None):
@@ -118,7 +127,7 @@ class NodeConfig(_Config):
 
     @model_validator(mode="after")
     def _simulated_on_development_ledgers_only(self) -> NodeConfig:
-        if self.gpus and (not all(g.simulated for g in self.gpus) or self.ledger not in DEVELOPMENT_LEDGERS):
+        if self.gpus and (not all(g.simulated for g in self.gpus) or not self.development_ledger):
             raise ValueError("declared GPUs are simulated, and simulated GPUs are for development ledgers only "
                              "(real GPUs come from NVML)")
         return self

@@ -40,6 +40,7 @@ from dgpu.protocol.ledger import (
     EscrowHandle,
     EscrowLedger,
     EscrowNotFound,
+    EscrowReceipt,
     EscrowRefused,
     EscrowView,
 )
@@ -169,6 +170,8 @@ class Rental:
         self.escrow = handle
         self._cancel = trio.Event()
         self.result: ResultRef | None = None
+        #: what our own ``close`` moved (the account itself may be gone afterwards, on Solana)
+        self.close_receipt: EscrowReceipt | None = None
 
     @property
     def id(self) -> str:
@@ -296,14 +299,20 @@ class Rental:
             raise EscrowFailed("top-up refused", exc.code.value) from exc
         return await ledger.fetch(handle.address)
 
-    async def close(self) -> EscrowView:
-        """Stop paying now: accrued minutes go to the provider, every other minute comes back."""
+    async def close(self) -> EscrowView | None:
+        """Stop paying now: accrued minutes go to the provider, every other minute comes back.
+
+        The escrow as closed, or ``None`` where the ledger reclaims a closed escrow's account
+        (Solana): then ``close_receipt`` says what the close moved."""
         ledger, handle = self._escrow()
         try:
-            await ledger.close(handle)
+            self.close_receipt = await ledger.close(handle)
         except EscrowRefused as exc:
             raise EscrowFailed("close refused", exc.code.value) from exc
-        return await ledger.fetch(handle.address)
+        try:
+            return await ledger.fetch(handle.address)
+        except EscrowNotFound:
+            return None
 
     async def escrow_state(self) -> EscrowView:
         ledger, handle = self._escrow()
