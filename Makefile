@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/dgpu/cargo-target
 PY_DIRS := protocol node client contracts bootstrap tests bench examples dgpu/__init__.py
 
-.PHONY: install demo test lint typecheck pytest cargo-test
+.PHONY: install demo demo-solana test lint typecheck pytest cargo-test
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/dgpu demo
+
+demo-solana: install
+	$(BIN)/dgpu demo --ledger solana
 
 lint: install
 	$(BIN)/ruff check $(PY_DIRS)

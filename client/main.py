@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=HelpFormatter)
     d.add_argument("--keep", action="store_true", help="keep the work dir and logs")
     d.add_argument("--log-level", default="WARNING", help="children's log level")
+    d.add_argument("--ledger", choices=["dev", "solana"], default="dev",
+                   help="solana: pay through the escrow program on the local development endpoint (Rust build)")
     d.add_argument("--provider-behind-nat", action="store_true",
                    help="one provider behind a NAT (network namespaces; needs root), rented through the relay")
 
@@ -86,6 +88,10 @@ def _main(argv: list[str] | None) -> int:
         from dgpu.client.nat_demo import run_demo as run_nat_demo
 
         return run_nat_demo(log_level=args.log_level, keep=args.keep)
+    if args.cmd == "demo" and args.ledger == "solana":
+        from dgpu.client.demo_solana import run_solana_demo
+
+        return run_solana_demo(log_level=args.log_level, keep=args.keep)
     if args.cmd == "demo":
         from dgpu.client.demo import run_demo
 

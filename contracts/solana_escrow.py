@@ -32,6 +32,7 @@ from solana.rpc.async_api import AsyncClient
 from solana.rpc.commitment import Commitment, Confirmed, Finalized, Processed
 from solana.rpc.core import RPCException
 from solana.rpc.types import TxOpts
+from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
 from solders.hash import Hash
 from solders.instruction import Instruction
 from solders.keypair import Keypair
@@ -41,7 +42,13 @@ from solders.signature import Signature
 from solders.token.state import Mint, TokenAccount
 from solders.transaction import Transaction
 from solders.transaction_status import TransactionConfirmationStatus, UiRawMessage
-from spl.token.instructions import create_idempotent_associated_token_account, get_associated_token_address
+from spl.token.constants import TOKEN_PROGRAM_ID
+from spl.token.instructions import (
+    TransferCheckedParams,
+    create_idempotent_associated_token_account,
+    get_associated_token_address,
+    transfer_checked,
+)
 
 from . import solana_ix as ix
 from .errors import (
@@ -80,8 +87,11 @@ class SolanaEscrow:
         commitment: Commitment = Confirmed,
         confirm_timeout_s: float = 60.0,
         poll_interval_s: float = 0.5,
+        compute_unit_price: int | None = None,
+        compute_unit_limit: int | None = None,
     ) -> None:
         self._own_client = not isinstance(rpc, AsyncClient)
+        self._url = str(rpc._provider.endpoint_uri) if isinstance(rpc, AsyncClient) else rpc
         self._client = rpc if isinstance(rpc, AsyncClient) else AsyncClient(rpc, commitment=commitment)
         self.program_id = program_id if isinstance(program_id, Pubkey) else Pubkey.from_string(program_id)
         self._keypair = keypair
@@ -89,6 +99,10 @@ class SolanaEscrow:
         self._confirm_timeout_s = confirm_timeout_s
         self._poll_s = poll_interval_s
         self._config: ix.ConfigAccount | None = None
+        # a priority fee and a CU cap for real clusters, prepended to every transaction
+        self._budget: list[Instruction] = (
+            ([set_compute_unit_limit(compute_unit_limit)] if compute_unit_limit is not None else [])
+            + ([set_compute_unit_price(compute_unit_price)] if compute_unit_price is not None else []))
 
     @property
     def wallet(self) -> str:
@@ -125,12 +139,21 @@ class SolanaEscrow:
         return self._config
 
     async def _send(self, instructions: list[Instruction]) -> str:
-        """Sign, send (skip_confirmation) and confirm; returns the signature."""
-        blockhash: Hash = (await self._rpc(self._client.get_latest_blockhash(self._commitment))).value.blockhash
-        message = Message.new_with_blockhash(instructions, self._keypair.pubkey(), blockhash)
-        tx = Transaction([self._keypair], message, blockhash)
+        """Sign, send (skip_confirmation) and confirm; returns the signature.
+
+        A preflight refused with BlockhashNotFound landed nothing, so it is re-signed with a fresh
+        blockhash (a blockhash can expire between fetching and sending on a fast cluster)."""
         opts = TxOpts(skip_confirmation=True, skip_preflight=False, preflight_commitment=self._commitment)
-        resp = await self._rpc(self._client.send_raw_transaction(bytes(tx), opts=opts))
+        for attempt in range(_BLOCKHASH_RETRIES):
+            blockhash: Hash = (await self._rpc(self._client.get_latest_blockhash(self._commitment))).value.blockhash
+            message = Message.new_with_blockhash(self._budget + instructions, self._keypair.pubkey(), blockhash)
+            tx = Transaction([self._keypair], message, blockhash)
+            try:
+                resp = await self._rpc(self._client.send_raw_transaction(bytes(tx), opts=opts))
+                break
+            except ProgramError as exc:
+                if "BlockhashNotFound" not in exc.detail or attempt == _BLOCKHASH_RETRIES - 1:
+                    raise
         signature: Signature = resp.value
         await self._confirm(signature)
         return str(signature)
@@ -171,6 +194,19 @@ class SolanaEscrow:
             raise TransportError("the cluster returned no Clock sysvar")
         (unix_timestamp,) = struct.unpack_from("<q", data, 32)
         return int(unix_timestamp)
+
+    async def clock_speed(self) -> int:
+        """1 on a real cluster; the local development endpoint reports its speed (``dgpu_info``)."""
+        body = {"jsonrpc": "2.0", "id": 1, "method": "dgpu_info", "params": []}
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                answer = (await http.post(self._url, json=body)).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise TransportError(f"Solana RPC unreachable: {type(exc).__name__}") from exc
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(result, dict):  # "Method not found" on a real cluster
+            return 1
+        return max(1, int(result.get("clock_speed", 1)))
 
     async def _token_balance(self, token_account: Pubkey) -> int:
         data = await self._account(token_account)
@@ -315,6 +351,24 @@ class SolanaEscrow:
         return str(ata)
 
 
+    async def transfer(self, to: str, amount: int) -> str:
+        """Send ``amount`` base units of the mint from this wallet to ``to``'s token account
+        (created if missing, paid by this wallet); the transaction's signature."""
+        if amount <= 0:
+            raise ValueError("a transfer moves a positive amount")
+        mint = await self.mint_info()
+        mint_key = Pubkey.from_string(mint.address)
+        me, dest_owner = self._keypair.pubkey(), Pubkey.from_string(to)
+        source = get_associated_token_address(me, mint_key)
+        dest = get_associated_token_address(dest_owner, mint_key)
+        return await self._send([
+            create_idempotent_associated_token_account(me, dest_owner, mint_key),
+            transfer_checked(TransferCheckedParams(program_id=TOKEN_PROGRAM_ID, source=source, mint=mint_key,
+                                                   dest=dest, owner=me, amount=amount, decimals=mint.decimals)),
+        ])
+
+
+_BLOCKHASH_RETRIES = 3
 _EXITS = ("close", "settle_expired", "refund_unstarted")
 
 

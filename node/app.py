@@ -116,6 +116,17 @@ def open_ledger(config: NodeConfig, key: SigningKey) -> EscrowLedger | None:
             from dgpu.contracts.devledger.client import DevLedgerEscrow
 
             return DevLedgerEscrow(config.ledger_url, key)
+        case "solana":
+            from solana.rpc.commitment import Commitment
+            from solders.keypair import Keypair
+
+            from dgpu.contracts.solana_escrow import SolanaEscrow
+
+            assert config.solana_rpc is not None and config.program_id is not None  # NodeConfig checks
+            keypair = Keypair.from_bytes(bytes(key.to_solana_keypair()))
+            return SolanaEscrow(config.solana_rpc, config.program_id, keypair, commitment=Commitment(config.commitment),
+                                compute_unit_price=config.compute_unit_price,
+                                compute_unit_limit=config.compute_unit_limit)
         case _:
             assert_never(config.ledger)
 

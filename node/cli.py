@@ -85,6 +85,14 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--ledger-url", default=None,
                    help="development ledger (a bootstrap node's HTTP URL): providers verify and claim escrows, "
                         "renters fund them")
+    n.add_argument("--ledger", choices=["dev", "solana"], default="dev",
+                   help="escrow ledger: the development ledger (--ledger-url) or the Solana program")
+    n.add_argument("--solana-rpc", default=None, help="--ledger solana: the cluster's JSON-RPC URL")
+    n.add_argument("--program-id", default=None, help="--ledger solana: the dgpu_escrow program id")
+    n.add_argument("--mint", default=None, help="--ledger solana: the mint the program must pin (checked)")
+    n.add_argument("--commitment", choices=["processed", "confirmed", "finalized"], default="confirmed")
+    n.add_argument("--compute-unit-price", type=int, default=None, help="micro-lamports per CU (priority fee)")
+    n.add_argument("--compute-unit-limit", type=int, default=None)
     n.add_argument("--claim-interval", type=int, default=600, help="provider: ledger seconds between claims")
     n.add_argument("--billing-grace", type=int, default=60,
                    help="provider: ledger seconds an exhausted rental keeps running, waiting for a top-up")
@@ -160,7 +168,10 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
             executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
             allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
             offer_ttl_s=args.offer_ttl,
-            status_file=args.status_file, ledger_url=args.ledger_url, claim_interval_s=args.claim_interval,
+            status_file=args.status_file, ledger=args.ledger, ledger_url=args.ledger_url,
+            solana_rpc=args.solana_rpc, program_id=args.program_id, mint=args.mint, commitment=args.commitment,
+            compute_unit_price=args.compute_unit_price, compute_unit_limit=args.compute_unit_limit,
+            claim_interval_s=args.claim_interval,
             billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
             meter_interval_s=args.meter_interval, start_window_s=args.start_window,
             reachability=args.reachability,

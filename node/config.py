@@ -7,6 +7,7 @@ import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,7 +21,7 @@ __all__ = ["DEVELOPMENT_LEDGERS", "DEV_MINT", "BootstrapConfig", "LedgerKind", "
 DEV_MINT = SigningKey(hashlib.sha256(b"dgpu/dev-mint").digest()).public_key.wallet
 
 #: which escrow ledger the node uses (``app.open_ledger`` maps each to its client)
-LedgerKind = Literal["dev"]
+LedgerKind = Literal["dev", "solana"]
 #: ledgers that hold no real value: a network on one of them is a development network, the
 #: only kind on which simulated GPUs may be offered
 DEVELOPMENT_LEDGERS: frozenset[str] = frozenset({"dev"})
@@ -91,6 +92,15 @@ class NodeConfig(_Config):
     #: the development ledger (a bootstrap node's HTTP URL): providers verify escrows there and
     #: claim from them, renters fund them; without it a provider refuses every escrow
     ledger_url: str | None = None
+    #: Solana ledger (``ledger="solana"``): the JSON-RPC URL, the escrow program, the mint the
+    #: program's Config must pin (checked at start), the confirmation commitment, and the optional
+    #: compute-unit price (micro-lamports) and limit added to each transaction on real clusters
+    solana_rpc: str | None = None
+    program_id: str | None = Field(None, max_length=44)
+    mint: str | None = Field(None, max_length=44)
+    commitment: Literal["processed", "confirmed", "finalized"] = "confirmed"
+    compute_unit_price: int | None = Field(None, ge=0)
+    compute_unit_limit: int | None = Field(None, gt=0, le=1_400_000)
     #: provider billing: ledger seconds between claims, grace after exhaustion, wall s between polls
     claim_interval_s: int = Field(600, ge=1)
     billing_grace_s: int = Field(60, ge=0)
@@ -112,6 +122,20 @@ class NodeConfig(_Config):
         # started in is the one a relative path meant
         return Path(os.path.abspath(v.expanduser()))
 
+    @property
+    def development_ledger(self) -> bool:
+        """A ledger of no real value: the development ledger, or Solana on this machine (the local
+        development endpoint, run by `dgpu demo --ledger solana` and the tests)."""
+        if self.ledger == "solana":
+            return urlsplit(self.solana_rpc or "").hostname in ("127.0.0.1", "localhost", "::1")
+        return self.ledger in DEVELOPMENT_LEDGERS
+
+    @model_validator(mode="after")
+    def _solana_settings(self) -> NodeConfig:
+        if self.ledger == "solana" and (self.solana_rpc is None or self.program_id is None):
+            raise ValueError("ledger 'solana' needs solana_rpc and program_id")
+        return self
+
     @field_validator("bootstrap")
     @classmethod
     def _multiaddrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -128,7 +152,7 @@ class NodeConfig(_Config):
 
     @model_validator(mode="after")
     def _simulated_on_development_ledgers_only(self) -> NodeConfig:
-        if self.gpus and (not all(g.simulated for g in self.gpus) or self.ledger not in DEVELOPMENT_LEDGERS):
+        if self.gpus and (not all(g.simulated for g in self.gpus) or not self.development_ledger):
             raise ValueError("declared GPUs are simulated, and simulated GPUs are for development ledgers only "
                              "(real GPUs come from NVML)")
         return self

@@ -150,6 +150,8 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     else:
         mint_info = await ledger.mint_info()
         mint, decimals, ledger_name, ledger_time = mint_info.address, mint_info.decimals, ledger.ledger, LedgerTime()
+        if config.mint is not None and mint != config.mint:
+            raise ConfigError(f"the ledger's program pins mint {mint}, not the configured {config.mint}")
         await ledger_time.sync(ledger)
     deadline_clock = ledger_time.now if ledger_time is not None else wall_clock
     speed = ledger_time.speed if ledger_time is not None else 1

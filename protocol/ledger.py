@@ -223,6 +223,11 @@ class EscrowLedger(Protocol):
         """The ledger's clock (unix seconds)."""
         ...
 
+    async def clock_speed(self) -> int:
+        """Ledger seconds per wall second: 1 on a real cluster, more on a development ledger
+        or endpoint run fast for demos and tests."""
+        ...
+
     async def aclose(self) -> None:
         """Release the client's connections (idempotent)."""
         ...

@@ -139,6 +139,9 @@ class DevLedgerEscrow:
     async def now(self) -> int:
         return int((await self.info())["now"])
 
+    async def clock_speed(self) -> int:
+        return int((await self.info()).get("clock_speed", 1))
+
     async def balance(self, wallet: str) -> int:
         return int((await self._call("GET", f"/balances/{wallet}"))["balance"])
 

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import trio
 
@@ -36,6 +37,7 @@ from dgpu.protocol.ledger import (
     ContractsError,
     EscrowHandle,
     EscrowLedger,
+    EscrowNotFound,
     EscrowReceipt,
     EscrowRefused,
     EscrowView,
@@ -99,9 +101,14 @@ class RenterBillingResult:
     final: EscrowView | None = None
 
 
-async def _fetch(ledger: EscrowLedger, handle: EscrowHandle) -> EscrowView | None:
+async def _fetch(ledger: EscrowLedger, handle: EscrowHandle) -> EscrowView | Literal["gone"] | None:
+    """The escrow now; ``"gone"`` when its account no longer exists (Solana closes a settled
+    escrow's account, rent back to the renter: an escrow we saw open and now cannot find is
+    closed); ``None`` on a transient failure."""
     try:
         return await ledger.fetch(handle.address)
+    except EscrowNotFound:
+        return "gone"
     except ContractsError as exc:
         log.warning("escrow %s: fetch failed (%s); retrying at the next poll", handle.address, exc)
         return None
@@ -154,7 +161,7 @@ async def provider_billing(
         if job_done.is_set():
             break
         view = await _fetch(ledger, handle)
-        if view is None or view.status is EscrowStatus.CLOSED:
+        if view is None or view == "gone" or view.status is EscrowStatus.CLOSED:
             if view is not None:  # the renter closed it: nothing more will be paid
                 result.stopped_for = "the renter closed the escrow"
                 await stop_job(result.stopped_for)
@@ -193,7 +200,8 @@ async def _settle(ledger: EscrowLedger, handle: EscrowHandle,
             await apply(ledger.close)
             return
         except ContractsError as exc:
-            if isinstance(exc, EscrowRefused) and exc.code is EscrowErrorCode.ESCROW_CLOSED:
+            if isinstance(exc, EscrowNotFound) or (
+                    isinstance(exc, EscrowRefused) and exc.code is EscrowErrorCode.ESCROW_CLOSED):
                 return  # the renter (or a settlement) got there first
             log.warning("escrow %s: settlement attempt %d failed (%s)", handle.address, attempt + 1, exc)
             await trio.sleep(1.0)
@@ -217,6 +225,8 @@ async def renter_billing(
     warned_at_max: int | None = None
     while done is None or not done.is_set():
         view = await _fetch(ledger, handle)
+        if view == "gone":  # closed and its account reclaimed (Solana)
+            return result
         if view is not None:
             result.final = view
             if view.status is EscrowStatus.CLOSED:
@@ -271,9 +281,7 @@ class LedgerTime:
         self.speed = 1
 
     async def sync(self, ledger: EscrowLedger) -> None:
-        info = getattr(ledger, "info", None)  # the development ledger reports its clock speed
-        if info is not None:
-            self.speed = int((await info()).get("clock_speed", 1))
+        self.speed = await ledger.clock_speed()
         self._anchor_ledger = await ledger.now()
         self._anchor_wall = self._wall()
 

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from dgpu.contracts.devledger.client import DevLedgerEscrow
+from dgpu.contracts.solana_escrow import SolanaEscrow
 from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus
 from dgpu.node.app import gpu_source, open_ledger
 from dgpu.node.config import NodeConfig
@@ -32,7 +33,21 @@ async def test_the_ledger_is_the_development_ledger_at_its_url_or_none(tmp_path:
     assert ledger.wallet == KEY.public_key.wallet
     await ledger.aclose()
     with pytest.raises(ValidationError):
-        config(tmp_path, ledger="solana")  # not wired yet: refused by the config, not at run time
+        config(tmp_path, ledger="solana")  # no RPC URL or program id: refused by the config, not at run time
+
+
+async def test_the_solana_ledger_acts_as_the_node_key_with_the_configured_settings(tmp_path: Path) -> None:
+    program = "FwS7dLgPfT2jNmtFXVhesDHXLJhpa1gPLYfxZe5Guu4P"
+    ledger = open_ledger(config(tmp_path, ledger="solana", solana_rpc="http://127.0.0.1:1", program_id=program,
+                                commitment="finalized", compute_unit_price=1_000), KEY)
+    assert isinstance(ledger, SolanaEscrow) and isinstance(ledger, EscrowLedger)
+    assert ledger.wallet == KEY.public_key.wallet and str(ledger.program_id) == program
+    await ledger.aclose()
+    # simulated GPUs only where the value is not real: the local endpoint on loopback, never a cluster
+    config(tmp_path, ledger="solana", solana_rpc="http://127.0.0.1:8899", program_id=program, gpus=(SIM,))
+    with pytest.raises(ValidationError):
+        config(tmp_path, ledger="solana", solana_rpc="https://api.devnet.solana.com", program_id=program,
+               gpus=(SIM,))
 
 
 def test_declared_gpus_are_simulated_ones_and_real_gpus_come_from_nvml(tmp_path: Path) -> None:

@@ -92,6 +92,12 @@ class NetworkJobBackend:
                 view = await rental.close()
             except RenterError as exc:
                 raise JobRunError(f"cancelled, but closing the escrow failed: {exc}", "escrow_failed") from exc
+            if view is None:  # the account is gone (Solana); nothing was claimed before start
+                r = rental.close_receipt
+                assert r is not None
+                return JobFinal(ApiJobState.CANCELLED, reason="cancelled before start",
+                                minutes=(r.paid + r.fee) // rental.rate_per_minute, paid=r.paid, fee=r.fee,
+                                refunded=r.refunded)
             return JobFinal(ApiJobState.CANCELLED, reason="cancelled before start",
                             minutes=view.claimed_minutes, paid=view.paid, fee=view.fee_paid,
                             refunded=view.refunded)

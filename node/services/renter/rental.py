@@ -36,7 +36,15 @@ from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
 from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.keys import SigningKey
-from dgpu.protocol.ledger import ContractsError, EscrowHandle, EscrowLedger, EscrowRefused, EscrowView
+from dgpu.protocol.ledger import (
+    ContractsError,
+    EscrowHandle,
+    EscrowLedger,
+    EscrowNotFound,
+    EscrowReceipt,
+    EscrowRefused,
+    EscrowView,
+)
 from dgpu.protocol.messages import (
     Agreement,
     EscrowRef,
@@ -174,6 +182,8 @@ class Rental:
         self.escrow = handle
         self._cancel = trio.Event()
         self.result: ResultRef | None = None
+        #: what our own ``close`` moved (the account itself may be gone afterwards, on Solana)
+        self.close_receipt: EscrowReceipt | None = None
 
     @property
     def id(self) -> str:
@@ -266,7 +276,10 @@ class Rental:
             return None
         with trio.move_on_after(SETTLE_WAIT_S):
             while True:
-                view = await ledger.fetch(self.escrow.address)
+                try:
+                    view = await ledger.fetch(self.escrow.address)
+                except EscrowNotFound:  # Solana closes a settled escrow's account (rent back to us)
+                    return None
                 if view.status is EscrowStatus.CLOSED:
                     return view
                 await trio.sleep(0.2)
@@ -281,9 +294,14 @@ class Rental:
             await ledger.close(self.escrow)
         except EscrowRefused as exc:
             log.info("escrow %s already settled (%s)", self.escrow.address, exc.code.value)
+        except EscrowNotFound:
+            return None  # settled and its account closed (Solana)
         except ContractsError as exc:
             log.error("could not close escrow %s: %s (anyone can settle it after expiry)", self.escrow.address, exc)
-        return await ledger.fetch(self.escrow.address)
+        try:
+            return await ledger.fetch(self.escrow.address)
+        except EscrowNotFound:
+            return None
 
     def cancel(self) -> None:
         """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
@@ -298,14 +316,20 @@ class Rental:
             raise EscrowFailed("top-up refused", exc.code.value) from exc
         return await ledger.fetch(handle.address)
 
-    async def close(self) -> EscrowView:
-        """Stop paying now: accrued minutes go to the provider, every other minute comes back."""
+    async def close(self) -> EscrowView | None:
+        """Stop paying now: accrued minutes go to the provider, every other minute comes back.
+
+        The escrow as closed, or ``None`` where the ledger reclaims a closed escrow's account
+        (Solana): then ``close_receipt`` says what the close moved."""
         ledger, handle = self._escrow()
         try:
-            await ledger.close(handle)
+            self.close_receipt = await ledger.close(handle)
         except EscrowRefused as exc:
             raise EscrowFailed("close refused", exc.code.value) from exc
-        return await ledger.fetch(handle.address)
+        try:
+            return await ledger.fetch(handle.address)
+        except EscrowNotFound:
+            return None
 
     async def escrow_state(self) -> EscrowView:
         ledger, handle = self._escrow()

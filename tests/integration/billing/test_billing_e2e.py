@@ -102,7 +102,7 @@ async def test_early_close_stops_the_job_and_refunds_every_unaccrued_minute(netw
             nursery.start_soon(lambda: _collect(rental.run(on_log=on_log), results))
             await started.wait()
             closed = await rental.close()
-        assert closed.status is EscrowStatus.CLOSED
+        assert closed is not None and closed.status is EscrowStatus.CLOSED
         result = results[0]
         assert result.state is JobState.CANCELLED  # the provider saw the closed escrow and stopped
         assert_conserved(result.escrow, 30 * PRICE)
