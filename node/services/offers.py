@@ -70,6 +70,8 @@ class BookEntry:
     forwarder: str = ""
     arrival: int = 0
     renewals: int = 0
+    #: the signed envelope as gossiped (what offer sync hands on, validated again there)
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +204,7 @@ class OfferBook:
         candidates = (e for p, e in self._entries.items() if not e.renewals and p not in self._trusted)
         return max(candidates, key=operator.attrgetter("arrival"), default=None)
 
-    def put(self, offer: Offer, peer_id: str, *, now: int, forwarder: str = "") -> bool:
+    def put(self, offer: Offer, peer_id: str, *, now: int, forwarder: str = "", data: bytes = b"") -> bool:
         """Store ``offer`` if it is newer than what we hold; False when not stored."""
         self.drop_expired(now)
         old = self._entries.get(offer.provider)
@@ -217,10 +219,10 @@ class OfferBook:
                     return False
                 self._remove(victim.offer.provider)
             self._arrivals += 1
-            entry = BookEntry(offer, peer_id, forwarder, self._arrivals)
+            entry = BookEntry(offer, peer_id, forwarder, self._arrivals, 0, data)
         else:
             self._remove(offer.provider)
-            entry = BookEntry(offer, peer_id, old.forwarder, old.arrival, old.renewals + 1)
+            entry = BookEntry(offer, peer_id, old.forwarder, old.arrival, old.renewals + 1, data)
         self._by_forwarder[entry.forwarder] += 1
         facts = _Facts.of(offer)
         self._entries[offer.provider] = entry
@@ -342,7 +344,7 @@ class OfferValidator:
         if not self._within_quota(offer.provider, now):
             self._refuse("origin_quota", msg)
             return Verdict.IGNORE
-        self.book.put(offer, msg.origin, now=now, forwarder=msg.forwarder)
+        self.book.put(offer, msg.origin, now=now, forwarder=msg.forwarder, data=msg.data)
         self.accepted += 1
         self.history.append((offer.provider, offer.seq, time.time_ns() // 1_000_000))
         return True
