@@ -5,16 +5,19 @@ Rules of the offer book:
 - One entry per provider (its wallet); an offer replaces the entry only with a higher ``seq``.
 - Expired offers drop out (on every query and every insert), so the book never answers
   with an offer that is no longer valid.
-- The book is bounded (``capacity`` providers); when full, the entry that expires first
-  makes room, unless the newcomer expires even sooner.
+- The book is bounded (``capacity`` providers, at most ``max_per_forwarder`` of them first
+  relayed by one peer). When full, a newcomer makes room by evicting, never a provider this
+  renter rented from (:meth:`OfferBook.mark_rented`) nor one that renewed its offer: only an
+  unknown newcomer, the latest first. A flood of fresh keys churns among itself.
 
 The validator is the gossipsub gate (see ``adapters.p2p.P2PNode.subscribe``): an offer it
 accepts is stored *and* relayed; one it refuses is neither, and counts against the peer that
 forwarded it — except an older ``seq`` that is not a replay, which gossip delivers out of
 order in normal operation: it is ignored without blame. It checks, in order: size, envelope
 (schema, signature, validity window), that the envelope's signer is the pubsub origin (the
-peer that libp2p says signed the message) and the offer's provider, expiry, the
-simulated-inventory policy, and ``seq``.
+peer that libp2p says signed the message) and the offer's provider, expiry (bounded by the
+envelope's and by ``MAX_OFFER_TTL_S`` from now), the simulated-inventory policy, ``seq``, and a
+per-origin quota of offers per minute.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+#: offers accepted per origin per minute (providers republish every ~100 s): more is ignored
+ORIGIN_OFFERS_PER_MINUTE = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,12 @@ class BookEntry:
     offer: Offer
     #: base58 libp2p peer id of the provider (pubsub origin), used to dial it
     peer_id: str
+    #: the peer that first relayed this provider to us, its arrival number, and its renewals
+    forwarder: str = ""
+    arrival: int = 0
+    renewals: int = 0
+    #: the signed envelope as gossiped (what offer sync hands on, validated again there)
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +163,23 @@ class OfferBook:
         self._expiry: list[tuple[int, str, int]] = []
         #: changes are signalled here (renters waiting for offers); replaced on every change
         self._changed = trio.Event()
+        self.max_per_forwarder = max(1, capacity * 3 // 4)
+        self._by_forwarder: Counter[str] = Counter()
+        self._arrivals = 0
+        #: providers this renter rented from (kept in a full book), most recent last
+        self._trusted: OrderedDict[str, None] = OrderedDict()
+
+    def forget(self, provider: str) -> None:
+        """Drop ``provider``'s offer (it could not be reached); its next offer is taken again."""
+        if provider in self._entries:
+            self._remove(provider)
+
+    def mark_rented(self, provider: str) -> None:
+        """A rental with ``provider`` was agreed: its offers survive a flood of newcomers."""
+        self._trusted.pop(provider, None)
+        self._trusted[provider] = None
+        while len(self._trusted) > self.capacity:
+            self._trusted.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -165,6 +193,8 @@ class OfferBook:
 
     def _remove(self, provider: str) -> None:
         entry = self._entries.pop(provider)
+        self._by_forwarder[entry.forwarder] -= 1
+        self._by_forwarder += Counter()  # drops the relays that hold nothing now
         del self._facts[provider]
         del self._order[bisect.bisect_left(self._order, _order_key(entry.offer))]
 
@@ -178,29 +208,32 @@ class OfferBook:
                 dropped += 1
         return dropped
 
-    def _soonest_expiring(self) -> BookEntry | None:
-        while self._expiry:
-            expires_at, provider, seq = self._expiry[0]
-            entry = self._entries.get(provider)
-            if entry is not None and entry.offer.seq == seq and entry.offer.expires_at == expires_at:
-                return entry
-            heapq.heappop(self._expiry)  # stale: that offer was replaced or removed
-        return None
+    def _victim(self) -> BookEntry | None:
+        """Who makes room for a newcomer: an unknown newcomer too (never renewed, not rented
+        from), the latest to arrive first; None when every entry is known."""
+        candidates = (e for p, e in self._entries.items() if not e.renewals and p not in self._trusted)
+        return max(candidates, key=operator.attrgetter("arrival"), default=None)
 
-    def put(self, offer: Offer, peer_id: str, *, now: int) -> bool:
+    def put(self, offer: Offer, peer_id: str, *, now: int, forwarder: str = "", data: bytes = b"") -> bool:
         """Store ``offer`` if it is newer than what we hold; False when not stored."""
         self.drop_expired(now)
         old = self._entries.get(offer.provider)
         if old is not None and offer.seq <= old.offer.seq:
             return False
-        if old is None and len(self._entries) >= self.capacity:
-            victim = self._soonest_expiring()
-            if victim is None or victim.offer.expires_at >= offer.expires_at:
-                return False
-            self._remove(victim.offer.provider)
-        if old is not None:
+        if old is None:
+            if forwarder and self._by_forwarder[forwarder] >= self.max_per_forwarder:
+                return False  # one relay may not fill the book
+            if len(self._entries) >= self.capacity:
+                victim = self._victim()
+                if victim is None:
+                    return False
+                self._remove(victim.offer.provider)
+            self._arrivals += 1
+            entry = BookEntry(offer, peer_id, forwarder, self._arrivals, 0, data)
+        else:
             self._remove(offer.provider)
-        entry = BookEntry(offer, peer_id)
+            entry = BookEntry(offer, peer_id, old.forwarder, old.arrival, old.renewals + 1, data)
+        self._by_forwarder[entry.forwarder] += 1
         facts = _Facts.of(offer)
         self._entries[offer.provider] = entry
         self._facts[offer.provider] = facts
@@ -279,6 +312,18 @@ class OfferValidator:
         self.accepted = 0
         #: (provider, seq, received at ms) of recent accepted offers, for the benchmark/status
         self.history: deque[tuple[str, int, int]] = deque(maxlen=4096)
+        #: origin -> times of its offers accepted in the last minute (LRU-bounded)
+        self._recent: OrderedDict[str, list[int]] = OrderedDict()
+
+    def _within_quota(self, origin: str, now: int) -> bool:
+        times = [t for t in self._recent.pop(origin, []) if t > now - 60]
+        self._recent[origin] = times
+        while len(self._recent) > 4 * self.book.capacity:
+            self._recent.popitem(last=False)
+        if len(times) >= ORIGIN_OFFERS_PER_MINUTE:
+            return False
+        times.append(now)
+        return True
 
     def _refuse(self, reason: str, msg: GossipMessage) -> bool:
         self.rejected[reason] += 1
@@ -301,6 +346,8 @@ class OfferValidator:
             return self._refuse("provider_not_signer", msg)
         if offer.expires_at <= now:
             return self._refuse("expired", msg)
+        if offer.expires_at > min(opened.expires_at, now + MAX_OFFER_TTL_S):
+            return self._refuse("expiry_too_far", msg)
         if offer.simulated and not self.accept_simulated:
             return self._refuse("simulated", msg)
         last = self.book.last_seq(offer.provider)
@@ -308,8 +355,7 @@ class OfferValidator:
             # normal in gossip (two paths, out of order) unless it is a replay (caught below
             # by nonce first): not stored, not relayed, but no blame on the relay
             try:
-                self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at,
-                                                now)
+                self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at, now)
             except RemoteProtocolError:
                 return self._refuse("replay", msg)
             self._refuse("stale_seq", msg)
@@ -318,7 +364,10 @@ class OfferValidator:
             self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at, now)
         except RemoteProtocolError:
             return self._refuse("replay", msg)
-        self.book.put(offer, msg.origin, now=now)
+        if not self._within_quota(offer.provider, now):
+            self._refuse("origin_quota", msg)
+            return Verdict.IGNORE
+        self.book.put(offer, msg.origin, now=now, forwarder=msg.forwarder, data=msg.data)
         self.accepted += 1
         self.history.append((offer.provider, offer.seq, time.time_ns() // 1_000_000))
         return True
