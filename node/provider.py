@@ -52,8 +52,9 @@ from dgpu.node.services.negotiation import (
     ProviderPolicy,
     RefuseAll,
 )
-from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferTerms
+from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.pricing import MarketPricer, engine_basis
+from dgpu.node.services.publisher import OfferPublisher, OfferTerms
 from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import EscrowLedger, EscrowReceipt
