@@ -90,9 +90,11 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--solana-rpc", default=None, help="--ledger solana: the cluster's JSON-RPC URL")
     n.add_argument("--program-id", default=None, help="--ledger solana: the dgpu_escrow program id")
     n.add_argument("--mint", default=None, help="--ledger solana: the mint the program must pin (checked)")
-    n.add_argument("--commitment", choices=["processed", "confirmed", "finalized"], default="confirmed")
+    n.add_argument("--commitment", choices=["processed", "confirmed", "finalized"], default="confirmed",
+                   help="--ledger solana: the commitment transactions are confirmed at")
     n.add_argument("--compute-unit-price", type=int, default=None, help="micro-lamports per CU (priority fee)")
-    n.add_argument("--compute-unit-limit", type=int, default=None)
+    n.add_argument("--compute-unit-limit", type=int, default=None,
+                   help="--ledger solana: compute units per transaction (default: the cluster's)")
     n.add_argument("--claim-interval", type=int, default=600, help="provider: ledger seconds between claims")
     n.add_argument("--billing-grace", type=int, default=60,
                    help="provider: ledger seconds an exhausted rental keeps running, waiting for a top-up")
