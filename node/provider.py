@@ -30,7 +30,14 @@ from dgpu.node.ports.execution import Executor as ExecutorPort
 from dgpu.node.ports.execution import JobSpec, ResourceLimits
 from dgpu.node.ports.gpu import GpuScan, GpuSource
 from dgpu.node.ports.store import JobRecord
-from dgpu.node.services.billing import BillingPolicy, LedgerEscrowVerifier, LedgerTime, provider_billing
+from dgpu.node.services.billing import (
+    BillingPolicy,
+    LedgerEscrowGate,
+    LedgerEscrowVerifier,
+    LedgerTime,
+    handle_of,
+    provider_billing,
+)
 from dgpu.node.services.blobs import BlobShelf
 from dgpu.node.services.durable import DurableExecutor
 from dgpu.node.services.inventory import Inventory
@@ -38,17 +45,19 @@ from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.jobs import JobService
 from dgpu.node.services.meter import Meter, build_usage_receipts
 from dgpu.node.services.negotiation import (
+    Abandoners,
     AgreementStore,
     EscrowVerifier,
     ProviderNegotiator,
     ProviderPolicy,
     RefuseAll,
 )
-from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferTerms
+from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.pricing import MarketPricer, engine_basis
+from dgpu.node.services.publisher import OfferPublisher, OfferTerms
 from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
 from dgpu.protocol.keys import SigningKey
-from dgpu.protocol.ledger import ContractsError, EscrowHandle, EscrowLedger, EscrowReceipt
+from dgpu.protocol.ledger import EscrowLedger, EscrowReceipt
 from dgpu.protocol.messages import Agreement, Executor, JobState, PriceBasis
 from dgpu.protocol.pricing import MultiplierBounds
 
@@ -182,16 +191,19 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
                                    addrs=tuple(node.addrs)),
         publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s, reprice=pricer.reprice)
     agreements = AgreementStore()
-    on_running = _billing_hook(config, ledger, store, metrics, nursery) if ledger is not None else None
+    abandoners = Abandoners(clock=wall_clock)
+    on_running, gate = (_billing(config, ledger, mint, store, metrics, nursery=nursery) if ledger is not None
+                        else (None, None))
     jobs = JobServer(key, agreements, inventory, executor_for=executors.get, limits_cap=LIMITS_CAP,
                      clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock,
-                     blobs=shelf, node=node, transfer_root=config.data_dir / "transfers")
+                     blobs=shelf, node=node, transfer_root=config.data_dir / "transfers", escrow=gate,
+                     on_abandoned=abandoners.abandoned)
     verifier: EscrowVerifier = LedgerEscrowVerifier(ledger, mint) if ledger is not None else RefuseAll()
     negotiator = ProviderNegotiator(
         key, ProviderPolicy(executors=offered, allowed_images=config.allowed_images,
                             start_window_s=config.start_window_s),
         offers=publisher, inventory=inventory, verifier=verifier, agreements=agreements, clock=wall_clock,
-        nonce=new_nonce, deadline_clock=deadline_clock,
+        nonce=new_nonce, deadline_clock=deadline_clock, abandoners=abandoners,
         ledger_speed=speed)
     node.set_handler(NEGOTIATE_PROTOCOL, negotiator.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=10.0, handler_timeout_s=60.0)
@@ -201,10 +213,11 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     return Offering(inventory, publisher, negotiator, jobs, store)
 
 
-def _billing_hook(config: NodeConfig, ledger: EscrowLedger, store: Store, metrics: NodeMetrics,
-                  nursery: trio.Nursery) -> OnRunning:
-    """When a job starts: start its escrow, claim periodically, stop it when the money runs out,
-    settle at the end; every receipt is recorded per rental (earnings)."""
+def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, metrics: NodeMetrics, *,
+             nursery: trio.Nursery) -> tuple[OnRunning, LedgerEscrowGate]:
+    """The escrow gate (re-read at submit, started before the job) and, once the job runs, its
+    billing: claim periodically, stop it when the escrow is closed or runs out, settle at the end;
+    every receipt is recorded per rental (earnings)."""
     policy = BillingPolicy(claim_interval_s=config.claim_interval_s, grace_s=config.billing_grace_s,
                            poll_interval_s=config.billing_poll_s)
     #: rate per escrow, so paid-out amounts convert to minutes for the metrics (bounded by the
@@ -225,18 +238,12 @@ def _billing_hook(config: NodeConfig, ledger: EscrowLedger, store: Store, metric
     async def bill(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         terms = agreement.terms
         rate_of[terms.escrow.address] = terms.rate_per_minute
-        handle = EscrowHandle(ledger=terms.escrow.ledger, address=terms.escrow.address, renter=terms.renter,
-                              provider=terms.provider, rental_id=terms.escrow.rental_id)
-        try:
+        handle = handle_of(terms)
+        try:  # the job server started the escrow (and saw it started) before the job
             result = await provider_billing(ledger, handle, job_done=job_done, stop_job=stop, policy=policy,
-                                            record=record, receipts=partial(build_usage_receipts, store,
-                                                                            agreement.agreement_id,
-                                                                            agreement.agreement_id))
-        except ContractsError as exc:  # could not even start the escrow: the renter must not run free
-            metrics.ledger_calls.labels("start", "error").inc()
-            log.error("escrow %s could not be started (%s); stopping the job", handle.address[:8], exc)
-            await stop(f"escrow could not be started: {exc}")
-            return
+                                            record=record, already_started=True,
+                                            receipts=partial(build_usage_receipts, store, agreement.agreement_id,
+                                                             agreement.agreement_id))
         finally:
             rate_of.pop(handle.address, None)
         log.info("rental %s settled: earned %d in %d claim(s)%s", handle.address[:8], result.earned,
@@ -245,4 +252,4 @@ def _billing_hook(config: NodeConfig, ledger: EscrowLedger, store: Store, metric
     def on_running(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         nursery.start_soon(bill, agreement, stop, job_done)
 
-    return on_running
+    return on_running, LedgerEscrowGate(ledger, mint, record)

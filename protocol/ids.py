@@ -15,6 +15,7 @@ __all__ = [
     "MAX_OFFER_BYTES",
     "MAX_OFFER_TTL_S",
     "NEGOTIATE_PROTOCOL",
+    "OFFERS_SYNC_PROTOCOL",
     "OFFERS_TOPIC",
     "RENDEZVOUS_NAMESPACE",
     "WIRE_VERSION",
@@ -26,6 +27,8 @@ OFFERS_TOPIC: Final = "dgpu/offers/1"
 NEGOTIATE_PROTOCOL: Final = "/dgpu/negotiate/1.0.0"
 #: job session stream: submit, status, logs, usage, cancel, result
 JOB_PROTOCOL: Final = "/dgpu/job/1.0.0"
+#: a joining node asks a neighbour for the offers it holds (each validated as if gossiped)
+OFFERS_SYNC_PROTOCOL: Final = "/dgpu/offers-sync/1.0.0"
 #: content-addressed transfer between peers
 BLOB_PROTOCOL: Final = "/dgpu/blob/1.0.0"
 #: rendezvous namespace under which providers advertise

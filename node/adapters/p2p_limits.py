@@ -37,7 +37,7 @@ from typing import Any
 import trio
 from libp2p.custom_types import TProtocol
 
-from dgpu.protocol.ids import BLOB_PROTOCOL, JOB_PROTOCOL, NEGOTIATE_PROTOCOL
+from dgpu.protocol.ids import BLOB_PROTOCOL, JOB_PROTOCOL, NEGOTIATE_PROTOCOL, OFFERS_SYNC_PROTOCOL
 
 __all__ = [
     "ConnectionBounds",
@@ -88,6 +88,8 @@ def default_stream_budgets() -> dict[str, StreamBudget]:
         JOB_PROTOCOL: StreamBudget(per_peer=8, total=64, first_frame_timeout_s=10.0),
         # inputs and results move one or two at a time per rental
         BLOB_PROTOCOL: StreamBudget(per_peer=4, total=32, first_frame_timeout_s=10.0),
+        # a neighbour syncs the offers once when it first sees us
+        OFFERS_SYNC_PROTOCOL: StreamBudget(per_peer=1, total=16, first_frame_timeout_s=10.0),
     }
 
 

@@ -47,11 +47,13 @@ from dgpu.protocol.reconcile import reconcile
 
 __all__ = [
     "BillingPolicy",
+    "LedgerEscrowGate",
     "LedgerEscrowVerifier",
     "LedgerTime",
     "ProviderBillingResult",
     "RenterBillingResult",
     "close_early",
+    "handle_of",
     "provider_billing",
     "renter_billing",
 ]
@@ -335,3 +337,43 @@ class LedgerEscrowVerifier:
         if view.vault_balance < view.deposited:
             return f"the vault holds {view.vault_balance}, less than the deposit {view.deposited}"
         return None
+
+
+def handle_of(terms: AgreementTerms) -> EscrowHandle:
+    """The ledger handle of an agreement's escrow."""
+    return EscrowHandle(ledger=terms.escrow.ledger, address=terms.escrow.address, renter=terms.renter,
+                        provider=terms.provider, rental_id=terms.escrow.rental_id)
+
+
+class LedgerEscrowGate:
+    """Provider side, money before work (``job_stream.EscrowGate``): the escrow is re-read when
+    the job is submitted, started on the ledger and read back started before the job starts, and
+    settled if it was started for a job that then did not run."""
+
+    def __init__(self, ledger: EscrowLedger, mint: str, record: Record = _no_record) -> None:
+        self.ledger = ledger
+        self._verifier = LedgerEscrowVerifier(ledger, mint)
+        self._record = record
+
+    async def problem(self, terms: AgreementTerms) -> str | None:
+        return await self._verifier.problem(terms.escrow, terms)
+
+    async def start(self, terms: AgreementTerms) -> str | None:
+        handle = handle_of(terms)
+        try:
+            await self._record(await self.ledger.start(handle))
+            view = await self.ledger.fetch(handle.address)
+        except ContractsError as exc:
+            return str(exc)
+        if view.status is not EscrowStatus.OPEN or view.started_at is None:
+            return f"the ledger shows it {view.status}, started at {view.started_at}"
+        return None
+
+    async def settle(self, terms: AgreementTerms) -> None:
+        async def apply(action: Callable[[EscrowHandle], Awaitable[EscrowReceipt]]) -> EscrowReceipt:
+            receipt = await action(handle)
+            await self._record(receipt)
+            return receipt
+
+        handle = handle_of(terms)
+        await _settle(self.ledger, handle, apply)

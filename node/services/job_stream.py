@@ -1,18 +1,15 @@
-"""``/dgpu/job/1.0.0`` on both sides: submit, ordered status and log events, cancel, exit code.
+"""``/dgpu/job/1.0.0``, the provider's side: submit, ordered status and log events, cancel, exit code.
 
 Provider (:class:`JobServer`): the renter opens the stream and sends ``JobSubmit`` carrying the
 Agreement. The provider checks both signatures, that it signed this agreement itself and has
-not run it yet (:class:`~dgpu.node.services.negotiation.AgreementStore`), then runs the job on
-the GPUs of the agreement's lease (``JobSpec.gpu_uuids``, released when the job ends) and
-streams ``JobStatus`` (accepted → starting → running → final, with the exit code) and
-``LogChunk`` frames in order, all through one writer lock. A ``JobCancel`` from the renter
-stops the job; a renter that disappears stops it too (nobody would pay for it).
-
-Renter (:func:`run_job`): submits, feeds every event to
-:class:`dgpu.protocol.job_session.JobSession` (which refuses gaps and illegal moves) and
-returns the final status. It never hangs on a dead provider: a closed stream fails at once,
-and when no frame arrives for ``idle_probe_s`` it pings the provider and gives up if the ping
-fails.
+not run it yet (:class:`~dgpu.node.services.negotiation.AgreementStore`), and re-reads the
+escrow on its ledger (:class:`EscrowGate`: a renter may have closed it since the Accept). Then,
+money before work: inputs are fetched, the escrow is started and read back started, and only
+then is the job started, on the GPUs of the agreement's lease (``JobSpec.gpu_uuids``, released
+when the job ends). It streams ``JobStatus`` (accepted → starting → running → final, with the
+exit code) and ``LogChunk`` frames in order. A ``JobCancel`` from the renter stops the job in
+any state (STARTING too); a renter that disappears stops it too (nobody would pay for it);
+billing stops it when the escrow is closed or runs out. The renter's side is ``job_renter``.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -29,26 +25,23 @@ import trio
 
 from dgpu.node.errors import (
     ExecutionError,
-    JobLostError,
     NetworkError,
     ReadTimeoutError,
-    RejectedError,
     StreamError,
 )
-from dgpu.node.ports.execution import ExitReason, JobHandle, JobSpec, ResourceLimits
+from dgpu.node.ports.execution import ExitReason, ExitStatus, JobHandle, JobSpec, ResourceLimits
 from dgpu.node.ports.network import FramedStream, Network
 from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob, pack_dir
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.negotiation import AgreementStore, reject_code
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, verify_detached
 from dgpu.protocol.errors import RemoteProtocolError
-from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, MAX_LOG_CHUNK_CHARS
-from dgpu.protocol.job_session import JobSession
+from dgpu.protocol.ids import MAX_FRAME_BYTES, MAX_LOG_CHUNK_CHARS
 from dgpu.protocol.keys import PublicKey, SigningKey
 from dgpu.protocol.messages import (
     TO_PROVIDER_JOB,
-    TO_RENTER_JOB,
     Agreement,
+    AgreementTerms,
     Executor,
     JobCancel,
     JobRequest,
@@ -59,10 +52,9 @@ from dgpu.protocol.messages import (
     Reject,
     RejectCode,
     ResultRef,
-    UsageReceipt,
 )
 
-__all__ = ["JobOutcome", "JobServer", "run_job"]
+__all__ = ["EscrowGate", "JobServer"]
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +68,31 @@ SUBMIT_READ_TIMEOUT_S: Final = 10.0
 RESULT_TTL_S: Final = 3600.0
 #: all of one job's inputs together (each is also bounded by the shelf's blob limit)
 MAX_INPUT_BYTES: Final = 4 * 1024**3
-#: after FINISHED the renter waits this long for the ResultRef (packing a big output folder)
-RESULT_WAIT_S: Final = 120.0
 
 
 class ExecutorLike(Protocol):
     async def start(self, spec: JobSpec, limits: ResourceLimits) -> JobHandle: ...
 
 
-#: called when a job starts running: (agreement, stop(reason), job_done). The provider's billing
-#: uses it to start the escrow, claim, and stop the job when the money runs out; it must only
-#: schedule work (in a long-lived nursery) and return at once.
+class EscrowGate(Protocol):
+    """The provider's view of an agreement's escrow on its ledger (money before work)."""
+
+    async def problem(self, terms: AgreementTerms) -> str | None:
+        """Why the escrow does not fund the terms now (closed, started, short); None if it does."""
+        ...
+
+    async def start(self, terms: AgreementTerms) -> str | None:
+        """Start the escrow on the ledger and read it back started; why not, or None."""
+        ...
+
+    async def settle(self, terms: AgreementTerms) -> None:
+        """Close a started escrow whose job did not run (pays what accrued, refunds the rest)."""
+        ...
+
+
+#: called when a job starts running, its escrow already started: (agreement, stop(reason),
+#: job_done). The provider's billing uses it to claim, stop the job when the escrow is closed or
+#: runs out, and settle; it must only schedule work (in a long-lived nursery) and return at once.
 OnRunning = Callable[[Agreement, Callable[[str], Awaitable[None]], trio.Event], None]
 
 
@@ -111,8 +117,13 @@ class JobServer:
                  limits_cap: ResourceLimits, clock: Clock, nonce: Nonce,
                  on_running: OnRunning | None = None, deadline_clock: Clock | None = None,
                  blobs: BlobShelf | None = None, node: Network | None = None,
-                 transfer_root: Path | None = None) -> None:
+                 transfer_root: Path | None = None, escrow: EscrowGate | None = None,
+                 on_abandoned: Callable[[str], None] | None = None) -> None:
         self.key = key
+        #: the ledger's escrows (None: a provider with no ledger signs no agreement anyway)
+        self.escrow = escrow
+        #: told the renter's wallet when it submits an agreement whose escrow it has emptied
+        self.on_abandoned = on_abandoned
         #: inputs are fetched from the renter and results shelved only when all three are set
         self.blobs = blobs
         self.node = node
@@ -168,6 +179,7 @@ class JobServer:
                 raise RemoteProtocolError("a job stream starts with job_submit",
                                           reject_code=RejectCode.PROTOCOL_ERROR)
             request = self._check_agreement(submit.agreement, opened.signer)
+            await self._check_escrow(submit.agreement)
         except RemoteProtocolError as exc:
             log.info("job submit from %s refused: %s", fs.remote_peer, exc)
             # no request id may be known yet; answer with a zero id so the renter sees why
@@ -178,6 +190,19 @@ class JobServer:
             log.info("job stream from %s ended before submit: %s", fs.remote_peer, exc)
             return
         await self._run(fs, submit.agreement, request, opened.signer)
+
+    async def _check_escrow(self, agreement: Agreement) -> None:
+        """The escrow must still fund the agreement when the job comes (bait-and-switch)."""
+        if self.escrow is None:
+            return
+        problem = await self.escrow.problem(agreement.terms)
+        if problem is None:
+            return
+        self.inventory.release(agreement.agreement_id)  # this agreement will never run
+        if self.on_abandoned is not None:
+            self.on_abandoned(agreement.terms.renter)
+        raise RemoteProtocolError(f"the escrow no longer funds this agreement: {problem}",
+                                  reject_code=RejectCode.ESCROW_INVALID)
 
     async def _send_quiet(self, fs: FramedStream, message: Any) -> bool:
         try:
@@ -198,75 +223,103 @@ class JobServer:
             seq += 1
             await fs.write_frame(self._seal(msg))
 
-        executor = self.executor_for(request.executor)
         self.running.add(job_id)
+        job = _Stopper()
         try:
-            await status(JobState.ACCEPTED)
-            if executor is None:
-                await status(JobState.FAILED, reason=f"no {request.executor} executor here")
-                return
-            await status(JobState.STARTING)
-            limits = ResourceLimits(time_limit_s=float(agreement.terms.max_minutes * 60)).clamp(
-                self.limits_cap)
+            async with trio.open_nursery() as nursery:
+                # the renter is heard from the submit on: a cancel while STARTING stops the job too
+                nursery.start_soon(self._watch_renter, fs, job, job_id, renter)
+                try:
+                    await self._start_and_follow(fs, agreement, request, renter, status, job)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except StreamError as exc:
+            log.info("job %s: renter stream broke: %s", job_id[:12], exc)
+        finally:
+            self.running.discard(job_id)
+            self.inventory.release(job_id)
+            if job.escrow_started and not job.billed and self.escrow is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    await self.escrow.settle(agreement.terms)  # started, but no job ran: refund
             workdir = self._workdir(job_id)
+            if workdir is not None:
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
+
+    async def _start_and_follow(self, fs: FramedStream, agreement: Agreement, request: JobRequest,  # noqa: PLR0917
+                                renter: PublicKey, status: Callable[..., Awaitable[None]],
+                                job: _Stopper) -> None:
+        """Money before work: inputs, then the escrow started (and seen started), then the job."""
+        job_id = agreement.agreement_id
+        executor = self.executor_for(request.executor)
+        await status(JobState.ACCEPTED)
+        if executor is None:
+            await status(JobState.FAILED, reason=f"no {request.executor} executor here")
+            return
+        await status(JobState.STARTING)
+        limits = ResourceLimits(time_limit_s=float(agreement.terms.max_minutes * 60)).clamp(self.limits_cap)
+        workdir = self._workdir(job_id)
+        inputs: dict[str, Path] = {}
+        with job.starting:
             try:
                 inputs = await self._fetch_inputs(fs.remote_peer, request, workdir)
             except (BlobError, NetworkError, OSError) as exc:
                 log.info("job %s: input fetch failed: %s", job_id[:12], exc)
                 await status(JobState.FAILED, reason=f"could not fetch the inputs: {exc}")
                 return
-            if request.inputs and workdir is None:
-                await status(JobState.FAILED, reason="this provider does not accept job inputs")
+        if job.reasons:
+            await status(JobState.CANCELLED, reason=job.reasons[0])
+            return
+        if request.inputs and workdir is None:
+            await status(JobState.FAILED, reason="this provider does not accept job inputs")
+            return
+        if self.escrow is not None:
+            problem = await self.escrow.start(agreement.terms)
+            job.escrow_started = problem is None
+            if problem is not None:
+                await status(JobState.FAILED, reason=f"the escrow could not be started: {problem}")
                 return
-            lease = self.inventory.lease_of(job_id)  # held since _check_agreement
-            spec = JobSpec(job_id=job_id, rental_id=str(agreement.terms.escrow.rental_id),
-                           command=request.command, image=request.image, script=request.script,
-                           env=dict(request.env), limits=limits, network=request.egress, inputs=inputs,
-                           output_dir=workdir / "outputs" if workdir is not None else None,
-                           gpu_uuids=lease.device_ids if lease is not None else ())
+        if job.reasons:
+            await status(JobState.CANCELLED, reason=job.reasons[0])
+            return
+        lease = self.inventory.lease_of(job_id)  # held since _check_agreement
+        spec = JobSpec(job_id=job_id, rental_id=str(agreement.terms.escrow.rental_id),
+                       command=request.command, image=request.image, script=request.script,
+                       env=dict(request.env), limits=limits, network=request.egress, inputs=inputs,
+                       output_dir=workdir / "outputs" if workdir is not None else None,
+                       gpu_uuids=lease.device_ids if lease is not None else ())
+        try:
+            handle = await executor.start(spec, limits)
+        except ExecutionError as exc:
+            await status(JobState.FAILED, reason=f"could not start: {exc}")
+            return
+        job.handle = handle
+        try:
+            if job.reasons:  # the renter cancelled while the job was being started
+                await handle.stop(grace_s=5)
+            await status(JobState.RUNNING)
+            job_done = trio.Event()
+            if self.on_running is not None:
+                job.billed = True
+                self.on_running(agreement, job.stop, job_done)
             try:
-                handle = await executor.start(spec, limits)
-            except ExecutionError as exc:
-                await status(JobState.FAILED, reason=f"could not start: {exc}")
-                return
-            try:
-                await status(JobState.RUNNING)
-                stopped_for: list[str] = []
-                job_done = trio.Event()
-
-                async def stop(reason: str) -> None:
-                    stopped_for.append(reason)
-                    await handle.stop(grace_s=5)
-
-                if self.on_running is not None:
-                    self.on_running(agreement, stop, job_done)
-                try:
-                    final = await self._supervise(fs, handle, job_id, renter)
-                finally:
-                    job_done.set()
-                if final is None:  # the renter vanished: the job was stopped
-                    return
-                state = _EXIT_STATE.get(final.reason, JobState.FAILED)
-                reason = stopped_for[0] if stopped_for else final.detail or final.reason
-                await status(state, _clamp_exit(final.exit_code), reason)
-                self.finished[job_id] = state
-                if state is JobState.FINISHED and spec.output_dir is not None:
-                    with trio.CancelScope(shield=True), trio.move_on_after(15):
-                        await handle.cleanup()  # idempotent; copies the outputs out
-                    ref = await self._shelve_result(job_id, spec.output_dir, renter.wallet)
-                    if ref is not None:
-                        await fs.write_frame(self._seal(ref))
+                final = await self._follow(fs, handle, job_id)
             finally:
+                job_done.set()
+            if job.renter_gone:  # the job was stopped: nobody is left to tell
+                return
+            state = _EXIT_STATE.get(final.reason, JobState.FAILED)
+            reason = job.reasons[0] if job.reasons else final.detail or final.reason
+            await status(state, _clamp_exit(final.exit_code), reason)
+            self.finished[job_id] = state
+            if state is JobState.FINISHED and spec.output_dir is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(15):
-                    await handle.cleanup()
-        except StreamError as exc:
-            log.info("job %s: renter stream broke: %s", job_id[:12], exc)
+                    await handle.cleanup()  # idempotent; copies the outputs out
+                ref = await self._shelve_result(job_id, spec.output_dir, renter.wallet)
+                if ref is not None:
+                    await fs.write_frame(self._seal(ref))
         finally:
-            self.running.discard(job_id)
-            self.inventory.release(job_id)
-            workdir = self._workdir(job_id)
-            if workdir is not None:
-                await trio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
+            with trio.CancelScope(shield=True), trio.move_on_after(15):
+                await handle.cleanup()
 
     def _workdir(self, job_id: str) -> Path | None:
         """The job's transfer folder (fetched inputs, copied outputs), if transfers are on."""
@@ -306,11 +359,31 @@ class JobServer:
                 tmp.unlink()
         return ResultRef(job_id=job_id, cid=entry.cid, size=entry.size)
 
-    async def _supervise(self, fs: FramedStream, handle: JobHandle, job_id: str,
-                         renter: PublicKey) -> Any:
-        """Stream logs, watch for a cancel; returns the ExitStatus, or None if the renter left."""
-        result: list[Any] = []
-        renter_gone = False
+    async def _watch_renter(self, fs: FramedStream, job: _Stopper, job_id: str, renter: PublicKey) -> None:
+        """Until the job ends: a JobCancel, or the renter gone, stops it (whatever its state)."""
+        while True:
+            try:
+                data = await fs.read_frame(timeout_s=3600)
+            except ReadTimeoutError:
+                continue
+            except StreamError:
+                job.renter_gone = True
+                await job.stop("the renter left")
+                return
+            try:
+                opened = open_envelope(data, TO_PROVIDER_JOB, now=self.clock(), max_bytes=MAX_FRAME_BYTES,
+                                       replay_cache=self.replay_cache, max_ttl=ENVELOPE_TTL_S,
+                                       expected_signer=renter)
+            except RemoteProtocolError as exc:
+                log.info("job %s: ignoring a bad frame from the renter: %s", job_id[:12], exc)
+                continue
+            if isinstance(opened.message, JobCancel) and opened.message.job_id == job_id:
+                log.info("job %s: cancelled by the renter", job_id[:12])
+                await job.stop("cancelled by the renter")
+                return
+
+    async def _follow(self, fs: FramedStream, handle: JobHandle, job_id: str) -> ExitStatus:
+        """Stream logs and usage receipts until the job exits; returns how it ended."""
 
         async def pump_logs() -> None:
             log_seq = 0
@@ -322,179 +395,38 @@ class JobServer:
                                                              stream=chunk.stream, data=piece)))
                     log_seq += 1
 
-        async def watch_renter(cancel_scope: trio.CancelScope) -> None:
-            nonlocal renter_gone
-            while True:
-                try:
-                    data = await fs.read_frame(timeout_s=3600)
-                except ReadTimeoutError:
-                    continue
-                except StreamError:
-                    renter_gone = True
-                    await handle.stop(grace_s=5)
-                    return
-                try:
-                    opened = open_envelope(data, TO_PROVIDER_JOB, now=self.clock(),
-                                           max_bytes=MAX_FRAME_BYTES,
-                                           replay_cache=self.replay_cache,
-                                           max_ttl=ENVELOPE_TTL_S, expected_signer=renter)
-                except RemoteProtocolError as exc:
-                    log.info("job %s: ignoring a bad frame from the renter: %s", job_id[:12], exc)
-                    continue
-                if isinstance(opened.message, JobCancel) and opened.message.job_id == job_id:
-                    log.info("job %s: cancelled by the renter", job_id[:12])
-                    await handle.stop(grace_s=5)
-                    return
-
-        async with trio.open_nursery() as nursery:
-            watcher_scope = trio.CancelScope()
-
-            async def watcher() -> None:
-                with watcher_scope:
-                    await watch_renter(watcher_scope)
-
-            nursery.start_soon(watcher)
-
-            async def pump_usage() -> None:
-                usage = getattr(handle, "usage", None)  # durable jobs meter their minutes
-                if usage is None:
-                    return
-                with contextlib.suppress(StreamError):
-                    async for receipt in usage(job_id):
-                        await fs.write_frame(self._seal(receipt))
-
-            async def logs_then_wait() -> None:
-                # on a broken stream the watcher notices and stops the job
-                async with trio.open_nursery() as pumps:
-                    pumps.start_soon(pump_usage)
-                    with contextlib.suppress(StreamError):
-                        await pump_logs()
-                result.append(await handle.wait())
-                watcher_scope.cancel()
-
-            nursery.start_soon(logs_then_wait)
-        return None if renter_gone else result[0]
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    job_id: str
-    state: JobState
-    exit_code: int | None
-    reason: str
-    log_chunks: int
-    #: the packed output folder, when the job FINISHED and the provider kept one
-    result: ResultRef | None = None
-    receipts: tuple[UsageReceipt, ...] = ()  #: the signed per-minute usage (GPU samples) received
-
-
-LogSink = Callable[[LogChunk], Awaitable[None] | None]
-
-
-async def run_job(node: Network, key: SigningKey, agreement: Agreement, provider_peer: str, *,
-                  clock: Clock, nonce: Nonce, on_log: LogSink | None = None,
-                  on_status: Callable[[JobStatus], None] | None = None,
-                  cancel: trio.Event | None = None, idle_probe_s: float = 10.0) -> JobOutcome:
-    """Submit the job an Agreement covers and follow it to the end.
-
-    Raises JobLostError when the provider dies, hangs (no frame and no ping answer) or breaks
-    the session's rules; RejectedError when it refuses the submit; NetworkError when it cannot
-    be reached at all.
-    """
-    provider_key = PublicKey.from_wallet(agreement.terms.provider)
-    job_id = agreement.agreement_id
-    session = JobSession(job_id)
-    replay = ReplayCache(capacity=100_000)  # one job's frames (bounded by the log volume)
-
-    def sealed(message: Any) -> bytes:
-        now = clock()
-        return seal(message, key, nonce=nonce(), issued_at=now, expires_at=now + ENVELOPE_TTL_S)
-
-    fs = await node.open_stream(provider_peer, JOB_PROTOCOL, max_frame_bytes=MAX_FRAME_BYTES,
-                                read_timeout_s=idle_probe_s)
-    chunks = 0
-    try:
-        await fs.write_frame(sealed(JobSubmit(agreement=agreement)))
-        failure: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            if cancel is not None:
-                async def send_cancel() -> None:
-                    await cancel.wait()
-                    with contextlib.suppress(StreamError):
-                        await fs.write_frame(sealed(JobCancel(job_id=job_id,
-                                                              reason="cancelled by the renter")))
-                nursery.start_soon(send_cancel)
-            try:
-                chunks = await _follow(node, fs, session, provider_peer, provider_key, replay,
-                                       clock, on_log, on_status, idle_probe_s)
-                if session.state is JobState.FINISHED:
-                    await _read_result(fs, session, provider_key, replay, clock)
-            except (JobLostError, RejectedError) as exc:
-                failure = exc  # raised below, outside the nursery (no ExceptionGroup)
-            nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        assert session.state is not None
-        return JobOutcome(job_id, session.state, session.exit_code, session.reason, chunks,
-                          session.result, tuple(session.receipts))
-    finally:
-        await fs.close()
-
-
-async def _follow(node: Network, fs: FramedStream, session: JobSession, provider_peer: str,  # noqa: PLR0917
-                  provider_key: PublicKey, replay: ReplayCache, clock: Clock,
-                  on_log: LogSink | None, on_status: Callable[[JobStatus], None] | None,
-                  idle_probe_s: float) -> int:
-    """Read the provider's events until the final status; returns the log chunk count."""
-    chunks = 0
-    while not session.done:
-        try:
-            data = await fs.read_frame(timeout_s=idle_probe_s)
-        except ReadTimeoutError:
-            if await node.ping(provider_peer):
-                continue  # alive and busy: a silent job is fine
-            raise JobLostError(f"provider {provider_peer} stopped answering") from None
-        except StreamError as exc:
-            raise JobLostError(
-                f"provider {provider_peer} closed the job stream before the job "
-                f"ended (last state: {session.state or 'none'})") from exc
-        try:
-            opened = open_envelope(data, TO_RENTER_JOB, now=clock(), max_bytes=MAX_FRAME_BYTES,
-                                   replay_cache=replay, max_ttl=ENVELOPE_TTL_S,
-                                   expected_signer=provider_key)
-            msg = opened.message
-            if isinstance(msg, Reject):
-                raise RejectedError(str(msg.code), msg.message)
-            session.receive(msg)
-        except RemoteProtocolError as exc:
-            raise JobLostError(f"provider broke the job protocol: {exc}") from exc
-        if isinstance(msg, LogChunk):
-            chunks += 1
-            if on_log is not None:
-                maybe = on_log(msg)
-                if maybe is not None:
-                    await maybe
-        elif isinstance(msg, JobStatus) and on_status is not None:
-            on_status(msg)
-    return chunks
-
-
-async def _read_result(fs: FramedStream, session: JobSession, provider_key: PublicKey,
-                       replay: ReplayCache, clock: Clock) -> None:
-    """After FINISHED: wait (bounded) for the ResultRef; a closed stream means there is none."""
-    with trio.move_on_after(RESULT_WAIT_S):
-        while session.result is None:
-            try:
-                data = await fs.read_frame(timeout_s=RESULT_WAIT_S)
-            except StreamError:  # closed (an older provider, or no outputs kept) or timed out
+        async def pump_usage() -> None:
+            usage = getattr(handle, "usage", None)  # durable jobs meter their minutes
+            if usage is None:
                 return
-            try:
-                opened = open_envelope(data, TO_RENTER_JOB, now=clock(), max_bytes=MAX_FRAME_BYTES,
-                                       replay_cache=replay, max_ttl=ENVELOPE_TTL_S,
-                                       expected_signer=provider_key)
-                if not isinstance(opened.message, ResultRef):
-                    raise RemoteProtocolError(f"{opened.message.type} after the job ended")
-                session.receive(opened.message)
-            except RemoteProtocolError as exc:
-                log.info("job %s: ignoring a bad frame after the end: %s", session.job_id[:12], exc)
-                return
+            with contextlib.suppress(StreamError):
+                async for receipt in usage(job_id):
+                    await fs.write_frame(self._seal(receipt))
+
+        # on a broken stream the watcher notices and stops the job
+        async with trio.open_nursery() as pumps:
+            pumps.start_soon(pump_usage)
+            with contextlib.suppress(StreamError):
+                await pump_logs()
+        return await handle.wait()
+
+
+class _Stopper:
+    """How one job is stopped, whatever its state: before it starts, its start is cancelled;
+    after, its handle is stopped (SIGTERM, grace, SIGKILL)."""
+
+    def __init__(self) -> None:
+        self.handle: JobHandle | None = None
+        self.starting = trio.CancelScope()
+        self.reasons: list[str] = []
+        self.renter_gone = False
+        #: the escrow was started for this job, and billing took it over (it settles it)
+        self.escrow_started = False
+        self.billed = False
+
+    async def stop(self, reason: str) -> None:
+        self.reasons.append(reason)
+        if self.handle is None:
+            self.starting.cancel()
+        else:
+            await self.handle.stop(grace_s=5)

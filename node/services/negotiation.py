@@ -8,7 +8,10 @@ Provider: ``JobRequest`` → policy (offer freshness, free capacity, executors, 
 GPUs, duration, price) → ``Quote`` or ``Reject``; ``Accept`` → escrow verifier → a GPU lease from
 the :class:`~dgpu.node.services.inventory.Inventory` → ``Agreement`` (countersigned) or
 ``Reject``. The Agreement is kept in :class:`AgreementStore` until the renter submits the job
-(one job per agreement); its lease lapses at the start deadline unless the job comes.
+(one job per agreement); its lease lapses after a short submit window (``submit_window_s``, at
+most the start deadline) unless the job comes, and is released at once when a request finds the
+capacity taken by agreements whose escrow is no longer funded (the renter closed it for a
+refund). Renters whose agreements end so too often are throttled (:class:`Abandoners`).
 
 Escrow: the renter funds the quote through an :class:`EscrowSource` (the renter library's
 ``LedgerFunder`` opens the escrow on the ledger) before it accepts, and the provider checks the
@@ -52,6 +55,7 @@ from dgpu.protocol.negotiation import Negotiation, Role, State
 from dgpu.protocol.peers import peer_id_of_wallet, wallet_of_peer
 
 __all__ = [
+    "Abandoners",
     "AgreementStore",
     "EscrowSource",
     "EscrowVerifier",
@@ -117,6 +121,8 @@ class ProviderPolicy:
     quote_ttl_s: int = 30
     #: the provider must start within this window after the quote (escrow start deadline)
     start_window_s: int = 120
+    #: an agreement whose job is not submitted within this many seconds frees its capacity
+    submit_window_s: int = 30
 
     def image_allowed(self, image: str) -> bool:
         return any(image == a or (a.endswith("*") and image.startswith(a[:-1]))
@@ -148,6 +154,34 @@ class AgreementStore:
         """Remove and return it: an agreement runs one job."""
         return self._items.pop(agreement_id, None)
 
+    def pending(self) -> list[SignedAgreement]:
+        """Agreements signed and not yet submitted, oldest first."""
+        return list(self._items.values())
+
+
+class Abandoners:
+    """Renters whose agreements ended unused (escrow emptied before the job, or never submitted),
+    counted per wallet and per peer id over ``window_s``; past ``limit`` they are refused
+    (``busy``) until their oldest abandonment leaves the window. Bounded: LRU of ``capacity``."""
+
+    def __init__(self, clock: Clock, *, limit: int = 3, window_s: int = 600, capacity: int = 4096) -> None:
+        self.clock = clock
+        self.limit, self.window_s, self.capacity = limit, window_s, capacity
+        self._seen: OrderedDict[str, list[int]] = OrderedDict()
+
+    def abandoned(self, wallet: str) -> None:
+        now = self.clock()
+        for who in (wallet, peer_id_of_wallet(wallet)):
+            times = [t for t in self._seen.pop(who, []) if t > now - self.window_s][-self.limit:]
+            self._seen[who] = [*times, now]
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+
+    def throttled(self, *who: str | None) -> bool:
+        now = self.clock()
+        return any(w is not None and sum(t > now - self.window_s for t in self._seen.get(w, ())) >= self.limit
+                   for w in who)
+
 
 def reject_code(text: str) -> RejectCode:
     """A peer's reject code, or PROTOCOL_ERROR for one we do not know."""
@@ -174,8 +208,9 @@ class ProviderNegotiator:
     def __init__(self, key: SigningKey, policy: ProviderPolicy, *, offers: OfferSource,
                  inventory: Inventory, verifier: EscrowVerifier, agreements: AgreementStore,
                  clock: Clock, nonce: Nonce, deadline_clock: Clock | None = None,
-                 ledger_speed: int = 1) -> None:
+                 ledger_speed: int = 1, abandoners: Abandoners | None = None) -> None:
         self.key = key
+        self.abandoners = abandoners or Abandoners(clock)
         #: start deadlines are checked by the escrow's ledger, so they are set on its clock;
         #: a development ledger may run ``ledger_speed`` times faster than the wall clock
         self.deadline_clock = deadline_clock or clock
@@ -276,6 +311,17 @@ class ProviderNegotiator:
             with contextlib.suppress(StreamError):  # the renter left; nothing more to tell it
                 await fs.write_frame(self._seal(reject))
 
+    async def _reclaim_abandoned(self) -> None:
+        """Free the capacity of agreements not submitted in time or whose escrow was emptied."""
+        for item in self.agreements.pending():
+            agreement_id, terms = item.agreement.agreement_id, item.agreement.terms
+            unused = (self.inventory.lease_of(agreement_id) is None
+                      or not await self.verifier.verify(terms.escrow, terms))
+            if unused and self.agreements.take(agreement_id) is not None:  # not submitted meanwhile
+                self.inventory.release(agreement_id)
+                self.abandoners.abandoned(terms.renter)
+                self._count("abandoned")
+
     async def handle(self, fs: FramedStream) -> None:
         """One negotiation. Raises nothing on a peer's misbehaviour: it answers or hangs up."""
         neg = Negotiation(Role.PROVIDER)
@@ -286,6 +332,11 @@ class ProviderNegotiator:
                 return
             request = msg
             self.requests_received += 1
+            if not self.inventory.can_lease(request):
+                await self._reclaim_abandoned()
+            if self.abandoners.throttled(request.renter, fs.remote_peer):
+                await self._reject(fs, neg, RejectCode.BUSY, "too many unused agreements; try later")
+                return
             decision = self.decide(request, self.clock())
             if not isinstance(decision, Quote):
                 await self._reject(fs, neg, *decision)
@@ -308,8 +359,10 @@ class ProviderNegotiator:
                 await self._reject(fs, neg, RejectCode.NO_CAPACITY, "capacity taken meanwhile")
                 return
             agreement = neg.agree(self.key, self.clock())
-            # no checkpoint since can_lease: the lease is granted
-            self.inventory.lease(agreement.agreement_id, neg.request, lapses_at=terms.start_deadline)
+            # no checkpoint since can_lease: the lease is granted, until the submit window ends
+            submit_by = self.deadline_clock() + self.policy.submit_window_s * self.ledger_speed
+            self.inventory.lease(agreement.agreement_id, neg.request,
+                                 lapses_at=min(terms.start_deadline, submit_by))
             self.agreements.add(SignedAgreement(agreement, neg.request))
             await fs.write_frame(self._seal(agreement))
             self._count("agreed")

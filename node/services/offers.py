@@ -1,20 +1,23 @@
-"""Offers: the gossip validator, the offer book and the provider's publisher.
+"""Offers: the gossip validator and the offer book (the provider's publisher: ``publisher.py``).
 
 Rules of the offer book:
 
 - One entry per provider (its wallet); an offer replaces the entry only with a higher ``seq``.
 - Expired offers drop out (on every query and every insert), so the book never answers
   with an offer that is no longer valid.
-- The book is bounded (``capacity`` providers); when full, the entry that expires first
-  makes room, unless the newcomer expires even sooner.
+- The book is bounded (``capacity`` providers, at most ``max_per_forwarder`` of them first
+  relayed by one peer). When full, a newcomer makes room by evicting, never a provider this
+  renter rented from (:meth:`OfferBook.mark_rented`) nor one that renewed its offer: only an
+  unknown newcomer, the latest first. A flood of fresh keys churns among itself.
 
 The validator is the gossipsub gate (see ``adapters.p2p.P2PNode.subscribe``): an offer it
 accepts is stored *and* relayed; one it refuses is neither, and counts against the peer that
 forwarded it — except an older ``seq`` that is not a replay, which gossip delivers out of
 order in normal operation: it is ignored without blame. It checks, in order: size, envelope
 (schema, signature, validity window), that the envelope's signer is the pubsub origin (the
-peer that libp2p says signed the message) and the offer's provider, expiry, the
-simulated-inventory policy, and ``seq``.
+peer that libp2p says signed the message) and the offer's provider, expiry (bounded by the
+envelope's and by ``MAX_OFFER_TTL_S`` from now), the simulated-inventory policy, ``seq``, and a
+per-origin quota of offers per minute.
 """
 
 from __future__ import annotations
@@ -23,37 +26,34 @@ import bisect
 import heapq
 import logging
 import operator
-import secrets
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
 from dgpu.node.ports.network import GossipMessage, Verdict
-from dgpu.node.services.inventory import Inventory
-from dgpu.protocol.envelope import ReplayCache, open_envelope, seal
+from dgpu.protocol.envelope import ReplayCache, open_envelope
 from dgpu.protocol.errors import RemoteProtocolError
 from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S
-from dgpu.protocol.keys import SigningKey
-from dgpu.protocol.messages import GOSSIP_ADAPTER, Executor, GpuSpec, Offer
+from dgpu.protocol.messages import GOSSIP_ADAPTER, Executor, Offer
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
-    from trio_typing import TaskStatus
+    pass
 
 __all__ = [
     "OfferBook",
-    "OfferPublisher",
     "OfferQuery",
-    "OfferTerms",
     "OfferValidator",
 ]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+#: offers accepted per origin per minute (providers republish every ~100 s): more is ignored
+ORIGIN_OFFERS_PER_MINUTE = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,12 @@ class BookEntry:
     offer: Offer
     #: base58 libp2p peer id of the provider (pubsub origin), used to dial it
     peer_id: str
+    #: the peer that first relayed this provider to us, its arrival number, and its renewals
+    forwarder: str = ""
+    arrival: int = 0
+    renewals: int = 0
+    #: the signed envelope as gossiped (what offer sync hands on, validated again there)
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +158,23 @@ class OfferBook:
         self._expiry: list[tuple[int, str, int]] = []
         #: changes are signalled here (renters waiting for offers); replaced on every change
         self._changed = trio.Event()
+        self.max_per_forwarder = max(1, capacity * 3 // 4)
+        self._by_forwarder: Counter[str] = Counter()
+        self._arrivals = 0
+        #: providers this renter rented from (kept in a full book), most recent last
+        self._trusted: OrderedDict[str, None] = OrderedDict()
+
+    def forget(self, provider: str) -> None:
+        """Drop ``provider``'s offer (it could not be reached); its next offer is taken again."""
+        if provider in self._entries:
+            self._remove(provider)
+
+    def mark_rented(self, provider: str) -> None:
+        """A rental with ``provider`` was agreed: its offers survive a flood of newcomers."""
+        self._trusted.pop(provider, None)
+        self._trusted[provider] = None
+        while len(self._trusted) > self.capacity:
+            self._trusted.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -165,6 +188,8 @@ class OfferBook:
 
     def _remove(self, provider: str) -> None:
         entry = self._entries.pop(provider)
+        self._by_forwarder[entry.forwarder] -= 1
+        self._by_forwarder += Counter()  # drops the relays that hold nothing now
         del self._facts[provider]
         del self._order[bisect.bisect_left(self._order, _order_key(entry.offer))]
 
@@ -178,29 +203,32 @@ class OfferBook:
                 dropped += 1
         return dropped
 
-    def _soonest_expiring(self) -> BookEntry | None:
-        while self._expiry:
-            expires_at, provider, seq = self._expiry[0]
-            entry = self._entries.get(provider)
-            if entry is not None and entry.offer.seq == seq and entry.offer.expires_at == expires_at:
-                return entry
-            heapq.heappop(self._expiry)  # stale: that offer was replaced or removed
-        return None
+    def _victim(self) -> BookEntry | None:
+        """Who makes room for a newcomer: an unknown newcomer too (never renewed, not rented
+        from), the latest to arrive first; None when every entry is known."""
+        candidates = (e for p, e in self._entries.items() if not e.renewals and p not in self._trusted)
+        return max(candidates, key=operator.attrgetter("arrival"), default=None)
 
-    def put(self, offer: Offer, peer_id: str, *, now: int) -> bool:
+    def put(self, offer: Offer, peer_id: str, *, now: int, forwarder: str = "", data: bytes = b"") -> bool:
         """Store ``offer`` if it is newer than what we hold; False when not stored."""
         self.drop_expired(now)
         old = self._entries.get(offer.provider)
         if old is not None and offer.seq <= old.offer.seq:
             return False
-        if old is None and len(self._entries) >= self.capacity:
-            victim = self._soonest_expiring()
-            if victim is None or victim.offer.expires_at >= offer.expires_at:
-                return False
-            self._remove(victim.offer.provider)
-        if old is not None:
+        if old is None:
+            if forwarder and self._by_forwarder[forwarder] >= self.max_per_forwarder:
+                return False  # one relay may not fill the book
+            if len(self._entries) >= self.capacity:
+                victim = self._victim()
+                if victim is None:
+                    return False
+                self._remove(victim.offer.provider)
+            self._arrivals += 1
+            entry = BookEntry(offer, peer_id, forwarder, self._arrivals, 0, data)
+        else:
             self._remove(offer.provider)
-        entry = BookEntry(offer, peer_id)
+            entry = BookEntry(offer, peer_id, old.forwarder, old.arrival, old.renewals + 1, data)
+        self._by_forwarder[entry.forwarder] += 1
         facts = _Facts.of(offer)
         self._entries[offer.provider] = entry
         self._facts[offer.provider] = facts
@@ -279,6 +307,18 @@ class OfferValidator:
         self.accepted = 0
         #: (provider, seq, received at ms) of recent accepted offers, for the benchmark/status
         self.history: deque[tuple[str, int, int]] = deque(maxlen=4096)
+        #: origin -> times of its offers accepted in the last minute (LRU-bounded)
+        self._recent: OrderedDict[str, list[int]] = OrderedDict()
+
+    def _within_quota(self, origin: str, now: int) -> bool:
+        times = [t for t in self._recent.pop(origin, []) if t > now - 60]
+        self._recent[origin] = times
+        while len(self._recent) > 4 * self.book.capacity:
+            self._recent.popitem(last=False)
+        if len(times) >= ORIGIN_OFFERS_PER_MINUTE:
+            return False
+        times.append(now)
+        return True
 
     def _refuse(self, reason: str, msg: GossipMessage) -> bool:
         self.rejected[reason] += 1
@@ -301,6 +341,8 @@ class OfferValidator:
             return self._refuse("provider_not_signer", msg)
         if offer.expires_at <= now:
             return self._refuse("expired", msg)
+        if offer.expires_at > min(opened.expires_at, now + MAX_OFFER_TTL_S):
+            return self._refuse("expiry_too_far", msg)
         if offer.simulated and not self.accept_simulated:
             return self._refuse("simulated", msg)
         last = self.book.last_seq(offer.provider)
@@ -308,8 +350,7 @@ class OfferValidator:
             # normal in gossip (two paths, out of order) unless it is a replay (caught below
             # by nonce first): not stored, not relayed, but no blame on the relay
             try:
-                self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at,
-                                                now)
+                self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at, now)
             except RemoteProtocolError:
                 return self._refuse("replay", msg)
             self._refuse("stale_seq", msg)
@@ -318,169 +359,10 @@ class OfferValidator:
             self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at, now)
         except RemoteProtocolError:
             return self._refuse("replay", msg)
-        self.book.put(offer, msg.origin, now=now)
+        if not self._within_quota(offer.provider, now):
+            self._refuse("origin_quota", msg)
+            return Verdict.IGNORE
+        self.book.put(offer, msg.origin, now=now, forwarder=msg.forwarder, data=msg.data)
         self.accepted += 1
         self.history.append((offer.provider, offer.seq, time.time_ns() // 1_000_000))
         return True
-
-
-@dataclass(frozen=True, slots=True)
-class OfferTerms:
-    """What a provider chooses for its offer besides the GPUs and their price (the inventory's)."""
-
-    mint: str
-    #: which ledger holds the escrow (the Offer's ``ledger``)
-    ledger: str
-    region: str = "local"
-    executors: tuple[Executor, ...] = (Executor.SCRIPT,)
-    #: where to dial us (at most 8 go into the offer)
-    addrs: tuple[str, ...] = ()
-
-
-class OfferPublisher:
-    """A provider's offer: published at start, on change and before it expires.
-
-    The offer is built at each publication from the provider's :class:`OfferTerms` and its
-    inventory (GPUs, price). ``seq`` is taken from the clock in milliseconds (and forced to
-    increase), so a restarted provider's new offer still replaces the old one everywhere. The
-    last ``recent`` offers are kept by ``seq``: a request may quote one a republish ago. While
-    paused nothing is published (peers drop the last offer when it expires, at most ``ttl_s``
-    later) and the negotiator takes no new request (it reads :attr:`paused`).
-    """
-
-    def __init__(self, key: SigningKey, inventory: Inventory, terms: OfferTerms,
-                 publish: Callable[[bytes], Awaitable[None]], *, clock: Clock,
-                 clock_ms: Callable[[], int], ttl_s: int = 300, recent: int = 16,
-                 reprice: Callable[[], None] | None = None) -> None:
-        if not 60 <= ttl_s <= MAX_OFFER_TTL_S:
-            raise ValueError("offer ttl must be 60 s .. 1 h")
-        self.key = key
-        self.inventory = inventory
-        self._terms = terms
-        self._publish = publish
-        self.clock = clock
-        self.clock_ms = clock_ms
-        self.ttl_s = ttl_s
-        self._seq = 0
-        self.current: Offer | None = None
-        #: the offers made recently, by seq, oldest first (bounded: older quotes are stale anyway)
-        self._recent: OrderedDict[int, Offer] = OrderedDict()
-        self._recent_max = recent
-        self._paused = False
-        self._wake = trio.Event()
-        #: the market pricer: recomputes the inventory's price before each publication
-        self._reprice = reprice
-        inventory.watch(self.changed)  # capacity (free GPUs) is in the offer
-
-    # -- profile ---------------------------------------------------------------------------
-
-    @property
-    def terms(self) -> OfferTerms:
-        return self._terms
-
-    @property
-    def executors(self) -> tuple[Executor, ...]:
-        """The executors offered now (an older offer a request quotes may list others)."""
-        return self._terms.executors
-
-    def profile(self, *, terms: OfferTerms | None = None, gpus: tuple[GpuSpec, ...] | None = None,
-                price_per_gpu_minute: int | None = None) -> Offer:
-        """The offer as it would be published now (or with the given changes), unsigned, seq 0.
-        Raises ValueError when those make no valid offer (no GPUs, a bad region, ...)."""
-        t = terms or self._terms
-        now = self.clock()
-        listed = self.inventory.offered() if gpus is None else gpus
-        pricing = self.inventory.pricing
-        if price_per_gpu_minute is not None and pricing is not None:
-            pricing = pricing.model_copy(update={"source": "override", "multiplier_bps": 10_000})
-        return Offer(provider=self.key.public_key.wallet, addrs=t.addrs[:8], gpus=listed,
-                     price_per_minute=(self.inventory.price_per_gpu_minute if price_per_gpu_minute is None
-                                       else price_per_gpu_minute),
-                     mint=t.mint, ledger=t.ledger, region=t.region, executors=t.executors, seq=0,
-                     issued_at=now, expires_at=now + self.ttl_s, pricing=pricing,
-                     free_gpus=min(len(self.inventory.free()), sum(g.count for g in listed)) if gpus is None else None)
-
-    def update_profile(self, *, price_per_gpu_minute: int | None = None, region: str | None = None,
-                       gpus: tuple[GpuSpec, ...] | None = None,
-                       executors: tuple[Executor, ...] | None = None,
-                       addrs: tuple[str, ...] | None = None) -> Offer:
-        """Change what is offered and republish soon; omitted values stay. The whole change is
-        checked first (ValueError, nothing changed): the price and simulated GPUs go to the
-        inventory, the region, executors and addresses (relay reservations come and go) to the
-        terms."""
-        terms = replace(self._terms, region=region or self._terms.region,
-                        executors=self._terms.executors if executors is None else executors,
-                        addrs=self._terms.addrs if addrs is None else addrs)
-        candidate = self.profile(terms=terms, gpus=gpus, price_per_gpu_minute=price_per_gpu_minute)
-        if gpus is not None:
-            self.inventory.declare_simulated(gpus)
-        if price_per_gpu_minute is not None:
-            self.inventory.set_price(price_per_gpu_minute)
-        self._terms = terms
-        self.changed()
-        return candidate
-
-    # -- pause -----------------------------------------------------------------------------
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    def pause(self) -> None:
-        """Stop publishing and taking requests; running jobs are not touched."""
-        self._paused = True
-
-    def resume(self) -> None:
-        if self._paused:
-            self._paused = False
-            self.changed()  # publish again now, not at the next interval
-
-    # -- publishing ------------------------------------------------------------------------
-
-    def offer_for_seq(self, seq: int) -> Offer | None:
-        """One of our recent offers (what a renter's request quotes)."""
-        return self._recent.get(seq)
-
-    def make(self) -> tuple[Offer, bytes]:
-        if self._reprice is not None:
-            self._reprice()
-        now = self.clock()
-        self._seq = max(self._seq + 1, self.clock_ms())
-        offer = self.profile().model_copy(update={"seq": self._seq, "issued_at": now, "expires_at": now + self.ttl_s})
-        offer = Offer.model_validate(offer.model_dump())  # re-validate after model_copy
-        data = seal(offer, self.key, nonce=secrets.token_bytes(16), issued_at=now,
-                    expires_at=now + self.ttl_s)
-        if len(data) > MAX_OFFER_BYTES:
-            raise ValueError(f"offer is {len(data)} bytes; the limit is {MAX_OFFER_BYTES}")
-        self._recent[offer.seq] = offer
-        while len(self._recent) > self._recent_max:
-            self._recent.popitem(last=False)
-        return offer, data
-
-    async def publish_now(self) -> Offer | None:
-        """Sign and publish the offer now; None (nothing sent) while paused."""
-        if self._paused:
-            return None
-        offer, data = self.make()
-        await self._publish(data)
-        self.current = offer
-        return offer
-
-    def changed(self) -> None:
-        """Inventory, price or peers changed: republish soon (coalesced)."""
-        self._wake.set()
-
-    async def run(self, *, min_interval_s: float = 1.0,
-                  task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.publish_now()
-        task_status.started()
-        while True:
-            # republish at 1/3 of the lifetime, so two republishes can be lost before expiry
-            with trio.move_on_after(self.ttl_s / 3):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            await trio.sleep(min_interval_s)  # coalesce bursts of changes (new peers)
-            try:
-                await self.publish_now()
-            except Exception:  # supervisor loop: a failed publish must not stop republishing
-                log.exception("offer publish failed; retrying at the next interval")

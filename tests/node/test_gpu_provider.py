@@ -27,8 +27,9 @@ from dgpu.node.ports.gpu import GpuScan
 from dgpu.node.provider import meter_minute_s
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.meter import Meter, build_usage_receipts
-from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferTerms
+from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.pricing import MarketPricer, engine_basis
+from dgpu.node.services.publisher import OfferPublisher, OfferTerms
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import JobRequest, Offer
 from dgpu.protocol.pricing import MultiplierBounds, PriceInputs, priced

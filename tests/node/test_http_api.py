@@ -19,7 +19,7 @@ from dgpu.bootstrap.auth import TokenIssuer
 from dgpu.node.ports.gpu import simulated_gpus
 from dgpu.node.services import api as svc
 from dgpu.node.services.inventory import Inventory
-from dgpu.node.services.offers import OfferPublisher, OfferTerms
+from dgpu.node.services.publisher import OfferPublisher, OfferTerms
 from dgpu.protocol.auth import Role
 from dgpu.protocol.messages import Executor, GpuSpec, Offer
 

@@ -39,16 +39,26 @@ def test_expired_offers_drop_out_of_queries(key: SigningKey, offer_factory: Call
     assert len(book) == 0
 
 
-def test_bound_evicts_the_offer_that_expires_first(offer_factory: Callable[..., Offer]) -> None:
+def test_bound_evicts_the_latest_newcomer_first(offer_factory: Callable[..., Offer]) -> None:
     make_offer = offer_factory
     book = OfferBook(capacity=2)
     a, b, c, d = _key(), _key(), _key(), _key()
     book.put(make_offer(a, ttl=100), "a", now=1000)
     book.put(make_offer(b, ttl=300), "b", now=1000)
-    assert book.put(make_offer(c, ttl=200), "c", now=1000)  # evicts a
-    assert book.get(a.public_key.wallet) is None
-    assert not book.put(make_offer(d, ttl=50), "d", now=1000)  # would expire first: refused
+    assert book.put(make_offer(c, ttl=3000), "c", now=1000)  # evicts b, the latest newcomer
+    assert book.get(b.public_key.wallet) is None and book.get(a.public_key.wallet) is not None
+    assert book.put(make_offer(a, seq=2, ttl=100), "a", now=1000)  # a renews: it is known now
+    book.mark_rented(c.public_key.wallet)
+    assert not book.put(make_offer(d, ttl=3000), "d", now=1000)  # a renewed, c rented from: kept
+    assert book.get(c.public_key.wallet) is not None
     assert len(book) == 2
+
+
+def test_one_relay_cannot_fill_the_book(offer_factory: Callable[..., Offer]) -> None:
+    book = OfferBook(capacity=8)
+    stored = [book.put(offer_factory(_key()), "p", now=1000, forwarder="relay") for _ in range(8)]
+    assert sum(stored) == book.max_per_forwarder == 6
+    assert book.put(offer_factory(_key()), "p", now=1000, forwarder="another")
 
 
 def test_query_filters_and_sorts_by_price(offer_factory: Callable[..., Offer]) -> None:

@@ -38,6 +38,9 @@ queries = st.builds(OfferQuery, gpu_model=st.sampled_from([None, "a100", "RTX 40
 def test_index_matches_a_naive_book(puts: list[tuple[Offer, int]], query: OfferQuery, now: int, capacity: int) -> None:
     book = OfferBook(capacity=capacity)
     naive: dict[str, Offer] = {}
+    arrival: dict[str, int] = {}
+    renewals: dict[str, int] = {}
+    arrivals = 0
     clock = 0
     for offer, dt in puts:
         clock += dt % 5
@@ -48,12 +51,18 @@ def test_index_matches_a_naive_book(puts: list[tuple[Offer, int]], query: OfferQ
             assert not stored
             continue
         if old is None and len(naive) >= capacity:
-            victim = min(naive.values(), key=lambda o: (o.expires_at, o.provider))
-            if victim.expires_at >= offer.expires_at:
+            # the latest arrival that never renewed makes room; none: the newcomer is refused
+            fresh = [o for o in naive.values() if not renewals[o.provider]]
+            if not fresh:
                 assert not stored
                 continue
-            del naive[victim.provider]
+            del naive[max(fresh, key=lambda o: arrival[o.provider]).provider]
         assert stored
+        if old is None:
+            arrivals += 1
+            arrival[offer.provider], renewals[offer.provider] = arrivals, 0
+        else:
+            renewals[offer.provider] += 1
         naive[offer.provider] = offer
     at = clock + now
     live = [o for o in naive.values() if o.expires_at > at and query.matches(o)]

@@ -10,7 +10,8 @@ import pytest
 from dgpu.node.ports.gpu import GpuInfo, simulated_gpus
 from dgpu.node.ports.network import GossipMessage, Verdict
 from dgpu.node.services.inventory import Inventory
-from dgpu.node.services.offers import OfferBook, OfferPublisher, OfferTerms, OfferValidator
+from dgpu.node.services.offers import OfferBook, OfferValidator
+from dgpu.node.services.publisher import OfferPublisher, OfferTerms
 from dgpu.protocol.envelope import seal
 from dgpu.protocol.ids import MAX_OFFER_BYTES
 from dgpu.protocol.keys import SigningKey

@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own
 
     from dgpu.contracts.escrow_api import EscrowLedger
     from dgpu.node.adapters.p2p import P2PNode
-    from dgpu.node.services.offers import OfferPublisher
+    from dgpu.node.services.publisher import OfferPublisher
 
 __all__ = ["ApiNode", "create_node_api", "serve_node_api"]
 

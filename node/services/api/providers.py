@@ -9,7 +9,7 @@ from dgpu.node.services.api.schema import ProviderProfile
 from dgpu.protocol.messages import GpuSpec, Offer
 
 if TYPE_CHECKING:
-    from dgpu.node.services.offers import OfferPublisher
+    from dgpu.node.services.publisher import OfferPublisher
 
 __all__ = ["ProviderControl"]
 

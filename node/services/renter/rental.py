@@ -21,7 +21,7 @@ import trio
 from dgpu.node.errors import JobLostError, NetworkError, RejectedError
 from dgpu.node.services.billing import BillingPolicy, renter_billing
 from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob, safe_unpack
-from dgpu.node.services.job_stream import run_job
+from dgpu.node.services.job_renter import run_job
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferQuery
 from dgpu.node.services.renter.errors import (
@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 SETTLE_WAIT_S = 10.0
 #: inputs stay on the renter's shelf this long past the rental's last minute (for a late start)
 INPUT_TTL_SLACK_S = 600.0
+#: offers ``rent`` tries, cheapest first, when one cannot be reached or refuses
+RENT_ATTEMPTS = 3
 #: an unpacked result at most (the provider caps outputs lower; this bounds a hostile archive)
 MAX_RESULT_UNPACKED_BYTES = 4 * 1024**3
 
@@ -430,7 +432,8 @@ class Renter:
                    gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
                    gpu_model: str | None = None, min_vram_mib: int = 0,
                    inputs: Mapping[str, Path | str] | None = None) -> Rental:
-        """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match.
+        """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match
+        that can be reached and agrees (up to ``RENT_ATTEMPTS`` offers are tried).
 
         ``inputs`` maps a path under the job's inputs folder (``/inputs`` in Docker,
         ``$HOME/inputs`` for scripts) to a local file; the provider fetches it from us before the
@@ -439,21 +442,34 @@ class Renter:
         if self.ledger is None:
             raise EscrowFailed("this client has no ledger (connect with ledger_url or ledger), so it cannot "
                                "fund a rental", "no_ledger")
-        if offer is None:
-            found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,
-                                           max_price_per_minute=max_price_per_minute)
-            if not found:
-                raise NoOffersError("no offer matched; try a wider filter or a longer wait")
-            offer = found[0]
         executor = Executor.SCRIPT if script is not None else Executor.DOCKER
+        spec: dict[str, Any] = {"executor": executor, "image": image, "script": script, "command": tuple(command),
+                                "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
+                                "min_vram_mib": min_vram_mib, "egress": egress}
+        if offer is not None:
+            return await self._rent_from(offer, spec, inputs or {}, max_price_per_minute)
+        found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,
+                                       max_price_per_minute=max_price_per_minute)
+        if not found:
+            raise NoOffersError("no offer matched; try a wider filter or a longer wait")
+        failure: NegotiationFailed | None = None
+        for candidate in found[:RENT_ATTEMPTS]:  # the cheapest that can be reached and agrees
+            try:
+                return await self._rent_from(candidate, spec, inputs or {}, max_price_per_minute)
+            except NegotiationFailed as exc:
+                log.info("%s; trying the next offer", exc)
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def _rent_from(self, offer: OfferInfo, spec: dict[str, Any], inputs: Mapping[str, Path | str],
+                         max_price_per_minute: int | None) -> Rental:
+        assert self.ledger is not None
         refs = tuple([await self.add_input(local, job_path, provider=offer.provider,
-                                           ttl_s=max_minutes * 60 + INPUT_TTL_SLACK_S)
-                      for job_path, local in (inputs or {}).items()])
-        job: dict[str, Any] = {"executor": executor, "image": image, "script": script, "command": tuple(command),
-                               "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
-                               "inputs": refs,
-                               "gpu_model": offer.gpu_model, "min_vram_mib": min_vram_mib, "egress": egress,
-                               "max_price_per_minute": max_price_per_minute or offer.price_per_minute * gpu_count}
+                                           ttl_s=spec["max_minutes"] * 60 + INPUT_TTL_SLACK_S)
+                      for job_path, local in inputs.items()])
+        job = {**spec, "inputs": refs, "gpu_model": offer.gpu_model,
+               "max_price_per_minute": max_price_per_minute or offer.price_per_minute * spec["gpu_count"]}
         funder = LedgerFunder(self.ledger, self.rental_ids)
         try:
             result = await negotiate(self.network, self.key, offer.offer, job, escrow=funder, clock=self.clock,
@@ -463,7 +479,9 @@ class Renter:
             raise NegotiationFailed(f"provider {offer.provider[:8]}… refused: {exc}", exc.code) from exc
         except NetworkError as exc:
             await self._refund_after_failed_negotiation(funder)
+            self.book.forget(offer.provider)  # unreachable: out of our choices until it publishes again
             raise NegotiationFailed(f"could not negotiate with {offer.provider[:8]}…: {exc}") from exc
+        self.book.mark_rented(offer.provider)
         return Rental(self, result.agreement, result.provider_peer, funder.handle)
 
     async def _refund_after_failed_negotiation(self, funder: LedgerFunder) -> None:

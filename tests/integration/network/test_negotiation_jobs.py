@@ -17,7 +17,7 @@ import trio
 from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.contracts.escrow_api import EscrowHandle, EscrowView
 from dgpu.node.errors import JobLostError, RejectedError
-from dgpu.node.services.job_stream import run_job
+from dgpu.node.services.job_renter import run_job
 from dgpu.node.services.negotiation import negotiate
 from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.messages import EscrowRef, Executor, JobState, LogChunk, Offer, Quote

@@ -1,0 +1,99 @@
+"""``/dgpu/offers-sync/1.0.0``: a node that joins asks its neighbours for the offers they hold.
+
+Instead of every provider republishing whenever a node joins (a wave that reaches every node),
+the newcomer opens one stream to each new neighbour; the neighbour writes the signed envelopes
+of the offers it holds, cheapest first, one per frame, and closes. Every envelope goes through
+the same :class:`~dgpu.node.services.offers.OfferValidator` as gossip, with the neighbour as
+the forwarder (so its relay quota applies): nothing is trusted for coming this way. Both sides
+are bounded: ``MAX_SYNC_OFFERS`` frames and ``MAX_SYNC_BYTES`` in all, short deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from dgpu.node.errors import NetworkError, StreamError
+from dgpu.node.ports.network import FramedStream, GossipMessage, Network, TopicValidator, Verdict
+from dgpu.node.services.offers import OfferBook, OfferQuery
+from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPIC
+from dgpu.protocol.keys import PublicKey
+from dgpu.protocol.peers import peer_id_of_wallet
+
+__all__ = ["MAX_SYNC_BYTES", "MAX_SYNC_OFFERS", "OfferSyncServer", "sync_offers"]
+
+log = logging.getLogger(__name__)
+
+#: offers one answer carries at most (a renter's book holds 1000; the cheapest come first)
+MAX_SYNC_OFFERS: Final = 256
+MAX_SYNC_BYTES: Final = MAX_SYNC_OFFERS * MAX_OFFER_BYTES
+SYNC_READ_TIMEOUT_S: Final = 10.0
+
+
+class OfferSyncServer:
+    """Answers offer-sync requests from this node's book."""
+
+    def __init__(self, book: OfferBook, *, clock: Callable[[], int]) -> None:
+        self.book = book
+        self.clock = clock
+        self.served = 0
+
+    def envelopes(self) -> list[bytes]:
+        held = [e.data for e in self.book.query(OfferQuery(include_simulated=True), now=self.clock()) if e.data]
+        out: list[bytes] = []
+        size = 0
+        for data in held:
+            if len(out) >= MAX_SYNC_OFFERS or size + len(data) > MAX_SYNC_BYTES:
+                break
+            out.append(data)
+            size += len(data)
+        return out
+
+    async def handle(self, fs: FramedStream) -> None:
+        self.served += 1
+        try:
+            for data in self.envelopes():
+                await fs.write_frame(data)
+        except StreamError as exc:
+            log.info("offer sync to %s ended: %s", fs.remote_peer, exc)
+
+
+def _gossip_of(data: bytes, forwarder: str) -> GossipMessage | None:
+    """The envelope as the validator sees gossip: the origin is the signer it names (the
+    validator checks that signature, so a wrong name only gets the offer refused)."""
+    try:
+        signer = json.loads(data).get("signer")
+        key = PublicKey.from_wallet(signer)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return GossipMessage(topic=OFFERS_TOPIC, origin=peer_id_of_wallet(key.wallet), origin_key=key.raw,
+                         forwarder=forwarder, data=data)
+
+
+async def sync_offers(node: Network, peer: str, validator: TopicValidator) -> int:
+    """Ask ``peer`` for its offers; returns how many the validator accepted. Raises nothing:
+    a neighbour that cannot answer is simply not synced from."""
+    accepted, budget = 0, MAX_SYNC_BYTES
+    try:
+        fs = await node.open_stream(peer, OFFERS_SYNC_PROTOCOL, max_frame_bytes=MAX_OFFER_BYTES,
+                                    read_timeout_s=SYNC_READ_TIMEOUT_S)
+    except NetworkError as exc:
+        log.info("offer sync with %s: %s", peer, exc)
+        return 0
+    try:
+        for _ in range(MAX_SYNC_OFFERS):
+            try:
+                data = await fs.read_frame(timeout_s=SYNC_READ_TIMEOUT_S, max_bytes=MAX_OFFER_BYTES)
+            except StreamError:
+                break  # the neighbour closed: that was all (or it broke off)
+            budget -= len(data)
+            if budget < 0:
+                break
+            msg = _gossip_of(data, peer)
+            verdict = validator(msg) if msg is not None else False
+            accepted += verdict is True or verdict is Verdict.ACCEPT
+    finally:
+        await fs.close()
+    return accepted
