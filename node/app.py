@@ -32,6 +32,7 @@ from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.adapters.reachability import NatTraversal
+from dgpu.node.adapters.settlement_store import SettlementStore
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
 from dgpu.node.config import NodeConfig
@@ -41,9 +42,11 @@ from dgpu.node.metrics import NodeMetrics, RuntimeStats
 from dgpu.node.ports.gpu import GpuScan, GpuSource
 from dgpu.node.provider import Offering, start_offering
 from dgpu.node.services import blobs
+from dgpu.node.services.billing import synced_time
 from dgpu.node.services.inventory import select_gpus
 from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_offers
 from dgpu.node.services.offers import OfferBook, OfferValidator
+from dgpu.node.services.settlement import Settlements
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import EscrowLedger
@@ -90,6 +93,8 @@ class NodeRuntime:
     ledger: EscrowLedger | None
     #: the local HTTP API's port, once it listens (``run_node(api=...)``)
     api_port: int | None = None
+    #: the ledger actions that end this node's rentals, kept until they land (None without a ledger)
+    settlements: Settlements | None = None
 
 
 @dataclass
@@ -314,15 +319,25 @@ async def run_node(config: NodeConfig, *,
         if config.role == "provider":  # opened before the nursery, so it closes after every job task
             store = await Store.open(config.data_dir / "node.sqlite3")
             stack.push_async_callback(store.close)
+        settle_store = None
+        if ledger is not None:
+            settle_store = await SettlementStore.open(config.data_dir / "settlements.sqlite3")
+            stack.push_async_callback(settle_store.close)
         nursery = await stack.enter_async_context(trio.open_nursery())
         rt: AnyNode
         if store is not None and source is not None and scan is not None:
             offering = await start_offering(config, key, node, source=source, scan=scan, shelf=shelf, book=book,
-                                            ledger=ledger, store=store, metrics=metrics, nursery=nursery)
+                                            ledger=ledger, store=store, settle_store=settle_store, metrics=metrics,
+                                            nursery=nursery)
             rt = ProviderNode(config, key, node, book, validator, discovery, metrics, shelf, ledger,
-                              offering=offering)
+                              offering=offering, settlements=offering.settlements if offering else None)
         else:
-            rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger)
+            settlements = None
+            if ledger is not None and settle_store is not None:
+                settlements = Settlements(ledger, settle_store, ledger_now=(await synced_time(ledger)).now)
+                await nursery.start(settlements.run)
+            rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger,
+                            settlements=settlements)
         metrics.set_runtime(lambda: runtime_stats(rt))
         await nursery.start(discovery.run)
         nursery.start_soon(_sync_from_new_peers, node, validator)
@@ -359,7 +374,8 @@ def api_node(rt: AnyNode) -> ApiNode:
     offering = _offering(rt)
     return ApiNode(key=rt.key, network=rt.node, book=rt.book, shelf=rt.blobs, metrics=rt.metrics, ledger=rt.ledger,
                    data_dir=rt.config.data_dir, accept_simulated=rt.config.accept_simulated, clock=wall_clock,
-                   nonce=new_nonce, publisher=offering.publisher if offering is not None else None)
+                   nonce=new_nonce, publisher=offering.publisher if offering is not None else None,
+                   settlements=rt.settlements)
 
 
 async def _close_shielded(aclose: Callable[[], Awaitable[None]]) -> None:

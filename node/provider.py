@@ -29,6 +29,7 @@ from dgpu.node.metrics import NodeMetrics
 from dgpu.node.ports.execution import Executor as ExecutorPort
 from dgpu.node.ports.execution import JobSpec, ResourceLimits
 from dgpu.node.ports.gpu import GpuScan, GpuSource
+from dgpu.node.ports.settlement import SettlementStore
 from dgpu.node.ports.store import JobRecord
 from dgpu.node.services.billing import (
     BillingPolicy,
@@ -55,6 +56,7 @@ from dgpu.node.services.negotiation import (
 from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.pricing import MarketPricer, engine_basis
 from dgpu.node.services.publisher import OfferPublisher, OfferTerms
+from dgpu.node.services.settlement import Settlements
 from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import EscrowLedger, EscrowReceipt
@@ -78,6 +80,8 @@ class Offering:
     negotiator: ProviderNegotiator
     jobs: JobServer
     store: Store
+    #: the ledger actions that end its rentals, kept until they land (None without a ledger)
+    settlements: Settlements | None = None
 
 
 async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, source: GpuSource,
@@ -150,7 +154,8 @@ def _initial_price(config: NodeConfig, scan: GpuScan, decimals: int) -> tuple[in
 
 async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, source: GpuSource, scan: GpuScan,
                          shelf: BlobShelf, book: OfferBook, ledger: EscrowLedger | None, store: Store,
-                         metrics: NodeMetrics, nursery: trio.Nursery) -> Offering | None:
+                         metrics: NodeMetrics, nursery: trio.Nursery,
+                         settle_store: SettlementStore | None = None) -> Offering | None:
     """Build the provider's services and serve its protocols for the GPUs of ``scan`` (not empty:
     ``app.scan_offered``); None when no executor can run jobs here."""
     if ledger is None:
@@ -192,8 +197,12 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s, reprice=pricer.reprice)
     agreements = AgreementStore()
     abandoners = Abandoners(clock=wall_clock)
-    on_running, gate = (_billing(config, ledger, mint, store, metrics, nursery=nursery) if ledger is not None
-                        else (None, None))
+    on_running, gate, settlements = (None, None, None)
+    if ledger is not None and ledger_time is not None:
+        on_running, gate, settlements = _billing(config, ledger, mint, store, metrics, nursery=nursery,
+                                                 settle_store=settle_store, ledger_now=ledger_time.now)
+        if settlements is not None:
+            await nursery.start(settlements.run)
     jobs = JobServer(key, agreements, inventory, executor_for=executors.get, limits_cap=LIMITS_CAP,
                      clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock,
                      blobs=shelf, node=node, transfer_root=config.data_dir / "transfers", escrow=gate,
@@ -210,14 +219,16 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     # a job stream lives as long as the job (bounded by the agreement's max minutes)
     node.set_handler(JOB_PROTOCOL, jobs.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=10.0, handler_timeout_s=24 * 3600.0 + 60)
-    return Offering(inventory, publisher, negotiator, jobs, store)
+    return Offering(inventory, publisher, negotiator, jobs, store, settlements)
 
 
 def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, metrics: NodeMetrics, *,
-             nursery: trio.Nursery) -> tuple[OnRunning, LedgerEscrowGate]:
+             nursery: trio.Nursery, settle_store: SettlementStore | None, ledger_now: Callable[[], int]
+             ) -> tuple[OnRunning, LedgerEscrowGate, Settlements | None]:
     """The escrow gate (re-read at submit, started before the job) and, once the job runs, its
-    billing: claim periodically, stop it when the escrow is closed or runs out, settle at the end;
-    every receipt is recorded per rental (earnings)."""
+    billing: claim periodically, stop it when the escrow is closed or runs out, settle at the end
+    (through the settlements: recorded first, retried until it lands); every receipt is recorded
+    per rental (earnings)."""
     policy = BillingPolicy(claim_interval_s=config.claim_interval_s, grace_s=config.billing_grace_s,
                            poll_interval_s=config.billing_poll_s)
     #: rate per escrow, so paid-out amounts convert to minutes for the metrics (bounded by the
@@ -235,6 +246,9 @@ def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, 
         log.info("escrow %s: %s paid %d fee %d refunded %d", receipt.escrow.address[:8], receipt.action,
                  receipt.paid, receipt.fee, receipt.refunded)
 
+    settlements = (Settlements(ledger, settle_store, ledger_now=ledger_now, record=record)
+                   if settle_store is not None else None)
+
     async def bill(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         terms = agreement.terms
         rate_of[terms.escrow.address] = terms.rate_per_minute
@@ -243,13 +257,15 @@ def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, 
             result = await provider_billing(ledger, handle, job_done=job_done, stop_job=stop, policy=policy,
                                             record=record, already_started=True,
                                             receipts=partial(build_usage_receipts, store, agreement.agreement_id,
-                                                             agreement.agreement_id))
+                                                             agreement.agreement_id),
+                                            settlements=settlements)
         finally:
             rate_of.pop(handle.address, None)
-        log.info("rental %s settled: earned %d in %d claim(s)%s", handle.address[:8], result.earned,
-                 result.claims, f"; stopped: {result.stopped_for}" if result.stopped_for else "")
+        log.info("rental %s %s: earned %d in %d claim(s)%s", handle.address[:8],
+                 "settled" if result.settled else "billed, its settlement pending (retried until it lands)",
+                 result.earned, result.claims, f"; stopped: {result.stopped_for}" if result.stopped_for else "")
 
     def on_running(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         nursery.start_soon(bill, agreement, stop, job_done)
 
-    return on_running, LedgerEscrowGate(ledger, mint, record)
+    return on_running, LedgerEscrowGate(ledger, mint, record, settlements), settlements

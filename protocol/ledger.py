@@ -28,7 +28,9 @@ Errors, one tree for both ledgers, converted once in each client::
     ├── RequestRejected                the ledger refused the *request* itself (``.reason``): bad signature,
     │                                  replay, expired or malformed envelope, faucet limit, not in test mode
     ├── TransportError                 the ledger could not be reached or answered nonsense (HTTP, RPC)
-    │   └── LedgerTimeout              no answer within the timeout
+    │   ├── LedgerTimeout              no answer within the timeout
+    │   └── LedgerUnavailable          raised by a node's workflow, not a client: an escrow could not be
+    │                                  settled for an outage; its message says what happens next
     └── ConfirmationError              a transaction was sent but did not confirm (``.signature``)
         └── ConfirmationTimeout        not confirmed before the deadline: it may still land later
 
@@ -62,6 +64,7 @@ __all__ = [
     "InsufficientFunds",
     "LedgerError",
     "LedgerTimeout",
+    "LedgerUnavailable",
     "MintInfo",
     "ProgramError",
     "RequestRejected",
@@ -284,6 +287,17 @@ class TransportError(ContractsError):
 
 class LedgerTimeout(TransportError):
     """The ledger did not answer in time; the request may or may not have been applied."""
+
+
+class LedgerUnavailable(TransportError):
+    """The ledger could not be reached to settle an escrow; the node keeps the settlement and
+    retries it (``.escrow``: its address; ``.expires_at``: ledger time after which anyone may
+    settle it, None when it never started)."""
+
+    def __init__(self, message: str, *, escrow: str, expires_at: int | None = None) -> None:
+        super().__init__(message)
+        self.escrow = escrow
+        self.expires_at = expires_at
 
 
 class ConfirmationError(ContractsError):

@@ -57,6 +57,7 @@ from dgpu.node.services import api as svc
 from dgpu.node.services.blobs import BlobShelf
 from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.renter import Renter
+from dgpu.node.services.settlement import Settlements
 from dgpu.protocol.keys import SigningKey
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
@@ -189,6 +190,8 @@ class ApiNode:
     #: the node's ledger client (chosen once by the app); None: nothing can be paid
     ledger: EscrowLedger | None = None
     publisher: OfferPublisher | None = None
+    #: the node's pending settlements (durable, retried); None: each close is tried once
+    settlements: Settlements | None = None
 
 
 async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
@@ -210,7 +213,8 @@ async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
     if backend is None and ledger is not None:  # no ledger: nothing can be paid, jobs are refused
         renter = Renter(node.network, node.key, node.book, node.shelf, ledger,
                         accept_simulated=node.accept_simulated, clock=node.clock, nonce=node.nonce,
-                        input_roots=settings.input_roots)
+                        input_roots=settings.input_roots,
+                        settlements=node.settlements if ledger is node.ledger else None)
         backend = svc.NetworkJobBackend(renter, results_dir=node.data_dir / "api-results",
                                         progress_interval_s=settings.progress_interval_s)
     jobs = svc.JobManager(

@@ -33,8 +33,9 @@ from dgpu.node.services.renter.errors import (
     RenterError,
 )
 from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
+from dgpu.node.services.settlement import Settlements, settle_rental
 from dgpu.protocol.errors import EscrowErrorCode
-from dgpu.protocol.escrow import EscrowStatus, RentalIds
+from dgpu.protocol.escrow import RentalIds
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import (
     ContractsError,
@@ -271,39 +272,17 @@ class Rental:
         except (BlobError, NetworkError) as exc:
             raise RenterError(f"could not download the result of {self.id[:12]}: {exc}") from exc
 
-    async def _settled(self) -> EscrowView | None:
-        """Wait for the provider's settlement; close it ourselves if it does not come."""
+    async def _settled(self, wait_s: float = SETTLE_WAIT_S) -> EscrowView | None:
+        """Wait for the provider's settlement; close it ourselves (durably) if it does not come.
+        Raises LedgerUnavailable when the ledger cannot be reached to close it."""
         ledger = self.renter.ledger
         if self.escrow is None or ledger is None:
             return None
-        with trio.move_on_after(SETTLE_WAIT_S):
-            while True:
-                try:
-                    view = await ledger.fetch(self.escrow.address)
-                except EscrowNotFound:  # Solana closes a settled escrow's account (rent back to us)
-                    return None
-                if view.status is EscrowStatus.CLOSED:
-                    return view
-                await trio.sleep(0.2)
-        return await self._recover()
+        return await settle_rental(ledger, self.escrow, self.renter.settlements, wait_s=wait_s)
 
     async def _recover(self) -> EscrowView | None:
-        """Close the escrow from our side: accrued minutes paid, the rest refunded."""
-        ledger = self.renter.ledger
-        if self.escrow is None or ledger is None:
-            return None
-        try:
-            await ledger.close(self.escrow)
-        except EscrowRefused as exc:
-            log.info("escrow %s already settled (%s)", self.escrow.address, exc.code.value)
-        except EscrowNotFound:
-            return None  # settled and its account closed (Solana)
-        except ContractsError as exc:
-            log.error("could not close escrow %s: %s (anyone can settle it after expiry)", self.escrow.address, exc)
-        try:
-            return await ledger.fetch(self.escrow.address)
-        except EscrowNotFound:
-            return None
+        """Close the escrow from our side now: accrued minutes paid, the rest refunded."""
+        return await self._settled(wait_s=0)
 
     def cancel(self) -> None:
         """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
@@ -352,8 +331,10 @@ class Renter:
     def __init__(self, network: Network, key: SigningKey, book: OfferBook, shelf: BlobShelf,
                  ledger: EscrowLedger | None, *, accept_simulated: bool, clock: Callable[[], int],
                  nonce: Callable[[], bytes], billing_policy: BillingPolicy | None = None,
-                 input_roots: Sequence[Path | str] | None = None) -> None:
+                 input_roots: Sequence[Path | str] | None = None, settlements: Settlements | None = None) -> None:
         self.network = network
+        #: the node's pending settlements (durable, retried); None: each close is tried once
+        self.settlements = settlements
         #: inputs must lie under these folders; None: any file this process can read (a library
         #: caller is the owner; the local API always passes the roots its owner configured)
         self.input_roots = None if input_roots is None else resolve_roots(input_roots)
@@ -482,6 +463,8 @@ class Renter:
             self.book.forget(offer.provider)  # unreachable: out of our choices until it publishes again
             raise NegotiationFailed(f"could not negotiate with {offer.provider[:8]}…: {exc}") from exc
         self.book.mark_rented(offer.provider)
+        if self.settlements is not None and funder.handle is not None:  # settled even if this process dies
+            await self.settlements.arm(funder.handle, result.agreement.terms.start_deadline)
         return Rental(self, result.agreement, result.provider_peer, funder.handle)
 
     async def _refund_after_failed_negotiation(self, funder: LedgerFunder) -> None:
@@ -489,7 +472,6 @@ class Renter:
         if funder.handle is None or self.ledger is None:
             return
         try:
-            await self.ledger.close(funder.handle)
+            await settle_rental(self.ledger, funder.handle, self.settlements, wait_s=0)
         except ContractsError as exc:
-            log.error("deposit of a failed negotiation stays in escrow %s (%s); it is refundable after the start "
-                      "deadline", funder.handle.address, exc)
+            log.error("deposit of a failed negotiation stays in escrow %s for now: %s", funder.handle.address, exc)
