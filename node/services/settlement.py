@@ -121,8 +121,10 @@ class Settlements:
     ``record`` receives the receipt of every action that landed."""
 
     def __init__(self, ledger: EscrowLedger, store: SettlementStore, *, ledger_now: Callable[[], int],
-                 record: Record = _no_record) -> None:
+                 record: Record = _no_record, retry_max_s: float = RETRY_MAX_S) -> None:
         self.ledger = ledger
+        #: the longest wall wait between two looks at a pending entry (the settlement bound)
+        self.retry_max_s = retry_max_s
         self._store = store
         self._ledger_now = ledger_now
         self._record = record
@@ -179,7 +181,7 @@ class Settlements:
         """The trio time to look at an entry due at ledger time ``due_at``: at most RETRY_MAX_S away,
         so a wrong estimate of the ledger's clock costs one fetch, never a late settlement."""
         ahead = max(0, due_at - self._ledger_now())
-        return trio.current_time() + min(RETRY_MAX_S, float(ahead))
+        return trio.current_time() + min(self.retry_max_s, float(ahead))
 
     async def _attempt(self, pending: PendingSettlement) -> Settled:
         address = pending.handle.address
@@ -203,7 +205,7 @@ class Settlements:
         address = pending.handle.address
         if result.error is not None:
             pending = replace(pending, attempts=pending.attempts + 1, last_error=str(result.error))
-            delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(pending.attempts - 1, 16))
+            delay = min(self.retry_max_s, RETRY_MIN_S * 2 ** min(pending.attempts - 1, 16))
             self._due[address] = (pending, trio.current_time() + delay)
         else:
             due = result.due_at if result.due_at is not None else pending.due_at
