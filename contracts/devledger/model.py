@@ -79,10 +79,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-#: meta keys of the persisted ledger clock: the last ledger time stamped, the wall time (ns) then,
-#: and its speed
+#: meta keys of the persisted ledger clock: the last ledger time stamped or shown, and its speed
 _CLOCK_KEY = "clock_now"
-_WALL_KEY = "clock_wall_ns"
 _SPEED_KEY = "clock_speed"
 #: the total of all faucet mints never exceeds this, so every amount fits a signed 64-bit integer
 MAX_SUPPLY = 2**62
@@ -280,22 +278,28 @@ class DevLedger:
                     f"{config.decimals}"
                 )
         self.decimals = config.decimals
-        # the clock continues from the last time it stamped (persisted with every action, with
-        # the wall time then), plus the downtime at its speed, as a chain's clock runs on while
-        # its RPC server is down; a wall clock set back meanwhile never moves it back
-        start = None
-        if _CLOCK_KEY in stored:
-            down_ns = max(0, wall_ns() - int(stored.get(_WALL_KEY, "0")))
-            start = int(stored[_CLOCK_KEY]) + down_ns * config.clock_speed // 1_000_000_000
+        # the clock continues from where it stopped: the last time it stamped or showed (persisted
+        # with every action, and with reads at most a wall second apart); the downtime does not
+        # count, so a job that ends as the ledger host dies is not billed for the ledger's outage
+        start = int(stored[_CLOCK_KEY]) if _CLOCK_KEY in stored else None
+        self._persisted = start if start is not None else 0
         self.clock = clock if clock is not None else LedgerClock(config.clock_speed, wall_ns, start=start)
         if stored.get(_SPEED_KEY, str(config.clock_speed)) != str(config.clock_speed):
             log.warning("ledger clock speed changes from x%s to x%d", stored[_SPEED_KEY], config.clock_speed)
 
     def _persist_clock(self, db: sqlite3.Connection, now: int) -> None:
-        """Inside a transaction: remember the clock, so a restart starts no earlier than ``now``."""
+        """Remember the clock, so a restart starts no earlier than ``now`` (inside a transaction,
+        or alone: one statement is its own)."""
         db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                       [(_CLOCK_KEY, str(now)), (_WALL_KEY, str(self._wall_ns())),
-                        (_SPEED_KEY, str(self.clock.speed))])
+                       [(_CLOCK_KEY, str(now)), (_SPEED_KEY, str(self.clock.speed))])
+        self._persisted = now
+
+    def _shown(self, now: int) -> int:
+        """A read shows ``now`` (under the lock): persisted when a wall second has passed since the
+        last time, so a restart never shows an earlier time than a client saw (within that second)."""
+        if now - self._persisted >= self.clock.speed:
+            self._persist_clock(self._db, now)
+        return now
 
     def close(self) -> None:
         with self._lock:
@@ -540,7 +544,7 @@ class DevLedger:
     def escrow(self, address: str) -> tuple[esc.Escrow, int, int]:
         """(escrow, vault balance, ledger now); raises :class:`EscrowNotFound`."""
         with self._lock:
-            return self._load(address), self._balance(address), self.clock.now()
+            return self._load(address), self._balance(address), self._shown(self.clock.now())
 
     def view(self, address: str) -> dict[str, Any]:
         """The JSON view of one escrow (what ``GET /escrows/{address}`` answers)."""
