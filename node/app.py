@@ -334,7 +334,8 @@ async def run_node(config: NodeConfig, *,
         else:
             settlements = None
             if ledger is not None and settle_store is not None:
-                settlements = Settlements(ledger, settle_store, ledger_now=(await synced_time(ledger)).now)
+                settlements = Settlements(ledger, settle_store, ledger_now=(await synced_time(ledger)).now,
+                                          retry_max_s=config.settle_retry_max_s)
                 await nursery.start(settlements.run)
             rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger,
                             settlements=settlements)

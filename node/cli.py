@@ -99,6 +99,8 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--billing-grace", type=int, default=60,
                    help="provider: ledger seconds an exhausted rental keeps running, waiting for a top-up")
     n.add_argument("--billing-poll", type=float, default=5.0, help="seconds between looks at the escrow")
+    n.add_argument("--settle-retry-max", type=float, default=30.0,
+                   help="most seconds between two tries of a settlement that did not land (ledger down)")
     n.add_argument("--meter-interval", type=float, default=None,
                    help="provider: wall seconds per metered minute (default: the ledger's minute)")
     n.add_argument("--start-window", type=int, default=120,
@@ -175,6 +177,7 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
             compute_unit_price=args.compute_unit_price, compute_unit_limit=args.compute_unit_limit,
             claim_interval_s=args.claim_interval,
             billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
+            settle_retry_max_s=args.settle_retry_max,
             meter_interval_s=args.meter_interval, start_window_s=args.start_window,
             reachability=args.reachability,
         )

@@ -105,6 +105,8 @@ class NodeConfig(_Config):
     claim_interval_s: int = Field(600, ge=1)
     billing_grace_s: int = Field(60, ge=0)
     billing_poll_s: float = Field(5.0, gt=0)
+    #: wall seconds at most between two tries of a pending settlement (services.settlement)
+    settle_retry_max_s: float = Field(30.0, gt=0, le=3600)
     #: seconds (at wall speed) a renter has after a quote to submit the job before the provider's
     #: start deadline; an unstarted escrow is refundable after it
     start_window_s: int = Field(120, ge=1, le=3600)

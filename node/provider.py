@@ -246,8 +246,8 @@ def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, 
         log.info("escrow %s: %s paid %d fee %d refunded %d", receipt.escrow.address[:8], receipt.action,
                  receipt.paid, receipt.fee, receipt.refunded)
 
-    settlements = (Settlements(ledger, settle_store, ledger_now=ledger_now, record=record)
-                   if settle_store is not None else None)
+    settlements = (Settlements(ledger, settle_store, ledger_now=ledger_now, record=record,
+                               retry_max_s=config.settle_retry_max_s) if settle_store is not None else None)
 
     async def bill(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         terms = agreement.terms
