@@ -178,9 +178,12 @@ async def build_usage_receipts(
     ``minutes_total`` counts the stored minutes up to and including each one; the provider
     signs each receipt with its envelope before sending it to the renter.
     """
-    earlier = len(await store.minutes(job_id)) - len(await store.minutes(job_id, from_index))
+    # one read: a minute recorded between two reads (the meter catching up after the process was
+    # frozen records several at once) would shift every count after it
+    stored = await store.minutes(job_id)
+    earlier = sum(1 for m in stored if m.minute_index < from_index)
     receipts = []
-    for n, m in enumerate(await store.minutes(job_id, from_index), start=earlier + 1):
+    for n, m in enumerate((m for m in stored if m.minute_index >= from_index), start=earlier + 1):
         receipts.append(
             UsageReceipt(
                 job_id=job_id,

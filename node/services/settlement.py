@@ -29,6 +29,7 @@ from typing import Literal
 
 import trio
 
+from dgpu.node.errors import StoreError
 from dgpu.node.ports.settlement import PendingSettlement, SettlementAction, SettlementStore
 from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import EscrowStatus
@@ -242,9 +243,14 @@ async def settle_rental(ledger: EscrowLedger, handle: EscrowHandle, settlements:
             if seen.status is EscrowStatus.CLOSED:
                 return seen
             await trio.sleep(0.2)
+    settled: Settled | None = None
     if settlements is not None:
-        settled = await settlements.settle(handle)
-    else:
+        try:
+            settled = await settlements.settle(handle)
+        except StoreError as exc:  # the node is stopping (its store closed): still try, once
+            log.warning("escrow %s: the settlement cannot be recorded (%s); trying it once", handle.address[:8], exc)
+            settlements = None
+    if settled is None:
         settled = await attempt_settlement(ledger, PendingSettlement(handle, "close", 0))
     if not settled.done:
         raise ledger_unavailable(handle, settled.error, expires_at=seen.expires_at if seen is not None else None,
