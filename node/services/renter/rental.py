@@ -252,7 +252,7 @@ class Rental:
         """Stop paying now: accrued minutes go to the provider, every other minute comes back.
 
         The escrow as closed, or ``None`` where the ledger reclaims a closed escrow's account
-        (Solana): then ``close_receipt`` says what the close moved."""
+        (Solana): then ``close_receipt`` says what the close moved, :meth:`settlement` the whole."""
         ledger, handle = self._escrow()
         try:
             self.close_receipt = await ledger.close(handle)
