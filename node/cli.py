@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,7 @@ class RentOnce(Protocol):
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
-    """Identity, listen address and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
+    """Identity, listen address, metrics and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
     p.add_argument("--data-dir", type=Path, default=None,
                    help="identity and state (identity.json is created on first run, mode 0600); default "
                         "$DGPU_DATA_DIR, else $XDG_DATA_HOME/dgpu/ROLE (~/.local/share/dgpu/ROLE); one process "
@@ -42,6 +43,11 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0, help="listen port (0: the kernel picks)")
     p.add_argument("--addr-file", type=Path, default=None,
                    help="write the full multiaddr here once listening")
+    p.add_argument("--metrics-port", type=int, default=os.environ.get("DGPU_METRICS_PORT"), metavar="PORT",
+                   help="serve Prometheus /metrics on this port, with or without the local API (default "
+                        "$DGPU_METRICS_PORT, else off; 0: the kernel picks)")
+    p.add_argument("--metrics-host", default=os.environ.get("DGPU_METRICS_HOST", "127.0.0.1"),
+                   help="the /metrics server's listen address (default $DGPU_METRICS_HOST, else loopback)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                    type=str.upper, help="INFO: what an operator must know; DEBUG adds libp2p's and HTTP's chatter")
 
@@ -163,6 +169,7 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
         config = NodeConfig(
             role=args.role, bootstrap=tuple(args.bootstrap), data_dir=resolve_data_dir(args.data_dir, args.role),
             listen_host=args.host, listen_port=args.port, addr_file=args.addr_file,
+            metrics_host=args.metrics_host, metrics_port=args.metrics_port,
             log_level=args.log_level, accept_simulated=args.accept_simulated,
             gpus=tuple(parse_gpu(g, simulated=True) for g in args.simulated_gpu),
             gpu_select=tuple(args.gpu), price_per_gpu_minute=args.price,
