@@ -21,8 +21,8 @@ from dgpu.node.services.billing import STOPPED_EXHAUSTED, STOPPED_RENTER_CLOSED
 from dgpu.node.services.gpu_monitor import GpuMonitor
 from dgpu.node.services.instrumented_ledger import InstrumentedLedger, outcome_of
 from dgpu.node.services.inventory import Inventory
-from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import EscrowHandle, EscrowReceipt, EscrowRefused, LedgerTimeout, TransportError
 
 from .fake_nvml import TWO_H100, FakeNvml

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: ``tests`` imports
 
-from tests.node.fake_nvml import TWO_H100, FakeNvml  # noqa: E402
+from tests.node.fake_nvml import TWO_H100, FakeNvml
 
 sys.modules["pynvml"] = FakeNvml(gpus=list(TWO_H100))  # type: ignore[assignment]
 
