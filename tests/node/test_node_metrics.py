@@ -159,3 +159,18 @@ async def test_the_metrics_server_serves_the_registry_and_nothing_else() -> None
             assert (await http.get("/api/v1/jobs")).status_code == 404
             assert (await http.post("/metrics", content=b"x")).status_code in (405, 413)
         nursery.cancel_scope.cancel()
+
+
+def test_the_metrics_flags_are_off_by_default_and_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dgpu.client.main import _parser
+
+    monkeypatch.delenv("DGPU_METRICS_PORT", raising=False)
+    monkeypatch.delenv("DGPU_METRICS_HOST", raising=False)
+    args = _parser().parse_args(["node", "--role", "provider", "--bootstrap", "/p2p/x"])
+    assert args.metrics_port is None and args.metrics_host == "127.0.0.1"
+    assert _parser().parse_args(["bootstrap", "--metrics-port", "0"]).metrics_port == 0
+    monkeypatch.setenv("DGPU_METRICS_PORT", "9401")
+    monkeypatch.setenv("DGPU_METRICS_HOST", "::1")
+    args = _parser().parse_args(["bootstrap"])
+    assert args.metrics_port == 9401 and args.metrics_host == "::1"
+    assert _parser().parse_args(["bootstrap", "--metrics-port", "9500"]).metrics_port == 9500  # flags win
