@@ -35,7 +35,7 @@ class RentOnce(Protocol):
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
-    """Identity, listen address and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
+    """Identity, listen address, metrics and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
     p.add_argument("--data-dir", type=Path, default=None,
                    help="identity and state (identity.json is created on first run, mode 0600); default "
                         "$DGPU_DATA_DIR, else $XDG_DATA_HOME/dgpu/ROLE (~/.local/share/dgpu/ROLE); one process "
@@ -44,6 +44,11 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0, help="listen port (0: the kernel picks)")
     p.add_argument("--addr-file", type=Path, default=None,
                    help="write the full multiaddr here once listening")
+    p.add_argument("--metrics-port", type=int, default=os.environ.get("DGPU_METRICS_PORT"), metavar="PORT",
+                   help="serve Prometheus /metrics on this port, with or without the local API (default "
+                        "$DGPU_METRICS_PORT, else off; 0: the kernel picks)")
+    p.add_argument("--metrics-host", default=os.environ.get("DGPU_METRICS_HOST", "127.0.0.1"),
+                   help="the /metrics server's listen address (default $DGPU_METRICS_HOST, else loopback)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                    type=str.upper, help="INFO: what an operator must know; DEBUG adds libp2p's and HTTP's chatter")
 
@@ -175,6 +180,7 @@ def node_config(args: argparse.Namespace, env: Mapping[str, str]) -> NodeConfig:
         allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
         offer_ttl_s=args.offer_ttl,
         status_file=args.status_file, ledger_url=args.ledger_url, **solana,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         claim_interval_s=args.claim_interval,
         billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
         meter_interval_s=args.meter_interval, start_window_s=args.start_window,
