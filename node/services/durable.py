@@ -47,14 +47,15 @@ class DurableHandle:
         self._status: ExitStatus | None = None
 
     async def _run(self) -> None:
-        # a reader that went away (the renter's stream broke, e.g. while this process was frozen)
-        # must not end the job: its minutes are in the store, and billing decides when it stops
+        # The job stream stops reading when its renter goes away; the job itself runs on (the
+        # stream decides whether to stop it), so a chunk or notice nobody reads is dropped here
+        # rather than failing the job (and with it the node). Minutes stay in the store.
         async def on_log(job_id: str, chunk: LogChunk) -> None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            with contextlib.suppress(trio.BrokenResourceError):
                 await self._logs_send.send(chunk)
 
         async def on_minute(minute: UsageMinute) -> None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            with contextlib.suppress(trio.BrokenResourceError):
                 await self._usage_send.send(minute)
 
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +32,10 @@ from dgpu.node.services.renter.errors import (
     NotConnected,
     RenterError,
 )
+from dgpu.node.services.renter.funder import LedgerFunder
 from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
+from dgpu.node.services.renter.result import RentalResult, final_settlement
 from dgpu.node.services.settlement import Settlements, settle_rental
-from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import RentalIds
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import (
@@ -45,21 +46,10 @@ from dgpu.protocol.ledger import (
     EscrowReceipt,
     EscrowRefused,
     EscrowView,
+    Settlement,
 )
-from dgpu.protocol.messages import (
-    Agreement,
-    EscrowRef,
-    Executor,
-    InputRef,
-    JobState,
-    LogChunk,
-    Offer,
-    Quote,
-    ResultRef,
-    UsageReceipt,
-)
+from dgpu.protocol.messages import Agreement, Executor, InputRef, LogChunk, Offer, ResultRef
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
-from dgpu.protocol.reconcile import Reconciliation, reconcile
 
 if TYPE_CHECKING:
     # the network the workflow dials providers on; the concrete libp2p node until the
@@ -106,73 +96,6 @@ class OfferInfo:
     @property
     def simulated(self) -> bool:
         return self.offer.simulated
-
-
-@dataclass
-class RentalResult:
-    """How a rental ended: the job's outcome and the escrow's final accounting (base units)."""
-
-    state: JobState
-    exit_code: int | None
-    reason: str
-    log_chunks: int
-    escrow: EscrowView | None
-    warnings: list[int] = field(default_factory=list)
-    #: the job's packed output folder on the provider (FINISHED jobs); see Rental.download_result
-    result: ResultRef | None = None
-    #: the provider's signed usage receipts: one per metered minute, with the leased GPUs' samples
-    receipts: tuple[UsageReceipt, ...] = ()
-
-    @property
-    def reconciliation(self) -> Reconciliation | None:
-        """The receipts against the settled escrow (``over_accrued``: paid for unmetered minutes)."""
-        if self.escrow is None:
-            return None
-        return reconcile(self.receipts, accrued=self.escrow.claimed_minutes, claimed=self.escrow.claimed_minutes)
-
-    @property
-    def minutes(self) -> int:
-        return self.escrow.claimed_minutes if self.escrow else 0
-
-    @property
-    def paid(self) -> int:
-        return self.escrow.paid if self.escrow else 0
-
-    @property
-    def fee(self) -> int:
-        return self.escrow.fee_paid if self.escrow else 0
-
-    @property
-    def refunded(self) -> int:
-        return self.escrow.refunded if self.escrow else 0
-
-
-class LedgerFunder:
-    """Opens the escrow a quote asks for, on the renter's ledger, before the renter accepts."""
-
-    def __init__(self, ledger: EscrowLedger, rental_id: Callable[[], int]) -> None:
-        self.ledger = ledger
-        self._rental_id = rental_id
-        self.handle: EscrowHandle | None = None
-
-    async def fund(self, quote: Quote) -> EscrowRef:
-        if quote.ledger != self.ledger.ledger:
-            raise EscrowFailed(f"the provider wants ledger {quote.ledger!r}, we use {self.ledger.ledger!r}")
-        attempts = 3
-        for attempt in range(attempts):
-            try:
-                receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
-                                                 quote.max_minutes, quote.start_deadline)
-                break
-            except EscrowRefused as exc:
-                # rental ids of a renter must increase: a concurrent open landed a higher one first
-                if exc.code is EscrowErrorCode.RENTAL_ID_USED and attempt + 1 < attempts:
-                    continue
-                raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
-            except ContractsError as exc:
-                raise EscrowFailed(f"could not open the escrow: {exc}") from exc
-        self.handle = receipt.escrow
-        return receipt.escrow.to_ref()
 
 
 class Rental:
@@ -236,7 +159,7 @@ class Rental:
         final = await self._settled()
         self.result = outcome.result
         rental = RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings,
-                              outcome.result, outcome.receipts)
+                              outcome.result, outcome.receipts, await self.settlement(), self.rate_per_minute)
         check = rental.reconciliation
         if check is not None and check.over_accrued:
             log.warning("rental %s: the escrow paid %d minute(s) but only %d were metered (receipts)", self.id[:12],
@@ -284,6 +207,13 @@ class Rental:
         """Close the escrow from our side now: accrued minutes paid, the rest refunded."""
         return await self._settled(wait_s=0)
 
+    async def settlement(self) -> Settlement | None:
+        """The escrow's whole accounting once settled, from the ledger's transactions (None before)."""
+        ledger = self.renter.ledger
+        if self.escrow is None or ledger is None:
+            return None
+        return await final_settlement(ledger, self.escrow)
+
     def cancel(self) -> None:
         """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
         self._cancel.set()
@@ -301,7 +231,7 @@ class Rental:
         """Stop paying now: accrued minutes go to the provider, every other minute comes back.
 
         The escrow as closed, or ``None`` where the ledger reclaims a closed escrow's account
-        (Solana): then ``close_receipt`` says what the close moved."""
+        (Solana): then ``close_receipt`` says what the close moved, :meth:`settlement` the whole."""
         ledger, handle = self._escrow()
         try:
             self.close_receipt = await ledger.close(handle)
