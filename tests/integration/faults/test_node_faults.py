@@ -168,7 +168,7 @@ async def test_provider_frozen_and_resumed(network: FaultNetwork, tmp_path: Path
         with trio.fail_after(120):
             try:
                 result = await rental.run(on_log=freeze_on_tick)
-                outcome = result.state.value
+                outcome = f"{result.state.value} ({result.reason})"
             except JobFailed as exc:  # a clear reason is an acceptable end too
                 outcome = f"failed: {exc}"
         ended_at = await ledger_now(client)
