@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +31,9 @@ from dgpu.node.services.renter.errors import (
     NotConnected,
     RenterError,
 )
+from dgpu.node.services.renter.funding import LedgerFunder
 from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
-from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.node.services.renter.results import OfferInfo, RentalResult
 from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import (
@@ -47,18 +47,12 @@ from dgpu.protocol.ledger import (
 )
 from dgpu.protocol.messages import (
     Agreement,
-    EscrowRef,
     Executor,
     InputRef,
-    JobState,
     LogChunk,
-    Offer,
-    Quote,
     ResultRef,
-    UsageReceipt,
 )
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
-from dgpu.protocol.reconcile import Reconciliation, reconcile
 
 if TYPE_CHECKING:
     # the network the workflow dials providers on; the concrete libp2p node until the
@@ -77,101 +71,6 @@ INPUT_TTL_SLACK_S = 600.0
 RENT_ATTEMPTS = 3
 #: an unpacked result at most (the provider caps outputs lower; this bounds a hostile archive)
 MAX_RESULT_UNPACKED_BYTES = 4 * 1024**3
-
-
-@dataclass(frozen=True, slots=True)
-class OfferInfo:
-    """One offer as a renter sees it (prices per GPU-minute, in base units)."""
-
-    offer: Offer
-    peer_id: str
-
-    @property
-    def provider(self) -> str:
-        return self.offer.provider
-
-    @property
-    def gpu_model(self) -> str:
-        return self.offer.gpus[0].model
-
-    @property
-    def vram_mib(self) -> int:
-        return self.offer.gpus[0].vram_mib
-
-    @property
-    def price_per_minute(self) -> int:
-        return self.offer.price_per_minute
-
-    @property
-    def simulated(self) -> bool:
-        return self.offer.simulated
-
-
-@dataclass
-class RentalResult:
-    """How a rental ended: the job's outcome and the escrow's final accounting (base units)."""
-
-    state: JobState
-    exit_code: int | None
-    reason: str
-    log_chunks: int
-    escrow: EscrowView | None
-    warnings: list[int] = field(default_factory=list)
-    #: the job's packed output folder on the provider (FINISHED jobs); see Rental.download_result
-    result: ResultRef | None = None
-    #: the provider's signed usage receipts: one per metered minute, with the leased GPUs' samples
-    receipts: tuple[UsageReceipt, ...] = ()
-
-    @property
-    def reconciliation(self) -> Reconciliation | None:
-        """The receipts against the settled escrow (``over_accrued``: paid for unmetered minutes)."""
-        if self.escrow is None:
-            return None
-        return reconcile(self.receipts, accrued=self.escrow.claimed_minutes, claimed=self.escrow.claimed_minutes)
-
-    @property
-    def minutes(self) -> int:
-        return self.escrow.claimed_minutes if self.escrow else 0
-
-    @property
-    def paid(self) -> int:
-        return self.escrow.paid if self.escrow else 0
-
-    @property
-    def fee(self) -> int:
-        return self.escrow.fee_paid if self.escrow else 0
-
-    @property
-    def refunded(self) -> int:
-        return self.escrow.refunded if self.escrow else 0
-
-
-class LedgerFunder:
-    """Opens the escrow a quote asks for, on the renter's ledger, before the renter accepts."""
-
-    def __init__(self, ledger: EscrowLedger, rental_id: Callable[[], int]) -> None:
-        self.ledger = ledger
-        self._rental_id = rental_id
-        self.handle: EscrowHandle | None = None
-
-    async def fund(self, quote: Quote) -> EscrowRef:
-        if quote.ledger != self.ledger.ledger:
-            raise EscrowFailed(f"the provider wants ledger {quote.ledger!r}, we use {self.ledger.ledger!r}")
-        attempts = 3
-        for attempt in range(attempts):
-            try:
-                receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
-                                                 quote.max_minutes, quote.start_deadline)
-                break
-            except EscrowRefused as exc:
-                # rental ids of a renter must increase: a concurrent open landed a higher one first
-                if exc.code is EscrowErrorCode.RENTAL_ID_USED and attempt + 1 < attempts:
-                    continue
-                raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
-            except ContractsError as exc:
-                raise EscrowFailed(f"could not open the escrow: {exc}") from exc
-        self.handle = receipt.escrow
-        return receipt.escrow.to_ref()
 
 
 class Rental:
