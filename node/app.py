@@ -90,6 +90,8 @@ class NodeRuntime:
     ledger: EscrowLedger | None
     #: the local HTTP API's port, once it listens (``run_node(api=...)``)
     api_port: int | None = None
+    #: the node's database: a provider's jobs, a renter's rentals (re-attached after a restart)
+    store: Store | None = None
 
 
 @dataclass
@@ -310,19 +312,18 @@ async def run_node(config: NodeConfig, *,
         shelf = blobs.BlobShelf(config.data_dir / "blobs")
         blobs.register(node, shelf)
         metrics = NodeMetrics()
-        store = None
-        if config.role == "provider":  # opened before the nursery, so it closes after every job task
-            store = await Store.open(config.data_dir / "node.sqlite3")
-            stack.push_async_callback(store.close)
+        # opened before the nursery, so it closes after every job task
+        store = await Store.open(config.data_dir / "node.sqlite3")
+        stack.push_async_callback(store.close)
         nursery = await stack.enter_async_context(trio.open_nursery())
         rt: AnyNode
-        if store is not None and source is not None and scan is not None:
+        if source is not None and scan is not None:
             offering = await start_offering(config, key, node, source=source, scan=scan, shelf=shelf, book=book,
                                             ledger=ledger, store=store, metrics=metrics, nursery=nursery)
             rt = ProviderNode(config, key, node, book, validator, discovery, metrics, shelf, ledger,
-                              offering=offering)
+                              store=store, offering=offering)
         else:
-            rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger)
+            rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger, store=store)
         metrics.set_runtime(lambda: runtime_stats(rt))
         await nursery.start(discovery.run)
         nursery.start_soon(_sync_from_new_peers, node, validator)
@@ -359,7 +360,8 @@ def api_node(rt: AnyNode) -> ApiNode:
     offering = _offering(rt)
     return ApiNode(key=rt.key, network=rt.node, book=rt.book, shelf=rt.blobs, metrics=rt.metrics, ledger=rt.ledger,
                    data_dir=rt.config.data_dir, accept_simulated=rt.config.accept_simulated, clock=wall_clock,
-                   nonce=new_nonce, publisher=offering.publisher if offering is not None else None)
+                   nonce=new_nonce, publisher=offering.publisher if offering is not None else None,
+                   rentals=rt.store)
 
 
 async def _close_shielded(aclose: Callable[[], Awaitable[None]]) -> None:
