@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from dgpu.node.errors import JobLostError, NetworkError, RejectedError
+from dgpu.node.errors import JobLostError, NetworkError, RejectedError, StreamError
 from dgpu.node.ports.store import RentalBook, RentalRecord
 from dgpu.node.services.billing import BillingPolicy, handle_of, renter_billing
 from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob, safe_unpack
-from dgpu.node.services.job_renter import run_job
+from dgpu.node.services.job_renter import JobOutcome, run_job
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferQuery
 from dgpu.node.services.renter.errors import (
@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 SETTLE_WAIT_S = 10.0
 #: inputs stay on the renter's shelf this long past the rental's last minute (for a late start)
 INPUT_TTL_SLACK_S = 600.0
+#: a job stream lost while the job runs on is re-attached this many times in all
+REATTACH_ATTEMPTS = 4
 #: offers ``rent`` tries, cheapest first, when one cannot be reached or refuses
 RENT_ATTEMPTS = 3
 #: an unpacked result at most (the provider caps outputs lower; this bounds a hostile archive)
@@ -106,7 +108,7 @@ class Rental:
         is settled before this returns. Cancelled (the node stopping), it leaves the job running
         on the provider, unless the rental was made with ``stop_on_disconnect``."""
         renter = self.renter
-        attach_from = self.tracker.next_run()
+        first_submit = not self.tracker.submitted
         done = trio.Event()
         warnings: list[int] = []
 
@@ -124,15 +126,13 @@ class Rental:
                                                           policy=policy or renter.billing_policy,
                                                           on_warning=warned, done=done))
             try:
-                outcome = await run_job(renter.network, renter.key, self.agreement, self.provider_peer,
-                                        clock=renter.clock, nonce=renter.nonce, on_log=self.tracker.sink(on_log),
-                                        cancel=self._cancel, attach_from=attach_from)
+                outcome = await self._follow_job(on_log)
             except (JobLostError, NetworkError) as exc:
                 failure = JobFailed(f"job {self.id[:12]} lost: {exc}; the escrow was closed, unused minutes "
                                     "refunded")
                 failure.__cause__ = exc
             except RejectedError as exc:
-                failure = (NegotiationFailed(f"the provider refused the job: {exc}", exc.code) if attach_from is None
+                failure = (NegotiationFailed(f"the provider refused the job: {exc}", exc.code) if first_submit
                            else JobFailed(f"the provider refused the re-attach to {self.id[:12]}: {exc}"))
                 failure.__cause__ = exc
             finally:
@@ -151,6 +151,25 @@ class Rental:
             log.warning("rental %s: the escrow paid %d minute(s) but only %d were metered (receipts)", self.id[:12],
                         check.claimed, check.metered)
         return rental
+
+    async def _follow_job(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None) -> JobOutcome:
+        """Submit (or re-attach) and follow; a stream lost while the provider still answers is
+        re-attached (the job runs on there), from the first log chunk not yet received."""
+        renter = self.renter
+        for attempt in range(1, REATTACH_ATTEMPTS + 1):
+            attach_from = self.tracker.next_run()
+            try:
+                return await run_job(renter.network, renter.key, self.agreement, self.provider_peer,
+                                     clock=renter.clock, nonce=renter.nonce, on_log=self.tracker.sink(on_log),
+                                     cancel=self._cancel, attach_from=attach_from)
+            except (JobLostError, NetworkError) as exc:
+                lost = (isinstance(exc, NetworkError) and attach_from is not None) or (
+                    type(exc) is JobLostError and isinstance(exc.__cause__, StreamError))
+                if not lost or attempt == REATTACH_ATTEMPTS or self._cancel.is_set():
+                    raise
+                log.info("rental %s: %s; re-attaching (%d/%d)", self.id[:12], exc, attempt, REATTACH_ATTEMPTS - 1)
+                await trio.sleep(attempt)  # a reconnect, not a hot loop
+        raise AssertionError("unreachable")
 
     async def download_result(self, dest_dir: Path | str, progress: Progress | None = None) -> list[Path]:
         """Fetch the job's output folder from the provider, verify it and unpack it into ``dest_dir``.

@@ -90,7 +90,7 @@ async def renter(net: DemoNetwork, data_dir: Path, gpu_model: str, *, faucet: bo
 
 def script(seconds: int) -> str:
     return (f'echo started\nfor i in $(seq 1 {seconds}); do sleep 1; echo "tick $i"; done\n'
-            'mkdir -p "$HOME/outputs"; echo "all {seconds} ticks" > "$HOME/outputs/summary.txt"\necho done\n')
+            f'mkdir -p "$HOME/outputs"; echo "all {seconds} ticks" > "$HOME/outputs/summary.txt"\necho done\n')
 
 
 class ChildRenter:
@@ -207,3 +207,4 @@ async def test_a_frozen_provider_is_noticed_within_the_silence_bound(network: De
         assert view.paid + view.fee_paid + view.refunded == view.deposited
         print(f"frozen provider noticed {noticed_s:.1f} s after SIGSTOP (bound {SILENCE_BOUND_S:.0f} s); "
               f"{view.claimed_minutes} minutes billed")
+
