@@ -32,9 +32,10 @@ from dgpu.node.services.renter.errors import (
     NotConnected,
     RenterError,
 )
-from dgpu.node.services.renter.funding import LedgerFunder
+from dgpu.node.services.renter.funder import LedgerFunder
 from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
-from dgpu.node.services.renter.results import OfferInfo, RentalResult
+from dgpu.node.services.renter.offer_info import OfferInfo
+from dgpu.node.services.renter.result import RentalResult, final_settlement
 from dgpu.node.services.renter.tracking import RentalTracker
 from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.keys import SigningKey
@@ -46,14 +47,9 @@ from dgpu.protocol.ledger import (
     EscrowReceipt,
     EscrowRefused,
     EscrowView,
+    Settlement,
 )
-from dgpu.protocol.messages import (
-    Agreement,
-    Executor,
-    InputRef,
-    LogChunk,
-    ResultRef,
-)
+from dgpu.protocol.messages import Agreement, Executor, InputRef, LogChunk, ResultRef
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
 
 if TYPE_CHECKING:
@@ -145,7 +141,7 @@ class Rental:
         self.result = outcome.result
         await self.tracker.ended(str(outcome.state), outcome.result)
         rental = RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings,
-                              outcome.result, outcome.receipts)
+                              outcome.result, outcome.receipts, await self.settlement(), self.rate_per_minute)
         check = rental.reconciliation
         if check is not None and check.over_accrued:
             log.warning("rental %s: the escrow paid %d minute(s) but only %d were metered (receipts)", self.id[:12],
@@ -234,6 +230,13 @@ class Rental:
         except EscrowNotFound:
             return None
 
+    async def settlement(self) -> Settlement | None:
+        """The escrow's whole accounting once settled, from the ledger's transactions (None before)."""
+        ledger = self.renter.ledger
+        if self.escrow is None or ledger is None:
+            return None
+        return await final_settlement(ledger, self.escrow)
+
     def cancel(self) -> None:
         """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
         self._cancel.set()
@@ -251,7 +254,7 @@ class Rental:
         """Stop paying now: accrued minutes go to the provider, every other minute comes back.
 
         The escrow as closed, or ``None`` where the ledger reclaims a closed escrow's account
-        (Solana): then ``close_receipt`` says what the close moved."""
+        (Solana): then ``close_receipt`` says what the close moved, :meth:`settlement` the whole."""
         ledger, handle = self._escrow()
         try:
             self.close_receipt = await ledger.close(handle)

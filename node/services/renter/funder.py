@@ -1,4 +1,4 @@
-"""The renter's escrow funding: the deposit a quote asks for, opened before the renter accepts."""
+"""The renter's side of money before work: open the escrow a quote asks for, before accepting."""
 
 from __future__ import annotations
 
