@@ -100,6 +100,8 @@ class NodeRuntime:
     settlements: Settlements | None = None
     #: the ``/metrics`` server's port, once it listens (``config.metrics_port``)
     metrics_port: int | None = None
+    #: the node's database: a provider's jobs, a renter's rentals (re-attached after a restart)
+    store: Store | None = None
 
 
 @dataclass
@@ -327,29 +329,29 @@ async def run_node(config: NodeConfig, *,
                               advertise=config.role == "provider")
         shelf = blobs.BlobShelf(config.data_dir / "blobs")
         blobs.register(node, shelf)
-        store = None
-        if config.role == "provider":  # opened before the nursery, so it closes after every job task
-            store = await Store.open(config.data_dir / "node.sqlite3")
-            stack.push_async_callback(store.close)
+        # opened before the nursery, so it closes after every job task
+        store = await Store.open(config.data_dir / "node.sqlite3")
+        stack.push_async_callback(store.close)
         settle_store = None
         if ledger is not None:
             settle_store = await SettlementStore.open(config.data_dir / "settlements.sqlite3")
             stack.push_async_callback(settle_store.close)
         nursery = await stack.enter_async_context(trio.open_nursery())
         rt: AnyNode
-        if store is not None and source is not None and scan is not None:
+        if source is not None and scan is not None:
             offering = await start_offering(config, key, node, source=source, scan=scan, shelf=shelf, book=book,
                                             ledger=ledger, store=store, settle_store=settle_store, metrics=metrics,
                                             nursery=nursery)
             rt = ProviderNode(config, key, node, book, validator, discovery, metrics, shelf, ledger,
-                              offering=offering, settlements=offering.settlements if offering else None)
+                              store=store, offering=offering,
+                              settlements=offering.settlements if offering else None)
         else:
             settlements = None
             if ledger is not None and settle_store is not None:
                 settlements = Settlements(ledger, settle_store, ledger_now=(await synced_time(ledger)).now,
                                           retry_max_s=config.settle_retry_max_s)
                 await nursery.start(settlements.run)
-            rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger,
+            rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger, store=store,
                             settlements=settlements)
         metrics.set_runtime(lambda: runtime_stats(rt))
         await nursery.start(discovery.run)
@@ -392,7 +394,7 @@ def api_node(rt: AnyNode) -> ApiNode:
     return ApiNode(key=rt.key, network=rt.node, book=rt.book, shelf=rt.blobs, metrics=rt.metrics, ledger=rt.ledger,
                    data_dir=rt.config.data_dir, accept_simulated=rt.config.accept_simulated, clock=wall_clock,
                    nonce=new_nonce, publisher=offering.publisher if offering is not None else None,
-                   settlements=rt.settlements)
+                   rentals=rt.store, settlements=rt.settlements)
 
 
 async def _close_shielded(aclose: Callable[[], Awaitable[None]]) -> None:

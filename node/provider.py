@@ -58,7 +58,7 @@ from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.pricing import MarketPricer, engine_basis
 from dgpu.node.services.publisher import OfferPublisher, OfferTerms
 from dgpu.node.services.settlement import Settlements
-from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
+from dgpu.protocol.ids import JOB_PROTOCOL, JOB_PROTOCOL_V2, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import EscrowLedger, EscrowReceipt
 from dgpu.protocol.messages import Agreement, Executor, JobState, PriceBasis
@@ -212,7 +212,7 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     jobs = JobServer(key, agreements, inventory, executor_for=executors.get, limits_cap=LIMITS_CAP,
                      clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock,
                      blobs=shelf, node=node, transfer_root=config.data_dir / "transfers", escrow=gate,
-                     on_abandoned=abandoners.abandoned)
+                     on_abandoned=abandoners.abandoned, nursery=nursery)
     verifier: EscrowVerifier = LedgerEscrowVerifier(ledger, mint) if ledger is not None else RefuseAll()
     negotiator = ProviderNegotiator(
         key, ProviderPolicy(executors=offered, allowed_images=config.allowed_images,
@@ -222,9 +222,10 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         ledger_speed=speed)
     node.set_handler(NEGOTIATE_PROTOCOL, negotiator.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=10.0, handler_timeout_s=60.0)
-    # a job stream lives as long as the job (bounded by the agreement's max minutes)
-    node.set_handler(JOB_PROTOCOL, jobs.handle, max_frame_bytes=MAX_FRAME_BYTES,
-                     read_timeout_s=10.0, handler_timeout_s=24 * 3600.0 + 60)
+    # a job stream lives at most as long as the job (bounded by the agreement's max minutes)
+    for protocol, handler in ((JOB_PROTOCOL, jobs.handle), (JOB_PROTOCOL_V2, jobs.handle_v2)):
+        node.set_handler(protocol, handler, max_frame_bytes=MAX_FRAME_BYTES,
+                         read_timeout_s=10.0, handler_timeout_s=24 * 3600.0 + 60)
     monitor = GpuMonitor(inventory, source)
     await nursery.start(monitor.run)
     return Offering(inventory, publisher, negotiator, jobs, store, monitor, billing, settlements)

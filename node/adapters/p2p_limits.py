@@ -37,7 +37,13 @@ from typing import Any
 import trio
 from libp2p.custom_types import TProtocol
 
-from dgpu.protocol.ids import BLOB_PROTOCOL, JOB_PROTOCOL, NEGOTIATE_PROTOCOL, OFFERS_SYNC_PROTOCOL
+from dgpu.protocol.ids import (
+    BLOB_PROTOCOL,
+    JOB_PROTOCOL,
+    JOB_PROTOCOL_V2,
+    NEGOTIATE_PROTOCOL,
+    OFFERS_SYNC_PROTOCOL,
+)
 
 __all__ = [
     "ConnectionBounds",
@@ -87,6 +93,7 @@ def default_stream_budgets() -> dict[str, StreamBudget]:
         NEGOTIATE_PROTOCOL: StreamBudget(per_peer=2, total=32, first_frame_timeout_s=3.0),
         # one stream per running job (a renter may run several with one provider)
         JOB_PROTOCOL: StreamBudget(per_peer=8, total=64, first_frame_timeout_s=10.0),
+        JOB_PROTOCOL_V2: StreamBudget(per_peer=8, total=64, first_frame_timeout_s=10.0),
         # inputs and results move one or two at a time per rental
         BLOB_PROTOCOL: StreamBudget(per_peer=4, total=32, first_frame_timeout_s=10.0),
         # a neighbour syncs the offers once when it first sees us

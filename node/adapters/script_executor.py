@@ -54,6 +54,7 @@ from dgpu.node.adapters.sandbox import (
     namespace_pids,
     process_start,
 )
+from dgpu.node.adapters.spawn import SpawnedProcess, spawn
 from dgpu.node.errors import ExecutorFailure, ExecutorUnavailable, JobSpecInvalid
 from dgpu.node.ports.execution import ExitReason, ExitStatus, Isolation, JobSpec, LogChunk, ResourceLimits, StreamName
 
@@ -188,11 +189,9 @@ class ScriptExecutor:
                               network=spec.network, user_ns=self._setpriv is None, argv=argv,
                               devices=devices)
             env = spec.job_env({"PATH": _SAFE_PATH, "HOME": JOB_HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
-            proc = await trio.lowlevel.open_process(
+            proc = spawn(  # from the trio thread: --die-with-parent is per thread
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
                 env=env,
                 cwd="/",
                 start_new_session=True,
@@ -244,7 +243,7 @@ class ScriptJobHandle:
     def __init__(
         self,
         executor: ScriptExecutor,
-        proc: trio.Process,
+        proc: SpawnedProcess,
         spec: JobSpec,
         limits: ResourceLimits,
         *,

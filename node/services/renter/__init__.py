@@ -14,7 +14,7 @@ from .errors import RenterError as RenterError
 from .funder import LedgerFunder as LedgerFunder
 from .inputs import InputRefused as InputRefused
 from .inputs import resolve_input as resolve_input
-from .rental import OfferInfo as OfferInfo
+from .offer_info import OfferInfo as OfferInfo
 from .rental import Rental as Rental
 from .rental import Renter as Renter
 from .result import RentalResult as RentalResult
