@@ -70,6 +70,10 @@ def add_node_command(sub: Any) -> None:
                    help="provider: a Docker image renters may run (repeatable; needs --executor docker)")
     n.add_argument("--executor", action="append", default=[], choices=["script", "docker"],
                    help="provider: how jobs run (repeatable; none given: script)")
+    n.add_argument("--allow-forward", action="store_true",
+                   help="provider: renters may forward TCP ports into their running jobs (said in offers)")
+    n.add_argument("--allow-shell", action="store_true",
+                   help="provider: renters may open a shell in their running jobs (said in offers)")
     n.add_argument("--offer-ttl", type=int, default=300, help="provider: seconds an offer stays valid")
     n.add_argument("--status-file", type=Path, default=None,
                    help="write a JSON status here every 0.5 s (tests, benchmarks)")
@@ -169,7 +173,7 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
             price_multiplier_low=bounds.low, price_multiplier_high=bounds.high, region=args.region,
             executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
             allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
-            offer_ttl_s=args.offer_ttl,
+            offer_ttl_s=args.offer_ttl, allow_forward=args.allow_forward, allow_shell=args.allow_shell,
             status_file=args.status_file, ledger=args.ledger, ledger_url=args.ledger_url,
             solana_rpc=args.solana_rpc, program_id=args.program_id, mint=args.mint, commitment=args.commitment,
             compute_unit_price=args.compute_unit_price, compute_unit_limit=args.compute_unit_limit,

@@ -32,6 +32,8 @@ from dgpu.node.errors import (
 from dgpu.node.ports.execution import ExitReason, ExitStatus, JobHandle, JobSpec, ResourceLimits
 from dgpu.node.ports.network import FramedStream, Network
 from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob, pack_dir
+from dgpu.node.services.forward import Grants
+from dgpu.node.services.interactive import job_payload, time_limit_s
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.negotiation import AgreementStore, reject_code
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, verify_detached
@@ -118,8 +120,10 @@ class JobServer:
                  on_running: OnRunning | None = None, deadline_clock: Clock | None = None,
                  blobs: BlobShelf | None = None, node: Network | None = None,
                  transfer_root: Path | None = None, escrow: EscrowGate | None = None,
-                 on_abandoned: Callable[[str], None] | None = None) -> None:
+                 on_abandoned: Callable[[str], None] | None = None, grants: Grants | None = None) -> None:
         self.key = key
+        #: running jobs their renters may reach (forwarded ports, shells); None: none may
+        self.grants = grants
         #: the ledger's escrows (None: a provider with no ledger signs no agreement anyway)
         self.escrow = escrow
         #: told the renter's wallet when it submits an agreement whose escrow it has emptied
@@ -256,7 +260,8 @@ class JobServer:
             await status(JobState.FAILED, reason=f"no {request.executor} executor here")
             return
         await status(JobState.STARTING)
-        limits = ResourceLimits(time_limit_s=float(agreement.terms.max_minutes * 60)).clamp(self.limits_cap)
+        limits = ResourceLimits(time_limit_s=time_limit_s(request, agreement.terms.max_minutes,
+                                                          self.limits_cap)).clamp(self.limits_cap)
         workdir = self._workdir(job_id)
         inputs: dict[str, Path] = {}
         with job.starting:
@@ -282,8 +287,9 @@ class JobServer:
             await status(JobState.CANCELLED, reason=job.reasons[0])
             return
         lease = self.inventory.lease_of(job_id)  # held since _check_agreement
+        command, script = job_payload(request)
         spec = JobSpec(job_id=job_id, rental_id=str(agreement.terms.escrow.rental_id),
-                       command=request.command, image=request.image, script=request.script,
+                       command=command, image=request.image, script=script,
                        env=dict(request.env), limits=limits, network=request.egress, inputs=inputs,
                        output_dir=workdir / "outputs" if workdir is not None else None,
                        gpu_uuids=lease.device_ids if lease is not None else ())
@@ -297,6 +303,8 @@ class JobServer:
             if job.reasons:  # the renter cancelled while the job was being started
                 await handle.stop(grace_s=5)
             await status(JobState.RUNNING)
+            if self.grants is not None:
+                self.grants.open(job_id, request, renter)  # ended below, with the job
             job_done = trio.Event()
             if self.on_running is not None:
                 job.billed = True
@@ -318,6 +326,8 @@ class JobServer:
                 if ref is not None:
                     await fs.write_frame(self._seal(ref))
         finally:
+            if self.grants is not None:
+                self.grants.end(job_id)  # cuts every forwarded connection and shell of the job
             with trio.CancelScope(shield=True), trio.move_on_after(15):
                 await handle.cleanup()
 

@@ -10,9 +10,9 @@ from .errors import NegotiationFailed as NegotiationFailed
 from .errors import NoOffersError as NoOffersError
 from .errors import NotConnected as NotConnected
 from .errors import RenterError as RenterError
+from .funding import LedgerFunder as LedgerFunder
 from .inputs import InputRefused as InputRefused
 from .inputs import resolve_input as resolve_input
-from .rental import LedgerFunder as LedgerFunder
 from .rental import OfferInfo as OfferInfo
 from .rental import Rental as Rental
 from .rental import RentalResult as RentalResult

@@ -21,9 +21,11 @@ import trio
 from dgpu.node.errors import JobLostError, NetworkError, RejectedError
 from dgpu.node.services.billing import BillingPolicy, renter_billing
 from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob, safe_unpack
+from dgpu.node.services.forward_client import AccessTarget, ForwardInfo, PortForward, ShellSession, open_shell
 from dgpu.node.services.job_renter import run_job
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferQuery
+from dgpu.node.services.renter.access import as_forwards, serve_forwards
 from dgpu.node.services.renter.errors import (
     EscrowFailed,
     JobFailed,
@@ -32,10 +34,11 @@ from dgpu.node.services.renter.errors import (
     NotConnected,
     RenterError,
 )
+from dgpu.node.services.renter.funding import LedgerFunder
 from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
-from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.node.services.renter.offer_info import OfferInfo
 from dgpu.protocol.escrow import EscrowStatus, RentalIds
-from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.keys import PublicKey, SigningKey
 from dgpu.protocol.ledger import (
     ContractsError,
     EscrowHandle,
@@ -47,13 +50,10 @@ from dgpu.protocol.ledger import (
 )
 from dgpu.protocol.messages import (
     Agreement,
-    EscrowRef,
     Executor,
     InputRef,
     JobState,
     LogChunk,
-    Offer,
-    Quote,
     ResultRef,
     UsageReceipt,
 )
@@ -63,9 +63,10 @@ from dgpu.protocol.reconcile import Reconciliation, reconcile
 if TYPE_CHECKING:
     # the network the workflow dials providers on; the concrete libp2p node until the
     # services' network port (node/ports.py) replaces it
+    from dgpu.node.ports.access import LocalListen
     from dgpu.node.ports.network import Network
 
-__all__ = ["LedgerFunder", "OfferInfo", "Rental", "RentalResult", "Renter"]
+__all__ = ["OfferInfo", "Rental", "RentalResult", "Renter"]
 
 log = logging.getLogger(__name__)
 
@@ -77,34 +78,6 @@ INPUT_TTL_SLACK_S = 600.0
 RENT_ATTEMPTS = 3
 #: an unpacked result at most (the provider caps outputs lower; this bounds a hostile archive)
 MAX_RESULT_UNPACKED_BYTES = 4 * 1024**3
-
-
-@dataclass(frozen=True, slots=True)
-class OfferInfo:
-    """One offer as a renter sees it (prices per GPU-minute, in base units)."""
-
-    offer: Offer
-    peer_id: str
-
-    @property
-    def provider(self) -> str:
-        return self.offer.provider
-
-    @property
-    def gpu_model(self) -> str:
-        return self.offer.gpus[0].model
-
-    @property
-    def vram_mib(self) -> int:
-        return self.offer.gpus[0].vram_mib
-
-    @property
-    def price_per_minute(self) -> int:
-        return self.offer.price_per_minute
-
-    @property
-    def simulated(self) -> bool:
-        return self.offer.simulated
 
 
 @dataclass
@@ -146,39 +119,14 @@ class RentalResult:
         return self.escrow.refunded if self.escrow else 0
 
 
-class LedgerFunder:
-    """Opens the escrow a quote asks for, on the renter's ledger, before the renter accepts."""
-
-    def __init__(self, ledger: EscrowLedger, rental_id: Callable[[], int]) -> None:
-        self.ledger = ledger
-        self._rental_id = rental_id
-        self.handle: EscrowHandle | None = None
-
-    async def fund(self, quote: Quote) -> EscrowRef:
-        if quote.ledger != self.ledger.ledger:
-            raise EscrowFailed(f"the provider wants ledger {quote.ledger!r}, we use {self.ledger.ledger!r}")
-        attempts = 3
-        for attempt in range(attempts):
-            try:
-                receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
-                                                 quote.max_minutes, quote.start_deadline)
-                break
-            except EscrowRefused as exc:
-                # rental ids of a renter must increase: a concurrent open landed a higher one first
-                if exc.code is EscrowErrorCode.RENTAL_ID_USED and attempt + 1 < attempts:
-                    continue
-                raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
-            except ContractsError as exc:
-                raise EscrowFailed(f"could not open the escrow: {exc}") from exc
-        self.handle = receipt.escrow
-        return receipt.escrow.to_ref()
-
-
 class Rental:
     """One agreed rental: run it, follow it, top it up, or close it early."""
 
-    def __init__(self, renter: Renter, agreement: Agreement, provider_peer: str, handle: EscrowHandle | None) -> None:
+    def __init__(self, renter: Renter, agreement: Agreement, provider_peer: str, handle: EscrowHandle | None,
+                 forwards: Sequence[PortForward] = ()) -> None:
         self.renter = renter
+        #: the job's ports to reach on 127.0.0.1 while it runs (asked for in the job request)
+        self.forwards = tuple(forwards)
         self.agreement = agreement
         self.provider_peer = provider_peer
         self.escrow = handle
@@ -197,10 +145,14 @@ class Rental:
 
     async def run(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None = None,
                   policy: BillingPolicy | None = None,
-                  on_warning: Callable[[int], None] | None = None) -> RentalResult:
-        """Submit the job and follow it to the end; the escrow is settled before this returns."""
+                  on_warning: Callable[[int], None] | None = None,
+                  on_forward: Callable[[ForwardInfo], None] | None = None) -> RentalResult:
+        """Submit the job and follow it to the end; the escrow is settled before this returns.
+
+        While the job runs its ``forwards`` listen on 127.0.0.1 (``on_forward`` is told each one's
+        port, or why it could not listen); they close when it ends."""
         renter = self.renter
-        done = trio.Event()
+        done, running = trio.Event(), trio.Event()
         warnings: list[int] = []
 
         def warned(remaining: int) -> None:
@@ -216,10 +168,14 @@ class Rental:
                 nursery.start_soon(lambda: renter_billing(ledger, handle,
                                                           policy=policy or renter.billing_policy,
                                                           on_warning=warned, done=done))
+            if self.forwards and (listen := renter.listen) is not None:
+                nursery.start_soon(lambda: serve_forwards(self.access_target(), self.forwards, listen,
+                                                          running=running, done=done, on_forward=on_forward))
             try:
                 outcome = await run_job(renter.network, renter.key, self.agreement, self.provider_peer,
                                         clock=renter.clock, nonce=renter.nonce, on_log=on_log,
-                                        cancel=self._cancel)
+                                        cancel=self._cancel,
+                                        on_status=lambda s: running.set() if s.state is JobState.RUNNING else None)
             except (JobLostError, NetworkError) as exc:
                 failure = JobFailed(f"job {self.id[:12]} lost: {exc}; the escrow was closed, unused minutes "
                                     "refunded")
@@ -305,6 +261,17 @@ class Rental:
         except EscrowNotFound:
             return None
 
+    def access_target(self) -> AccessTarget:
+        """The running job as this renter reaches into it (forwarded ports, shells)."""
+        r = self.renter
+        provider = PublicKey.from_wallet(self.agreement.terms.provider)
+        return AccessTarget(r.network, r.key, self.provider_peer, provider, self.id, r.clock, r.nonce)
+
+    async def shell(self, argv: Sequence[str] = (), *, rows: int = 24, cols: int = 80,
+                    tty: bool = True) -> ShellSession:
+        """A terminal in the running job (the provider must allow shells); RejectedError if refused."""
+        return await open_shell(self.access_target(), argv, rows=rows, cols=cols, tty=tty)
+
     def cancel(self) -> None:
         """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
         self._cancel.set()
@@ -352,8 +319,10 @@ class Renter:
     def __init__(self, network: Network, key: SigningKey, book: OfferBook, shelf: BlobShelf,
                  ledger: EscrowLedger | None, *, accept_simulated: bool, clock: Callable[[], int],
                  nonce: Callable[[], bytes], billing_policy: BillingPolicy | None = None,
-                 input_roots: Sequence[Path | str] | None = None) -> None:
+                 input_roots: Sequence[Path | str] | None = None, listen: LocalListen | None = None) -> None:
         self.network = network
+        #: binds 127.0.0.1 ports for forwards (None: this renter cannot forward)
+        self.listen = listen
         #: inputs must lie under these folders; None: any file this process can read (a library
         #: caller is the owner; the local API always passes the roots its owner configured)
         self.input_roots = None if input_roots is None else resolve_roots(input_roots)
@@ -431,23 +400,30 @@ class Renter:
                    command: Sequence[str] = (), env: dict[str, str] | None = None, max_minutes: int = 10,
                    gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
                    gpu_model: str | None = None, min_vram_mib: int = 0,
-                   inputs: Mapping[str, Path | str] | None = None) -> Rental:
+                   inputs: Mapping[str, Path | str] | None = None,
+                   forward: Sequence[int | str | PortForward] = (), interactive: bool = False) -> Rental:
         """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match
         that can be reached and agrees (up to ``RENT_ATTEMPTS`` offers are tried).
 
         ``inputs`` maps a path under the job's inputs folder (``/inputs`` in Docker,
         ``$HOME/inputs`` for scripts) to a local file; the provider fetches it from us before the
-        job starts. Needs a ledger: every rental is paid for."""
+        job starts. ``forward`` (``8888``, or ``"LOCAL:PORT"``) names the job's TCP ports to reach
+        on 127.0.0.1 while it runs (offers that do not allow it are passed over); an ``interactive``
+        job runs until the renter closes it or the paid minutes end. Needs a ledger."""
         self.check_live()
+        forwards = as_forwards(forward)
+        if forwards and self.listen is None:
+            raise RenterError("this renter cannot listen on local ports, so it cannot forward")
         if self.ledger is None:
             raise EscrowFailed("this client has no ledger (connect with ledger_url or ledger), so it cannot "
                                "fund a rental", "no_ledger")
         executor = Executor.SCRIPT if script is not None else Executor.DOCKER
         spec: dict[str, Any] = {"executor": executor, "image": image, "script": script, "command": tuple(command),
                                 "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
-                                "min_vram_mib": min_vram_mib, "egress": egress}
+                                "min_vram_mib": min_vram_mib, "egress": egress, "interactive": interactive,
+                                "forward_ports": tuple(f.job_port for f in forwards)}
         if offer is not None:
-            return await self._rent_from(offer, spec, inputs or {}, max_price_per_minute)
+            return await self._rent_from(offer, spec, inputs or {}, max_price_per_minute, forwards)
         found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,
                                        max_price_per_minute=max_price_per_minute)
         if not found:
@@ -455,7 +431,7 @@ class Renter:
         failure: NegotiationFailed | None = None
         for candidate in found[:RENT_ATTEMPTS]:  # the cheapest that can be reached and agrees
             try:
-                return await self._rent_from(candidate, spec, inputs or {}, max_price_per_minute)
+                return await self._rent_from(candidate, spec, inputs or {}, max_price_per_minute, forwards)
             except NegotiationFailed as exc:
                 log.info("%s; trying the next offer", exc)
                 failure = exc
@@ -463,8 +439,10 @@ class Renter:
         raise failure
 
     async def _rent_from(self, offer: OfferInfo, spec: dict[str, Any], inputs: Mapping[str, Path | str],
-                         max_price_per_minute: int | None) -> Rental:
+                         max_price_per_minute: int | None, forwards: tuple[PortForward, ...] = ()) -> Rental:
         assert self.ledger is not None
+        if forwards and not offer.offer.forward:
+            raise NegotiationFailed(f"provider {offer.provider[:8]}… does not forward ports into jobs")
         refs = tuple([await self.add_input(local, job_path, provider=offer.provider,
                                            ttl_s=spec["max_minutes"] * 60 + INPUT_TTL_SLACK_S)
                       for job_path, local in inputs.items()])
@@ -482,7 +460,7 @@ class Renter:
             self.book.forget(offer.provider)  # unreachable: out of our choices until it publishes again
             raise NegotiationFailed(f"could not negotiate with {offer.provider[:8]}…: {exc}") from exc
         self.book.mark_rented(offer.provider)
-        return Rental(self, result.agreement, result.provider_peer, funder.handle)
+        return Rental(self, result.agreement, result.provider_peer, funder.handle, forwards)
 
     async def _refund_after_failed_negotiation(self, funder: LedgerFunder) -> None:
         """A deposit locked for a deal that fell through comes straight back (never started)."""
