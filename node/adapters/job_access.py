@@ -125,6 +125,8 @@ class _PtyProcess:
         return 128 - code if code < 0 else code
 
     async def kill(self) -> None:
+        if self._master >= 0:  # the session inside the job (closing the PTY also hangs it up)
+            await self.signal(signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)
         with trio.move_on_after(5):
@@ -134,10 +136,6 @@ class _PtyProcess:
         with contextlib.suppress(OSError):
             os.close(self._master)
         self._master = -1
-
-
-def _ctty() -> None:
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the PTY becomes the new session's terminal
 
 
 class _DockerExec:
@@ -227,6 +225,7 @@ class LocalJobAccess:
         self._handle_of = handle_of
         self.nsenter = "/usr/bin/nsenter"
         self.setpriv = "/usr/bin/setpriv"
+        self.setsid = "/usr/bin/setsid"
 
     async def _handle(self, job_id: str) -> object:
         # the job stream reports RUNNING as the job service starts the job: its handle follows
@@ -290,13 +289,16 @@ class LocalJobAccess:
         uid = str(handle.uid)
         command = [self.nsenter, f"--target={init}", "--mount", "--uts", "--ipc", "--net", "--pid", "--root",
                    "--wd", "--", self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                   "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv]
+                   "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+                   # a session of its own inside the job's PID namespace, the PTY its terminal: job
+                   # control (Ctrl-C, the shell's foreground group) never names a process outside
+                   self.setsid, "--ctty", "--wait", *argv]
         master, slave = os.openpty()
         try:
             fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
             proc = await trio.lowlevel.open_process(command, stdin=slave, stdout=slave, stderr=slave,
                                                     env=dict(_SHELL_ENV), cwd="/", start_new_session=True,
-                                                    preexec_fn=_ctty, close_fds=True)
+                                                    close_fds=True)
         except OSError as exc:
             os.close(master)
             raise ExecutorFailure(f"could not start the shell: {exc}") from exc

@@ -221,3 +221,37 @@ async def test_strangers_and_unasked_ports_are_refused_and_the_shell_works(netwo
             await session.send(b"stty size; exit 3\n")
             assert await run_shell(session, out.extend) == 3
             assert b"40 100" in out
+
+
+async def test_an_interactive_script_job_outlives_its_command_and_takes_a_shell(network: DemoNetwork,
+                                                                               tmp_path: Path) -> None:
+    async with renter(network, tmp_path / "renter") as client:
+        rental = await client.rent(script="echo ready > marker\necho ready\n", max_minutes=10, gpu_model="RTX 4090",
+                                   interactive=True)
+        lines: list[str] = []
+        exited = trio.Event()
+
+        def on_log(chunk: Any) -> None:
+            lines.append(chunk.data)
+            if "command exited with 0" in chunk.data:
+                exited.set()
+
+        results: list[RentalResult] = []
+        async with trio.open_nursery() as nursery:
+            async def run() -> None:
+                results.append(await rental.run(on_log=on_log))
+
+            nursery.start_soon(run)
+            with trio.fail_after(60):
+                await exited.wait()  # the script is done; the job is not
+            out = bytearray()
+            session = await rental.shell(tty=True, rows=33, cols=77)
+            await session.send(b"cat marker; id -u; stty size; exit 4\n")
+            assert await run_shell(session, out.extend) == 4, bytes(out)
+            text = out.decode(errors="replace")
+            assert "ready" in text and "33 77" in text
+            uid = next(int(w) for w in text.split() if w.isdigit() and int(w) >= 1000)
+            assert uid != 0  # the job's own uid, not the daemon's root
+            assert not results  # still running after the shell
+            rental.cancel()
+        assert results[0].state is JobState.CANCELLED
