@@ -74,6 +74,9 @@ def add_node_command(sub: Any) -> None:
                    help="provider: renters may forward TCP ports into their running jobs (said in offers)")
     n.add_argument("--allow-shell", action="store_true",
                    help="provider: renters may open a shell in their running jobs (said in offers)")
+    n.add_argument("--access-limits", default="16:16777216:600", metavar="CONNS:BYTES_PER_S:IDLE_S",
+                   help="provider: per rental, forwarded connections and shells at once, bytes per second "
+                        "each way, seconds idle before one is closed")
     n.add_argument("--offer-ttl", type=int, default=300, help="provider: seconds an offer stays valid")
     n.add_argument("--status-file", type=Path, default=None,
                    help="write a JSON status here every 0.5 s (tests, benchmarks)")
@@ -164,6 +167,13 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
         print(f"dgpu node: --price-multiplier-bounds: {exc}", file=sys.stderr)
         return 2
     try:
+        conns, rate, idle = args.access_limits.split(":")
+        access = {"access_max_connections": int(conns), "access_bytes_per_second": int(rate),
+                  "access_idle_timeout_s": float(idle)}
+    except ValueError:
+        print("dgpu node: --access-limits is CONNS:BYTES_PER_S:IDLE_S, e.g. 16:16777216:600", file=sys.stderr)
+        return 2
+    try:
         config = NodeConfig(
             role=args.role, bootstrap=tuple(args.bootstrap), data_dir=resolve_data_dir(args.data_dir, args.role),
             listen_host=args.host, listen_port=args.port, addr_file=args.addr_file,
@@ -174,6 +184,7 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
             executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
             allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
             offer_ttl_s=args.offer_ttl, allow_forward=args.allow_forward, allow_shell=args.allow_shell,
+            **access,
             status_file=args.status_file, ledger=args.ledger, ledger_url=args.ledger_url,
             solana_rpc=args.solana_rpc, program_id=args.program_id, mint=args.mint, commitment=args.commitment,
             compute_unit_price=args.compute_unit_price, compute_unit_limit=args.compute_unit_limit,
