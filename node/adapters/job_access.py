@@ -118,7 +118,10 @@ class _PtyProcess:
 
     async def signal(self, signum: int) -> None:
         with contextlib.suppress(OSError):
-            os.killpg(os.tcgetpgrp(self._master), signum)  # the terminal's foreground job
+            group = os.tcgetpgrp(self._master)  # the terminal's foreground job
+            # 0 (none yet) or the daemon's own group would signal the daemon itself
+            if group > 1 and group != os.getpgrp():
+                os.killpg(group, signum)
 
     async def wait(self) -> int:
         code = await self._proc.wait()
