@@ -28,8 +28,10 @@ import trio
 from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus
 from dgpu.node.adapters.keystore import load_or_create
+from dgpu.node.adapters.metrics_http import serve_metrics
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
+from dgpu.node.adapters.p2p_metrics import P2PCollector
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.adapters.reachability import NatTraversal
 from dgpu.node.adapters.store import Store
@@ -41,6 +43,7 @@ from dgpu.node.metrics import NodeMetrics, RuntimeStats
 from dgpu.node.ports.gpu import GpuScan, GpuSource
 from dgpu.node.provider import Offering, start_offering
 from dgpu.node.services import blobs
+from dgpu.node.services.instrumented_ledger import InstrumentedLedger
 from dgpu.node.services.inventory import select_gpus
 from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_offers
 from dgpu.node.services.offers import OfferBook, OfferValidator
@@ -90,6 +93,8 @@ class NodeRuntime:
     ledger: EscrowLedger | None
     #: the local HTTP API's port, once it listens (``run_node(api=...)``)
     api_port: int | None = None
+    #: the ``/metrics`` server's port, once it listens (``config.metrics_port``)
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -257,10 +262,14 @@ def runtime_stats(rt: AnyNode) -> RuntimeStats:
         jobs["running"] = len(offering.jobs.running)
         for state in offering.jobs.finished.values():
             jobs[str(state)] = jobs.get(str(state), 0) + 1
+    rentals: dict[str, int] = {}
+    if offering is not None:
+        rentals = {"agreed": offering.inventory.awaiting_jobs, "billing": len(offering.billing)}
     return RuntimeStats(
         peers=len(rt.node.connected_peers()), offer_book_size=len(rt.book),
         offers_accepted=rt.validator.accepted, offers_rejected=dict(rt.validator.rejected),
-        negotiations=dict(offering.negotiator.outcomes) if offering is not None else {}, jobs=jobs)
+        negotiations=dict(offering.negotiator.outcomes) if offering is not None else None, jobs=jobs,
+        rentals=rentals, gpus=tuple(offering.monitor.readings()) if offering is not None else ())
 
 
 async def _write_status(rt: AnyNode, path: Path) -> None:
@@ -292,11 +301,15 @@ async def run_node(config: NodeConfig, *,
     )
     source = gpu_source(config, key) if config.role == "provider" else None
     scan = await scan_offered(config, source) if source is not None else None  # before any network
+    metrics = NodeMetrics()
     async with contextlib.AsyncExitStack() as stack:
-        ledger = open_ledger(config, key)
-        if ledger is not None:
+        client = open_ledger(config, key)
+        ledger: EscrowLedger | None = None
+        if client is not None:  # every service's ledger calls are counted through this one object
+            ledger = InstrumentedLedger(client, metrics)
             stack.push_async_callback(_close_shielded, ledger.aclose)
         node = await stack.enter_async_context(open_node(key, p2p_config))
+        metrics.register(P2PCollector(node))
         book = OfferBook()
         validator = OfferValidator(book, clock=wall_clock,
                                    accept_simulated=config.accept_simulated or bool(
@@ -309,7 +322,6 @@ async def run_node(config: NodeConfig, *,
                               advertise=config.role == "provider")
         shelf = blobs.BlobShelf(config.data_dir / "blobs")
         blobs.register(node, shelf)
-        metrics = NodeMetrics()
         store = None
         if config.role == "provider":  # opened before the nursery, so it closes after every job task
             store = await Store.open(config.data_dir / "node.sqlite3")
@@ -335,6 +347,10 @@ async def run_node(config: NodeConfig, *,
                 nursery.start_soon(_republish_on_signal, offering)
         if config.status_file is not None:
             nursery.start_soon(_write_status, rt, config.status_file)
+        if config.metrics_port is not None:
+            rt.metrics_port = await nursery.start(serve_metrics, metrics.registry, config.metrics_host,
+                                                  config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", config.metrics_host, rt.metrics_port)
         if config.addr_file is not None:
             write_addr_file(config.addr_file, node.multiaddr)
         log.info("%s %s listening on %s", config.role, key.public_key.wallet, node.multiaddr)

@@ -52,6 +52,9 @@ class _Config(BaseModel):
     log_level: str = "INFO"
     #: name of the environment variable holding the key passphrase (never the passphrase)
     passphrase_env: str = "DGPU_KEY_PASSPHRASE"
+    #: serve ``/metrics`` on this port (0: the kernel picks); None: no metrics server
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @property
     def key_file(self) -> Path:

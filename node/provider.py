@@ -14,7 +14,7 @@ saying why, when there is nothing to offer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -41,6 +41,7 @@ from dgpu.node.services.billing import (
 from dgpu.node.services.blobs import BlobShelf
 from dgpu.node.services.durable import DurableExecutor
 from dgpu.node.services.forward import AccessPolicy, ForwardServer, Grants
+from dgpu.node.services.gpu_monitor import GpuMonitor
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.jobs import JobService
@@ -87,10 +88,14 @@ class Offering:
     negotiator: ProviderNegotiator
     jobs: JobServer
     store: Store
+    #: the GPUs' latest samples and leases (``/metrics``)
+    monitor: GpuMonitor
+    #: rate per escrow of the rentals being billed now (owned by the billing task; read here)
+    billing: Mapping[str, int]
 
 
 async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, source: GpuSource,
-                     inventory: Inventory, meter_interval_s: float,
+                     inventory: Inventory, meter_interval_s: float, metrics: NodeMetrics,
                      nursery: trio.Nursery) -> tuple[dict[Executor, ExecutorLike], JobService]:
     """The executors this provider can really run, each behind the durable job service.
 
@@ -131,7 +136,7 @@ async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, sourc
         if record.state.terminal:
             inventory.release(record.job_id)
 
-    service = JobService(store, raw, Meter(store, source, interval_s=meter_interval_s),
+    service = JobService(store, raw, Meter(store, source, interval_s=meter_interval_s, observer=metrics),
                          on_status=release_when_final)
     inventory.restore((r.job_id, JobSpec.from_json(r.spec).gpu_uuids)
                       for r in await store.jobs_in([JobState.STARTING, JobState.RUNNING]))
@@ -180,7 +185,7 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     log.info("GPU inventory: %s; %d job slot(s); price %d per GPU-minute (%s)", scan.message, inventory.max_jobs,
              price, pricing.source)
     executors, service = await _executors(config, key, store=store, source=source, inventory=inventory,
-                                 meter_interval_s=meter_interval_s, nursery=nursery)
+                                          meter_interval_s=meter_interval_s, metrics=metrics, nursery=nursery)
     offered = tuple(e for e in config.executors if e in executors)
     if not offered:
         log.warning("no executor can run jobs here; the provider will not publish an offer")
@@ -202,8 +207,8 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s, reprice=pricer.reprice)
     agreements = AgreementStore()
     abandoners = Abandoners(clock=wall_clock)
-    on_running, gate = (_billing(config, ledger, mint, store, metrics, nursery=nursery) if ledger is not None
-                        else (None, None))
+    on_running, gate, billing = (_billing(config, ledger, mint, store, metrics, nursery=nursery)
+                                 if ledger is not None else (None, None, {}))
     jobs = JobServer(key, agreements, inventory, executor_for=executors.get, limits_cap=LIMITS_CAP,
                      clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock,
                      blobs=shelf, node=node, transfer_root=config.data_dir / "transfers", escrow=gate,
@@ -220,7 +225,9 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     # a job stream lives as long as the job (bounded by the agreement's max minutes)
     node.set_handler(JOB_PROTOCOL, jobs.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=10.0, handler_timeout_s=24 * 3600.0 + 60)
-    return Offering(inventory, publisher, negotiator, jobs, store)
+    monitor = GpuMonitor(inventory, source)
+    await nursery.start(monitor.run)
+    return Offering(inventory, publisher, negotiator, jobs, store, monitor, billing)
 
 
 def _serve_access(config: NodeConfig, key: SigningKey, node: P2PNode, service: JobService) -> Grants:
@@ -240,10 +247,10 @@ def _serve_access(config: NodeConfig, key: SigningKey, node: P2PNode, service: J
 
 
 def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, metrics: NodeMetrics, *,
-             nursery: trio.Nursery) -> tuple[OnRunning, LedgerEscrowGate]:
+             nursery: trio.Nursery) -> tuple[OnRunning, LedgerEscrowGate, Mapping[str, int]]:
     """The escrow gate (re-read at submit, started before the job) and, once the job runs, its
     billing: claim periodically, stop it when the escrow is closed or runs out, settle at the end;
-    every receipt is recorded per rental (earnings)."""
+    every receipt is recorded per rental (earnings, metrics). Also the rentals being billed."""
     policy = BillingPolicy(claim_interval_s=config.claim_interval_s, grace_s=config.billing_grace_s,
                            poll_interval_s=config.billing_poll_s)
     #: rate per escrow, so paid-out amounts convert to minutes for the metrics (bounded by the
@@ -252,12 +259,7 @@ def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, 
 
     async def record(receipt: EscrowReceipt) -> None:
         await store.record_receipt("provider", receipt)
-        metrics.ledger_calls.labels(receipt.action, "ok").inc()
-        if receipt.paid or receipt.fee:
-            metrics.minutes_billed.inc((receipt.paid + receipt.fee) // max(1, rate_of.get(receipt.escrow.address, 1)))
-            metrics.earned.inc(receipt.paid)
-        if receipt.action == "claim":
-            metrics.claims.labels("ok").inc()
+        metrics.receipt(receipt, rate_of.get(receipt.escrow.address))
         log.info("escrow %s: %s paid %d fee %d refunded %d", receipt.escrow.address[:8], receipt.action,
                  receipt.paid, receipt.fee, receipt.refunded)
 
@@ -272,10 +274,11 @@ def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, 
                                                              agreement.agreement_id))
         finally:
             rate_of.pop(handle.address, None)
+        metrics.rental_ended(result.stopped_for)
         log.info("rental %s settled: earned %d in %d claim(s)%s", handle.address[:8], result.earned,
                  result.claims, f"; stopped: {result.stopped_for}" if result.stopped_for else "")
 
     def on_running(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         nursery.start_soon(bill, agreement, stop, job_done)
 
-    return on_running, LedgerEscrowGate(ledger, mint, record)
+    return on_running, LedgerEscrowGate(ledger, mint, record), rate_of

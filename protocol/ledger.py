@@ -65,6 +65,7 @@ __all__ = [
     "MintInfo",
     "ProgramError",
     "RequestRejected",
+    "Settlement",
     "TransportError",
 ]
 
@@ -114,6 +115,32 @@ class EscrowReceipt:
     fee: int = 0
     #: vault -> renter
     refunded: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A settled escrow's whole accounting (base units): what went in and where all of it went.
+
+    Read from the ledger's transactions, not from the escrow's account: Solana reclaims a settled
+    escrow's account (its rent back to the renter), so the final state cannot be read back, but
+    the transactions that moved the escrow's money can. paid + fee + refunded == deposited."""
+
+    escrow: EscrowHandle
+    #: renter -> vault (open and every top-up)
+    deposited: int
+    #: vault -> provider (every claim and the exit)
+    paid: int
+    #: vault -> treasury
+    fee: int
+    #: vault -> renter at the exit (on Solana including any dust a stranger sent to the vault)
+    refunded: int
+    #: the exit's transaction (Solana signature); None where the ledger keeps the closed escrow
+    exit_tx: str | None = None
+
+    @property
+    def charged(self) -> int:
+        """What the renter paid for minutes: provider's share plus fee."""
+        return self.paid + self.fee
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +236,11 @@ class EscrowLedger(Protocol):
 
     async def fetch(self, address: str) -> EscrowView:
         """The escrow's state, vault balance and derived values at the ledger's ``now``."""
+        ...
+
+    async def settlement(self, escrow: EscrowHandle) -> Settlement | None:
+        """The settled escrow's accounting, from the ledger's record of its transactions; ``None``
+        while it is not settled (still open)."""
         ...
 
     async def balance(self, wallet: str) -> int:

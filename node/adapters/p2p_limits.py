@@ -51,6 +51,7 @@ __all__ = [
     "InboundBudget",
     "StreamBudget",
     "StreamLimiter",
+    "connection_direction",
     "default_stream_budgets",
     "disable_auto_connector",
     "guard_foreign_handler",
@@ -199,7 +200,7 @@ class InboundBudget:
         return True
 
     def connected(self, conn: Any) -> None:
-        if _direction(conn) != "inbound":
+        if connection_direction(conn) != "inbound":
             return
         addr = _ip_of(_remote_address(conn))
         task = None
@@ -235,7 +236,8 @@ def _is_loopback(ip: str) -> bool:
         return False
 
 
-def _direction(conn: Any) -> str:
+def connection_direction(conn: Any) -> str:
+    """"inbound" or "outbound" (libp2p's Direction of a swarm connection); "" when unknown."""
     direction = getattr(conn, "direction", None)  # libp2p's Direction enum (an IntEnum)
     return str(getattr(direction, "name", direction) or "").lower()
 

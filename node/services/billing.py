@@ -46,6 +46,8 @@ from dgpu.protocol.messages import AgreementTerms, EscrowRef, UsageReceipt
 from dgpu.protocol.reconcile import reconcile
 
 __all__ = [
+    "STOPPED_EXHAUSTED",
+    "STOPPED_RENTER_CLOSED",
     "BillingPolicy",
     "LedgerEscrowGate",
     "LedgerEscrowVerifier",
@@ -61,6 +63,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Record = Callable[[EscrowReceipt], Awaitable[None]]
+
+#: why provider billing stopped a job (``ProviderBillingResult.stopped_for``)
+STOPPED_RENTER_CLOSED = "the renter closed the escrow"
+STOPPED_EXHAUSTED = "escrow exhausted (no top-up within the grace period)"
 
 
 async def _no_record(receipt: EscrowReceipt) -> None:
@@ -165,7 +171,7 @@ async def provider_billing(
         view = await _fetch(ledger, handle)
         if view is None or view == "gone" or view.status is EscrowStatus.CLOSED:
             if view is not None:  # the renter closed it: nothing more will be paid
-                result.stopped_for = "the renter closed the escrow"
+                result.stopped_for = STOPPED_RENTER_CLOSED
                 await stop_job(result.stopped_for)
                 return result
             continue
@@ -186,7 +192,7 @@ async def provider_billing(
             log.info("escrow %s exhausted; stopping the job in %d s unless topped up", handle.address,
                      policy.grace_s)
         elif view.now - exhausted_since >= policy.grace_s:
-            result.stopped_for = "escrow exhausted (no top-up within the grace period)"
+            result.stopped_for = STOPPED_EXHAUSTED
             await stop_job(result.stopped_for)
             break
     await _settle(ledger, handle, apply)

@@ -10,6 +10,7 @@ protocol ``UsageReceipt`` messages, which the job stream signs and sends to the 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -43,11 +44,16 @@ class DurableHandle:
         self._status: ExitStatus | None = None
 
     async def _run(self) -> None:
+        # The job stream stops reading when its renter goes away; the job itself runs on (the
+        # stream decides whether to stop it), so a chunk or notice nobody reads is dropped here
+        # rather than failing the job (and with it the node). Minutes stay in the store.
         async def on_log(job_id: str, chunk: LogChunk) -> None:
-            await self._logs_send.send(chunk)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await self._logs_send.send(chunk)
 
         async def on_minute(minute: UsageMinute) -> None:
-            await self._usage_send.send(minute)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await self._usage_send.send(minute)
 
         try:
             self._status = await self._service.run(self.job_id, log_sink=on_log, minute_sink=on_minute)

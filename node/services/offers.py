@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own
     pass
 
 __all__ = [
+    "REFUSALS",
     "OfferBook",
     "OfferQuery",
     "OfferValidator",
@@ -292,6 +293,11 @@ class OfferBook:
                 await self._changed.wait()
 
 
+#: every reason the validator counts a refused offer under (``/metrics`` reports each, zeros included)
+REFUSALS = ("oversize", "protocol_error", "invalid_request", "bad_signature", "expired", "replay", "timeout",
+            "signer_not_sender", "provider_not_signer", "expiry_too_far", "simulated", "stale_seq", "origin_quota")
+
+
 class OfferValidator:
     """The gossipsub topic validator for ``dgpu/offers/1``; stores what it accepts."""
 
@@ -320,7 +326,7 @@ class OfferValidator:
         times.append(now)
         return True
 
-    def _refuse(self, reason: str, msg: GossipMessage) -> bool:
+    def _refuse(self, reason: str, msg: GossipMessage) -> bool:  # reason: one of REFUSALS
         self.rejected[reason] += 1
         log.info("rejected offer from %s via %s: %s", msg.origin, msg.forwarder, reason)
         return False

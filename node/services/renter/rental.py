@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +34,9 @@ from dgpu.node.services.renter.errors import (
     NotConnected,
     RenterError,
 )
-from dgpu.node.services.renter.funding import LedgerFunder
+from dgpu.node.services.renter.funder import LedgerFunder
 from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
-from dgpu.node.services.renter.offer_info import OfferInfo
+from dgpu.node.services.renter.result import RentalResult, final_settlement
 from dgpu.protocol.escrow import EscrowStatus, RentalIds
 from dgpu.protocol.keys import PublicKey, SigningKey
 from dgpu.protocol.ledger import (
@@ -47,18 +47,10 @@ from dgpu.protocol.ledger import (
     EscrowReceipt,
     EscrowRefused,
     EscrowView,
+    Settlement,
 )
-from dgpu.protocol.messages import (
-    Agreement,
-    Executor,
-    InputRef,
-    JobState,
-    LogChunk,
-    ResultRef,
-    UsageReceipt,
-)
+from dgpu.protocol.messages import Agreement, Executor, InputRef, JobState, LogChunk, Offer, ResultRef
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
-from dgpu.protocol.reconcile import Reconciliation, reconcile
 
 if TYPE_CHECKING:
     # the network the workflow dials providers on; the concrete libp2p node until the
@@ -80,43 +72,32 @@ RENT_ATTEMPTS = 3
 MAX_RESULT_UNPACKED_BYTES = 4 * 1024**3
 
 
-@dataclass
-class RentalResult:
-    """How a rental ended: the job's outcome and the escrow's final accounting (base units)."""
+@dataclass(frozen=True, slots=True)
+class OfferInfo:
+    """One offer as a renter sees it (prices per GPU-minute, in base units)."""
 
-    state: JobState
-    exit_code: int | None
-    reason: str
-    log_chunks: int
-    escrow: EscrowView | None
-    warnings: list[int] = field(default_factory=list)
-    #: the job's packed output folder on the provider (FINISHED jobs); see Rental.download_result
-    result: ResultRef | None = None
-    #: the provider's signed usage receipts: one per metered minute, with the leased GPUs' samples
-    receipts: tuple[UsageReceipt, ...] = ()
+    offer: Offer
+    peer_id: str
 
     @property
-    def reconciliation(self) -> Reconciliation | None:
-        """The receipts against the settled escrow (``over_accrued``: paid for unmetered minutes)."""
-        if self.escrow is None:
-            return None
-        return reconcile(self.receipts, accrued=self.escrow.claimed_minutes, claimed=self.escrow.claimed_minutes)
+    def provider(self) -> str:
+        return self.offer.provider
 
     @property
-    def minutes(self) -> int:
-        return self.escrow.claimed_minutes if self.escrow else 0
+    def gpu_model(self) -> str:
+        return self.offer.gpus[0].model
 
     @property
-    def paid(self) -> int:
-        return self.escrow.paid if self.escrow else 0
+    def vram_mib(self) -> int:
+        return self.offer.gpus[0].vram_mib
 
     @property
-    def fee(self) -> int:
-        return self.escrow.fee_paid if self.escrow else 0
+    def price_per_minute(self) -> int:
+        return self.offer.price_per_minute
 
     @property
-    def refunded(self) -> int:
-        return self.escrow.refunded if self.escrow else 0
+    def simulated(self) -> bool:
+        return self.offer.simulated
 
 
 class Rental:
@@ -191,7 +172,7 @@ class Rental:
         final = await self._settled()
         self.result = outcome.result
         rental = RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings,
-                              outcome.result, outcome.receipts)
+                              outcome.result, outcome.receipts, await self.settlement(), self.rate_per_minute)
         check = rental.reconciliation
         if check is not None and check.over_accrued:
             log.warning("rental %s: the escrow paid %d minute(s) but only %d were metered (receipts)", self.id[:12],
@@ -272,6 +253,13 @@ class Rental:
         """A terminal in the running job (the provider must allow shells); RejectedError if refused."""
         return await open_shell(self.access_target(), argv, rows=rows, cols=cols, tty=tty)
 
+    async def settlement(self) -> Settlement | None:
+        """The escrow's whole accounting once settled, from the ledger's transactions (None before)."""
+        ledger = self.renter.ledger
+        if self.escrow is None or ledger is None:
+            return None
+        return await final_settlement(ledger, self.escrow)
+
     def cancel(self) -> None:
         """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
         self._cancel.set()
@@ -289,7 +277,7 @@ class Rental:
         """Stop paying now: accrued minutes go to the provider, every other minute comes back.
 
         The escrow as closed, or ``None`` where the ledger reclaims a closed escrow's account
-        (Solana): then ``close_receipt`` says what the close moved."""
+        (Solana): then ``close_receipt`` says what the close moved, :meth:`settlement` the whole."""
         ledger, handle = self._escrow()
         try:
             self.close_receipt = await ledger.close(handle)

@@ -1,4 +1,4 @@
-"""Funding a rental: the renter opens the escrow a quote asks for, on its ledger, before accepting."""
+"""The renter's side of money before work: open the escrow a quote asks for, before accepting."""
 
 from __future__ import annotations
 
