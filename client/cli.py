@@ -97,15 +97,21 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--stop-on-disconnect", action="store_true",
                    help="stop the job if the node loses it (by default a batch job runs on until it ends or its "
                         "paid minutes run out, and `dgpu jobs attach ID` follows it again)")
+    p.add_argument("--forward", action="append", default=[], metavar="[LOCAL:]PORT",
+                   help="reach the job's TCP PORT on 127.0.0.1:LOCAL while it runs (repeatable; the provider "
+                        "must allow it)")
+    p.add_argument("--interactive", action="store_true",
+                   help="run until cancelled (Ctrl-C) or the paid minutes end, not until the command exits")
     p.set_defaults(handler=_wrap(cmd_rent))
 
     p = subparsers.add_parser("jobs", help="list, show, follow, attach, cancel API jobs or download their results",
                               formatter_class=fmt,
                               description="Jobs submitted through the node's API.\n\n" + HELP)
     _common(p)
-    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "attach", "cancel", "result"],
+    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "attach", "cancel", "result", "shell"],
                    default="list", help="what to do (attach: follow a job again after the node went away, by job "
-                                        "or agreement id: the rest of its logs, its result with --out, settlement)")
+                                        "or agreement id: the rest of its logs, its result with --out, settlement; "
+                                        "shell: a terminal in the running job)")
     p.add_argument("job_id", nargs="?", default=None, help="a job id, or `last` for the newest job")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="result, attach: unpack the job's outputs here (result: default ./result-ID)")
@@ -114,6 +120,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=50, help="list: at most this many jobs; logs: the last N lines")
     p.add_argument("--follow", "-f", action="store_true", help="logs: follow until the job ends")
     p.add_argument("--json", action="store_true", help="machine-readable output (times as epoch seconds)")
+    p.add_argument("cmd", nargs="*", metavar="-- CMD",
+                   help="shell: the command to run in the job (default: its /bin/sh)")
     p.set_defaults(handler=_wrap(cmd_jobs))
 
     p = subparsers.add_parser("wallet", help="the node's wallet: address and balances", formatter_class=fmt,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from dgpu.node.adapters.forward_tcp import listen_local
 from dgpu.node.app import NodeRuntime, new_nonce, run_node, wall_clock
 from dgpu.node.config import NodeConfig
 from dgpu.node.logging import quiet_libp2p
@@ -42,7 +43,7 @@ class Client(Renter):
                  billing_policy: BillingPolicy | None = None) -> None:
         super().__init__(runtime.node, runtime.key, runtime.book, runtime.blobs, ledger,
                          accept_simulated=runtime.config.accept_simulated, clock=wall_clock, nonce=new_nonce,
-                         billing_policy=billing_policy, rentals=runtime.store,
+                         billing_policy=billing_policy, rentals=runtime.store, listen=listen_local,
                          settlements=runtime.settlements if ledger is runtime.ledger else None)
         self.runtime = runtime
 

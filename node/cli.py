@@ -77,6 +77,14 @@ def add_node_command(sub: Any) -> None:
                    help="provider: a Docker image renters may run (repeatable; needs --executor docker)")
     n.add_argument("--executor", action="append", default=[], choices=["script", "docker"],
                    help="provider: how jobs run (repeatable; none given: script)")
+    n.add_argument("--allow-forward", action="store_true",
+                   help="provider: renters may forward TCP ports into their running jobs (said in offers)")
+    n.add_argument("--allow-shell", action="store_true",
+                   help="provider: renters may open a shell in their running jobs (said in offers)")
+    n.add_argument("--access-limits", type=_access_limits, default=(16, 16 * 1024 * 1024, 600.0),
+                   metavar="CONNS:BYTES_PER_S:IDLE_S",
+                   help="provider: per rental, forwarded connections and shells at once, bytes per second "
+                        "each way, seconds idle before one is closed (default 16:16777216:600)")
     n.add_argument("--offer-ttl", type=int, default=300, help="provider: seconds an offer stays valid")
     n.add_argument("--status-file", type=Path, default=None,
                    help="write a JSON status here every 0.5 s (tests, benchmarks)")
@@ -159,6 +167,14 @@ async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _access_limits(text: str) -> tuple[int, int, float]:
+    try:
+        conns, rate, idle = text.split(":")
+        return int(conns), int(rate), float(idle)
+    except ValueError:
+        raise argparse.ArgumentTypeError("CONNS:BYTES_PER_S:IDLE_S, e.g. 16:16777216:600") from None
+
+
 def node_config(args: argparse.Namespace, env: Mapping[str, str]) -> NodeConfig:
     """The node's configuration from its parsed flags and ``env`` (the ``DGPU_*`` variables).
 
@@ -180,7 +196,9 @@ def node_config(args: argparse.Namespace, env: Mapping[str, str]) -> NodeConfig:
         price_multiplier_low=bounds.low, price_multiplier_high=bounds.high, region=args.region,
         executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
         allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
-        offer_ttl_s=args.offer_ttl,
+        offer_ttl_s=args.offer_ttl, allow_forward=args.allow_forward, allow_shell=args.allow_shell,
+        access_max_connections=args.access_limits[0], access_bytes_per_second=args.access_limits[1],
+        access_idle_timeout_s=args.access_limits[2],
         status_file=args.status_file, ledger_url=args.ledger_url, **solana,
         metrics_host=args.metrics_host, metrics_port=args.metrics_port,
         claim_interval_s=args.claim_interval,

@@ -116,6 +116,13 @@ class NodeConfig(_Config):
     #: length of a metered usage "minute" in wall seconds; None: the ledger's minute (60 s divided by
     #: its clock speed, so an accelerated development ledger and the meter agree on a minute)
     meter_interval_s: float | None = Field(None, gt=0)
+    #: renters may forward TCP ports into their running jobs / open shells in them (off by default)
+    allow_forward: bool = False
+    allow_shell: bool = False
+    #: per rental: forwarded connections and shells at once, bytes per second each way, idle seconds
+    access_max_connections: int = Field(16, ge=1, le=256)
+    access_bytes_per_second: int = Field(16 * 1024 * 1024, ge=1024)
+    access_idle_timeout_s: float = Field(600.0, gt=0)
     #: "auto": bootstrap nodes dial us back; "private": always reserve relay slots (behind NAT);
     #: "public": never (a provider with a public address)
     reachability: Literal["auto", "public", "private"] = "auto"

@@ -41,6 +41,7 @@ from dgpu.node.services.billing import (
 )
 from dgpu.node.services.blobs import BlobShelf
 from dgpu.node.services.durable import DurableExecutor
+from dgpu.node.services.forward import AccessPolicy, ForwardServer, Grants
 from dgpu.node.services.gpu_monitor import GpuMonitor
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
@@ -58,7 +59,16 @@ from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.pricing import MarketPricer, engine_basis
 from dgpu.node.services.publisher import OfferPublisher, OfferTerms
 from dgpu.node.services.settlement import Settlements
-from dgpu.protocol.ids import JOB_PROTOCOL, JOB_PROTOCOL_V2, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
+from dgpu.node.services.shell import ShellServer
+from dgpu.protocol.ids import (
+    FORWARD_PROTOCOL,
+    JOB_PROTOCOL,
+    JOB_PROTOCOL_V2,
+    MAX_FRAME_BYTES,
+    NEGOTIATE_PROTOCOL,
+    OFFERS_TOPIC,
+    SHELL_PROTOCOL,
+)
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import EscrowLedger, EscrowReceipt
 from dgpu.protocol.messages import Agreement, Executor, JobState, PriceBasis
@@ -91,7 +101,7 @@ class Offering:
 
 async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, source: GpuSource,
                      inventory: Inventory, meter_interval_s: float, metrics: NodeMetrics,
-                     nursery: trio.Nursery) -> dict[Executor, ExecutorLike]:
+                     nursery: trio.Nursery) -> tuple[dict[Executor, ExecutorLike], JobService]:
     """The executors this provider can really run, each behind the durable job service.
 
     Jobs go through :class:`JobService` (SQLite lifecycle, per-minute meter of the leased GPUs,
@@ -139,7 +149,7 @@ async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, sourc
     if report.reattached or report.finished or report.failed:
         log.info("reconciled after restart: %d re-attached, %d finished meanwhile, %d failed",
                  len(report.reattached), len(report.finished), len(report.failed))
-    return {Executor(name): DurableExecutor(service, store, name, nursery) for name in raw}
+    return {Executor(name): DurableExecutor(service, store, name, nursery) for name in raw}, service
 
 
 def meter_minute_s(config: NodeConfig, ledger_speed: int) -> float:
@@ -180,8 +190,8 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
                           max_jobs=config.max_concurrent_jobs or min(64, len(scan.gpus)), clock=deadline_clock)
     log.info("GPU inventory: %s; %d job slot(s); price %d per GPU-minute (%s)", scan.message, inventory.max_jobs,
              price, pricing.source)
-    executors = await _executors(config, key, store=store, source=source, inventory=inventory,
-                                 meter_interval_s=meter_interval_s, metrics=metrics, nursery=nursery)
+    executors, service = await _executors(config, key, store=store, source=source, inventory=inventory,
+                                          meter_interval_s=meter_interval_s, metrics=metrics, nursery=nursery)
     offered = tuple(e for e in config.executors if e in executors)
     if not offered:
         log.warning("no executor can run jobs here; the provider will not publish an offer")
@@ -198,7 +208,8 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
                           bounds=MultiplierBounds(config.price_multiplier_low, config.price_multiplier_high))
     publisher = OfferPublisher(
         key, inventory, OfferTerms(mint=mint, ledger=ledger_name, region=config.region, executors=offered,
-                                   addrs=tuple(node.addrs)),
+                                   addrs=tuple(node.addrs), forward=config.allow_forward,
+                                   shell=config.allow_shell),
         publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s, reprice=pricer.reprice)
     agreements = AgreementStore()
     abandoners = Abandoners(clock=wall_clock)
@@ -212,11 +223,12 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     jobs = JobServer(key, agreements, inventory, executor_for=executors.get, limits_cap=LIMITS_CAP,
                      clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock,
                      blobs=shelf, node=node, transfer_root=config.data_dir / "transfers", escrow=gate,
-                     on_abandoned=abandoners.abandoned, nursery=nursery)
+                     on_abandoned=abandoners.abandoned, nursery=nursery,
+                     grants=_serve_access(config, key, node, service))
     verifier: EscrowVerifier = LedgerEscrowVerifier(ledger, mint) if ledger is not None else RefuseAll()
     negotiator = ProviderNegotiator(
         key, ProviderPolicy(executors=offered, allowed_images=config.allowed_images,
-                            start_window_s=config.start_window_s),
+                            start_window_s=config.start_window_s, allow_forward=config.allow_forward),
         offers=publisher, inventory=inventory, verifier=verifier, agreements=agreements, clock=wall_clock,
         nonce=new_nonce, deadline_clock=deadline_clock, abandoners=abandoners,
         ledger_speed=speed)
@@ -229,6 +241,22 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     monitor = GpuMonitor(inventory, source)
     await nursery.start(monitor.run)
     return Offering(inventory, publisher, negotiator, jobs, store, monitor, billing, settlements)
+
+
+def _serve_access(config: NodeConfig, key: SigningKey, node: P2PNode, service: JobService) -> Grants:
+    """Forwarded ports and shells into running jobs, as the provider's policy allows (off by default:
+    a refusal then says so). Each connection lives as long as its job at most."""
+    from dgpu.node.adapters.job_access import LocalJobAccess
+
+    grants = Grants(AccessPolicy(allow_forward=config.allow_forward, allow_shell=config.allow_shell,
+                                 max_connections=config.access_max_connections,
+                                 bytes_per_second=config.access_bytes_per_second,
+                                 idle_timeout_s=config.access_idle_timeout_s))
+    access = LocalJobAccess(service.handle_of)
+    for protocol, server in ((FORWARD_PROTOCOL, ForwardServer), (SHELL_PROTOCOL, ShellServer)):
+        node.set_handler(protocol, server(key, grants, access, clock=wall_clock, nonce=new_nonce).handle,
+                         max_frame_bytes=MAX_FRAME_BYTES, read_timeout_s=10.0, handler_timeout_s=24 * 3600.0 + 60)
+    return grants
 
 
 def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, metrics: NodeMetrics, *,

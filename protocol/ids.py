@@ -7,6 +7,7 @@ from typing import Final
 __all__ = [
     "BLOB_PROTOCOL",
     "DOMAIN_PREFIX",
+    "FORWARD_PROTOCOL",
     "JOB_PROTOCOL",
     "JOB_PROTOCOL_V2",
     "KNOWN_WIRE_VERSIONS",
@@ -19,6 +20,7 @@ __all__ = [
     "OFFERS_SYNC_PROTOCOL",
     "OFFERS_TOPIC",
     "RENDEZVOUS_NAMESPACE",
+    "SHELL_PROTOCOL",
     "WIRE_VERSION",
 ]
 
@@ -34,6 +36,10 @@ JOB_PROTOCOL_V2: Final = "/dgpu/job/1.1.0"
 OFFERS_SYNC_PROTOCOL: Final = "/dgpu/offers-sync/1.0.0"
 #: content-addressed transfer between peers
 BLOB_PROTOCOL: Final = "/dgpu/blob/1.0.0"
+#: one forwarded TCP connection from the renter into a port of its running job
+FORWARD_PROTOCOL: Final = "/dgpu/forward/1.0.0"
+#: an interactive terminal in the renter's running job
+SHELL_PROTOCOL: Final = "/dgpu/shell/1.0.0"
 #: rendezvous namespace under which providers advertise
 RENDEZVOUS_NAMESPACE: Final = "dgpu/providers"
 

@@ -36,6 +36,7 @@ from .keys import PublicKey
 
 __all__ = [
     "GOSSIP_ADAPTER",
+    "MAX_FORWARD_PORTS",
     "MESSAGE_TYPES",
     "TO_PROVIDER_JOB",
     "TO_PROVIDER_NEGOTIATION",
@@ -153,7 +154,7 @@ class PriceBasis(_Model):
 
 #: Offer fields added after version 1: left out of the wire form when unset, so an offer signed
 #: by a node that does not know them still verifies (the signature covers the dumped fields)
-_OFFER_OPTIONAL = ("pricing", "free_gpus")
+_OFFER_OPTIONAL = ("pricing", "free_gpus", "forward", "shell")
 
 
 class Offer(_Model):
@@ -180,6 +181,10 @@ class Offer(_Model):
     pricing: PriceBasis | None = None
     #: GPUs no rental holds now (capacity follows leases); absent: unknown (older nodes)
     free_gpus: Annotated[int, Field(ge=0, le=1024, strict=True)] | None = None
+    #: the provider forwards renters' TCP connections into their jobs' ports / opens shells in
+    #: them (``--allow-forward`` / ``--allow-shell``); None: it does not (or an older node)
+    forward: Literal[True] | None = None
+    shell: Literal[True] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_unset_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -226,8 +231,12 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-#: JobRequest fields added after version 1, left out of the wire form at their defaults
-_REQUEST_OPTIONAL = ("stop_on_disconnect",)
+#: JobRequest fields added after version 1, left out of the wire form at their defaults (so a
+#: provider that does not know them still reads requests that do not use them)
+_REQUEST_OPTIONAL = ("forward_ports", "interactive", "stop_on_disconnect")
+#: ports of the job a renter may ask to reach (each forwarded connection is its own stream)
+MAX_FORWARD_PORTS = 8
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 
 
 class JobRequest(_Model):
@@ -254,14 +263,25 @@ class JobRequest(_Model):
     egress: bool = False
     #: stop the job when the renter's stream breaks; by default a batch job runs on without it
     stop_on_disconnect: bool = False
+    #: TCP ports inside the job the renter will reach over ``/dgpu/forward/1.0.0`` (the provider
+    #: must allow forwarding); the job itself keeps no network
+    forward_ports: Annotated[tuple[Port, ...], Field(max_length=MAX_FORWARD_PORTS)] = ()
+    #: runs until the renter closes it or the paid minutes end, not until its command exits
+    interactive: bool = False
 
     @model_serializer(mode="wrap")
     def _drop_default_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for name in _REQUEST_OPTIONAL:  # at their defaults, older providers still read the request
-            if name in data and not data[name]:
+        for name in _REQUEST_OPTIONAL:
+            if name in data and not data[name]:  # () / False: the default
                 del data[name]
         return data
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> Self:
+        if len(set(self.forward_ports)) != len(self.forward_ports):
+            raise ValueError("duplicate forward port")
+        return self
 
     @model_validator(mode="after")
     def _payload_matches_executor(self) -> Self:

@@ -18,6 +18,7 @@ from dgpu.client.api_client import Api, ApiCallError, CliError, answer_of, setti
 from dgpu.client.display import ProgressBar, fmt_amount, fmt_bytes, fmt_time, table
 from dgpu.node.services.api.schema import IMAGE_REFERENCE, ApiJobState, JobOut, JobsOut, LogLine, LogsOut
 from dgpu.node.services.blobs import BlobError, safe_unpack
+from dgpu.node.services.forward_client import ForwardInfo
 from dgpu.node.services.renter.inputs import InputRefused, resolve_input, resolve_roots
 
 __all__ = ["cmd_jobs", "cmd_rent", "download_result", "job_body"]
@@ -85,6 +86,10 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
         body["inputs"] = inputs
     if getattr(args, "stop_on_disconnect", False):
         body["stop_on_disconnect"] = True
+    if getattr(args, "forward", None):
+        body["forward"] = list(args.forward)
+    if getattr(args, "interactive", False):
+        body["interactive"] = True
     return body
 
 
@@ -101,6 +106,7 @@ def _follow(api: Api, job_id: str, out: IO[str], err: IO[str], decimals: int | N
     """Print new log lines and a status line until the job ends; returns the final status."""
     seq = 0
     last_status = ""
+    forwards_told = 0
     while True:
         logs = api.get(LogsOut, "GET", f"/api/v1/jobs/{job_id}/logs", params={"since": seq, "limit": LOG_BATCH})
         _print_lines(logs.lines, out, err)
@@ -110,6 +116,9 @@ def _follow(api: Api, job_id: str, out: IO[str], err: IO[str], decimals: int | N
         if status != last_status:
             print(status, file=err, flush=True)
             last_status = status
+        for forward in job.forwards[forwards_told:]:  # each once, as it comes up
+            print(ForwardInfo(forward.job_port, forward.local_port, forward.error).line, file=err, flush=True)
+        forwards_told = len(job.forwards)
         if job.state.terminal and seq >= job.next_log_seq:
             return job
         time.sleep(POLL_S)
@@ -197,6 +206,11 @@ def cmd_jobs(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] =
             job = api.get(JobOut, "DELETE", f"/api/v1/jobs/{args.job_id}")
             print(f"job {job.id}: cancel requested (state {job.state})", file=out)
             return 0
+        if action == "shell":
+            from dgpu.client.commands.shell import cmd_shell
+
+            argv = list(args.cmd or [])
+            return cmd_shell(args.job_id, argv[1:] if argv[:1] == ["--"] else argv, args)
         if action == "result":
             dest = Path(args.out or f"result-{args.job_id}")
             files = download_result(api, args.job_id, dest, ProgressBar(err, "result"))

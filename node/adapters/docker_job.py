@@ -92,6 +92,17 @@ class DockerJobHandle:
     def job_id(self) -> str:
         return self.spec.job_id
 
+    @property
+    def engine_api(self) -> Any:
+        """The engine's low-level client (``docker exec`` for shells in the job)."""
+        return self._ex._api
+
+    async def namespace_pid(self) -> int | None:
+        """Host PID of the container's init (its ``/proc/PID/ns/net`` is the job's network); None
+        when it is not running."""
+        state = await self._ex._call(lambda: self._ex._api.inspect_container(self.container_id)["State"])
+        return int(state.get("Pid") or 0) or None if state.get("Running") else None
+
     async def logs(self) -> AsyncIterator[LogChunk]:
         """Follow stdout/stderr from the container's start, as lines, in order."""
         api = self._ex._api

@@ -39,10 +39,12 @@ from libp2p.custom_types import TProtocol
 
 from dgpu.protocol.ids import (
     BLOB_PROTOCOL,
+    FORWARD_PROTOCOL,
     JOB_PROTOCOL,
     JOB_PROTOCOL_V2,
     NEGOTIATE_PROTOCOL,
     OFFERS_SYNC_PROTOCOL,
+    SHELL_PROTOCOL,
 )
 
 __all__ = [
@@ -98,6 +100,10 @@ def default_stream_budgets() -> dict[str, StreamBudget]:
         BLOB_PROTOCOL: StreamBudget(per_peer=4, total=32, first_frame_timeout_s=10.0),
         # a neighbour syncs the offers once when it first sees us
         OFFERS_SYNC_PROTOCOL: StreamBudget(per_peer=1, total=16, first_frame_timeout_s=10.0),
+        # one stream per forwarded TCP connection / shell; the provider's grant bounds them per
+        # rental too, and the opening message must come at once
+        FORWARD_PROTOCOL: StreamBudget(per_peer=32, total=256, first_frame_timeout_s=10.0),
+        SHELL_PROTOCOL: StreamBudget(per_peer=4, total=32, first_frame_timeout_s=10.0),
     }
 
 

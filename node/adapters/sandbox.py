@@ -29,7 +29,7 @@ from dgpu.node.errors import ExecutorFailure
 
 __all__ = [
     "DEFAULT_UID_BASE", "JOB_HOME", "SYSTEM_DIRS", "UidPool", "bwrap_argv", "detect_bwrap",
-    "gpu_devices", "kill_leftovers", "namespace_pids", "process_start",
+    "gpu_devices", "kill_leftovers", "namespace_pids", "process_start", "sandbox_init",
 ]
 
 DEFAULT_UID_BASE = 200_000
@@ -139,14 +139,18 @@ def detect_bwrap() -> str | None:
     return exe if done.returncode == 0 else None
 
 
+def sandbox_init(outer_pid: int) -> int | None:
+    """bwrap's init in the sandbox (``outer_pid``'s child): its namespaces are the job's."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _ppid(int(entry.name)) == outer_pid:
+            return int(entry.name)
+    return None
+
+
 def namespace_pids(outer_pid: int) -> list[int]:
     """The job's processes: those in the PID namespace of ``outer_pid``'s child (bwrap's init),
     that init excluded (it ignores SIGTERM; killing ``outer_pid`` takes it and all down)."""
-    init = None
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and _ppid(int(entry.name)) == outer_pid:
-            init = int(entry.name)
-            break
+    init = sandbox_init(outer_pid)
     if init is None:
         return []
     try:

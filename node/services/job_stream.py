@@ -10,12 +10,10 @@ when the job ends). It streams ``JobStatus`` (accepted → starting → running 
 exit code) and ``LogChunk`` frames in order. A ``JobCancel`` from the renter stops the job in
 any state (STARTING too); billing stops it when the escrow is closed or runs out.
 
-Detach: the job runs in the server's nursery and writes its events into a
-:class:`~dgpu.node.services.job_feed.JobFeed`; the renter's stream only reads it. When that
-stream breaks a batch job runs on (until it ends or its paid minutes run out) unless the request
-asked ``stop_on_disconnect``. On ``/dgpu/job/1.1.0`` (``job_frames``) the stream carries
-heartbeats, and the agreement's renter (nobody else) may re-attach with ``JobAttach`` while the
-feed is kept (``FEED_RETENTION_S`` after the end, as the result). The renter's side is ``job_renter``.
+Detach: the job runs in the server's nursery and writes its events into a ``JobFeed``, which the
+renter's stream only reads; when it breaks a batch job runs on unless ``stop_on_disconnect`` (or
+interactive). ``/dgpu/job/1.1.0`` adds heartbeats and re-attach (``JobAttach``, the agreement's
+renter only, while the feed is kept: ``FEED_RETENTION_S``). The renter's side is ``job_renter``.
 """
 
 from __future__ import annotations
@@ -38,6 +36,8 @@ from dgpu.node.errors import (
 from dgpu.node.ports.execution import ExitReason, ExitStatus, JobHandle, JobSpec, ResourceLimits
 from dgpu.node.ports.network import FramedStream, Network
 from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob, pack_dir
+from dgpu.node.services.forward import Grants
+from dgpu.node.services.interactive import job_payload, time_limit_s
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.job_feed import FEED_RETENTION_S, FeedTable, JobFeed, stream_feed
 from dgpu.node.services.negotiation import AgreementStore, reject_code
@@ -126,12 +126,14 @@ class JobServer:
                  blobs: BlobShelf | None = None, node: Network | None = None,
                  transfer_root: Path | None = None, escrow: EscrowGate | None = None,
                  on_abandoned: Callable[[str], None] | None = None,
-                 nursery: trio.Nursery | None = None) -> None:
+                 nursery: trio.Nursery | None = None, grants: Grants | None = None) -> None:
         self.key = key
         #: where jobs run, so they outlive their renter's stream (None: in the stream's handler)
         self.nursery = nursery
         #: running and recently ended jobs' events, for the streams that follow them
         self.feeds = FeedTable(clock)
+        #: running jobs their renters may reach (forwarded ports, shells); None: none may
+        self.grants = grants
         #: the ledger's escrows (None: a provider with no ledger signs no agreement anyway)
         self.escrow = escrow
         #: told the renter's wallet when it submits an agreement whose escrow it has emptied
@@ -218,7 +220,7 @@ class JobServer:
             log.info("job stream from %s ended early: %s", fs.remote_peer, exc)
             return
         feed = JobFeed(first.agreement.agreement_id, opened.signer, peer=fs.remote_peer,
-                       stop_on_disconnect=request.stop_on_disconnect)
+                       stop_on_disconnect=request.stop_on_disconnect or request.interactive)
         self.feeds.add(feed)
         if self.nursery is not None:
             self.nursery.start_soon(self._job_task, feed, first.agreement, request, opened.signer)
@@ -327,7 +329,8 @@ class JobServer:
             await status(JobState.FAILED, reason=f"no {request.executor} executor here")
             return
         await status(JobState.STARTING)
-        limits = ResourceLimits(time_limit_s=float(agreement.terms.max_minutes * 60)).clamp(self.limits_cap)
+        limits = ResourceLimits(time_limit_s=time_limit_s(request, agreement.terms.max_minutes,
+                                                          self.limits_cap)).clamp(self.limits_cap)
         workdir = self._workdir(job_id)
         inputs: dict[str, Path] = {}
         with job.starting:
@@ -353,8 +356,9 @@ class JobServer:
             await status(JobState.CANCELLED, reason=job.reasons[0])
             return
         lease = self.inventory.lease_of(job_id)  # held since _check_agreement
+        command, script = job_payload(request)
         spec = JobSpec(job_id=job_id, rental_id=str(agreement.terms.escrow.rental_id),
-                       command=request.command, image=request.image, script=request.script,
+                       command=command, image=request.image, script=script,
                        env=dict(request.env), limits=limits, network=request.egress, inputs=inputs,
                        output_dir=workdir / "outputs" if workdir is not None else None,
                        gpu_uuids=lease.device_ids if lease is not None else ())
@@ -368,6 +372,8 @@ class JobServer:
             if job.reasons:  # the renter cancelled while the job was being started
                 await handle.stop(grace_s=5)
             await status(JobState.RUNNING)
+            if self.grants is not None:
+                self.grants.open(job_id, request, renter)  # ended below, with the job
             job_done = trio.Event()
             if self.on_running is not None:
                 job.billed = True
@@ -387,6 +393,8 @@ class JobServer:
                 if ref is not None:
                     feed.set_result(ref)
         finally:
+            if self.grants is not None:
+                self.grants.end(job_id)  # cuts every forwarded connection and shell of the job
             with trio.CancelScope(shield=True), trio.move_on_after(15):
                 await handle.cleanup()
 

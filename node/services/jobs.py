@@ -256,6 +256,10 @@ class JobService:
         finally:
             self._handles.pop(job_id, None)
 
+    def handle_of(self, job_id: str) -> JobHandle | None:
+        """The executor's handle of a running job (to reach into it: ports, a shell), else None."""
+        return self._handles.get(job_id)
+
     async def cancel(self, job_id: str) -> bool:
         """Stop a running job (SIGTERM, grace, SIGKILL); ``run`` then ends it CANCELLED.
         A job not started yet is moved to CANCELLED directly. False if already ended."""

@@ -117,6 +117,8 @@ class ProviderPolicy:
     #: docker images allowed: exact names, or prefixes ending in ``*``; empty = none
     allowed_images: tuple[str, ...] = ()
     allow_egress: bool = False
+    #: jobs may ask for forwarded ports (``--allow-forward``); a request for them is refused otherwise
+    allow_forward: bool = False
     fee_bps: int = 500
     quote_ttl_s: int = 30
     #: the provider must start within this window after the quote (escrow start deadline)
@@ -275,6 +277,8 @@ class ProviderNegotiator:
             return RejectCode.IMAGE_NOT_ALLOWED, "image not on the provider's allow-list"
         if request.egress and not p.allow_egress:
             return RejectCode.EGRESS_NOT_ALLOWED, "network egress is not allowed"
+        if request.forward_ports and not p.allow_forward:
+            return RejectCode.INVALID_REQUEST, "this provider does not forward ports into jobs (--allow-forward)"
         if not _gpu_fits(offer, request):
             return RejectCode.GPU_MISMATCH, "no GPU here matches the request"
         if not self.inventory.can_lease(request):

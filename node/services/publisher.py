@@ -39,6 +39,9 @@ class OfferTerms:
     executors: tuple[Executor, ...] = (Executor.SCRIPT,)
     #: where to dial us (at most 8 go into the offer)
     addrs: tuple[str, ...] = ()
+    #: renters may forward TCP ports into their jobs / open shells in them (said in the offer)
+    forward: bool = False
+    shell: bool = False
 
 
 class OfferPublisher:
@@ -102,6 +105,7 @@ class OfferPublisher:
                                        else price_per_gpu_minute),
                      mint=t.mint, ledger=t.ledger, region=t.region, executors=t.executors, seq=0,
                      issued_at=now, expires_at=now + self.ttl_s, pricing=pricing,
+                     forward=True if t.forward else None, shell=True if t.shell else None,
                      free_gpus=min(len(self.inventory.free()), sum(g.count for g in listed)) if gpus is None else None)
 
     def update_profile(self, *, price_per_gpu_minute: int | None = None, region: str | None = None,

@@ -9,7 +9,8 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 import trio_asyncio
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from dgpu.node.adapters import http_server as http_errors
 from dgpu.node.adapters.bootstrap_client import BootstrapSession
@@ -66,7 +67,7 @@ class ApiContext:
         return int(self.clock())
 
 
-def _ctx(request: Request) -> ApiContext:
+def _ctx(request: HTTPConnection) -> ApiContext:  # a request or a WebSocket
     ctx: ApiContext = request.app.state.ctx
     return ctx
 
@@ -74,7 +75,7 @@ def _ctx(request: Request) -> ApiContext:
 Ctx = Annotated[ApiContext, Depends(_ctx)]
 
 
-async def _authorized(request: Request, ctx: Ctx) -> AccessClaims:
+async def _authorized(request: HTTPConnection, ctx: Ctx) -> AccessClaims:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

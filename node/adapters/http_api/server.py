@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dgpu.node.adapters import http_server as http_errors
 from dgpu.node.adapters.bootstrap_client import UPSTREAM_TIMEOUT_S, UpstreamError, fetch_verifier
+from dgpu.node.adapters.forward_tcp import listen_local
 from dgpu.node.adapters.http_api.auth import auth_router
 from dgpu.node.adapters.http_api.billing import billing_router
 from dgpu.node.adapters.http_api.context import ApiContext
@@ -50,6 +51,7 @@ from dgpu.node.adapters.http_api.hosts import HostGuardMiddleware
 from dgpu.node.adapters.http_api.jobs import jobs_router
 from dgpu.node.adapters.http_api.marketplace import marketplace_router
 from dgpu.node.adapters.http_api.providers import providers_router
+from dgpu.node.adapters.http_api.shell import shell_router
 from dgpu.node.adapters.http_api.storage import STREAMING_PREFIXES, storage_router
 from dgpu.node.adapters.http_server import BodyLimitMiddleware, RouteTimingMiddleware, serve_http
 from dgpu.node.metrics import NodeMetrics
@@ -143,8 +145,8 @@ def create_node_api(ctx: ApiContext) -> FastAPI:
                               "marketplace, providers, storage, metrics. Amounts are integers of the "
                               "mint's base unit.")
     app.state.ctx = ctx
-    for router in (auth_router(), jobs_router(), billing_router(), marketplace_router(), providers_router(),
-                   storage_router()):
+    for router in (auth_router(), jobs_router(), shell_router(), billing_router(), marketplace_router(),
+                   providers_router(), storage_router()):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)
@@ -216,7 +218,7 @@ async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
     if backend is None and ledger is not None:  # no ledger: nothing can be paid, jobs are refused
         renter = Renter(node.network, node.key, node.book, node.shelf, ledger,
                         accept_simulated=node.accept_simulated, clock=node.clock, nonce=node.nonce,
-                        input_roots=settings.input_roots, rentals=node.rentals,
+                        input_roots=settings.input_roots, rentals=node.rentals, listen=listen_local,
                         settlements=node.settlements if ledger is node.ledger else None)
         backend = svc.NetworkJobBackend(renter, results_dir=node.data_dir / "api-results",
                                         progress_interval_s=settings.progress_interval_s)

@@ -12,6 +12,7 @@ from dgpu.node.ports.store import RentalRecord
 from dgpu.node.services.api.errors import JobRunError
 from dgpu.node.services.api.jobs import ApiJob, JobFinal
 from dgpu.node.services.api.schema import ApiJobState, JobSpec
+from dgpu.node.services.forward_client import ShellSession
 from dgpu.node.services.offers import BookEntry, OfferBook, OfferQuery
 from dgpu.node.services.renter import (
     EscrowFailed,
@@ -103,13 +104,16 @@ class NetworkJobBackend:
                 command=spec.command, env=dict(spec.env), max_minutes=spec.max_minutes,
                 gpu_count=spec.gpu_count, egress=spec.egress,
                 max_price_per_minute=spec.max_price_per_minute, min_vram_mib=spec.min_vram_mib,
-                inputs=dict(spec.inputs), stop_on_disconnect=spec.stop_on_disconnect)
+                inputs=dict(spec.inputs), stop_on_disconnect=spec.stop_on_disconnect, forward=spec.forward,
+                interactive=spec.interactive)
         except InputRefused as exc:
             raise JobRunError(str(exc), InputRefused.code) from exc
         except NegotiationFailed as exc:
             raise JobRunError(str(exc), "negotiation_failed") from exc
         except EscrowFailed as exc:
             raise JobRunError(str(exc), "escrow_failed") from exc
+        except RenterError as exc:  # a forward it cannot serve
+            raise JobRunError(str(exc), "rent_refused") from exc
         job.agreed(entry.offer.provider, rental.rate_per_minute,
                    escrow=rental.escrow.address if rental.escrow else None, agreement_id=rental.id)
         if self.renter.rentals is not None:  # kept, so a restarted node re-attaches to the job
@@ -170,14 +174,19 @@ class NetworkJobBackend:
                     continue
                 job.progress(view.accrued_minutes, view.accrued_minutes * view.rate_per_minute)
 
+        async def open_shell(argv: tuple[str, ...], rows: int, cols: int, tty: bool) -> ShellSession:
+            return await rental.shell(argv, rows=rows, cols=cols, tty=tty)
+
+        job.open_shell = open_shell
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow_cancel)
             nursery.start_soon(poll_progress)
             try:
-                result = await rental.run(on_log=lambda c: job.log(c.stream, c.data))
+                result = await rental.run(on_log=lambda c: job.log(c.stream, c.data), on_forward=job.forwards.append)
             except RenterError as exc:
                 raise JobRunError(str(exc), "job_lost") from exc
             finally:
+                job.open_shell = None
                 nursery.cancel_scope.cancel()
         if result.result is not None:
             archive = self.results_dir / f"{job.id}.tar"

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from dgpu.node.services.api.errors import Busy, Conflict, JobRunError, NotFound, Unavailable
-from dgpu.node.services.api.schema import ApiJobState, JobOut, JobSpec, LogLine, LogsOut, UsageOut
+from dgpu.node.services.api.schema import ApiJobState, ForwardOut, JobOut, JobSpec, LogLine, LogsOut, UsageOut
+from dgpu.node.services.forward_client import ForwardInfo, ShellSession
 from dgpu.protocol.messages import UsageReceipt
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
@@ -92,6 +93,10 @@ class ApiJob:
     read_seq: int = 0
     #: lines pushed out of the ring buffer before anyone read them (a log flood)
     dropped_lines: int = 0
+    #: the forwarded ports as they came up (set by the backend while the job runs)
+    forwards: list[ForwardInfo] = field(default_factory=list)
+    #: opens a terminal in the running job (argv, rows, cols, tty); None unless it runs
+    open_shell: Callable[[tuple[str, ...], int, int, bool], Awaitable[ShellSession]] | None = None
 
     def __post_init__(self) -> None:
         self.logs = deque(maxlen=self.log_capacity)
@@ -131,6 +136,8 @@ class ApiJob:
             cancel_requested=self.cancel_requested.is_set(), next_log_seq=self.next_seq,
             last_logs=_lines(self.tail(None, tail)), metered_minutes=len(self.receipts),
             usage=[UsageOut.of(r) for r in self.receipts[-tail:]], over_accrued=self.over_accrued,
+            interactive=self.spec.interactive,
+            forwards=[ForwardOut(job_port=f.job_port, local_port=f.local_port, error=f.error) for f in self.forwards],
         )
 
     def log_page(self, since: int | None, limit: int) -> LogsOut:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from dgpu.protocol.messages import Executor, GpuSample, Offer, PriceBasis, UsageReceipt
 
@@ -26,6 +26,7 @@ __all__ = [
     "ErrorOut",
     "EstimateIn",
     "EstimateOut",
+    "ForwardOut",
     "GpuIn",
     "GpuOut",
     "JobOut",
@@ -89,6 +90,12 @@ class JobSpec(BaseModel):
     #: stop the job when this node's stream to the provider breaks; by default it runs on and the
     #: node re-attaches when it comes back (``POST /api/v1/jobs/{id}/attach``)
     stop_on_disconnect: bool = False
+    #: job TCP ports to reach on this node's 127.0.0.1 while the job runs: "PORT" or "LOCAL:PORT"
+    #: (only providers that allow forwarding are chosen)
+    forward: tuple[Annotated[str, StringConstraints(pattern=r"^(\d{1,5}:)?\d{1,5}$")], ...] = Field(
+        (), max_length=8)
+    #: run until cancelled or the paid minutes end, not until the command exits (Jupyter, servers)
+    interactive: bool = False
 
     @model_validator(mode="after")
     def _one_payload(self) -> JobSpec:
@@ -267,6 +274,14 @@ class UsageOut(_Out):
         return cls(minute_index=receipt.minute_index, at=receipt.at, gpus=list(receipt.gpus))
 
 
+class ForwardOut(_Out):
+    """A forwarded port of a running job: listening on this node's 127.0.0.1, or why not."""
+
+    job_port: int
+    local_port: int
+    error: str | None = None
+
+
 class JobOut(_Out):
     id: str
     state: ApiJobState
@@ -294,6 +309,9 @@ class JobOut(_Out):
     usage: list[UsageOut] = []
     #: the settled escrow paid more minutes than were metered (dgpu.protocol.reconcile)
     over_accrued: bool = False
+    interactive: bool = False
+    #: the job's forwarded ports, once it runs (``/api/v1/jobs/{id}/shell`` is its terminal)
+    forwards: list[ForwardOut] = []
 
 
 class JobsOut(_Out):

@@ -21,9 +21,11 @@ from dgpu.node.errors import JobLostError, NetworkError, RejectedError, StreamEr
 from dgpu.node.ports.store import RentalBook, RentalRecord
 from dgpu.node.services.billing import BillingPolicy, handle_of, renter_billing
 from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob, safe_unpack
+from dgpu.node.services.forward_client import AccessTarget, ForwardInfo, PortForward, ShellSession, open_shell
 from dgpu.node.services.job_renter import JobOutcome, run_job
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferQuery
+from dgpu.node.services.renter.access import as_forwards, serve_forwards
 from dgpu.node.services.renter.errors import (
     EscrowFailed,
     JobFailed,
@@ -39,7 +41,7 @@ from dgpu.node.services.renter.result import RentalResult, final_settlement
 from dgpu.node.services.renter.tracking import RentalTracker
 from dgpu.node.services.settlement import Settlements, settle_rental
 from dgpu.protocol.escrow import RentalIds
-from dgpu.protocol.keys import SigningKey
+from dgpu.protocol.keys import PublicKey, SigningKey
 from dgpu.protocol.ledger import (
     ContractsError,
     EscrowHandle,
@@ -50,15 +52,16 @@ from dgpu.protocol.ledger import (
     EscrowView,
     Settlement,
 )
-from dgpu.protocol.messages import Agreement, Executor, InputRef, LogChunk, ResultRef
+from dgpu.protocol.messages import Agreement, Executor, InputRef, JobState, JobStatus, LogChunk, ResultRef
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
 
 if TYPE_CHECKING:
     # the network the workflow dials providers on; the concrete libp2p node until the
     # services' network port (node/ports.py) replaces it
+    from dgpu.node.ports.access import LocalListen
     from dgpu.node.ports.network import Network
 
-__all__ = ["LedgerFunder", "OfferInfo", "Rental", "RentalResult", "Renter"]
+__all__ = ["OfferInfo", "Rental", "RentalResult", "Renter"]
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +81,12 @@ class Rental:
     """One agreed rental: run it, follow it, top it up, or close it early."""
 
     def __init__(self, renter: Renter, agreement: Agreement, provider_peer: str, handle: EscrowHandle | None, *,
-                 tracker: RentalTracker | None = None) -> None:
+                 tracker: RentalTracker | None = None, forwards: Sequence[PortForward] = ()) -> None:
         self.renter = renter
         #: its row in the renter's rental book (where a restarted node re-attaches from)
         self.tracker = tracker or RentalTracker(None, agreement.agreement_id, renter.clock)
+        #: the job's ports to reach on 127.0.0.1 while it runs (asked for in the job request)
+        self.forwards = tuple(forwards)
         self.agreement = agreement
         self.provider_peer = provider_peer
         self.escrow = handle
@@ -100,13 +105,17 @@ class Rental:
 
     async def run(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None = None,
                   policy: BillingPolicy | None = None,
-                  on_warning: Callable[[int], None] | None = None) -> RentalResult:
+                  on_warning: Callable[[int], None] | None = None,
+                  on_forward: Callable[[ForwardInfo], None] | None = None) -> RentalResult:
         """Submit the job (or re-attach to it, after a restart) and follow it to the end; the escrow
         is settled before this returns. Cancelled (the node stopping), it leaves the job running
-        on the provider, unless the rental was made with ``stop_on_disconnect``."""
+        on the provider, unless the rental was made with ``stop_on_disconnect``.
+
+        While the job runs its ``forwards`` listen on 127.0.0.1 (``on_forward`` is told each one's
+        port, or why it could not listen); they close when it ends."""
         renter = self.renter
         first_submit = not self.tracker.submitted
-        done = trio.Event()
+        done, running = trio.Event(), trio.Event()
         warnings: list[int] = []
 
         def warned(remaining: int) -> None:
@@ -122,8 +131,12 @@ class Rental:
                 nursery.start_soon(lambda: renter_billing(ledger, handle,
                                                           policy=policy or renter.billing_policy,
                                                           on_warning=warned, done=done))
+            if self.forwards and (listen := renter.listen) is not None:
+                nursery.start_soon(lambda: serve_forwards(self.access_target(), self.forwards, listen,
+                                                          running=running, done=done, on_forward=on_forward))
             try:
-                outcome = await self._follow_job(on_log)
+                outcome = await self._follow_job(
+                    on_log, on_status=lambda s: running.set() if s.state is JobState.RUNNING else None)
             except (JobLostError, NetworkError) as exc:
                 failure = JobFailed(f"job {self.id[:12]} lost: {exc}; the escrow was closed, unused minutes "
                                     "refunded")
@@ -149,7 +162,8 @@ class Rental:
                         check.claimed, check.metered)
         return rental
 
-    async def _follow_job(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None) -> JobOutcome:
+    async def _follow_job(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None, *,
+                          on_status: Callable[[JobStatus], None] | None = None) -> JobOutcome:
         """Submit (or re-attach) and follow; a stream lost while the provider still answers is
         re-attached (the job runs on there), from the first log chunk not yet received."""
         renter = self.renter
@@ -158,7 +172,7 @@ class Rental:
             try:
                 return await run_job(renter.network, renter.key, self.agreement, self.provider_peer,
                                      clock=renter.clock, nonce=renter.nonce, on_log=self.tracker.sink(on_log),
-                                     cancel=self._cancel, attach_from=attach_from)
+                                     cancel=self._cancel, attach_from=attach_from, on_status=on_status)
             except (JobLostError, NetworkError) as exc:
                 lost = (isinstance(exc, NetworkError) and attach_from is not None) or (
                     type(exc) is JobLostError and isinstance(exc.__cause__, StreamError))
@@ -208,6 +222,17 @@ class Rental:
     async def _recover(self) -> EscrowView | None:
         """Close the escrow from our side now: accrued minutes paid, the rest refunded."""
         return await self._settled(wait_s=0)
+
+    def access_target(self) -> AccessTarget:
+        """The running job as this renter reaches into it (forwarded ports, shells)."""
+        r = self.renter
+        provider = PublicKey.from_wallet(self.agreement.terms.provider)
+        return AccessTarget(r.network, r.key, self.provider_peer, provider, self.id, r.clock, r.nonce)
+
+    async def shell(self, argv: Sequence[str] = (), *, rows: int = 24, cols: int = 80,
+                    tty: bool = True) -> ShellSession:
+        """A terminal in the running job (the provider must allow shells); RejectedError if refused."""
+        return await open_shell(self.access_target(), argv, rows=rows, cols=cols, tty=tty)
 
     async def settlement(self) -> Settlement | None:
         """The escrow's whole accounting once settled, from the ledger's transactions (None before)."""
@@ -264,12 +289,14 @@ class Renter:
                  ledger: EscrowLedger | None, *, accept_simulated: bool, clock: Callable[[], int],
                  nonce: Callable[[], bytes], billing_policy: BillingPolicy | None = None,
                  input_roots: Sequence[Path | str] | None = None, rentals: RentalBook | None = None,
-                 settlements: Settlements | None = None) -> None:
+                 settlements: Settlements | None = None, listen: LocalListen | None = None) -> None:
         self.network = network
         #: where rentals are kept so this node re-attaches after a restart (None: not kept)
         self.rentals = rentals
         #: the node's pending settlements (durable, retried); None: each close is tried once
         self.settlements = settlements
+        #: binds 127.0.0.1 ports for forwards (None: this renter cannot forward)
+        self.listen = listen
         #: inputs must lie under these folders; None: any file this process can read (a library
         #: caller is the owner; the local API always passes the roots its owner configured)
         self.input_roots = None if input_roots is None else resolve_roots(input_roots)
@@ -347,25 +374,33 @@ class Renter:
                    command: Sequence[str] = (), env: dict[str, str] | None = None, max_minutes: int = 10,
                    gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
                    gpu_model: str | None = None, min_vram_mib: int = 0,
-                   inputs: Mapping[str, Path | str] | None = None, stop_on_disconnect: bool = False) -> Rental:
+                   inputs: Mapping[str, Path | str] | None = None, stop_on_disconnect: bool = False,
+                   forward: Sequence[int | str | PortForward] = (), interactive: bool = False) -> Rental:
         """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match
         that can be reached and agrees (up to ``RENT_ATTEMPTS`` offers are tried).
 
         ``inputs`` maps a path under the job's inputs folder (``/inputs`` in Docker,
         ``$HOME/inputs`` for scripts) to a local file; the provider fetches it from us before the
-        job starts. Needs a ledger: every rental is paid for. The job runs on if this node goes
-        away (it re-attaches: :meth:`attach`), unless ``stop_on_disconnect``."""
+        job starts. ``forward`` (``8888``, or ``"LOCAL:PORT"``) names the job's TCP ports to reach
+        on 127.0.0.1 while it runs (offers that do not allow it are passed over); an ``interactive``
+        job runs until the renter closes it or the paid minutes end. Needs a ledger: every rental is
+        paid for. A batch job runs on if this node goes away (it re-attaches: :meth:`attach`), unless
+        ``stop_on_disconnect`` (an interactive one stops)."""
         self.check_live()
+        forwards = as_forwards(forward)
+        if forwards and self.listen is None:
+            raise RenterError("this renter cannot listen on local ports, so it cannot forward")
         if self.ledger is None:
             raise EscrowFailed("this client has no ledger (connect with ledger_url or ledger), so it cannot "
                                "fund a rental", "no_ledger")
         executor = Executor.SCRIPT if script is not None else Executor.DOCKER
         spec: dict[str, Any] = {"executor": executor, "image": image, "script": script, "command": tuple(command),
                                 "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
-                                "min_vram_mib": min_vram_mib, "egress": egress,
+                                "min_vram_mib": min_vram_mib, "egress": egress, "interactive": interactive,
+                                "forward_ports": tuple(f.job_port for f in forwards),
                                 "stop_on_disconnect": stop_on_disconnect}
         if offer is not None:
-            return await self._rent_from(offer, spec, inputs or {}, max_price_per_minute)
+            return await self._rent_from(offer, spec, inputs or {}, max_price_per_minute, forwards)
         found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,
                                        max_price_per_minute=max_price_per_minute)
         if not found:
@@ -373,7 +408,7 @@ class Renter:
         failure: NegotiationFailed | None = None
         for candidate in found[:RENT_ATTEMPTS]:  # the cheapest that can be reached and agrees
             try:
-                return await self._rent_from(candidate, spec, inputs or {}, max_price_per_minute)
+                return await self._rent_from(candidate, spec, inputs or {}, max_price_per_minute, forwards)
             except NegotiationFailed as exc:
                 log.info("%s; trying the next offer", exc)
                 failure = exc
@@ -381,8 +416,10 @@ class Renter:
         raise failure
 
     async def _rent_from(self, offer: OfferInfo, spec: dict[str, Any], inputs: Mapping[str, Path | str],
-                         max_price_per_minute: int | None) -> Rental:
+                         max_price_per_minute: int | None, forwards: tuple[PortForward, ...] = ()) -> Rental:
         assert self.ledger is not None
+        if forwards and not offer.offer.forward:
+            raise NegotiationFailed(f"provider {offer.provider[:8]}… does not forward ports into jobs")
         refs = tuple([await self.add_input(local, job_path, provider=offer.provider,
                                            ttl_s=spec["max_minutes"] * 60 + INPUT_TTL_SLACK_S)
                       for job_path, local in inputs.items()])
@@ -403,7 +440,8 @@ class Renter:
         if self.settlements is not None and funder.handle is not None:  # settled even if this process dies
             await self.settlements.arm(funder.handle, result.agreement.terms.start_deadline)
         rental = Rental(self, result.agreement, result.provider_peer, funder.handle,
-                        tracker=RentalTracker(self.rentals, result.agreement.agreement_id, self.clock))
+                        tracker=RentalTracker(self.rentals, result.agreement.agreement_id, self.clock),
+                        forwards=forwards)
         await rental.tracker.agreed(result.agreement, result.provider_peer, offer.offer.addrs,
                                     stop_on_disconnect=spec["stop_on_disconnect"])
         return rental
