@@ -158,34 +158,25 @@ async def scan_offered(config: NodeConfig, source: GpuSource) -> GpuScan:
     return replace(scan, gpus=gpus)
 
 
-async def _watch_peers(node: P2PNode, on_new_peers: Callable[[], None], *, poll_s: float = 0.5,
-                       quiet_s: float = 3.0, max_wait_s: float = 15.0) -> None:
-    """Republish our offer when peers we never saw join the topic (they missed it).
-
-    Only first sightings count: peers that flap in and out of the topic (reconnects,
-    stream repairs) must not turn every node into a continuous republisher. And a wave of
-    joins (a network forming, discovery dialling several peers) costs one republish, not
-    one per peer: we wait until no new peer has appeared for ``quiet_s`` (at most
-    ``max_wait_s``). Every republish reaches every node, so one per batch of joiners was an
-    N-squared storm (30 nodes: ~280 publications at start-up, a backlog of ~40 s of CPU on
-    2 cores that delayed every later offer by seconds).
-    """
+async def _republish_once_joined(node: P2PNode, on_joined: Callable[[], None], *, poll_s: float = 0.5,
+                                 quiet_s: float = 3.0, max_wait_s: float = 15.0) -> None:
+    """Publish once more when this provider first has peers on the offers topic: the offer it
+    published at start reached nobody yet. That is all: nodes that join later get the offer by
+    offer sync from their neighbours, so nobody republishes when peers join (the old per-join
+    republish was a wave through every node: ~280 publications while 30 nodes formed). The
+    first joins of a forming network come in a burst: wait until none is new for ``quiet_s``."""
     seen: set[str] = set()
-    first_new: float | None = None
-    last_new = 0.0
+    first = last = 0.0
     while True:
         peers = set(node.topic_peers(OFFERS_TOPIC))
         now = trio.current_time()
         if peers - seen:
-            last_new = now
-            if first_new is None:
-                first_new = now
-        seen |= peers
-        if len(seen) > 10_000:  # bounded; forgetting only means one extra republish
-            seen = peers
-        if first_new is not None and (now - last_new >= quiet_s or now - first_new >= max_wait_s):
-            first_new = None
-            on_new_peers()
+            seen |= peers
+            last = now
+            first = first or now
+        if first and (now - last >= quiet_s or now - first >= max_wait_s):
+            on_joined()
+            return
         await trio.sleep(poll_s)
 
 
@@ -204,7 +195,8 @@ def _nat(rt: AnyNode, offering: Offering | None) -> NatTraversal:
 async def _sync_from_new_peers(node: P2PNode, validator: OfferValidator, *, poll_s: float = 0.5,
                                parallel: int = 4) -> None:
     """Ask each peer first seen on the offers topic for the offers it holds (offer sync), so a
-    node that joins sees the current offers at once, not at the next republish."""
+    node that joins sees the current offers at once, not at the next republish. (Providers do
+    not republish when peers join: with 30 nodes that wave was ~280 publications at start-up.)"""
     seen: set[str] = set()
     limiter = trio.CapacityLimiter(parallel)
 
@@ -281,8 +273,10 @@ async def _republish_on_signal(offering: Offering) -> None:
 
 async def run_node(config: NodeConfig, *,
                    main: Callable[[AnyNode], Awaitable[None]] | None = None,
-                   api: ApiSettings | None = None,
+                   api: ApiSettings | None = None, stopping: trio.Event | None = None,
                    task_status: TaskStatus[AnyNode] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a node until cancelled, until ``main`` returns, or (gracefully: a provider first
+    withdraws its offer while its connections are up) until ``stopping`` is set."""
     key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))
     p2p_config = P2PConfig(
         listen_host=config.listen_host,
@@ -330,7 +324,7 @@ async def run_node(config: NodeConfig, *,
         await nursery.start(_nat(rt, offering).run)
         if offering is not None:
             await nursery.start(offering.publisher.run)
-            nursery.start_soon(_watch_peers, node, offering.publisher.changed)
+            nursery.start_soon(_republish_once_joined, node, offering.publisher.changed)
             if threading.current_thread() is threading.main_thread():
                 nursery.start_soon(_republish_on_signal, offering)
         if config.status_file is not None:
@@ -346,10 +340,23 @@ async def run_node(config: NodeConfig, *,
             # the renter commands find their node's API here, from any folder
             write_addr_file(config.data_dir / API_FILE, json.dumps({"url": api_url}))
             log.info("local API on %s/docs", api_url)
+        if stopping is not None:
+            nursery.start_soon(_stop_when, stopping, offering, nursery.cancel_scope)
         task_status.started(rt)
         if main is not None:
             await main(rt)
             nursery.cancel_scope.cancel()
+
+
+async def _stop_when(stopping: trio.Event, offering: Offering | None, scope: trio.CancelScope) -> None:
+    await stopping.wait()
+    if offering is not None:
+        with trio.move_on_after(3):
+            try:
+                await offering.publisher.withdraw_now("stopped")
+            except NetworkError as exc:
+                log.info("offer withdrawal failed: %s", exc)
+    scope.cancel()
 
 
 def api_node(rt: AnyNode) -> ApiNode:

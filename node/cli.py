@@ -128,12 +128,18 @@ def _leaves(group: BaseExceptionGroup[ConfigError]) -> list[ConfigError]:
     return out
 
 
-async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
-    """Run ``body``; SIGTERM/SIGINT cancel it so every service shuts down cleanly."""
+async def until_signal(body: Callable[[], Awaitable[None]], *, stopping: trio.Event | None = None,
+                       grace_s: float = 5.0) -> None:
+    """Run ``body``; SIGTERM/SIGINT cancel it so every service shuts down cleanly. With
+    ``stopping``, the signal first sets it and gives ``body`` up to ``grace_s`` to return by
+    itself (a provider withdraws its offer while its connections are still up)."""
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
+                    if stopping is not None:
+                        stopping.set()
+                        await trio.sleep(grace_s)
                     nursery.cancel_scope.cancel()
                     return
 
@@ -211,12 +217,16 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
         main_fn = rent
 
     async def body() -> None:
-        await run_node(config, main=main_fn, api=api)
+        await run_node(config, main=main_fn, api=api, stopping=stopping)
 
+    async def run() -> None:
+        await until_signal(body, stopping=stopping)
+
+    stopping = trio.Event()
     refused: list[str] = []
     try:
         with hold_data_dir(config.data_dir):
-            trio.run(until_signal, body)
+            trio.run(run)
     except* ConfigError as group:  # a provider that cannot offer what it was asked to (no GPU, no runtime)
         refused.extend(str(exc) for exc in _leaves(group))
     if refused:

@@ -4,7 +4,8 @@ Money is an integer of the token's base unit (``int``, never ``float``); times a
 passed in by the caller. Strings and collections all have explicit bounds, so a message that
 passes validation also fits its frame. One ``TypeAdapter`` per direction of each stream:
 
-- gossip: :data:`GOSSIP_ADAPTER` (``Offer``)
+- gossip: :data:`GOSSIP_ADAPTER` (``Offer``); the offers topic also carries withdrawals:
+  :data:`OFFERS_TOPIC_ADAPTER` (``Offer``, ``OfferWithdrawal``)
 - negotiation: :data:`TO_PROVIDER_NEGOTIATION` (``JobRequest``, ``Accept``) and
   :data:`TO_RENTER_NEGOTIATION` (``Quote``, ``Reject``, ``Agreement``)
 - job session: :data:`TO_PROVIDER_JOB` (``JobSubmit``, ``JobCancel``) and :data:`TO_RENTER_JOB`
@@ -37,6 +38,7 @@ from .keys import PublicKey
 __all__ = [
     "GOSSIP_ADAPTER",
     "MESSAGE_TYPES",
+    "OFFERS_TOPIC_ADAPTER",
     "TO_PROVIDER_JOB",
     "TO_PROVIDER_NEGOTIATION",
     "TO_RENTER_JOB",
@@ -57,6 +59,7 @@ __all__ = [
     "LogChunk",
     "Message",
     "Offer",
+    "OfferWithdrawal",
     "PriceBasis",
     "Quote",
     "Reject",
@@ -208,6 +211,20 @@ class Offer(_Model):
     @property
     def simulated(self) -> bool:
         return any(g.simulated for g in self.gpus)
+
+
+class OfferWithdrawal(_Model):
+    """A provider takes its offer back (it stops or pauses): peers drop the offer at once.
+
+    It is ordered with the provider's offers by ``seq``: it removes an offer with a lower ``seq``,
+    and only an offer with a higher one (the provider resumed or restarted) is taken after it.
+    Signed by the provider like its offers, so nobody else can withdraw them."""
+
+    type: Literal["offer_withdrawal"] = "offer_withdrawal"
+    provider: Wallet
+    seq: Seq
+    issued_at: Timestamp
+    reason: Literal["stopped", "paused"] = "stopped"
 
 
 class InputRef(_Model):
@@ -469,13 +486,13 @@ class ResultRef(_Model):
 
 
 Message = (
-    Offer | JobRequest | Quote | Reject | Accept | Agreement | AgreementTerms
+    Offer | OfferWithdrawal | JobRequest | Quote | Reject | Accept | Agreement | AgreementTerms
     | JobSubmit | JobCancel | JobStatus | LogChunk | UsageReceipt | ResultRef
 )
 
 MESSAGE_TYPES: dict[str, type[_Model]] = {
     cls.model_fields["type"].default: cls
-    for cls in (Offer, JobRequest, Quote, Reject, Accept, Agreement, AgreementTerms,
+    for cls in (Offer, OfferWithdrawal, JobRequest, Quote, Reject, Accept, Agreement, AgreementTerms,
                 JobSubmit, JobCancel, JobStatus, LogChunk, UsageReceipt, ResultRef)
 }
 
@@ -490,6 +507,7 @@ def _adapter(*types: Any) -> TypeAdapter[Any]:
 
 
 GOSSIP_ADAPTER: TypeAdapter[Offer] = _adapter(Offer)
+OFFERS_TOPIC_ADAPTER: TypeAdapter[Offer | OfferWithdrawal] = _adapter(Offer, OfferWithdrawal)
 TO_PROVIDER_NEGOTIATION: TypeAdapter[JobRequest | Accept] = _adapter(JobRequest, Accept)
 TO_RENTER_NEGOTIATION: TypeAdapter[Quote | Reject | Agreement] = _adapter(Quote, Reject, Agreement)
 TO_PROVIDER_JOB: TypeAdapter[JobSubmit | JobCancel] = _adapter(JobSubmit, JobCancel)

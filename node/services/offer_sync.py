@@ -2,7 +2,8 @@
 
 Instead of every provider republishing whenever a node joins (a wave that reaches every node),
 the newcomer opens one stream to each new neighbour; the neighbour writes the signed envelopes
-of the offers it holds, cheapest first, one per frame, and closes. Every envelope goes through
+of the offers it holds, cheapest first, then the withdrawals still in force, one per frame, and
+closes. Every envelope goes through
 the same :class:`~dgpu.node.services.offers.OfferValidator` as gossip, with the neighbour as
 the forwarder (so its relay quota applies): nothing is trusted for coming this way. Both sides
 are bounded: ``MAX_SYNC_OFFERS`` frames and ``MAX_SYNC_BYTES`` in all, short deadlines.
@@ -41,7 +42,9 @@ class OfferSyncServer:
         self.served = 0
 
     def envelopes(self) -> list[bytes]:
-        held = [e.data for e in self.book.query(OfferQuery(include_simulated=True), now=self.clock()) if e.data]
+        now = self.clock()
+        held = [e.data for e in self.book.query(OfferQuery(include_simulated=True), now=now) if e.data]
+        held += self.book.withdrawals(now)
         out: list[bytes] = []
         size = 0
         for data in held:
