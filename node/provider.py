@@ -43,6 +43,7 @@ from dgpu.node.services.durable import DurableExecutor
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.jobs import JobService
+from dgpu.node.services.ledger_retry import retry_busy
 from dgpu.node.services.meter import Meter, build_usage_receipts
 from dgpu.node.services.negotiation import (
     Abandoners,
@@ -157,11 +158,11 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         log.warning("no ledger configured (--ledger-url): every escrow will be refused")
         mint, decimals, ledger_name, ledger_time = DEV_MINT, 6, "none", None
     else:
-        mint_info = await ledger.mint_info()
+        mint_info = await retry_busy(ledger.mint_info, what="reading the ledger's mint")
         mint, decimals, ledger_name, ledger_time = mint_info.address, mint_info.decimals, ledger.ledger, LedgerTime()
         if config.mint is not None and mint != config.mint:
             raise ConfigError(f"the ledger's program pins mint {mint}, not the configured {config.mint}")
-        await ledger_time.sync(ledger)
+        await retry_busy(lambda: ledger_time.sync(ledger), what="reading the ledger's clock")
     deadline_clock = ledger_time.now if ledger_time is not None else wall_clock
     speed = ledger_time.speed if ledger_time is not None else 1
     meter_interval_s = meter_minute_s(config, speed)

@@ -28,7 +28,8 @@ Errors, one tree for both ledgers, converted once in each client::
     ├── RequestRejected                the ledger refused the *request* itself (``.reason``): bad signature,
     │                                  replay, expired or malformed envelope, faucet limit, not in test mode
     ├── TransportError                 the ledger could not be reached or answered nonsense (HTTP, RPC)
-    │   └── LedgerTimeout              no answer within the timeout
+    │   ├── LedgerTimeout              no answer within the timeout
+    │   └── LedgerBusy                 refused for load (HTTP 429): nothing applied, retry later
     └── ConfirmationError              a transaction was sent but did not confirm (``.signature``)
         └── ConfirmationTimeout        not confirmed before the deadline: it may still land later
 
@@ -60,6 +61,7 @@ __all__ = [
     "EscrowRefused",
     "EscrowView",
     "InsufficientFunds",
+    "LedgerBusy",
     "LedgerError",
     "LedgerTimeout",
     "MintInfo",
@@ -284,6 +286,15 @@ class TransportError(ContractsError):
 
 class LedgerTimeout(TransportError):
     """The ledger did not answer in time; the request may or may not have been applied."""
+
+
+class LedgerBusy(TransportError):
+    """The ledger refused the request for load (a rate limit) before applying it: retry after
+    ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ConfirmationError(ContractsError):
