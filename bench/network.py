@@ -47,6 +47,7 @@ from dgpu.node.adapters.p2p import P2PConfig, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.services.negotiation import negotiate
+from dgpu.node.services.offer_sync import sync_from_new_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.node.services.renter import LedgerFunder
 from dgpu.protocol.escrow import RentalIds
@@ -249,9 +250,10 @@ async def _negotiate_rounds(boot: str, key: SigningKey, ledger: DevLedgerEscrow,
     async with open_node(key, P2PConfig(gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES))
                          ) as node, trio.open_nursery() as nursery:
         book = OfferBook()
-        await node.subscribe(OFFERS_TOPIC, OfferValidator(book, clock=lambda: int(time.time()),
-                                                          accept_simulated=True))
+        validator = OfferValidator(book, clock=lambda: int(time.time()), accept_simulated=True)
+        await node.subscribe(OFFERS_TOPIC, validator)
         await nursery.start(Discovery(node, [boot], RENDEZVOUS_NAMESPACE, advertise=False).run)
+        nursery.start_soon(sync_from_new_peers, node, validator)  # as a renter node does
         with trio.fail_after(60):
             while len(book) == 0:
                 await trio.sleep(0.2)

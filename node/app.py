@@ -20,6 +20,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -42,7 +43,7 @@ from dgpu.node.ports.gpu import GpuScan, GpuSource
 from dgpu.node.provider import Offering, start_offering
 from dgpu.node.services import blobs
 from dgpu.node.services.inventory import select_gpus
-from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_offers
+from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_from_new_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
@@ -192,29 +193,6 @@ def _nat(rt: AnyNode, offering: Offering | None) -> NatTraversal:
                         reserve=offering is not None, on_addrs_changed=readdress)
 
 
-async def _sync_from_new_peers(node: P2PNode, validator: OfferValidator, *, poll_s: float = 0.5,
-                               parallel: int = 4) -> None:
-    """Ask each peer first seen on the offers topic for the offers it holds (offer sync), so a
-    node that joins sees the current offers at once, not at the next republish. (Providers do
-    not republish when peers join: with 30 nodes that wave was ~280 publications at start-up.)"""
-    seen: set[str] = set()
-    limiter = trio.CapacityLimiter(parallel)
-
-    async def sync(peer: str) -> None:
-        async with limiter:
-            accepted = await sync_offers(node, peer, validator)
-        if accepted:
-            log.info("offer sync from %s: %d offer(s)", peer, accepted)
-
-    async with trio.open_nursery() as nursery:
-        while True:
-            peers = set(node.topic_peers(OFFERS_TOPIC))
-            for peer in peers - seen:
-                nursery.start_soon(sync, peer)
-            seen = seen | peers if len(seen) < 10_000 else peers  # bounded; forgetting costs one sync
-            await trio.sleep(poll_s)
-
-
 def _offering(rt: AnyNode) -> Offering | None:
     return rt.offering if isinstance(rt, ProviderNode) else None
 
@@ -318,8 +296,8 @@ async def run_node(config: NodeConfig, *,
         else:
             rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger)
         metrics.set_runtime(lambda: runtime_stats(rt))
-        await nursery.start(discovery.run)
-        nursery.start_soon(_sync_from_new_peers, node, validator)
+        await nursery.start(partial(discovery.run, max_join_tries=config.join_tries))
+        nursery.start_soon(sync_from_new_peers, node, validator)
         offering = _offering(rt)
         await nursery.start(_nat(rt, offering).run)
         if offering is not None:

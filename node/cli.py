@@ -109,6 +109,9 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--reachability", choices=["auto", "public", "private"], default="auto",
                    help="provider: auto-detect (dial-back by bootstrap nodes) or force; "
                         "not public = reserve relay slots on the bootstrap nodes")
+    n.add_argument("--join-tries", type=int, default=8, metavar="N",
+                   help="rounds of dialling the bootstrap nodes (backoff 0.25 s doubling to 10 s) before "
+                        "giving up with 'no bootstrap node reachable'")
     n.add_argument("--bootstrap-url", default=None, help="HTTP URL of a bootstrap node (login, storage)")
     n.add_argument("--api-admin", action="append", default=[], metavar="WALLET",
                    help="another wallet allowed to use the API")
@@ -182,7 +185,7 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
             claim_interval_s=args.claim_interval,
             billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
             meter_interval_s=args.meter_interval, start_window_s=args.start_window,
-            reachability=args.reachability,
+            reachability=args.reachability, join_tries=args.join_tries,
         )
         api = None
         if args.api_port is not None:

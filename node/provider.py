@@ -189,7 +189,7 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
                           bounds=MultiplierBounds(config.price_multiplier_low, config.price_multiplier_high))
     publisher = OfferPublisher(
         key, inventory, OfferTerms(mint=mint, ledger=ledger_name, region=config.region, executors=offered,
-                                   addrs=tuple(node.addrs)),
+                                   addrs=tuple(node.addrs), images=config.allowed_images),
         publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s, reprice=pricer.reprice)
     agreements = AgreementStore()
     abandoners = Abandoners(clock=wall_clock)

@@ -50,6 +50,7 @@ __all__ = [
     "Executor",
     "GpuSample",
     "GpuSpec",
+    "ImagePattern",
     "InputRef",
     "JobCancel",
     "JobRequest",
@@ -67,6 +68,7 @@ __all__ = [
     "ResultRef",
     "UsageReceipt",
     "digest",
+    "image_allowed",
 ]
 
 U64_MAX = 2**64 - 1
@@ -156,7 +158,15 @@ class PriceBasis(_Model):
 
 #: Offer fields added after version 1: left out of the wire form when unset, so an offer signed
 #: by a node that does not know them still verifies (the signature covers the dumped fields)
-_OFFER_OPTIONAL = ("pricing", "free_gpus")
+_OFFER_OPTIONAL = ("pricing", "free_gpus", "images")
+
+#: an allowed image: an exact reference, or a prefix ending in ``*`` (``pytorch/pytorch:*``)
+ImagePattern = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[a-z0-9][\w.:/@+*-]*$")]
+
+
+def image_allowed(patterns: tuple[str, ...], image: str) -> bool:
+    """Whether ``image`` is one of ``patterns`` (exact names, or prefixes ending in ``*``)."""
+    return any(image == p or (p.endswith("*") and image.startswith(p[:-1])) for p in patterns)
 
 
 class Offer(_Model):
@@ -183,6 +193,8 @@ class Offer(_Model):
     pricing: PriceBasis | None = None
     #: GPUs no rental holds now (capacity follows leases); absent: unknown (older nodes)
     free_gpus: Annotated[int, Field(ge=0, le=1024, strict=True)] | None = None
+    #: the Docker images it runs (docker executor); absent: not said (older nodes, no docker)
+    images: Annotated[tuple[ImagePattern, ...], Field(max_length=16)] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_unset_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -211,6 +223,10 @@ class Offer(_Model):
     @property
     def simulated(self) -> bool:
         return any(g.simulated for g in self.gpus)
+
+    def allows_image(self, image: str) -> bool:
+        """False only when the offer lists its images and ``image`` is not one of them."""
+        return self.images is None or image_allowed(self.images, image)
 
 
 class OfferWithdrawal(_Model):

@@ -81,6 +81,8 @@ class OfferQuery:
     max_price_per_minute: int | None = None
     executor: Executor | None = None
     include_simulated: bool = False
+    #: the Docker image the job runs (offers listing their images must allow it)
+    image: str | None = None
 
     def matches(self, offer: Offer) -> bool:
         return self.rejection(offer) is None
@@ -91,6 +93,9 @@ class OfferQuery:
             return "simulated GPU (hidden unless simulated offers are accepted)"
         if self.executor is not None and self.executor not in offer.executors:
             return f"runs {'/'.join(e.value for e in offer.executors)} jobs, not {self.executor.value}"
+        if self.image is not None and not offer.allows_image(self.image):
+            allowed = ", ".join(offer.images[:3]) if offer.images else "none"
+            return f"image {self.image} not allowed (it runs {allowed}{', ...' if len(offer.images or ()) > 3 else ''})"
         if self.region is not None and offer.region != self.region:
             return f"region {offer.region}, not {self.region}"
         want = self.gpu_model.casefold() if self.gpu_model else None
@@ -118,12 +123,13 @@ class _Facts:
     simulated: bool
     #: (model casefolded, VRAM MiB, count) per GPU kind
     gpus: tuple[tuple[str, int, int], ...]
+    offer: Offer
 
     @classmethod
     def of(cls, offer: Offer) -> _Facts:
         return cls(offer.provider, offer.region, offer.price_per_minute, max(g.vram_mib for g in offer.gpus),
                    frozenset(offer.executors), offer.simulated,
-                   tuple((g.model.casefold(), g.vram_mib, g.count) for g in offer.gpus))
+                   tuple((g.model.casefold(), g.vram_mib, g.count) for g in offer.gpus), offer)
 
 
 #: the other orders a query can return: (fact, descending) re-sorts of the price order, which
@@ -297,7 +303,7 @@ class OfferBook:
         thousands must not feed the garbage collector)."""
         self.drop_expired(now)
         want = q.gpu_model.casefold() if q.gpu_model else None
-        region, max_price, executor = q.region, q.max_price_per_minute, q.executor
+        region, max_price, executor, image = q.region, q.max_price_per_minute, q.executor, q.image
         min_vram, count_wanted, simulated_ok = q.min_vram_mib, q.gpu_count, q.include_simulated
         hits = []
         for price, _, _, f, _ in self._order:
@@ -305,7 +311,8 @@ class OfferBook:
                 break  # price order: nothing further can match
             if ((region is not None and f.region != region)
                     or (executor is not None and executor not in f.executors)
-                    or (f.simulated and not simulated_ok)):
+                    or (f.simulated and not simulated_ok)
+                    or (image is not None and not f.offer.allows_image(image))):
                 continue
             for model, vram, count in f.gpus:
                 if (want is None or model == want) and vram >= min_vram and count >= count_wanted:

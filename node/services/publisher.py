@@ -39,6 +39,8 @@ class OfferTerms:
     executors: tuple[Executor, ...] = (Executor.SCRIPT,)
     #: where to dial us (at most 8 go into the offer)
     addrs: tuple[str, ...] = ()
+    #: the Docker images renters may run (exact, or prefixes ending in ``*``; 16 go into the offer)
+    images: tuple[str, ...] = ()
 
 
 class OfferPublisher:
@@ -103,6 +105,7 @@ class OfferPublisher:
                                        else price_per_gpu_minute),
                      mint=t.mint, ledger=t.ledger, region=t.region, executors=t.executors, seq=0,
                      issued_at=now, expires_at=now + self.ttl_s, pricing=pricing,
+                     images=t.images[:16] if Executor.DOCKER in t.executors else None,
                      free_gpus=min(len(self.inventory.free()), sum(g.count for g in listed)) if gpus is None else None)
 
     def update_profile(self, *, price_per_gpu_minute: int | None = None, region: str | None = None,

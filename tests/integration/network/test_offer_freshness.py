@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 async def _reaches(renter: Any, offer: Offer) -> None:
     """One negotiation with the provider of ``offer``; its refusal (no H100 here) proves it answered."""
-    with pytest.raises(RejectedError, match="H100|gpu"):
+    with pytest.raises(RejectedError, match="gpu_mismatch"):
         await negotiate(renter.node, renter.key, offer, job(gpu_model="H100"), escrow=renter.funder(),
                         clock=clock, nonce=nonce)
 
