@@ -135,7 +135,7 @@ def _spawn(workdir: Path, *args: str) -> subprocess.Popen[bytes]:
 
 def _wait_file(path: Path, timeout: float) -> str:
     end = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and path.read_text().strip()):  # written, not only created
         if time.monotonic() > end:
             raise TimeoutError(str(path))
         time.sleep(0.05)
@@ -239,7 +239,7 @@ def rtt(rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10, 30], help="gossip sizes (none: RTT only)")
     ap.add_argument("--publishes", type=int, default=20)
     ap.add_argument("--gap", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=30)
