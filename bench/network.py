@@ -107,8 +107,12 @@ class Swarm:
                 f"RTX 4090:24576:{1 + i % 4}", "--price", str(100 + i), "--max-jobs", "64",
                 "--ledger-url", self.ledger_url, "--status-file", str(st), "--accept-simulated"])
             addrs.append(a)
-        for a in addrs:
-            self._wait(a, timeout=120 + 3 * self.n)  # 2 cores start ~1 node a second
+        for i, a in enumerate(addrs):
+            try:
+                self._wait(a, timeout=120 + 3 * self.n)  # 2 cores start ~1 node a second
+            except TimeoutError:  # say why before the folder is removed
+                tail = (self.dir / f"n{i}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"node n{i} did not start (exit code {self.procs[i + 1].poll()}):\n{tail}") from None
 
     def statuses(self) -> list[dict[str, Any]]:
         out = []
