@@ -6,6 +6,7 @@ Registered on the top-level ``dgpu`` command by ``dgpu.client.main``.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,20 @@ def add_bootstrap_command(sub: Any) -> None:
 
 
 def run_bootstrap_command(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from dgpu.bootstrap.service import LedgerSettings, run_bootstrap_services
     from dgpu.node.adapters.data_lock import hold_data_dir
     from dgpu.node.config import BootstrapConfig
     from dgpu.node.data_dir import resolve_data_dir
 
-    config = BootstrapConfig(data_dir=resolve_data_dir(args.data_dir, "bootstrap"), listen_host=args.host,
-                             listen_port=args.port, addr_file=args.addr_file,
-                             log_level=args.log_level)
+    try:
+        config = BootstrapConfig(data_dir=resolve_data_dir(args.data_dir, "bootstrap"), listen_host=args.host,
+                                 listen_port=args.port, addr_file=args.addr_file, log_level=args.log_level,
+                                 metrics_host=args.metrics_host, metrics_port=args.metrics_port)
+    except ValidationError as exc:
+        print(f"dgpu bootstrap: invalid configuration: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
     ledger = LedgerSettings(enabled=not args.no_ledger, clock_speed=args.ledger_clock_speed,
                             test_mode=args.ledger_test_mode)
 

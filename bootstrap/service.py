@@ -27,6 +27,8 @@ from dgpu.contracts.devledger.server import ledger_router
 from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.http_server import serve_http
 from dgpu.node.adapters.keystore import load_or_create
+from dgpu.node.adapters.metrics_http import serve_metrics
+from dgpu.node.adapters.p2p_metrics import P2PCollector
 from dgpu.node.config import BootstrapConfig
 
 if TYPE_CHECKING:
@@ -87,8 +89,13 @@ async def run_bootstrap_services(
             db_path=config.data_dir / "ledger.sqlite3", clock_speed=ledger.clock_speed,
             test_mode=ledger.test_mode, fee_bps=ledger.fee_bps)))
     app = create_app(http_config, extra_routers=routers, node_key=Ed25519PrivateKey.from_private_bytes(key.seed))
+    registry = app.state.bootstrap.metrics.registry
     async with trio.open_nursery() as nursery:
         node = await nursery.start(run_bootstrap, config)
+        registry.register(P2PCollector(node))  # connections, streams, refusals, relay reservations
+        if config.metrics_port is not None:  # the same registry the HTTP app's /metrics serves
+            metrics_port = await nursery.start(serve_metrics, registry, config.metrics_host, config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_port)
         port = await nursery.start(partial(serve_http, app, http_host, http_port, limits=http_config.connections))
         url = f"http://{http_host}:{port}"
         if url_file is not None:

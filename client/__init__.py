@@ -11,6 +11,7 @@ from .client import RentalResult as RentalResult
 from .errors import ClientError as ClientError
 from .errors import EscrowFailed as EscrowFailed
 from .errors import JobFailed as JobFailed
+from .errors import LedgerUnavailable as LedgerUnavailable
 from .errors import NegotiationFailed as NegotiationFailed
 from .errors import NoOffersError as NoOffersError
 from .sync import SyncClient as SyncClient
@@ -20,6 +21,7 @@ __all__ = [
     "ClientError",
     "EscrowFailed",
     "JobFailed",
+    "LedgerUnavailable",
     "NegotiationFailed",
     "NoOffersError",
     "OfferInfo",

@@ -94,17 +94,21 @@ def add_commands(subparsers: Any) -> None:
                    help="ship a file to the job (read-only under /inputs, or $HOME/inputs for scripts); repeatable")
     p.add_argument("--input-root", action="append", default=[], metavar="DIR",
                    help="--input files must lie under this folder (repeatable; default: the current folder)")
+    p.add_argument("--stop-on-disconnect", action="store_true",
+                   help="stop the job if the node loses it (by default a batch job runs on until it ends or its "
+                        "paid minutes run out, and `dgpu jobs attach ID` follows it again)")
     p.set_defaults(handler=_wrap(cmd_rent))
 
-    p = subparsers.add_parser("jobs", help="list, show, follow, cancel API jobs or download their results",
+    p = subparsers.add_parser("jobs", help="list, show, follow, attach, cancel API jobs or download their results",
                               formatter_class=fmt,
                               description="Jobs submitted through the node's API.\n\n" + HELP)
     _common(p)
-    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "cancel", "result"], default="list",
-                   help="what to do")
+    p.add_argument("action", nargs="?", choices=["list", "show", "logs", "attach", "cancel", "result"],
+                   default="list", help="what to do (attach: follow a job again after the node went away, by job "
+                                        "or agreement id: the rest of its logs, its result with --out, settlement)")
     p.add_argument("job_id", nargs="?", default=None, help="a job id, or `last` for the newest job")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="result: unpack the job's outputs here (default ./result-ID)")
+                   help="result, attach: unpack the job's outputs here (result: default ./result-ID)")
     p.add_argument("--state", default=None, choices=["pending", "running", "finished", "failed", "cancelled",
                                                      "expired"], help="list: only jobs in this state")
     p.add_argument("--limit", type=int, default=50, help="list: at most this many jobs; logs: the last N lines")

@@ -42,7 +42,8 @@ class Client(Renter):
                  billing_policy: BillingPolicy | None = None) -> None:
         super().__init__(runtime.node, runtime.key, runtime.book, runtime.blobs, ledger,
                          accept_simulated=runtime.config.accept_simulated, clock=wall_clock, nonce=new_nonce,
-                         billing_policy=billing_policy)
+                         billing_policy=billing_policy, rentals=runtime.store,
+                         settlements=runtime.settlements if ledger is runtime.ledger else None)
         self.runtime = runtime
 
     @classmethod

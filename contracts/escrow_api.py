@@ -7,7 +7,7 @@ depend on the interface without loading a ledger client (see that module's docst
 
 from __future__ import annotations
 
-from dgpu.protocol.ledger import Action, EscrowHandle, EscrowLedger, EscrowReceipt, EscrowView, MintInfo
+from dgpu.protocol.ledger import Action, EscrowHandle, EscrowLedger, EscrowReceipt, EscrowView, MintInfo, Settlement
 
 __all__ = [
     "Action",
@@ -16,4 +16,5 @@ __all__ = [
     "EscrowReceipt",
     "EscrowView",
     "MintInfo",
+    "Settlement",
 ]

@@ -12,7 +12,9 @@ What a receipt reports: the amounts are the differences of the escrow account be
 the transaction, except for the exits (close, settle_expired, refund_unstarted), which close the
 escrow's account: theirs are the transaction's token movements (getTransaction). ``now`` is
 ``started_at`` for ``start``, the block time for exits, and otherwise the Clock sysvar read right
-after confirmation. The mint's decimals are read from the mint account. No floats anywhere.
+after confirmation. A settled escrow's whole accounting (:meth:`SolanaEscrow.settlement`) is summed
+from the token movements of every transaction that named it, since its account is gone. The
+mint's decimals are read from the mint account. No floats anywhere.
 
 The program cannot be built to SBF on these machines; ``tests/contracts/test_local_rpc.py`` runs
 this client against the program executing natively behind the local development endpoint
@@ -60,7 +62,7 @@ from .errors import (
     ProgramError,
     TransportError,
 )
-from .escrow_api import Action, EscrowHandle, EscrowReceipt, EscrowView, MintInfo
+from .escrow_api import Action, EscrowHandle, EscrowReceipt, EscrowView, MintInfo, Settlement
 
 __all__ = ["SolanaEscrow"]
 
@@ -282,10 +284,8 @@ class SolanaEscrow:
                              deposited=diff("deposited"), paid=diff("paid"), fee=diff("fee_paid"),
                              refunded=diff("refunded"))
 
-    async def _exit_receipt(self, action: Action, handle: EscrowHandle, config: ix.ConfigAccount,
-                            signature: str) -> EscrowReceipt:
-        """An exit closes the escrow's account, so its receipt is the transaction's token movements
-        (``refunded`` includes any dust that was in the vault)."""
+    async def _transaction(self, signature: str) -> tuple[Any, list[Pubkey], int | None]:
+        """A confirmed transaction's metadata, its account keys and its block time."""
         resp = await self._rpc(self._client.get_transaction(
             Signature.from_string(signature), commitment=self._commitment, max_supported_transaction_version=0))
         found = resp.value
@@ -293,21 +293,60 @@ class SolanaEscrow:
         message = found.transaction.transaction.message if found is not None else None
         if found is None or meta is None or not isinstance(message, UiRawMessage):
             raise TransportError(f"transaction {signature} confirmed but its metadata is not available")
-        keys = message.account_keys
+        return meta, list(message.account_keys), found.block_time
 
-        def moved(owner: str, account: Pubkey | None = None) -> int:
-            address = account or get_associated_token_address(Pubkey.from_string(owner), config.mint)
-            total = 0
-            for sign, balances in ((-1, meta.pre_token_balances), (1, meta.post_token_balances)):
-                for b in balances or []:
-                    if keys[b.account_index] == address:
-                        total += sign * int(b.ui_token_amount.amount)
-            return total
+    def _token_account(self, owner: str, config: ix.ConfigAccount) -> Pubkey:
+        return get_associated_token_address(Pubkey.from_string(owner), config.mint)
 
-        now = found.block_time if found.block_time is not None else await self.now()
+    async def _exit_receipt(self, action: Action, handle: EscrowHandle, config: ix.ConfigAccount,
+                            signature: str) -> EscrowReceipt:
+        """An exit closes the escrow's account, so its receipt is the transaction's token movements
+        (``refunded`` includes any dust that was in the vault)."""
+        meta, keys, block_time = await self._transaction(signature)
+        now = block_time if block_time is not None else await self.now()
         return EscrowReceipt(action=action, escrow=handle, now=now, tx=signature, deposited=0,
-                             paid=moved(handle.provider), fee=moved("", config.treasury),
-                             refunded=moved(handle.renter))
+                             paid=_moved(meta, keys, self._token_account(handle.provider, config)),
+                             fee=_moved(meta, keys, config.treasury),
+                             refunded=_moved(meta, keys, self._token_account(handle.renter, config)))
+
+    async def settlement(self, escrow: EscrowHandle) -> Settlement | None:
+        """The settled escrow's accounting, summed from every landed transaction naming it
+        (getSignaturesForAddress, then getTransaction each): deposits are the renter's token
+        outflows, payments the provider's and the treasury's inflows, the refund the renter's
+        inflow at the exit (the transaction that left the escrow's account without lamports).
+        ``None`` while no exit has landed. A rental of ``n`` claims costs ``n + 4`` reads or so."""
+        config = await self.config()
+        key = Pubkey.from_string(escrow.address)
+        renter_token, provider_token = (self._token_account(escrow.renter, config),
+                                        self._token_account(escrow.provider, config))
+        signatures: list[str] = []
+        before: Signature | None = None
+        for _ in range(_HISTORY_PAGES):
+            page = (await self._rpc(self._client.get_signatures_for_address(
+                key, before=before, limit=_HISTORY_PAGE, commitment=self._commitment))).value
+            signatures += [str(s.signature) for s in page if s.err is None]
+            if len(page) < _HISTORY_PAGE:
+                break
+            before = page[-1].signature
+        else:
+            raise TransportError(f"escrow {escrow.address} has more than {_HISTORY_PAGES * _HISTORY_PAGE} "
+                                 "transactions")
+        deposited = paid = fee = refunded = 0
+        exit_tx: str | None = None
+        for signature in signatures:
+            meta, keys, _ = await self._transaction(signature)
+            renter_moved = _moved(meta, keys, renter_token)
+            paid += _moved(meta, keys, provider_token)
+            fee += _moved(meta, keys, config.treasury)
+            at = keys.index(key) if key in keys else None
+            if at is not None and meta.pre_balances[at] > 0 and meta.post_balances[at] == 0:  # it closed here
+                exit_tx, refunded = signature, renter_moved
+            else:
+                deposited -= renter_moved
+        if exit_tx is None:
+            return None
+        return Settlement(escrow=escrow, deposited=deposited, paid=paid, fee=fee, refunded=refunded,
+                          exit_tx=exit_tx)
 
     async def open(
         self, rental_id: int, provider: str, rate_per_minute: int, max_minutes: int, start_deadline: int
@@ -370,6 +409,19 @@ class SolanaEscrow:
 
 _BLOCKHASH_RETRIES = 3
 _EXITS = ("close", "settle_expired", "refund_unstarted")
+#: getSignaturesForAddress pages read for one settlement (1000 signatures a page)
+_HISTORY_PAGE = 1000
+_HISTORY_PAGES = 10
+
+
+def _moved(meta: Any, keys: list[Pubkey], account: Pubkey) -> int:
+    """What ``account``'s token balance gained in a transaction (negative: lost)."""
+    total = 0
+    for sign, balances in ((-1, meta.pre_token_balances), (1, meta.post_token_balances)):
+        for b in balances or []:
+            if keys[b.account_index] == account:
+                total += sign * int(b.ui_token_amount.amount)
+    return total
 
 
 def _custom_code(err: Any) -> int | None:

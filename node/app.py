@@ -29,10 +29,13 @@ import trio
 from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus
 from dgpu.node.adapters.keystore import load_or_create
+from dgpu.node.adapters.metrics_http import serve_metrics
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
+from dgpu.node.adapters.p2p_metrics import P2PCollector
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.adapters.reachability import NatTraversal
+from dgpu.node.adapters.settlement_store import SettlementStore
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
 from dgpu.node.config import NodeConfig
@@ -42,9 +45,12 @@ from dgpu.node.metrics import NodeMetrics, RuntimeStats
 from dgpu.node.ports.gpu import GpuScan, GpuSource
 from dgpu.node.provider import Offering, start_offering
 from dgpu.node.services import blobs
+from dgpu.node.services.billing import synced_time
+from dgpu.node.services.instrumented_ledger import InstrumentedLedger
 from dgpu.node.services.inventory import select_gpus
 from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_from_new_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
+from dgpu.node.services.settlement import Settlements
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import EscrowLedger
@@ -91,6 +97,12 @@ class NodeRuntime:
     ledger: EscrowLedger | None
     #: the local HTTP API's port, once it listens (``run_node(api=...)``)
     api_port: int | None = None
+    #: the ledger actions that end this node's rentals, kept until they land (None without a ledger)
+    settlements: Settlements | None = None
+    #: the ``/metrics`` server's port, once it listens (``config.metrics_port``)
+    metrics_port: int | None = None
+    #: the node's database: a provider's jobs, a renter's rentals (re-attached after a restart)
+    store: Store | None = None
 
 
 @dataclass
@@ -227,10 +239,14 @@ def runtime_stats(rt: AnyNode) -> RuntimeStats:
         jobs["running"] = len(offering.jobs.running)
         for state in offering.jobs.finished.values():
             jobs[str(state)] = jobs.get(str(state), 0) + 1
+    rentals: dict[str, int] = {}
+    if offering is not None:
+        rentals = {"agreed": offering.inventory.awaiting_jobs, "billing": len(offering.billing)}
     return RuntimeStats(
         peers=len(rt.node.connected_peers()), offer_book_size=len(rt.book),
         offers_accepted=rt.validator.accepted, offers_rejected=dict(rt.validator.rejected),
-        negotiations=dict(offering.negotiator.outcomes) if offering is not None else {}, jobs=jobs)
+        negotiations=dict(offering.negotiator.outcomes) if offering is not None else None, jobs=jobs,
+        rentals=rentals, gpus=tuple(offering.monitor.readings()) if offering is not None else ())
 
 
 async def _write_status(rt: AnyNode, path: Path) -> None:
@@ -264,11 +280,15 @@ async def run_node(config: NodeConfig, *,
     )
     source = gpu_source(config, key) if config.role == "provider" else None
     scan = await scan_offered(config, source) if source is not None else None  # before any network
+    metrics = NodeMetrics()
     async with contextlib.AsyncExitStack() as stack:
-        ledger = open_ledger(config, key)
-        if ledger is not None:
+        client = open_ledger(config, key)
+        ledger: EscrowLedger | None = None
+        if client is not None:  # every service's ledger calls are counted through this one object
+            ledger = InstrumentedLedger(client, metrics)
             stack.push_async_callback(_close_shielded, ledger.aclose)
         node = await stack.enter_async_context(open_node(key, p2p_config))
+        metrics.register(P2PCollector(node))
         book = OfferBook()
         validator = OfferValidator(book, clock=wall_clock,
                                    accept_simulated=config.accept_simulated or bool(
@@ -281,20 +301,30 @@ async def run_node(config: NodeConfig, *,
                               advertise=config.role == "provider")
         shelf = blobs.BlobShelf(config.data_dir / "blobs")
         blobs.register(node, shelf)
-        metrics = NodeMetrics()
-        store = None
-        if config.role == "provider":  # opened before the nursery, so it closes after every job task
-            store = await Store.open(config.data_dir / "node.sqlite3")
-            stack.push_async_callback(store.close)
+        # opened before the nursery, so it closes after every job task
+        store = await Store.open(config.data_dir / "node.sqlite3")
+        stack.push_async_callback(store.close)
+        settle_store = None
+        if ledger is not None:
+            settle_store = await SettlementStore.open(config.data_dir / "settlements.sqlite3")
+            stack.push_async_callback(settle_store.close)
         nursery = await stack.enter_async_context(trio.open_nursery())
         rt: AnyNode
-        if store is not None and source is not None and scan is not None:
+        if source is not None and scan is not None:
             offering = await start_offering(config, key, node, source=source, scan=scan, shelf=shelf, book=book,
-                                            ledger=ledger, store=store, metrics=metrics, nursery=nursery)
+                                            ledger=ledger, store=store, settle_store=settle_store, metrics=metrics,
+                                            nursery=nursery)
             rt = ProviderNode(config, key, node, book, validator, discovery, metrics, shelf, ledger,
-                              offering=offering)
+                              store=store, offering=offering,
+                              settlements=offering.settlements if offering else None)
         else:
-            rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger)
+            settlements = None
+            if ledger is not None and settle_store is not None:
+                settlements = Settlements(ledger, settle_store, ledger_now=(await synced_time(ledger)).now,
+                                          retry_max_s=config.settle_retry_max_s)
+                await nursery.start(settlements.run)
+            rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger, store=store,
+                            settlements=settlements)
         metrics.set_runtime(lambda: runtime_stats(rt))
         await nursery.start(partial(discovery.run, max_join_tries=config.join_tries))
         nursery.start_soon(sync_from_new_peers, node, validator)
@@ -307,6 +337,10 @@ async def run_node(config: NodeConfig, *,
                 nursery.start_soon(_republish_on_signal, offering)
         if config.status_file is not None:
             nursery.start_soon(_write_status, rt, config.status_file)
+        if config.metrics_port is not None:
+            rt.metrics_port = await nursery.start(serve_metrics, metrics.registry, config.metrics_host,
+                                                  config.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", config.metrics_host, rt.metrics_port)
         if config.addr_file is not None:
             write_addr_file(config.addr_file, node.multiaddr)
         log.info("%s %s listening on %s", config.role, key.public_key.wallet, node.multiaddr)
@@ -344,7 +378,8 @@ def api_node(rt: AnyNode) -> ApiNode:
     offering = _offering(rt)
     return ApiNode(key=rt.key, network=rt.node, book=rt.book, shelf=rt.blobs, metrics=rt.metrics, ledger=rt.ledger,
                    data_dir=rt.config.data_dir, accept_simulated=rt.config.accept_simulated, clock=wall_clock,
-                   nonce=new_nonce, publisher=offering.publisher if offering is not None else None)
+                   nonce=new_nonce, publisher=offering.publisher if offering is not None else None,
+                   rentals=rt.store, settlements=rt.settlements)
 
 
 async def _close_shielded(aclose: Callable[[], Awaitable[None]]) -> None:

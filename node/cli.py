@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -21,8 +22,9 @@ from dgpu.node.errors import ConfigError
 
 if TYPE_CHECKING:
     from dgpu.node.app import NodeRuntime
+    from dgpu.node.config import NodeConfig
 
-__all__ = ["RentOnce", "add_common_options", "add_node_command", "run_node_command", "until_signal"]
+__all__ = ["RentOnce", "add_common_options", "add_node_command", "node_config", "run_node_command", "until_signal"]
 
 
 class RentOnce(Protocol):
@@ -33,7 +35,7 @@ class RentOnce(Protocol):
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
-    """Identity, listen address and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
+    """Identity, listen address, metrics and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
     p.add_argument("--data-dir", type=Path, default=None,
                    help="identity and state (identity.json is created on first run, mode 0600); default "
                         "$DGPU_DATA_DIR, else $XDG_DATA_HOME/dgpu/ROLE (~/.local/share/dgpu/ROLE); one process "
@@ -42,6 +44,11 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0, help="listen port (0: the kernel picks)")
     p.add_argument("--addr-file", type=Path, default=None,
                    help="write the full multiaddr here once listening")
+    p.add_argument("--metrics-port", type=int, default=os.environ.get("DGPU_METRICS_PORT"), metavar="PORT",
+                   help="serve Prometheus /metrics on this port, with or without the local API (default "
+                        "$DGPU_METRICS_PORT, else off; 0: the kernel picks)")
+    p.add_argument("--metrics-host", default=os.environ.get("DGPU_METRICS_HOST", "127.0.0.1"),
+                   help="the /metrics server's listen address (default $DGPU_METRICS_HOST, else loopback)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                    type=str.upper, help="INFO: what an operator must know; DEBUG adds libp2p's and HTTP's chatter")
 
@@ -85,20 +92,30 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--ledger-url", default=None,
                    help="development ledger (a bootstrap node's HTTP URL): providers verify and claim escrows, "
                         "renters fund them")
-    n.add_argument("--ledger", choices=["dev", "solana"], default="dev",
-                   help="escrow ledger: the development ledger (--ledger-url) or the Solana program")
-    n.add_argument("--solana-rpc", default=None, help="--ledger solana: the cluster's JSON-RPC URL")
-    n.add_argument("--program-id", default=None, help="--ledger solana: the dgpu_escrow program id")
-    n.add_argument("--mint", default=None, help="--ledger solana: the mint the program must pin (checked)")
-    n.add_argument("--commitment", choices=["processed", "confirmed", "finalized"], default="confirmed",
-                   help="--ledger solana: the commitment transactions are confirmed at")
-    n.add_argument("--compute-unit-price", type=int, default=None, help="micro-lamports per CU (priority fee)")
+    # the Solana settings default to None: unset, $DGPU_* (node/solana_env.py) fills them in
+    n.add_argument("--ledger", choices=["dev", "solana"], default=None,
+                   help="escrow ledger: the development ledger (--ledger-url) or the Solana program "
+                        "(default $DGPU_LEDGER, else dev)")
+    n.add_argument("--solana-rpc", default=None,
+                   help="--ledger solana: the cluster's JSON-RPC URL (default $DGPU_SOLANA_RPC)")
+    n.add_argument("--program-id", default=None,
+                   help="--ledger solana: the dgpu_escrow program id (default $DGPU_PROGRAM_ID)")
+    n.add_argument("--mint", default=None,
+                   help="--ledger solana: the mint the program must pin (checked; default $DGPU_MINT)")
+    n.add_argument("--commitment", choices=["processed", "confirmed", "finalized"], default=None,
+                   help="--ledger solana: the commitment transactions are confirmed at (default "
+                        "$DGPU_COMMITMENT, else confirmed)")
+    n.add_argument("--compute-unit-price", type=int, default=None,
+                   help="micro-lamports per CU (priority fee; default $DGPU_COMPUTE_UNIT_PRICE)")
     n.add_argument("--compute-unit-limit", type=int, default=None,
-                   help="--ledger solana: compute units per transaction (default: the cluster's)")
+                   help="--ledger solana: compute units per transaction (default $DGPU_COMPUTE_UNIT_LIMIT, "
+                        "else the cluster's)")
     n.add_argument("--claim-interval", type=int, default=600, help="provider: ledger seconds between claims")
     n.add_argument("--billing-grace", type=int, default=60,
                    help="provider: ledger seconds an exhausted rental keeps running, waiting for a top-up")
     n.add_argument("--billing-poll", type=float, default=5.0, help="seconds between looks at the escrow")
+    n.add_argument("--settle-retry-max", type=float, default=30.0,
+                   help="most seconds between two tries of a settlement that did not land (ledger down)")
     n.add_argument("--meter-interval", type=float, default=None,
                    help="provider: wall seconds per metered minute (default: the ledger's minute)")
     n.add_argument("--start-window", type=int, default=120,
@@ -151,42 +168,48 @@ async def until_signal(body: Callable[[], Awaitable[None]], *, stopping: trio.Ev
         nursery.cancel_scope.cancel()
 
 
+def node_config(args: argparse.Namespace, env: Mapping[str, str]) -> NodeConfig:
+    """The node's configuration from its parsed flags and ``env`` (the ``DGPU_*`` variables).
+
+    Raises pydantic's ValidationError on a bad setting, PricingError on bad multiplier bounds."""
+    from dgpu.node.config import NodeConfig, parse_gpu
+    from dgpu.node.data_dir import resolve_data_dir
+    from dgpu.node.solana_env import solana_settings
+    from dgpu.protocol.messages import Executor
+    from dgpu.protocol.pricing import MultiplierBounds
+
+    bounds = MultiplierBounds.parse(args.price_multiplier_bounds)
+    solana = solana_settings(vars(args), env)
+    return NodeConfig(
+        role=args.role, bootstrap=tuple(args.bootstrap), data_dir=resolve_data_dir(args.data_dir, args.role),
+        listen_host=args.host, listen_port=args.port, addr_file=args.addr_file,
+        log_level=args.log_level, accept_simulated=args.accept_simulated,
+        gpus=tuple(parse_gpu(g, simulated=True) for g in args.simulated_gpu),
+        gpu_select=tuple(args.gpu), price_per_gpu_minute=args.price,
+        price_multiplier_low=bounds.low, price_multiplier_high=bounds.high, region=args.region,
+        executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
+        allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
+        offer_ttl_s=args.offer_ttl,
+        status_file=args.status_file, ledger_url=args.ledger_url, **solana,
+        metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+        claim_interval_s=args.claim_interval,
+        billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
+        settle_retry_max_s=args.settle_retry_max,
+        meter_interval_s=args.meter_interval, start_window_s=args.start_window,
+        reachability=args.reachability, join_tries=args.join_tries,
+    )
+
+
 def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = None) -> int:
     """Run ``dgpu node`` until a signal (or, with ``--rent-script``, until ``rent_once`` returns)."""
     from pydantic import ValidationError
 
     from dgpu.node.adapters.data_lock import hold_data_dir
     from dgpu.node.app import run_node
-    from dgpu.node.config import NodeConfig, parse_gpu
-    from dgpu.node.data_dir import resolve_data_dir
     from dgpu.protocol.errors import PricingError
-    from dgpu.protocol.messages import Executor
-    from dgpu.protocol.pricing import MultiplierBounds
 
     try:
-        bounds = MultiplierBounds.parse(args.price_multiplier_bounds)
-    except PricingError as exc:
-        print(f"dgpu node: --price-multiplier-bounds: {exc}", file=sys.stderr)
-        return 2
-    try:
-        config = NodeConfig(
-            role=args.role, bootstrap=tuple(args.bootstrap), data_dir=resolve_data_dir(args.data_dir, args.role),
-            listen_host=args.host, listen_port=args.port, addr_file=args.addr_file,
-            log_level=args.log_level, accept_simulated=args.accept_simulated,
-            gpus=tuple(parse_gpu(g, simulated=True) for g in args.simulated_gpu),
-            gpu_select=tuple(args.gpu), price_per_gpu_minute=args.price,
-            price_multiplier_low=bounds.low, price_multiplier_high=bounds.high, region=args.region,
-            executors=tuple(Executor(e) for e in args.executor) or (Executor.SCRIPT,),
-            allowed_images=tuple(args.allow_image), max_concurrent_jobs=args.max_jobs,
-            offer_ttl_s=args.offer_ttl,
-            status_file=args.status_file, ledger=args.ledger, ledger_url=args.ledger_url,
-            solana_rpc=args.solana_rpc, program_id=args.program_id, mint=args.mint, commitment=args.commitment,
-            compute_unit_price=args.compute_unit_price, compute_unit_limit=args.compute_unit_limit,
-            claim_interval_s=args.claim_interval,
-            billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
-            meter_interval_s=args.meter_interval, start_window_s=args.start_window,
-            reachability=args.reachability, join_tries=args.join_tries,
-        )
+        config = node_config(args, os.environ)
         api = None
         if args.api_port is not None:
             from dgpu.node.services.api import ApiSettings
@@ -199,6 +222,9 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
                               admin_wallets=frozenset(args.api_admin),
                               **({"input_roots": tuple(args.input_root)} if args.input_root else {}),
                               allowed_hosts=tuple(args.api_host_name))
+    except PricingError as exc:
+        print(f"dgpu node: --price-multiplier-bounds: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         print(f"dgpu node: invalid configuration: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2

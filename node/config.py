@@ -52,6 +52,9 @@ class _Config(BaseModel):
     log_level: str = "INFO"
     #: name of the environment variable holding the key passphrase (never the passphrase)
     passphrase_env: str = "DGPU_KEY_PASSPHRASE"
+    #: serve ``/metrics`` on this port (0: the kernel picks); None: no metrics server
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @property
     def key_file(self) -> Path:
@@ -106,6 +109,8 @@ class NodeConfig(_Config):
     claim_interval_s: int = Field(600, ge=1)
     billing_grace_s: int = Field(60, ge=0)
     billing_poll_s: float = Field(5.0, gt=0)
+    #: wall seconds at most between two tries of a pending settlement (services.settlement)
+    settle_retry_max_s: float = Field(30.0, gt=0, le=3600)
     #: seconds (at wall speed) a renter has after a quote to submit the job before the provider's
     #: start deadline; an unstarted escrow is refundable after it
     start_window_s: int = Field(120, ge=1, le=3600)

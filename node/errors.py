@@ -30,6 +30,7 @@
     (negotiation and job-stream branch, network layer)
     ├── RejectedError                  the counterparty refused; ``.code`` is the RejectCode value
     └── JobLostError                   a job stream ended without a final status (peer died or hung)
+        └── ProviderSilentError        no frame, not even a heartbeat, within the silence bound
 
 No error message ever contains key material or a passphrase.
 """
@@ -58,6 +59,7 @@ __all__ = [
     "PassphraseError",
     "PeerIdMismatchError",
     "PeerRefusedError",
+    "ProviderSilentError",
     "ReadTimeoutError",
     "RejectedError",
     "SchemaError",
@@ -190,3 +192,16 @@ class RejectedError(NodeError):
 
 class JobLostError(NodeError):
     """The job stream ended before a final status: the provider died, hung or misbehaved."""
+
+
+class ProviderSilentError(JobLostError):
+    """No frame (not even a heartbeat) came from the provider within the silence bound.
+
+    ``state`` is the job's last state heard (None: none), ``next_log_seq`` the first log chunk not
+    received, ``minutes`` the usage receipts received: what the renter knew when it gave up."""
+
+    def __init__(self, message: str, *, state: str | None, next_log_seq: int, minutes: int) -> None:
+        super().__init__(message)
+        self.state = state
+        self.next_log_seq = next_log_seq
+        self.minutes = minutes

@@ -14,7 +14,7 @@ saying why, when there is nothing to offer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,6 +29,7 @@ from dgpu.node.metrics import NodeMetrics
 from dgpu.node.ports.execution import Executor as ExecutorPort
 from dgpu.node.ports.execution import JobSpec, ResourceLimits
 from dgpu.node.ports.gpu import GpuScan, GpuSource
+from dgpu.node.ports.settlement import SettlementStore
 from dgpu.node.ports.store import JobRecord
 from dgpu.node.services.billing import (
     BillingPolicy,
@@ -40,6 +41,7 @@ from dgpu.node.services.billing import (
 )
 from dgpu.node.services.blobs import BlobShelf
 from dgpu.node.services.durable import DurableExecutor
+from dgpu.node.services.gpu_monitor import GpuMonitor
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.jobs import JobService
@@ -56,7 +58,8 @@ from dgpu.node.services.negotiation import (
 from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.pricing import MarketPricer, engine_basis
 from dgpu.node.services.publisher import OfferPublisher, OfferTerms
-from dgpu.protocol.ids import JOB_PROTOCOL, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
+from dgpu.node.services.settlement import Settlements
+from dgpu.protocol.ids import JOB_PROTOCOL, JOB_PROTOCOL_V2, MAX_FRAME_BYTES, NEGOTIATE_PROTOCOL, OFFERS_TOPIC
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import EscrowLedger, EscrowReceipt
 from dgpu.protocol.messages import Agreement, Executor, JobState, PriceBasis
@@ -79,10 +82,16 @@ class Offering:
     negotiator: ProviderNegotiator
     jobs: JobServer
     store: Store
+    #: the GPUs' latest samples and leases (``/metrics``)
+    monitor: GpuMonitor
+    #: rate per escrow of the rentals being billed now (owned by the billing task; read here)
+    billing: Mapping[str, int]
+    #: the ledger actions that end its rentals, kept until they land (None without a ledger)
+    settlements: Settlements | None = None
 
 
 async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, source: GpuSource,
-                     inventory: Inventory, meter_interval_s: float,
+                     inventory: Inventory, meter_interval_s: float, metrics: NodeMetrics,
                      nursery: trio.Nursery) -> dict[Executor, ExecutorLike]:
     """The executors this provider can really run, each behind the durable job service.
 
@@ -123,7 +132,7 @@ async def _executors(config: NodeConfig, key: SigningKey, *, store: Store, sourc
         if record.state.terminal:
             inventory.release(record.job_id)
 
-    service = JobService(store, raw, Meter(store, source, interval_s=meter_interval_s),
+    service = JobService(store, raw, Meter(store, source, interval_s=meter_interval_s, observer=metrics),
                          on_status=release_when_final)
     inventory.restore((r.job_id, JobSpec.from_json(r.spec).gpu_uuids)
                       for r in await store.jobs_in([JobState.STARTING, JobState.RUNNING]))
@@ -151,7 +160,8 @@ def _initial_price(config: NodeConfig, scan: GpuScan, decimals: int) -> tuple[in
 
 async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, source: GpuSource, scan: GpuScan,
                          shelf: BlobShelf, book: OfferBook, ledger: EscrowLedger | None, store: Store,
-                         metrics: NodeMetrics, nursery: trio.Nursery) -> Offering | None:
+                         metrics: NodeMetrics, nursery: trio.Nursery,
+                         settle_store: SettlementStore | None = None) -> Offering | None:
     """Build the provider's services and serve its protocols for the GPUs of ``scan`` (not empty:
     ``app.scan_offered``); None when no executor can run jobs here."""
     if ledger is None:
@@ -172,7 +182,7 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     log.info("GPU inventory: %s; %d job slot(s); price %d per GPU-minute (%s)", scan.message, inventory.max_jobs,
              price, pricing.source)
     executors = await _executors(config, key, store=store, source=source, inventory=inventory,
-                                 meter_interval_s=meter_interval_s, nursery=nursery)
+                                 meter_interval_s=meter_interval_s, metrics=metrics, nursery=nursery)
     offered = tuple(e for e in config.executors if e in executors)
     if not offered:
         log.warning("no executor can run jobs here; the provider will not publish an offer")
@@ -193,12 +203,17 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s, reprice=pricer.reprice)
     agreements = AgreementStore()
     abandoners = Abandoners(clock=wall_clock)
-    on_running, gate = (_billing(config, ledger, mint, store, metrics, nursery=nursery) if ledger is not None
-                        else (None, None))
+    billing: Mapping[str, int] = {}
+    on_running, gate, settlements = None, None, None
+    if ledger is not None and ledger_time is not None:
+        on_running, gate, billing, settlements = _billing(config, ledger, mint, store, metrics, nursery=nursery,
+                                                          settle_store=settle_store, ledger_now=ledger_time.now)
+        if settlements is not None:
+            await nursery.start(settlements.run)
     jobs = JobServer(key, agreements, inventory, executor_for=executors.get, limits_cap=LIMITS_CAP,
                      clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock,
                      blobs=shelf, node=node, transfer_root=config.data_dir / "transfers", escrow=gate,
-                     on_abandoned=abandoners.abandoned)
+                     on_abandoned=abandoners.abandoned, nursery=nursery)
     verifier: EscrowVerifier = LedgerEscrowVerifier(ledger, mint) if ledger is not None else RefuseAll()
     negotiator = ProviderNegotiator(
         key, ProviderPolicy(executors=offered, allowed_images=config.allowed_images,
@@ -208,17 +223,22 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         ledger_speed=speed)
     node.set_handler(NEGOTIATE_PROTOCOL, negotiator.handle, max_frame_bytes=MAX_FRAME_BYTES,
                      read_timeout_s=10.0, handler_timeout_s=60.0)
-    # a job stream lives as long as the job (bounded by the agreement's max minutes)
-    node.set_handler(JOB_PROTOCOL, jobs.handle, max_frame_bytes=MAX_FRAME_BYTES,
-                     read_timeout_s=10.0, handler_timeout_s=24 * 3600.0 + 60)
-    return Offering(inventory, publisher, negotiator, jobs, store)
+    # a job stream lives at most as long as the job (bounded by the agreement's max minutes)
+    for protocol, handler in ((JOB_PROTOCOL, jobs.handle), (JOB_PROTOCOL_V2, jobs.handle_v2)):
+        node.set_handler(protocol, handler, max_frame_bytes=MAX_FRAME_BYTES,
+                         read_timeout_s=10.0, handler_timeout_s=24 * 3600.0 + 60)
+    monitor = GpuMonitor(inventory, source)
+    await nursery.start(monitor.run)
+    return Offering(inventory, publisher, negotiator, jobs, store, monitor, billing, settlements)
 
 
 def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, metrics: NodeMetrics, *,
-             nursery: trio.Nursery) -> tuple[OnRunning, LedgerEscrowGate]:
+             nursery: trio.Nursery, settle_store: SettlementStore | None, ledger_now: Callable[[], int]
+             ) -> tuple[OnRunning, LedgerEscrowGate, Mapping[str, int], Settlements | None]:
     """The escrow gate (re-read at submit, started before the job) and, once the job runs, its
-    billing: claim periodically, stop it when the escrow is closed or runs out, settle at the end;
-    every receipt is recorded per rental (earnings)."""
+    billing: claim periodically, stop it when the escrow is closed or runs out, settle at the end
+    (through the settlements: recorded first, retried until it lands); every receipt is recorded
+    per rental (earnings, metrics). Also the rentals being billed."""
     policy = BillingPolicy(claim_interval_s=config.claim_interval_s, grace_s=config.billing_grace_s,
                            poll_interval_s=config.billing_poll_s)
     #: rate per escrow, so paid-out amounts convert to minutes for the metrics (bounded by the
@@ -227,14 +247,12 @@ def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, 
 
     async def record(receipt: EscrowReceipt) -> None:
         await store.record_receipt("provider", receipt)
-        metrics.ledger_calls.labels(receipt.action, "ok").inc()
-        if receipt.paid or receipt.fee:
-            metrics.minutes_billed.inc((receipt.paid + receipt.fee) // max(1, rate_of.get(receipt.escrow.address, 1)))
-            metrics.earned.inc(receipt.paid)
-        if receipt.action == "claim":
-            metrics.claims.labels("ok").inc()
+        metrics.receipt(receipt, rate_of.get(receipt.escrow.address))
         log.info("escrow %s: %s paid %d fee %d refunded %d", receipt.escrow.address[:8], receipt.action,
                  receipt.paid, receipt.fee, receipt.refunded)
+
+    settlements = (Settlements(ledger, settle_store, ledger_now=ledger_now, record=record,
+                               retry_max_s=config.settle_retry_max_s) if settle_store is not None else None)
 
     async def bill(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         terms = agreement.terms
@@ -244,13 +262,16 @@ def _billing(config: NodeConfig, ledger: EscrowLedger, mint: str, store: Store, 
             result = await provider_billing(ledger, handle, job_done=job_done, stop_job=stop, policy=policy,
                                             record=record, already_started=True,
                                             receipts=partial(build_usage_receipts, store, agreement.agreement_id,
-                                                             agreement.agreement_id))
+                                                             agreement.agreement_id),
+                                            settlements=settlements)
         finally:
             rate_of.pop(handle.address, None)
-        log.info("rental %s settled: earned %d in %d claim(s)%s", handle.address[:8], result.earned,
-                 result.claims, f"; stopped: {result.stopped_for}" if result.stopped_for else "")
+        metrics.rental_ended(result.stopped_for)
+        log.info("rental %s %s: earned %d in %d claim(s)%s", handle.address[:8],
+                 "settled" if result.settled else "billed, its settlement pending (retried until it lands)",
+                 result.earned, result.claims, f"; stopped: {result.stopped_for}" if result.stopped_for else "")
 
     def on_running(agreement: Agreement, stop: Callable[[str], Awaitable[None]], job_done: trio.Event) -> None:
         nursery.start_soon(bill, agreement, stop, job_done)
 
-    return on_running, LedgerEscrowGate(ledger, mint, record)
+    return on_running, LedgerEscrowGate(ledger, mint, record, settlements), rate_of, settlements

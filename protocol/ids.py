@@ -8,6 +8,7 @@ __all__ = [
     "BLOB_PROTOCOL",
     "DOMAIN_PREFIX",
     "JOB_PROTOCOL",
+    "JOB_PROTOCOL_V2",
     "KNOWN_WIRE_VERSIONS",
     "MAX_ENVELOPE_TTL_S",
     "MAX_FRAME_BYTES",
@@ -27,6 +28,8 @@ OFFERS_TOPIC: Final = "dgpu/offers/1"
 NEGOTIATE_PROTOCOL: Final = "/dgpu/negotiate/1.0.0"
 #: job session stream: submit, status, logs, usage, cancel, result
 JOB_PROTOCOL: Final = "/dgpu/job/1.0.0"
+#: the job stream with heartbeats and re-attach (``job_frames``), served beside 1.0.0
+JOB_PROTOCOL_V2: Final = "/dgpu/job/1.1.0"
 #: a joining node asks a neighbour for the offers it holds (each validated as if gossiped)
 OFFERS_SYNC_PROTOCOL: Final = "/dgpu/offers-sync/1.0.0"
 #: content-addressed transfer between peers

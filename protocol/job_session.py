@@ -6,6 +6,11 @@ own gap-free sequence, and statuses follow :data:`JOB_TRANSITIONS`; logs and usa
 the terminal status, a result after it. Anything out of order, duplicated or after the end
 raises :class:`RemoteProtocolError` and leaves the session unchanged, so the caller can report a
 clear failure instead of silently showing a wrong log.
+
+On ``/dgpu/job/1.1.0`` heartbeats may come at any time (the last one is kept: what the provider
+had produced when it was last heard). A re-attach session (``attach_from``) first gets
+``JobAttached``, whose offset (at least the one asked) is where its log sequence resumes; the
+statuses and receipts are replayed from the start.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from __future__ import annotations
 from typing import Final
 
 from .errors import RemoteProtocolError
+from .job_frames import JobAttached, JobHeartbeat
 from .messages import JobState, JobStatus, LogChunk, RejectCode, ResultRef, UsageReceipt
 
 __all__ = ["JOB_TRANSITIONS", "JobSession", "JobStreamMessage"]
 
-JobStreamMessage = JobStatus | LogChunk | UsageReceipt | ResultRef
+JobStreamMessage = JobStatus | LogChunk | UsageReceipt | ResultRef | JobHeartbeat | JobAttached
 
 _ENDINGS = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
 #: the states a job may move to from each state (and from "nothing yet" = None)
@@ -40,8 +46,13 @@ MAX_KEPT_RECEIPTS = 7 * 24 * 60
 class JobSession:
     """Validates the provider's stream for one job; keeps its usage receipts (``receipts``)."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, *, attach_from: int | None = None) -> None:
         self.job_id = job_id
+        #: a re-attach asked for the logs from this seq; None: a submit session
+        self.attach_from = attach_from
+        self.attached = attach_from is None
+        #: the last heartbeat heard (None: none yet, or an older provider)
+        self.heartbeat: JobHeartbeat | None = None
         self.state: JobState | None = None
         self.exit_code: int | None = None
         self.reason = ""
@@ -59,6 +70,16 @@ class JobSession:
     def receive(self, message: JobStreamMessage) -> None:
         if message.job_id != self.job_id:
             raise _refuse(f"message for job {message.job_id}, expected {self.job_id}")
+        if isinstance(message, JobHeartbeat):
+            self.heartbeat = message
+            return
+        if isinstance(message, JobAttached):
+            if self.attached or self.attach_from is None or message.log_offset < self.attach_from:
+                raise _refuse("job_attached comes once, first, at or after the offset asked")
+            self.attached, self.next_log_seq = True, message.log_offset
+            return
+        if not self.attached:
+            raise _refuse(f"{message.type} before job_attached")
         if isinstance(message, ResultRef):
             if self.state is not JobState.FINISHED or self.result is not None:
                 raise _refuse("a result comes once, after the job finished")

@@ -29,7 +29,9 @@ Errors, one tree for both ledgers, converted once in each client::
     │                                  replay, expired or malformed envelope, faucet limit, not in test mode
     ├── TransportError                 the ledger could not be reached or answered nonsense (HTTP, RPC)
     │   ├── LedgerTimeout              no answer within the timeout
-    │   └── LedgerBusy                 refused for load (HTTP 429): nothing applied, retry later
+    │   ├── LedgerBusy                 refused for load (HTTP 429): nothing applied, retry later
+    │   └── LedgerUnavailable          raised by a node's workflow, not a client: an escrow could not be
+    │                                  settled for an outage; its message says what happens next
     └── ConfirmationError              a transaction was sent but did not confirm (``.signature``)
         └── ConfirmationTimeout        not confirmed before the deadline: it may still land later
 
@@ -64,9 +66,11 @@ __all__ = [
     "LedgerBusy",
     "LedgerError",
     "LedgerTimeout",
+    "LedgerUnavailable",
     "MintInfo",
     "ProgramError",
     "RequestRejected",
+    "Settlement",
     "TransportError",
 ]
 
@@ -116,6 +120,32 @@ class EscrowReceipt:
     fee: int = 0
     #: vault -> renter
     refunded: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A settled escrow's whole accounting (base units): what went in and where all of it went.
+
+    Read from the ledger's transactions, not from the escrow's account: Solana reclaims a settled
+    escrow's account (its rent back to the renter), so the final state cannot be read back, but
+    the transactions that moved the escrow's money can. paid + fee + refunded == deposited."""
+
+    escrow: EscrowHandle
+    #: renter -> vault (open and every top-up)
+    deposited: int
+    #: vault -> provider (every claim and the exit)
+    paid: int
+    #: vault -> treasury
+    fee: int
+    #: vault -> renter at the exit (on Solana including any dust a stranger sent to the vault)
+    refunded: int
+    #: the exit's transaction (Solana signature); None where the ledger keeps the closed escrow
+    exit_tx: str | None = None
+
+    @property
+    def charged(self) -> int:
+        """What the renter paid for minutes: provider's share plus fee."""
+        return self.paid + self.fee
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +243,11 @@ class EscrowLedger(Protocol):
         """The escrow's state, vault balance and derived values at the ledger's ``now``."""
         ...
 
+    async def settlement(self, escrow: EscrowHandle) -> Settlement | None:
+        """The settled escrow's accounting, from the ledger's record of its transactions; ``None``
+        while it is not settled (still open)."""
+        ...
+
     async def balance(self, wallet: str) -> int:
         """Token balance of ``wallet`` in base units (0 when it has no token account)."""
         ...
@@ -295,6 +330,17 @@ class LedgerBusy(TransportError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class LedgerUnavailable(TransportError):
+    """The ledger could not be reached to settle an escrow; the node keeps the settlement and
+    retries it (``.escrow``: its address; ``.expires_at``: ledger time after which anyone may
+    settle it, None when it never started)."""
+
+    def __init__(self, message: str, *, escrow: str, expires_at: int | None = None) -> None:
+        super().__init__(message)
+        self.escrow = escrow
+        self.expires_at = expires_at
 
 
 class ConfirmationError(ContractsError):

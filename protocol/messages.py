@@ -259,6 +259,10 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+#: JobRequest fields added after version 1, left out of the wire form at their defaults
+_REQUEST_OPTIONAL = ("stop_on_disconnect",)
+
+
 class JobRequest(_Model):
     """A renter asks a provider for a price for this job."""
 
@@ -281,6 +285,16 @@ class JobRequest(_Model):
     #: the most the renter pays per minute for the whole job (all GPUs), base units
     max_price_per_minute: PositiveAmount
     egress: bool = False
+    #: stop the job when the renter's stream breaks; by default a batch job runs on without it
+    stop_on_disconnect: bool = False
+
+    @model_serializer(mode="wrap")
+    def _drop_default_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in _REQUEST_OPTIONAL:  # at their defaults, older providers still read the request
+            if name in data and not data[name]:
+                del data[name]
+        return data
 
     @model_validator(mode="after")
     def _payload_matches_executor(self) -> Self:

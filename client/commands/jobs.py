@@ -83,6 +83,8 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(f"--input {job_path}: {exc}", 2) from None
     if inputs:
         body["inputs"] = inputs
+    if getattr(args, "stop_on_disconnect", False):
+        body["stop_on_disconnect"] = True
     return body
 
 
@@ -183,6 +185,14 @@ def cmd_jobs(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] =
             logs = api.get(LogsOut, "GET", f"/api/v1/jobs/{args.job_id}/logs", params={"limit": args.limit})
             _print_lines(logs.lines, out, err)
             return 0
+        if action == "attach":  # the node re-attaches on the provider; logs from where it left off
+            job = api.get(JobOut, "POST", f"/api/v1/jobs/{args.job_id}/attach")
+            print(f"job {job.id} attached (agreement {job.agreement_id})", file=err, flush=True)
+            final = _follow(api, job.id, out, err, api.decimals())
+            if args.out is not None and final.state is ApiJobState.FINISHED:
+                files = download_result(api, job.id, Path(args.out), ProgressBar(err, "result"))
+                print(f"{len(files)} file(s) in {args.out}", file=out)
+            return _summary(final, api.decimals(), err)
         if action == "cancel":
             job = api.get(JobOut, "DELETE", f"/api/v1/jobs/{args.job_id}")
             print(f"job {job.id}: cancel requested (state {job.state})", file=out)

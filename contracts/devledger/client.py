@@ -34,7 +34,7 @@ from ..errors import (
     RequestRejected,
     TransportError,
 )
-from ..escrow_api import Action, EscrowHandle, EscrowReceipt, EscrowView, MintInfo
+from ..escrow_api import Action, EscrowHandle, EscrowReceipt, EscrowView, MintInfo, Settlement
 from .messages import (
     ClaimRequest,
     CloseRequest,
@@ -158,6 +158,14 @@ class DevLedgerEscrow:
                                  vault_balance=int(v["vault_balance"]), now=int(v["now"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise TransportError("development ledger sent a malformed escrow view") from exc
+
+    async def settlement(self, escrow: EscrowHandle) -> Settlement | None:
+        """The development ledger keeps a closed escrow, totals and all: they are its settlement."""
+        view = await self.fetch(escrow.address)
+        if view.status is not EscrowStatus.CLOSED:
+            return None
+        return Settlement(escrow=escrow, deposited=view.deposited, paid=view.paid, fee=view.fee_paid,
+                          refunded=view.refunded)
 
     # -- instructions ------------------------------------------------------------------------
 

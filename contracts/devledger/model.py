@@ -32,6 +32,7 @@ run at the *ledger* clock (:class:`LedgerClock`), which a development network ma
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
 import time
@@ -77,6 +78,10 @@ __all__ = [
     "escrow_address",
 ]
 
+log = logging.getLogger(__name__)
+#: meta keys of the persisted ledger clock: the last ledger time stamped or shown, and its speed
+_CLOCK_KEY = "clock_now"
+_SPEED_KEY = "clock_speed"
 #: the total of all faucet mints never exceeds this, so every amount fits a signed 64-bit integer
 MAX_SUPPLY = 2**62
 NOTICE = (
@@ -137,17 +142,22 @@ def escrow_address(renter: str, provider: str, rental_id: int) -> str:
 class LedgerClock:
     """The ledger's clock: wall time, optionally accelerated, optionally set (test mode).
 
-    ``now = anchor + (wall - wall_anchor) * speed`` in whole seconds; ``set(t, frozen=True)``
-    pins it at ``t`` (it may go backwards, which the escrow rules tolerate).
+    ``now = anchor + (wall - wall_anchor) * speed`` in whole seconds, never less than a value it
+    returned before (a wall clock stepped back by NTP does not move it back); ``start`` anchors
+    it at a ledger time (a restarted ledger continues from its persisted clock, see
+    :class:`DevLedger`) instead of the wall time. ``set(t, frozen=True)`` pins it at ``t`` (test
+    mode only; the one way it may go backwards, which the escrow rules tolerate).
     """
 
-    def __init__(self, speed: int = 1, wall_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, speed: int = 1, wall_ns: Callable[[], int] = time.time_ns, *,
+                 start: int | None = None) -> None:
         self._speed = speed
         self._wall_ns = wall_ns
         self._lock = threading.Lock()
         self._wall_anchor = wall_ns()
-        self._anchor = self._wall_anchor // 1_000_000_000
+        self._anchor = self._wall_anchor // 1_000_000_000 if start is None else start
         self._frozen = False
+        self._last = self._anchor
 
     @property
     def speed(self) -> int:
@@ -157,12 +167,15 @@ class LedgerClock:
         with self._lock:
             if self._frozen:
                 return self._anchor
-            return self._anchor + (self._wall_ns() - self._wall_anchor) * self._speed // 1_000_000_000
+            t = self._anchor + (self._wall_ns() - self._wall_anchor) * self._speed // 1_000_000_000
+            self._last = max(self._last, t)
+            return self._last
 
     def set(self, now: int, *, frozen: bool = True) -> None:
         with self._lock:
             self._wall_anchor = self._wall_ns()
             self._anchor = now
+            self._last = now
             self._frozen = frozen
 
 
@@ -240,7 +253,6 @@ class DevLedger:
         clock: LedgerClock | None = None,
     ) -> None:
         self.config = config
-        self.clock = clock if clock is not None else LedgerClock(config.clock_speed, wall_ns)
         self._wall_ns = wall_ns
         self._lock = threading.Lock()
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +278,28 @@ class DevLedger:
                     f"{config.decimals}"
                 )
         self.decimals = config.decimals
+        # the clock continues from where it stopped: the last time it stamped or showed (persisted
+        # with every action, and with reads at most a wall second apart); the downtime does not
+        # count, so a job that ends as the ledger host dies is not billed for the ledger's outage
+        start = int(stored[_CLOCK_KEY]) if _CLOCK_KEY in stored else None
+        self._persisted = start if start is not None else 0
+        self.clock = clock if clock is not None else LedgerClock(config.clock_speed, wall_ns, start=start)
+        if stored.get(_SPEED_KEY, str(config.clock_speed)) != str(config.clock_speed):
+            log.warning("ledger clock speed changes from x%s to x%d", stored[_SPEED_KEY], config.clock_speed)
+
+    def _persist_clock(self, db: sqlite3.Connection, now: int) -> None:
+        """Remember the clock, so a restart starts no earlier than ``now`` (inside a transaction,
+        or alone: one statement is its own)."""
+        db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                       [(_CLOCK_KEY, str(now)), (_SPEED_KEY, str(self.clock.speed))])
+        self._persisted = now
+
+    def _shown(self, now: int) -> int:
+        """A read shows ``now`` (under the lock): persisted when a wall second has passed since the
+        last time, so a restart never shows an earlier time than a client saw (within that second)."""
+        if now - self._persisted >= self.clock.speed:
+            self._persist_clock(self._db, now)
+        return now
 
     def close(self) -> None:
         with self._lock:
@@ -371,6 +405,7 @@ class DevLedger:
             db.execute("INSERT INTO nonces (signer, nonce, expires_at) VALUES (?, ?, ?)",
                        (signer, opened.nonce, opened.expires_at))
             now = self.clock.now()
+            self._persist_clock(db, now)
             db.execute("SAVEPOINT apply")
             try:
                 outcome = self._execute(tx, signer, request, now, wall)
@@ -395,7 +430,9 @@ class DevLedger:
         """Apply ``request`` as ``actor`` without an envelope (in-process tests and tools only)."""
         when = self.clock.now() if now is None else now
         tx = hashlib.sha256(f"{actor}/{request.model_dump_json()}/{when}".encode()).hexdigest()
-        with self._transaction():
+        with self._transaction() as db:
+            if now is None:  # only the clock's own times are remembered
+                self._persist_clock(db, when)
             return self._execute(tx, actor, request, when, self._wall_s())
 
     def _execute(self, tx: str, actor: str, request: LedgerRequest, now: int, wall: int) -> TxOutcome:
@@ -507,7 +544,7 @@ class DevLedger:
     def escrow(self, address: str) -> tuple[esc.Escrow, int, int]:
         """(escrow, vault balance, ledger now); raises :class:`EscrowNotFound`."""
         with self._lock:
-            return self._load(address), self._balance(address), self.clock.now()
+            return self._load(address), self._balance(address), self._shown(self.clock.now())
 
     def view(self, address: str) -> dict[str, Any]:
         """The JSON view of one escrow (what ``GET /escrows/{address}`` answers)."""
@@ -556,4 +593,6 @@ class DevLedger:
         if not self.config.test_mode:
             raise RequestRejected("not_test_mode", "the ledger clock can be set only in test mode")
         self.clock.set(now, frozen=frozen)
+        with self._transaction() as db:
+            self._persist_clock(db, now)
 

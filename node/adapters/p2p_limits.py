@@ -37,13 +37,20 @@ from typing import Any
 import trio
 from libp2p.custom_types import TProtocol
 
-from dgpu.protocol.ids import BLOB_PROTOCOL, JOB_PROTOCOL, NEGOTIATE_PROTOCOL, OFFERS_SYNC_PROTOCOL
+from dgpu.protocol.ids import (
+    BLOB_PROTOCOL,
+    JOB_PROTOCOL,
+    JOB_PROTOCOL_V2,
+    NEGOTIATE_PROTOCOL,
+    OFFERS_SYNC_PROTOCOL,
+)
 
 __all__ = [
     "ConnectionBounds",
     "InboundBudget",
     "StreamBudget",
     "StreamLimiter",
+    "connection_direction",
     "default_stream_budgets",
     "disable_auto_connector",
     "guard_foreign_handler",
@@ -86,6 +93,7 @@ def default_stream_budgets() -> dict[str, StreamBudget]:
         NEGOTIATE_PROTOCOL: StreamBudget(per_peer=2, total=32, first_frame_timeout_s=3.0),
         # one stream per running job (a renter may run several with one provider)
         JOB_PROTOCOL: StreamBudget(per_peer=8, total=64, first_frame_timeout_s=10.0),
+        JOB_PROTOCOL_V2: StreamBudget(per_peer=8, total=64, first_frame_timeout_s=10.0),
         # inputs and results move one or two at a time per rental
         BLOB_PROTOCOL: StreamBudget(per_peer=4, total=32, first_frame_timeout_s=10.0),
         # a neighbour syncs the offers once when it first sees us
@@ -188,7 +196,7 @@ class InboundBudget:
         return True
 
     def connected(self, conn: Any) -> None:
-        if _direction(conn) != "inbound":
+        if connection_direction(conn) != "inbound":
             return
         addr = _ip_of(_remote_address(conn))
         task = None
@@ -224,7 +232,8 @@ def _is_loopback(ip: str) -> bool:
         return False
 
 
-def _direction(conn: Any) -> str:
+def connection_direction(conn: Any) -> str:
+    """"inbound" or "outbound" (libp2p's Direction of a swarm connection); "" when unknown."""
     direction = getattr(conn, "direction", None)  # libp2p's Direction enum (an IntEnum)
     return str(getattr(direction, "name", direction) or "").lower()
 

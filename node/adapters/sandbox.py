@@ -21,6 +21,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from dgpu.node.errors import ExecutorFailure
 
 __all__ = [
     "DEFAULT_UID_BASE", "JOB_HOME", "SYSTEM_DIRS", "UidPool", "bwrap_argv", "detect_bwrap",
-    "gpu_devices", "namespace_pids",
+    "gpu_devices", "kill_leftovers", "namespace_pids", "process_start",
 ]
 
 DEFAULT_UID_BASE = 200_000
@@ -161,11 +162,41 @@ def namespace_pids(outer_pid: int) -> list[int]:
     return pids
 
 
-def _ppid(pid: int) -> int | None:
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """``/proc/PID/stat`` after the command name: field 3 (state) is index 0."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after ")"
-    return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def _ppid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): with the pid, names one process for good
+    (a pid is reused, the pair never is). None when it does not exist."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def kill_leftovers(pid: int, start: int) -> int:
+    """SIGKILL what is left of a job a crashed daemon started, if ``pid`` is still its bwrap (the
+    process that started at ``start``): the processes of its PID namespace and its process group.
+    Nothing of it can outlive that bwrap (its namespace's init dies with it, and the kernel kills
+    a namespace whose init died), so a bwrap gone means nothing is left, and a pid reused since
+    is never touched. Blocking (reads /proc); how many processes were signalled."""
+    if process_start(pid) != start:
+        return 0
+    victims = {pid, *namespace_pids(pid)}
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for victim in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
+    return len(victims)

@@ -50,8 +50,11 @@ from dgpu.node.adapters.sandbox import (
     bwrap_argv,
     detect_bwrap,
     gpu_devices,
+    kill_leftovers,
     namespace_pids,
+    process_start,
 )
+from dgpu.node.adapters.spawn import SpawnedProcess, spawn
 from dgpu.node.errors import ExecutorFailure, ExecutorUnavailable, JobSpecInvalid
 from dgpu.node.ports.execution import ExitReason, ExitStatus, Isolation, JobSpec, LogChunk, ResourceLimits, StreamName
 
@@ -186,11 +189,9 @@ class ScriptExecutor:
                               network=spec.network, user_ns=self._setpriv is None, argv=argv,
                               devices=devices)
             env = spec.job_env({"PATH": _SAFE_PATH, "HOME": JOB_HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8"})
-            proc = await trio.lowlevel.open_process(
+            proc = spawn(  # from the trio thread: --die-with-parent is per thread
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
                 env=env,
                 cwd="/",
                 start_new_session=True,
@@ -206,7 +207,17 @@ class ScriptExecutor:
             if isinstance(exc, OSError):
                 raise ExecutorFailure(f"could not start the script: {exc}") from exc
             raise
-        return ScriptJobHandle(self, proc, spec, limits, job_dir=job_dir, home=home, uid=uid)
+        start = await trio.to_thread.run_sync(process_start, proc.pid)
+        return ScriptJobHandle(self, proc, spec, limits, job_dir=job_dir, home=home, uid=uid,
+                               token=job_token(proc.pid, start or 0, uid))
+
+    async def reap(self, token: str) -> int:
+        """After a daemon restart: kill what is left of the job ``token`` names (its
+        ``container_id``: a script job cannot be re-attached); how many processes were killed."""
+        parsed = parse_token(token)
+        if parsed is None:
+            return 0
+        return await trio.to_thread.run_sync(kill_leftovers, parsed[0], parsed[1])
 
     def _prepare(
         self, spec: JobSpec, limits: ResourceLimits, job_dir: Path, uid: int | None
@@ -232,15 +243,18 @@ class ScriptJobHandle:
     def __init__(
         self,
         executor: ScriptExecutor,
-        proc: trio.Process,
+        proc: SpawnedProcess,
         spec: JobSpec,
         limits: ResourceLimits,
         *,
         job_dir: Path,
         home: CappedFolder,
         uid: int | None,
+        token: str,
     ) -> None:
         self._ex = executor
+        #: recorded durably by the job service: a restarted daemon kills the job by it (``reap``)
+        self.container_id = token
         self._proc = proc
         self.spec = spec
         self.limits = limits
@@ -389,6 +403,20 @@ async def _read_pipe(
                 if not data:
                     return
                 await out.send((name, data))
+
+
+def job_token(pid: int, start: int, uid: int | None) -> str:
+    """What names a script job's processes for good: bwrap's pid and start time, the job's uid."""
+    return f"script:{pid}:{start}:{'' if uid is None else uid}"
+
+
+def parse_token(token: str) -> tuple[int, int] | None:
+    """(bwrap's pid, its start time) from a :func:`job_token`; None for anything else."""
+    kind, _, rest = token.partition(":")
+    parts = rest.split(":")
+    if kind != "script" or len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 def _sweep(scratch_root: Path) -> None:

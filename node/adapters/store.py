@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from dgpu.node.adapters.rental_store import RENTER_RENTALS_MIGRATION, RentalRows
 from dgpu.node.errors import IllegalTransition, SchemaError, StoreError, UnknownJob
 from dgpu.node.ports.store import JobRecord, UsageMinute
 from dgpu.protocol.job_session import JOB_TRANSITIONS
@@ -125,6 +126,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: jobs that ended before environments were blanked at the end lose theirs now
     "UPDATE jobs SET spec_json = json_set(spec_json, '$.env', json('{}')) WHERE state IN ("
     + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATES)) + ")",
+    # 4: a renter's rentals, so a restarted node re-attaches to its jobs (rental_store.py)
+    RENTER_RENTALS_MIGRATION,
 )
 
 
@@ -151,7 +154,7 @@ def _job_from_row(row: Sequence[Any]) -> JobRecord:
     )
 
 
-class Store:
+class Store(RentalRows):
     """One SQLite database. Use ``async with await Store.open(path) as store`` or close()."""
 
     def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float]) -> None:

@@ -7,8 +7,9 @@ it needs (``tests/protocol/test_layering.py`` keeps it so).
 
 One module per port: :mod:`.network` (framed streams, gossip, peers), :mod:`.store` (durable
 jobs, minutes, receipts), :mod:`.execution` (executors and job specs), :mod:`.gpu` (GPU
-sources and samples). The ledger port is :mod:`dgpu.protocol.ledger` (pure, shared with the
-ledger clients in ``dgpu.contracts``) and is re-exported here.
+sources and samples), :mod:`.metrics` (what services report to the metrics). The ledger port
+is :mod:`dgpu.protocol.ledger` (pure, shared with the ledger clients in ``dgpu.contracts``) and is
+re-exported here.
 """
 
 from dgpu.protocol.ledger import EscrowHandle as EscrowHandle
@@ -30,6 +31,8 @@ from .gpu import GpuSample as GpuSample
 from .gpu import GpuSampler as GpuSampler
 from .gpu import GpuScan as GpuScan
 from .gpu import GpuSource as GpuSource
+from .metrics import LedgerObserver as LedgerObserver
+from .metrics import MeterObserver as MeterObserver
 from .network import FramedStream as FramedStream
 from .network import GossipMessage as GossipMessage
 from .network import Network as Network
@@ -61,7 +64,9 @@ __all__ = [
     "JobRecord",
     "JobSpec",
     "JobStore",
+    "LedgerObserver",
     "LogChunk",
+    "MeterObserver",
     "Network",
     "ReattachableExecutor",
     "ReceiptSink",

@@ -36,6 +36,7 @@ __all__ = [
     "JobHandle",
     "JobSpec",
     "LogChunk",
+    "ReapingExecutor",
     "ReattachableExecutor",
     "ResourceLimits",
     "StreamName",
@@ -255,4 +256,15 @@ class ReattachableExecutor(Executor, Protocol):
 
     async def remove(self, container_id: str) -> None:
         """Remove a container (force); absent is fine."""
+        ...
+
+
+@runtime_checkable
+class ReapingExecutor(Executor, Protocol):
+    """An executor whose jobs cannot be re-attached after a daemon restart, but can be found and
+    stopped (script jobs: their sandbox's process, named by pid and start time)."""
+
+    async def reap(self, token: str) -> int:
+        """Kill what is left of the job whose handle's ``container_id`` was ``token``; how many
+        processes were killed (0: nothing was left)."""
         ...

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from dgpu.protocol.ledger import EscrowReceipt
 from dgpu.protocol.messages import JobState
 
-__all__ = ["JobRecord", "JobState", "JobStore", "ReceiptSink", "UsageMinute"]
+__all__ = ["JobRecord", "JobState", "JobStore", "ReceiptSink", "RentalBook", "RentalRecord", "UsageMinute"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +79,47 @@ class JobStore(ReceiptSink, Protocol):
     async def minutes(self, job_id: str, from_index: int = 0) -> list[UsageMinute]: ...
 
     async def last_minute_index(self, job_id: str) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RentalRecord:
+    """A renter's rental as its node keeps it, so a restarted node re-attaches to the job."""
+
+    agreement_id: str
+    provider_peer: str
+    provider_addrs: tuple[str, ...]  #: where the provider listened (its offer's addresses)
+    agreement: dict[str, Any]  #: the Agreement (JSON); the escrow handle derives from its terms
+    stop_on_disconnect: bool
+    #: the first log chunk not yet received (the re-attach asks from here)
+    log_offset: int
+    #: the job's last state heard; None before the first
+    state: str | None
+    result: dict[str, Any] | None  #: the ResultRef (JSON), once received
+    #: the rental is over on this side (final status handled, escrow settled): never re-attached
+    ended: bool
+    api_job_id: str | None  #: the local API's job for it, if the API started it
+    api_spec: dict[str, Any] | None  #: that job's spec, without its environment (secrets)
+    created_at: float
+    updated_at: float
+
+
+class RentalBook(Protocol):
+    """The renter's rentals (one owner: the renter workflow writes them)."""
+
+    async def add_rental_record(self, agreement_id: str, provider_peer: str, agreement: dict[str, Any], *,
+                                provider_addrs: Sequence[str], stop_on_disconnect: bool) -> None: ...
+
+    async def link_api_job(self, agreement_id: str, api_job_id: str, api_spec: dict[str, Any]) -> None: ...
+
+    async def rental_progress(self, agreement_id: str, *, log_offset: int, state: str | None,
+                              result: dict[str, Any] | None = None) -> None: ...
+
+    async def end_rental_record(self, agreement_id: str, state: str | None) -> None: ...
+
+    async def rental_record(self, key: str) -> RentalRecord | None:
+        """The rental by agreement id or by its API job id."""
+        ...
+
+    async def open_rental_records(self) -> list[RentalRecord]:
+        """Rentals not yet ended, oldest first."""
+        ...

@@ -10,7 +10,8 @@ Provider, per rental (:func:`provider_billing`):
   accrued minutes (one transaction whatever the number of minutes) → when the escrow is
   exhausted (every deposited minute accrued) wait ``grace_s`` of ledger time for a top-up, then
   stop the job → when the job ends, settle: ``close`` (pays what accrued, refunds the rest to
-  the renter) or ``settle_expired`` once expired.
+  the renter) or ``settle_expired`` once expired, recorded and retried until it lands
+  (``services.settlement``).
 
 Renter, per rental (:func:`renter_billing`):
   watch the remaining minutes and warn once at ``warn_remaining_minutes`` (optionally top up
@@ -31,7 +32,8 @@ from typing import Literal
 
 import trio
 
-from dgpu.protocol.errors import EscrowErrorCode
+from dgpu.node.ports.settlement import PendingSettlement
+from dgpu.node.services.settlement import Settled, Settlements, attempt_settlement
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.ledger import (
     ContractsError,
@@ -39,13 +41,14 @@ from dgpu.protocol.ledger import (
     EscrowLedger,
     EscrowNotFound,
     EscrowReceipt,
-    EscrowRefused,
     EscrowView,
 )
 from dgpu.protocol.messages import AgreementTerms, EscrowRef, UsageReceipt
 from dgpu.protocol.reconcile import reconcile
 
 __all__ = [
+    "STOPPED_EXHAUSTED",
+    "STOPPED_RENTER_CLOSED",
     "BillingPolicy",
     "LedgerEscrowGate",
     "LedgerEscrowVerifier",
@@ -56,11 +59,16 @@ __all__ = [
     "handle_of",
     "provider_billing",
     "renter_billing",
+    "synced_time",
 ]
 
 log = logging.getLogger(__name__)
 
 Record = Callable[[EscrowReceipt], Awaitable[None]]
+
+#: why provider billing stopped a job (``ProviderBillingResult.stopped_for``)
+STOPPED_RENTER_CLOSED = "the renter closed the escrow"
+STOPPED_EXHAUSTED = "escrow exhausted (no top-up within the grace period)"
 
 
 async def _no_record(receipt: EscrowReceipt) -> None:
@@ -86,6 +94,8 @@ class ProviderBillingResult:
     receipts: list[EscrowReceipt] = field(default_factory=list)
     #: why the job was stopped by billing, if it was
     stopped_for: str | None = None
+    #: the escrow was closed when billing returned (else its settlement is pending, retried)
+    settled: bool = True
 
     @property
     def earned(self) -> int:
@@ -137,6 +147,7 @@ async def provider_billing(
     record: Record = _no_record,
     already_started: bool = False,
     receipts: Callable[[], Awaitable[Sequence[UsageReceipt]]] | None = None,
+    settlements: Settlements | None = None,
 ) -> ProviderBillingResult:
     """Bill one rental from the provider's side until the job is done and the escrow settled.
 
@@ -144,7 +155,9 @@ async def provider_billing(
     no top-up comes within the grace period. ``already_started`` skips ``start`` (a daemon that
     restarted mid-rental must not start twice; the ledger would refuse it anyway). With
     ``receipts`` (the rental's usage receipts so far) a claim waits until every accrued minute is
-    metered (``dgpu.protocol.reconcile``): the provider never claims a minute it did not meter."""
+    metered (``dgpu.protocol.reconcile``): the provider never claims a minute it did not meter.
+    With ``settlements`` the final close is durable and retried until it lands (``result.settled``
+    says whether it did before this returned)."""
     result = ProviderBillingResult()
 
     async def apply(action: Callable[[EscrowHandle], Awaitable[EscrowReceipt]]) -> EscrowReceipt:
@@ -165,7 +178,7 @@ async def provider_billing(
         view = await _fetch(ledger, handle)
         if view is None or view == "gone" or view.status is EscrowStatus.CLOSED:
             if view is not None:  # the renter closed it: nothing more will be paid
-                result.stopped_for = "the renter closed the escrow"
+                result.stopped_for = STOPPED_RENTER_CLOSED
                 await stop_job(result.stopped_for)
                 return result
             continue
@@ -186,28 +199,28 @@ async def provider_billing(
             log.info("escrow %s exhausted; stopping the job in %d s unless topped up", handle.address,
                      policy.grace_s)
         elif view.now - exhausted_since >= policy.grace_s:
-            result.stopped_for = "escrow exhausted (no top-up within the grace period)"
+            result.stopped_for = STOPPED_EXHAUSTED
             await stop_job(result.stopped_for)
             break
-    await _settle(ledger, handle, apply)
+    settled = await _settle(ledger, handle, record, settlements)
+    result.settled = settled.done
+    if settled.receipt is not None:
+        result.receipts.append(settled.receipt)
     return result
 
 
-async def _settle(ledger: EscrowLedger, handle: EscrowHandle,
-                  apply: Callable[[Callable[[EscrowHandle], Awaitable[EscrowReceipt]]], Awaitable[EscrowReceipt]]
-                  ) -> None:
-    """Close the escrow after the job: ``close`` pays what accrued and refunds the rest."""
-    for attempt in range(3):
-        try:
-            await apply(ledger.close)
-            return
-        except ContractsError as exc:
-            if isinstance(exc, EscrowNotFound) or (
-                    isinstance(exc, EscrowRefused) and exc.code is EscrowErrorCode.ESCROW_CLOSED):
-                return  # the renter (or a settlement) got there first
-            log.warning("escrow %s: settlement attempt %d failed (%s)", handle.address, attempt + 1, exc)
-            await trio.sleep(1.0)
-    log.error("escrow %s left open: anyone can settle it after expiry", handle.address)
+async def _settle(ledger: EscrowLedger, handle: EscrowHandle, record: Record,
+                  settlements: Settlements | None) -> Settled:
+    """Close the escrow after the job: ``close`` pays what accrued and refunds the rest. Through
+    ``settlements`` the close is recorded first and retried until it lands; without, tried once."""
+    if settlements is not None:
+        return await settlements.settle(handle)
+    settled = await attempt_settlement(ledger, PendingSettlement(handle, "close", 0))
+    if settled.receipt is not None:
+        await record(settled.receipt)
+    elif not settled.done:
+        log.error("escrow %s left open (%s): it is settled after expiry", handle.address, settled.error)
+    return settled
 
 
 async def renter_billing(
@@ -291,6 +304,17 @@ class LedgerTime:
         return self._anchor_ledger + int((self._wall() - self._anchor_wall) * self.speed)
 
 
+async def synced_time(ledger: EscrowLedger) -> LedgerTime:
+    """A :class:`LedgerTime` synced once with ``ledger``; the wall clock's estimate if the ledger
+    cannot be reached now (a node must start while its ledger is down)."""
+    estimate = LedgerTime()
+    try:
+        await estimate.sync(ledger)
+    except ContractsError as exc:
+        log.warning("cannot read the ledger's clock (%s); estimating it from the wall clock", exc)
+    return estimate
+
+
 class LedgerEscrowVerifier:
     """Provider side: the escrow an Accept names must be funded exactly for the terms.
 
@@ -347,13 +371,16 @@ def handle_of(terms: AgreementTerms) -> EscrowHandle:
 
 class LedgerEscrowGate:
     """Provider side, money before work (``job_stream.EscrowGate``): the escrow is re-read when
-    the job is submitted, started on the ledger and read back started before the job starts, and
+    the job is submitted, started on the ledger and read back started before the job starts (then
+    a guard is armed in ``settlements``: settled at expiry whatever happens to this process), and
     settled if it was started for a job that then did not run."""
 
-    def __init__(self, ledger: EscrowLedger, mint: str, record: Record = _no_record) -> None:
+    def __init__(self, ledger: EscrowLedger, mint: str, record: Record = _no_record,
+                 settlements: Settlements | None = None) -> None:
         self.ledger = ledger
         self._verifier = LedgerEscrowVerifier(ledger, mint)
         self._record = record
+        self._settlements = settlements
 
     async def problem(self, terms: AgreementTerms) -> str | None:
         return await self._verifier.problem(terms.escrow, terms)
@@ -367,13 +394,9 @@ class LedgerEscrowGate:
             return str(exc)
         if view.status is not EscrowStatus.OPEN or view.started_at is None:
             return f"the ledger shows it {view.status}, started at {view.started_at}"
+        if self._settlements is not None and view.expires_at is not None:
+            await self._settlements.arm(handle, view.expires_at)
         return None
 
     async def settle(self, terms: AgreementTerms) -> None:
-        async def apply(action: Callable[[EscrowHandle], Awaitable[EscrowReceipt]]) -> EscrowReceipt:
-            receipt = await action(handle)
-            await self._record(receipt)
-            return receipt
-
-        handle = handle_of(terms)
-        await _settle(self.ledger, handle, apply)
+        await _settle(self.ledger, handle_of(terms), self._record, self._settlements)

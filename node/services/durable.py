@@ -10,18 +10,22 @@ protocol ``UsageReceipt`` messages, which the job stream signs and sends to the 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import trio
 
-from dgpu.node.ports.execution import ExitStatus, JobSpec, LogChunk, ResourceLimits
+from dgpu.node.ports.execution import ExitReason, ExitStatus, JobSpec, LogChunk, ResourceLimits
 from dgpu.node.ports.store import JobStore, UsageMinute
 from dgpu.node.services.jobs import JobService
 from dgpu.node.services.meter import build_usage_receipts
 from dgpu.protocol.messages import UsageReceipt
 
 __all__ = ["DurableExecutor", "DurableHandle"]
+
+log = logging.getLogger(__name__)
 
 #: log chunks buffered between the job and a slow renter stream; when full the job's log
 #: reader waits (backpressure), it never drops a line
@@ -43,14 +47,22 @@ class DurableHandle:
         self._status: ExitStatus | None = None
 
     async def _run(self) -> None:
+        # The job stream stops reading when its renter goes away; the job itself runs on (the
+        # stream decides whether to stop it), so a chunk or notice nobody reads is dropped here
+        # rather than failing the job (and with it the node). Minutes stay in the store.
         async def on_log(job_id: str, chunk: LogChunk) -> None:
-            await self._logs_send.send(chunk)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await self._logs_send.send(chunk)
 
         async def on_minute(minute: UsageMinute) -> None:
-            await self._usage_send.send(minute)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await self._usage_send.send(minute)
 
         try:
             self._status = await self._service.run(self.job_id, log_sink=on_log, minute_sink=on_minute)
+        except Exception as exc:  # supervisor: the job ends with the reason, never a bare crash
+            log.exception("job %s: the job service failed", self.job_id)
+            self._status = ExitStatus(None, ExitReason.FAILED, f"the provider's job service failed: {exc!r}")
         finally:
             await self._logs_send.aclose()
             await self._usage_send.aclose()
@@ -84,7 +96,8 @@ class DurableHandle:
 
     async def wait(self) -> ExitStatus:
         await self._done.wait()
-        assert self._status is not None
+        if self._status is None:  # run was cancelled (daemon shutdown): the job is left to reconcile
+            return ExitStatus(None, ExitReason.FAILED, "the provider is shutting down")
         return self._status
 
     async def stop(self, grace_s: float = 10.0) -> None:

@@ -179,6 +179,12 @@ class Inventory:
         self._lapse()
         return len(self._leases)
 
+    @property
+    def awaiting_jobs(self) -> int:
+        """Leases of agreements whose job is not submitted yet (they lapse at the start deadline)."""
+        self._lapse()
+        return sum(1 for h in self._leases.values() if h.lapses_at is not None)
+
     def free(self) -> tuple[GpuInfo, ...]:
         """The GPUs no lease holds."""
         self._lapse()

@@ -8,8 +8,14 @@ money before work: inputs are fetched, the escrow is started and read back start
 then is the job started, on the GPUs of the agreement's lease (``JobSpec.gpu_uuids``, released
 when the job ends). It streams ``JobStatus`` (accepted → starting → running → final, with the
 exit code) and ``LogChunk`` frames in order. A ``JobCancel`` from the renter stops the job in
-any state (STARTING too); a renter that disappears stops it too (nobody would pay for it);
-billing stops it when the escrow is closed or runs out. The renter's side is ``job_renter``.
+any state (STARTING too); billing stops it when the escrow is closed or runs out.
+
+Detach: the job runs in the server's nursery and writes its events into a
+:class:`~dgpu.node.services.job_feed.JobFeed`; the renter's stream only reads it. When that
+stream breaks a batch job runs on (until it ends or its paid minutes run out) unless the request
+asked ``stop_on_disconnect``. On ``/dgpu/job/1.1.0`` (``job_frames``) the stream carries
+heartbeats, and the agreement's renter (nobody else) may re-attach with ``JobAttach`` while the
+feed is kept (``FEED_RETENTION_S`` after the end, as the result). The renter's side is ``job_renter``.
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ from dgpu.node.ports.execution import ExitReason, ExitStatus, JobHandle, JobSpec
 from dgpu.node.ports.network import FramedStream, Network
 from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob, pack_dir
 from dgpu.node.services.inventory import Inventory
+from dgpu.node.services.job_feed import FEED_RETENTION_S, FeedTable, JobFeed, stream_feed
 from dgpu.node.services.negotiation import AgreementStore, reject_code
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, verify_detached
 from dgpu.protocol.errors import RemoteProtocolError
 from dgpu.protocol.ids import MAX_FRAME_BYTES, MAX_LOG_CHUNK_CHARS
+from dgpu.protocol.job_frames import TO_PROVIDER_JOB_V2, JobAttach, JobAttached
 from dgpu.protocol.keys import PublicKey, SigningKey
 from dgpu.protocol.messages import (
     TO_PROVIDER_JOB,
@@ -48,7 +56,6 @@ from dgpu.protocol.messages import (
     JobState,
     JobStatus,
     JobSubmit,
-    LogChunk,
     Reject,
     RejectCode,
     ResultRef,
@@ -64,8 +71,8 @@ Nonce = Callable[[], bytes]
 ENVELOPE_TTL_S: Final = 300
 #: the submit must arrive quickly after the stream opens
 SUBMIT_READ_TIMEOUT_S: Final = 10.0
-#: how long the provider keeps a job's packed result for the renter to fetch
-RESULT_TTL_S: Final = 3600.0
+#: how long the provider keeps a job's packed result for the renter to fetch (or re-attach for)
+RESULT_TTL_S: Final = FEED_RETENTION_S
 #: all of one job's inputs together (each is also bounded by the shelf's blob limit)
 MAX_INPUT_BYTES: Final = 4 * 1024**3
 
@@ -118,8 +125,13 @@ class JobServer:
                  on_running: OnRunning | None = None, deadline_clock: Clock | None = None,
                  blobs: BlobShelf | None = None, node: Network | None = None,
                  transfer_root: Path | None = None, escrow: EscrowGate | None = None,
-                 on_abandoned: Callable[[str], None] | None = None) -> None:
+                 on_abandoned: Callable[[str], None] | None = None,
+                 nursery: trio.Nursery | None = None) -> None:
         self.key = key
+        #: where jobs run, so they outlive their renter's stream (None: in the stream's handler)
+        self.nursery = nursery
+        #: running and recently ended jobs' events, for the streams that follow them
+        self.feeds = FeedTable(clock)
         #: the ledger's escrows (None: a provider with no ledger signs no agreement anyway)
         self.escrow = escrow
         #: told the renter's wallet when it submits an agreement whose escrow it has emptied
@@ -169,27 +181,90 @@ class JobServer:
         return stored.request
 
     async def handle(self, fs: FramedStream) -> None:
+        """``/dgpu/job/1.0.0``: a submit, no heartbeats, no re-attach."""
+        await self._handle(fs, v2=False)
+
+    async def handle_v2(self, fs: FramedStream) -> None:
+        """``/dgpu/job/1.1.0``: a submit or a re-attach, with heartbeats."""
+        await self._handle(fs, v2=True)
+
+    async def _handle(self, fs: FramedStream, *, v2: bool) -> None:
+        adapter: Any = TO_PROVIDER_JOB_V2 if v2 else TO_PROVIDER_JOB
         try:
             data = await fs.read_frame(timeout_s=SUBMIT_READ_TIMEOUT_S)
-            opened = open_envelope(data, TO_PROVIDER_JOB, now=self.clock(),
+            opened = open_envelope(data, adapter, now=self.clock(),
                                    max_bytes=MAX_FRAME_BYTES, replay_cache=self.replay_cache,
                                    max_ttl=ENVELOPE_TTL_S)
-            submit = opened.message
-            if not isinstance(submit, JobSubmit):
+            first = opened.message
+            if isinstance(first, JobAttach):
+                feed = self._attachable(first, opened.signer)
+                await fs.write_frame(self._seal(JobAttached(
+                    job_id=feed.job_id, log_offset=max(first.log_offset, feed.first_log_seq))))
+                log.info("job %s: the renter re-attached (logs from %d)", feed.job_id[:12], first.log_offset)
+                await self._attend(fs, feed, adapter, log_from=max(first.log_offset, feed.first_log_seq), v2=v2)
+                return
+            if not isinstance(first, JobSubmit):
                 raise RemoteProtocolError("a job stream starts with job_submit",
                                           reject_code=RejectCode.PROTOCOL_ERROR)
-            request = self._check_agreement(submit.agreement, opened.signer)
-            await self._check_escrow(submit.agreement)
+            request = self._check_agreement(first.agreement, opened.signer)
+            await self._check_escrow(first.agreement)
         except RemoteProtocolError as exc:
-            log.info("job submit from %s refused: %s", fs.remote_peer, exc)
+            log.info("job stream from %s refused: %s", fs.remote_peer, exc)
             # no request id may be known yet; answer with a zero id so the renter sees why
             await self._send_quiet(fs, Reject(request_id="0" * 16, code=reject_code(exc.reject_code),
                                               message=str(exc)[:200]))
             return
         except StreamError as exc:
-            log.info("job stream from %s ended before submit: %s", fs.remote_peer, exc)
+            log.info("job stream from %s ended early: %s", fs.remote_peer, exc)
             return
-        await self._run(fs, submit.agreement, request, opened.signer)
+        feed = JobFeed(first.agreement.agreement_id, opened.signer, peer=fs.remote_peer,
+                       stop_on_disconnect=request.stop_on_disconnect)
+        self.feeds.add(feed)
+        if self.nursery is not None:
+            self.nursery.start_soon(self._job_task, feed, first.agreement, request, opened.signer)
+            await self._attend(fs, feed, adapter, log_from=0, v2=v2)
+            return
+        async with trio.open_nursery() as nursery:  # no server nursery: the job lives in this handler
+            nursery.start_soon(self._job_task, feed, first.agreement, request, opened.signer)
+            await self._attend(fs, feed, adapter, log_from=0, v2=v2)
+
+    def _attachable(self, attach: JobAttach, signer: PublicKey) -> JobFeed:
+        """The feed a re-attach may follow: only the agreement's renter, only while it is kept."""
+        feed = self.feeds.get(attach.job_id)
+        if feed is None:
+            raise RemoteProtocolError("no such job here (unknown, or its retention ended)",
+                                      reject_code=RejectCode.INVALID_REQUEST)
+        if feed.renter != signer:
+            raise RemoteProtocolError("only the renter of an agreement may attach to its job",
+                                      reject_code=RejectCode.BAD_SIGNATURE)
+        if attach.log_offset > feed.next_log_seq:
+            raise RemoteProtocolError(f"log offset {attach.log_offset} is past the job's {feed.next_log_seq}",
+                                      reject_code=RejectCode.INVALID_REQUEST)
+        return feed
+
+    async def _attend(self, fs: FramedStream, feed: JobFeed, adapter: Any, *, log_from: int, v2: bool) -> None:
+        """Stream the feed to this renter and hear its cancel, until the feed ends or it goes."""
+        gone = False
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                nonlocal gone
+                await self._watch_renter(fs, feed, adapter)
+                gone = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            try:
+                await stream_feed(fs, feed, self._seal, log_from=log_from, clock=self.clock, heartbeats=v2)
+            except StreamError:
+                gone = True
+            nursery.cancel_scope.cancel()
+        if not gone or feed.closed or (feed.state is not None and feed.state.terminal):
+            return
+        if feed.stop_on_disconnect and feed.stop is not None:
+            log.info("job %s: the renter left; stopping it (stop_on_disconnect)", feed.job_id[:12])
+            await feed.stop("the renter left")
+        else:
+            log.info("job %s: the renter's stream broke; the job runs on (it may re-attach)", feed.job_id[:12])
 
     async def _check_escrow(self, agreement: Agreement) -> None:
         """The escrow must still fund the agreement when the job comes (bait-and-switch)."""
@@ -211,33 +286,29 @@ class JobServer:
             return False
         return True
 
-    async def _run(self, fs: FramedStream, agreement: Agreement, request: JobRequest,
-                   renter: PublicKey) -> None:
+    async def _job_task(self, feed: JobFeed, agreement: Agreement, request: JobRequest,
+                        renter: PublicKey) -> None:
+        """Run one agreement's job to its end, writing its events into ``feed`` (then closed)."""
         job_id = agreement.agreement_id
         seq = 0
 
         async def status(state: JobState, exit_code: int | None = None, reason: str = "") -> None:
             nonlocal seq
-            msg = JobStatus(job_id=job_id, seq=seq, state=state, at=self.clock(),
-                            exit_code=exit_code, reason=reason[:512])
+            feed.add_status(JobStatus(job_id=job_id, seq=seq, state=state, at=self.clock(),
+                                      exit_code=exit_code, reason=reason[:512]))
             seq += 1
-            await fs.write_frame(self._seal(msg))
 
         self.running.add(job_id)
         job = _Stopper()
+        feed.stop = job.stop
         try:
-            async with trio.open_nursery() as nursery:
-                # the renter is heard from the submit on: a cancel while STARTING stops the job too
-                nursery.start_soon(self._watch_renter, fs, job, job_id, renter)
-                try:
-                    await self._start_and_follow(fs, agreement, request, renter, status, job)
-                finally:
-                    nursery.cancel_scope.cancel()
-        except StreamError as exc:
-            log.info("job %s: renter stream broke: %s", job_id[:12], exc)
+            await self._start_and_follow(feed, agreement, request, renter, status, job)
+        except Exception:  # supervisor: one job's failure must not take the provider down
+            log.exception("job %s failed in the job server", job_id[:12])
         finally:
             self.running.discard(job_id)
             self.inventory.release(job_id)
+            feed.close(self.clock())
             if job.escrow_started and not job.billed and self.escrow is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(30):
                     await self.escrow.settle(agreement.terms)  # started, but no job ran: refund
@@ -245,7 +316,7 @@ class JobServer:
             if workdir is not None:
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
 
-    async def _start_and_follow(self, fs: FramedStream, agreement: Agreement, request: JobRequest,  # noqa: PLR0917
+    async def _start_and_follow(self, feed: JobFeed, agreement: Agreement, request: JobRequest,  # noqa: PLR0917
                                 renter: PublicKey, status: Callable[..., Awaitable[None]],
                                 job: _Stopper) -> None:
         """Money before work: inputs, then the escrow started (and seen started), then the job."""
@@ -261,7 +332,7 @@ class JobServer:
         inputs: dict[str, Path] = {}
         with job.starting:
             try:
-                inputs = await self._fetch_inputs(fs.remote_peer, request, workdir)
+                inputs = await self._fetch_inputs(feed.peer, request, workdir)
             except (BlobError, NetworkError, OSError) as exc:
                 log.info("job %s: input fetch failed: %s", job_id[:12], exc)
                 await status(JobState.FAILED, reason=f"could not fetch the inputs: {exc}")
@@ -302,11 +373,9 @@ class JobServer:
                 job.billed = True
                 self.on_running(agreement, job.stop, job_done)
             try:
-                final = await self._follow(fs, handle, job_id)
+                final = await self._follow(feed, handle, job_id)
             finally:
                 job_done.set()
-            if job.renter_gone:  # the job was stopped: nobody is left to tell
-                return
             state = _EXIT_STATE.get(final.reason, JobState.FAILED)
             reason = job.reasons[0] if job.reasons else final.detail or final.reason
             await status(state, _clamp_exit(final.exit_code), reason)
@@ -316,7 +385,7 @@ class JobServer:
                     await handle.cleanup()  # idempotent; copies the outputs out
                 ref = await self._shelve_result(job_id, spec.output_dir, renter.wallet)
                 if ref is not None:
-                    await fs.write_frame(self._seal(ref))
+                    feed.set_result(ref)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(15):
                 await handle.cleanup()
@@ -359,55 +428,47 @@ class JobServer:
                 tmp.unlink()
         return ResultRef(job_id=job_id, cid=entry.cid, size=entry.size)
 
-    async def _watch_renter(self, fs: FramedStream, job: _Stopper, job_id: str, renter: PublicKey) -> None:
-        """Until the job ends: a JobCancel, or the renter gone, stops it (whatever its state)."""
+    async def _watch_renter(self, fs: FramedStream, feed: JobFeed, adapter: Any) -> None:
+        """Until the stream breaks (returns then: the renter is gone): a JobCancel stops the job,
+        whatever its state."""
         while True:
             try:
                 data = await fs.read_frame(timeout_s=3600)
             except ReadTimeoutError:
                 continue
             except StreamError:
-                job.renter_gone = True
-                await job.stop("the renter left")
                 return
             try:
-                opened = open_envelope(data, TO_PROVIDER_JOB, now=self.clock(), max_bytes=MAX_FRAME_BYTES,
+                opened = open_envelope(data, adapter, now=self.clock(), max_bytes=MAX_FRAME_BYTES,
                                        replay_cache=self.replay_cache, max_ttl=ENVELOPE_TTL_S,
-                                       expected_signer=renter)
+                                       expected_signer=feed.renter)
             except RemoteProtocolError as exc:
-                log.info("job %s: ignoring a bad frame from the renter: %s", job_id[:12], exc)
+                log.info("job %s: ignoring a bad frame from the renter: %s", feed.job_id[:12], exc)
                 continue
-            if isinstance(opened.message, JobCancel) and opened.message.job_id == job_id:
-                log.info("job %s: cancelled by the renter", job_id[:12])
-                await job.stop("cancelled by the renter")
-                return
+            if isinstance(opened.message, JobCancel) and opened.message.job_id == feed.job_id:
+                log.info("job %s: cancelled by the renter", feed.job_id[:12])
+                if feed.stop is not None:
+                    await feed.stop("cancelled by the renter")
 
-    async def _follow(self, fs: FramedStream, handle: JobHandle, job_id: str) -> ExitStatus:
-        """Stream logs and usage receipts until the job exits; returns how it ended."""
+    async def _follow(self, feed: JobFeed, handle: JobHandle, job_id: str) -> ExitStatus:
+        """Record logs and usage receipts until the job exits; returns how it ended."""
 
         async def pump_logs() -> None:
-            log_seq = 0
             async for chunk in handle.logs():
                 text = chunk.data.decode("utf-8", errors="replace")
                 for i in range(0, max(len(text), 1), MAX_LOG_CHUNK_CHARS):
-                    piece = text[i:i + MAX_LOG_CHUNK_CHARS]
-                    await fs.write_frame(self._seal(LogChunk(job_id=job_id, seq=log_seq,
-                                                             stream=chunk.stream, data=piece)))
-                    log_seq += 1
+                    await feed.add_log(chunk.stream, text[i:i + MAX_LOG_CHUNK_CHARS])
 
         async def pump_usage() -> None:
             usage = getattr(handle, "usage", None)  # durable jobs meter their minutes
             if usage is None:
                 return
-            with contextlib.suppress(StreamError):
-                async for receipt in usage(job_id):
-                    await fs.write_frame(self._seal(receipt))
+            async for receipt in usage(job_id):
+                feed.add_receipt(receipt)
 
-        # on a broken stream the watcher notices and stops the job
         async with trio.open_nursery() as pumps:
             pumps.start_soon(pump_usage)
-            with contextlib.suppress(StreamError):
-                await pump_logs()
+            await pump_logs()
         return await handle.wait()
 
 
@@ -419,7 +480,6 @@ class _Stopper:
         self.handle: JobHandle | None = None
         self.starting = trio.CancelScope()
         self.reasons: list[str] = []
-        self.renter_gone = False
         #: the escrow was started for this job, and billing took it over (it settles it)
         self.escrow_started = False
         self.billed = False

@@ -15,7 +15,8 @@ If ``run`` is *cancelled* (daemon shutdown) the job is left RUNNING and its cont
 going; :meth:`JobService.reconcile` on the next start re-attaches it (found by label),
 finishes it if it exited meanwhile, or marks it FAILED if it vanished. The meter never
 records a minute twice (see ``dgpu.node.services.meter``). Script jobs cannot be
-re-attached: a RUNNING script job found at start is marked FAILED.
+re-attached: a RUNNING script job found at start is marked FAILED and whatever is left of its
+processes (named by the token stored as its ``container_id``) is killed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dgpu.node.ports.execution import (
     JobHandle,
     JobSpec,
     LogChunk,
+    ReapingExecutor,
     ReattachableExecutor,
     ResourceLimits,
 )
@@ -337,11 +339,13 @@ class JobService:
         return report
 
     async def _fail_vanished(self, record: JobRecord, report: ReconcileReport) -> None:
-        why = (
-            "script jobs cannot be re-attached after a daemon restart"
-            if record.executor != "docker"
-            else "the container vanished while the daemon was down"
-        )
+        why = "the container vanished while the daemon was down"
+        if record.executor != "docker":
+            why = "script jobs cannot be re-attached after a daemon restart"
+            executor = self._executors.get(record.executor)
+            if isinstance(executor, ReapingExecutor) and record.container_id:
+                killed = await executor.reap(record.container_id)  # no orphan runs on, unpaid
+                why += f"; its {killed} leftover process(es) were killed" if killed else "; nothing of it was left"
         await self._move(record.job_id, JobState.FAILED, reason="failed", detail=why)
         report.failed.append(record.job_id)
 

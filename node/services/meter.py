@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from dgpu.node.ports.gpu import GpuSample, GpuSampler
+from dgpu.node.ports.metrics import MeterObserver
 from dgpu.node.ports.store import JobStore, UsageMinute
 from dgpu.protocol.messages import GpuSample as WireGpuSample
 from dgpu.protocol.messages import UsageReceipt
@@ -46,6 +47,7 @@ class Meter:
         interval_s: float = 60.0,
         samples_per_interval: int = 4,
         clock: Callable[[], float] = time.time,
+        observer: MeterObserver | None = None,
     ) -> None:
         if interval_s <= 0 or samples_per_interval < 1:
             raise ValueError("interval and samples must be positive")
@@ -54,6 +56,7 @@ class Meter:
         self.interval_s = interval_s
         self._samples = samples_per_interval
         self._clock = clock
+        self._observer = observer
 
     def minute_of(self, started_at: float, at: float) -> int:
         """The index of the minute that contains ``at`` (may be negative before the start)."""
@@ -76,6 +79,8 @@ class Meter:
         new = await self._store.record_minute(
             job_id, index, seconds, samples, backfilled=backfilled
         )
+        if new and self._observer is not None:
+            self._observer.minute_metered(job_id)
         if new and sink is not None:
             minutes = await self._store.minutes(job_id, from_index=index)
             await sink(minutes[0])
@@ -178,9 +183,12 @@ async def build_usage_receipts(
     ``minutes_total`` counts the stored minutes up to and including each one; the provider
     signs each receipt with its envelope before sending it to the renter.
     """
-    earlier = len(await store.minutes(job_id)) - len(await store.minutes(job_id, from_index))
+    # one read: a minute recorded between two reads (the meter catching up after the process was
+    # frozen records several at once) would shift every count after it
+    stored = await store.minutes(job_id)
+    earlier = sum(1 for m in stored if m.minute_index < from_index)
     receipts = []
-    for n, m in enumerate(await store.minutes(job_id, from_index), start=earlier + 1):
+    for n, m in enumerate((m for m in stored if m.minute_index >= from_index), start=earlier + 1):
         receipts.append(
             UsageReceipt(
                 job_id=job_id,

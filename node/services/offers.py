@@ -45,6 +45,7 @@ from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S
 from dgpu.protocol.messages import OFFERS_TOPIC_ADAPTER, Executor, Offer, OfferWithdrawal
 
 __all__ = [
+    "REFUSALS",
     "OfferBook",
     "OfferQuery",
     "OfferValidator",
@@ -330,6 +331,11 @@ class OfferBook:
                 await self._changed.wait()
 
 
+#: every reason the validator counts a refused offer under (``/metrics`` reports each, zeros included)
+REFUSALS = ("oversize", "protocol_error", "invalid_request", "bad_signature", "expired", "replay", "timeout",
+            "signer_not_sender", "provider_not_signer", "expiry_too_far", "simulated", "stale_seq", "origin_quota")
+
+
 class OfferValidator:
     """The gossipsub topic validator for ``dgpu/offers/1``; stores what it accepts."""
 
@@ -360,7 +366,7 @@ class OfferValidator:
         times.append(now)
         return True
 
-    def _refuse(self, reason: str, msg: GossipMessage) -> bool:
+    def _refuse(self, reason: str, msg: GossipMessage) -> bool:  # reason: one of REFUSALS
         self.rejected[reason] += 1
         log.info("rejected offer from %s via %s: %s", msg.origin, msg.forwarder, reason)
         return False

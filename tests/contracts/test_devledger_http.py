@@ -102,7 +102,11 @@ async def test_out_of_order_requests(tmp_path: Path) -> None:
         with pytest.raises(EscrowRefused) as caught:
             await provider.claim(handle)  # claim before start
         assert caught.value.code is EscrowErrorCode.NOT_STARTED
+        assert await renter.settlement(handle) is None  # open
         await renter.close(handle)
+        settled = await provider.settlement(handle)  # the closed escrow's totals, kept by this ledger
+        view = await renter.fetch(handle.address)
+        assert settled is not None and settled.charged == 0 and settled.refunded == settled.deposited == view.deposited
         before = await _state(served, handle.address)
         for call in (provider.start, provider.claim, renter.close, renter.refund_unstarted):
             with pytest.raises(EscrowRefused) as caught:

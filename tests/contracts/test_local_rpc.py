@@ -117,6 +117,7 @@ async def test_a_whole_rental_open_start_claim_top_up_close(frozen_endpoint: Loc
 
         started = await p.provider.start(handle)
         assert started.now == now
+        assert await p.renter.settlement(handle) is None  # open: nothing settled yet
         await advance_clock(p.info.url, 10 * M + 59)
         claimed = await p.provider.claim(handle)
         assert (claimed.paid, claimed.fee) == (RATE * 10 - fee_for(10), fee_for(10))
@@ -133,6 +134,12 @@ async def test_a_whole_rental_open_start_claim_top_up_close(frozen_endpoint: Loc
             "renter": DEPOSIT_TOKENS - RATE * 15, "provider": RATE * 15 - fee_for(15), "treasury": fee_for(15),
             "vault": 0}
         assert closed.paid + closed.fee + closed.refunded + claimed.paid + claimed.fee == RATE * 65
+        # the whole accounting, summed from the transactions that named the escrow (its account is gone)
+        for side in (p.renter, p.provider):
+            settled = await side.settlement(handle)
+            assert settled is not None and settled.exit_tx == closed.tx
+            assert (settled.deposited, settled.paid, settled.fee, settled.refunded) == (
+                RATE * 65, RATE * 15 - fee_for(15), fee_for(15), RATE * 50)
         # the escrow and its vault are closed, their rent back to the renter: the renter paid three
         # transaction fees and the rent of its rental-id record (once per renter), nothing else
         assert await p.renter._account(Pubkey.from_string(handle.address)) is None
@@ -159,6 +166,9 @@ async def test_refund_unstarted_after_the_deadline(frozen_endpoint: LocalRpcInfo
         assert refused.value.code is EscrowErrorCode.START_DEADLINE_PASSED
         refund = await p.renter.refund_unstarted(handle)
         assert refund.refunded == RATE * 30
+        settled = await p.renter.settlement(handle)
+        assert settled is not None
+        assert (settled.deposited, settled.charged, settled.refunded) == (RATE * 30, 0, RATE * 30)
         assert await _conserved(p, handle) == {"renter": DEPOSIT_TOKENS, "provider": 0, "treasury": 0, "vault": 0}
 
 

@@ -109,3 +109,39 @@ async def test_usage_stream_skips_no_minute_whose_notice_was_lost(tmp_path: Path
     got = [r async for r in handle.usage(AGREEMENT)]
     assert [(r.minute_index, r.minutes_total) for r in got] == [(0, 1), (1, 2), (2, 3), (3, 4)]
     await store.close()
+
+
+class _JobServiceDouble:
+    """Stands in for JobService.run: logs and minutes go to the sinks after the reader left."""
+
+    def __init__(self, reader_gone: trio.Event) -> None:
+        self.reader_gone = reader_gone
+
+    async def run(self, job_id: str, *, log_sink, minute_sink):  # type: ignore[no-untyped-def]
+        from dgpu.node.ports.execution import ExitReason, ExitStatus, LogChunk
+
+        await log_sink(job_id, LogChunk(0, "stdout", b"first\n"))
+        await self.reader_gone.wait()
+        for seq in range(1, 300):  # more than the log buffer holds
+            await log_sink(job_id, LogChunk(seq, "stdout", b"nobody reads this\n"))
+        await minute_sink(UsageMinute(job_id, 0, 60.0, 0.0, False, []))
+        return ExitStatus(0, ExitReason.FINISHED)
+
+
+async def test_a_job_runs_on_when_its_stream_stops_reading(tmp_path: Path) -> None:
+    # the renter's stream went away (relay died): the job must finish, not fail the node
+    from dgpu.node.ports.execution import ExitReason
+    from dgpu.node.services.durable import DurableHandle
+
+    reader_gone = trio.Event()
+    handle = DurableHandle(_JobServiceDouble(reader_gone), None, JOB)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle._run)
+        logs = handle.logs()
+        first = await logs.__anext__()
+        await logs.aclose()
+        handle._usage_recv.close()
+        reader_gone.set()
+        status = await handle.wait()
+    assert first.data == b"first\n"
+    assert status.reason is ExitReason.FINISHED

@@ -4,6 +4,7 @@ whose escrow the renter emptied holds no capacity (no free slot blocking)."""
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -115,7 +116,8 @@ async def stack(tmp_path: Path, *, max_jobs: int = 1) -> AsyncIterator[Stack]:
                            limits_cap=ResourceLimits(), clock=lambda: NOW, nonce=lambda: secrets.token_bytes(16),
                            deadline_clock=lambda: ledgers.now, escrow=LedgerEscrowGate(ledgers.provider, mint),
                            on_abandoned=negotiator.abandoners.abandoned)
-        funder = LedgerFunder(ledgers.renter, lambda: secrets.randbits(62))
+        # a renter's rental ids only increase (random ones were refused RentalIdUsed now and then)
+        funder = LedgerFunder(ledgers.renter, itertools.count(1).__next__)
         yield Stack(ledgers, negotiator, executor, server, funder)
 
 

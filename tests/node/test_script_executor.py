@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from dgpu.node.adapters.sandbox import namespace_pids
 from dgpu.node.adapters.script_executor import ScriptExecutor, ScriptJobHandle, ScriptPolicy
 from dgpu.node.errors import ExecutorUnavailable
 from dgpu.node.ports.execution import ExitReason, ExitStatus, JobSpec, LogChunk, ResourceLimits
@@ -149,3 +150,22 @@ async def test_a_gpu_job_sees_only_its_leased_uuids(executor: ScriptExecutor) ->
     status, chunks, _ = await run(executor, job)
     assert status.reason is ExitReason.FINISHED
     assert out(chunks) == [leased[0], leased[0]]
+
+
+async def test_a_restarted_daemon_kills_what_is_left_of_a_job_by_its_token(executor: ScriptExecutor) -> None:
+    # the handle is lost, as when the daemon that started the job crashed: only its token, stored
+    # as the job's container_id, is left to find the job's processes by
+    handle = await executor.start(spec("echo up; while true; do sleep 1; done"), ResourceLimits(time_limit_s=60))
+    token = handle.container_id
+    with trio.fail_after(10):  # the sandbox's namespace is up (its init forked the job)
+        while not await trio.to_thread.run_sync(namespace_pids, handle.pid):
+            await trio.sleep(0.05)
+    stale = token.split(":")
+    stale[2] = str(int(stale[2]) + 1)  # the same pid, started at another time: a reused pid
+    assert await executor.reap(":".join(stale)) == 0 and handle._proc.returncode is None
+    assert await executor.reap(token) >= 2  # bwrap and the job's processes in its namespace
+    with trio.fail_after(10):
+        status = await handle.wait()
+    assert status.exit_code is not None and status.exit_code < 0
+    assert await executor.reap(token) == 0  # nothing is left
+    await handle.cleanup()

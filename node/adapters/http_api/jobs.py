@@ -69,6 +69,17 @@ def jobs_router() -> APIRouter:
                                "no_result")
         return FileResponse(job.result_file, media_type="application/x-tar", filename=f"{job.id}.tar")
 
+    @router.post("/{job_id}/attach", status_code=202, response_model=JobOut,
+                 responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}})
+    async def attach(job_id: Annotated[str, Field(max_length=64)], ctx: Ctx) -> JobOut:
+        """Follow a job again (by its id or its agreement id): the one running, or one this node
+        kept when it went away, re-attached on the provider (logs from where it left off, the
+        result, settlement as usual)."""
+        async def go() -> svc.ApiJob:
+            return await ctx.jobs.attach(job_id)
+
+        return (await in_trio(go)).view()
+
     @router.delete("/{job_id}", status_code=202, response_model=JobOut,
                    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}})
     async def cancel(job_id: Annotated[str, Field(max_length=64)], ctx: Ctx) -> JobOut:

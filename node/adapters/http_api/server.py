@@ -53,10 +53,12 @@ from dgpu.node.adapters.http_api.providers import providers_router
 from dgpu.node.adapters.http_api.storage import STREAMING_PREFIXES, storage_router
 from dgpu.node.adapters.http_server import BodyLimitMiddleware, RouteTimingMiddleware, serve_http
 from dgpu.node.metrics import NodeMetrics
+from dgpu.node.ports.store import RentalBook
 from dgpu.node.services import api as svc
 from dgpu.node.services.blobs import BlobShelf
 from dgpu.node.services.offers import OfferBook
 from dgpu.node.services.renter import Renter
+from dgpu.node.services.settlement import Settlements
 from dgpu.protocol.keys import SigningKey
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
@@ -189,6 +191,10 @@ class ApiNode:
     #: the node's ledger client (chosen once by the app); None: nothing can be paid
     ledger: EscrowLedger | None = None
     publisher: OfferPublisher | None = None
+    #: the node's pending settlements (durable, retried); None: each close is tried once
+    settlements: Settlements | None = None
+    #: where the renter keeps its rentals (API jobs re-attach after a restart); None: not kept
+    rentals: RentalBook | None = None
 
 
 async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
@@ -210,13 +216,15 @@ async def serve_node_api(node: ApiNode, settings: svc.ApiSettings, *,
     if backend is None and ledger is not None:  # no ledger: nothing can be paid, jobs are refused
         renter = Renter(node.network, node.key, node.book, node.shelf, ledger,
                         accept_simulated=node.accept_simulated, clock=node.clock, nonce=node.nonce,
-                        input_roots=settings.input_roots)
+                        input_roots=settings.input_roots, rentals=node.rentals,
+                        settlements=node.settlements if ledger is node.ledger else None)
         backend = svc.NetworkJobBackend(renter, results_dir=node.data_dir / "api-results",
                                         progress_interval_s=settings.progress_interval_s)
     jobs = svc.JobManager(
         backend,
         max_active=settings.max_active_jobs, max_records=settings.max_job_records,
-        log_lines=settings.log_lines, clock=node.clock)
+        log_lines=settings.log_lines, clock=node.clock,
+        reattacher=backend if isinstance(backend, svc.NetworkJobBackend) else None)
     providers = None
     if node.publisher is not None:
         providers = svc.ProviderControl(node.publisher, development=settings.development)

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
+from dgpu.node.ports.store import RentalRecord
 from dgpu.node.services.api.errors import JobRunError
 from dgpu.node.services.api.jobs import ApiJob, JobFinal
 from dgpu.node.services.api.schema import ApiJobState, JobSpec
 from dgpu.node.services.offers import BookEntry, OfferBook, OfferQuery
-from dgpu.node.services.renter import EscrowFailed, InputRefused, NegotiationFailed, OfferInfo, Renter, RenterError
+from dgpu.node.services.renter import (
+    EscrowFailed,
+    InputRefused,
+    NegotiationFailed,
+    OfferInfo,
+    Rental,
+    Renter,
+    RenterError,
+)
 
-__all__ = ["OFFER_WAIT_S", "NetworkJobBackend", "no_match_message"]
+__all__ = ["OFFER_WAIT_S", "KeptJob", "NetworkJobBackend", "no_match_message"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,21 @@ def no_match_message(book: OfferBook, query: OfferQuery, now: int) -> str:
     why = "; ".join(f"{e.offer.provider} ({e.offer.gpus[0].model}): {reason}" for e, reason in near)
     hint = " (a renter node started with --accept-simulated shows simulated offers)" if hidden else ""
     return f"no offer matches this job; closest {len(near)} of {len(book)}: {why}{hint}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeptJob:
+    """An API job whose rental this node kept (it went away while the job ran)."""
+
+    job_id: str
+    spec: JobSpec
+    agreement_id: str
+
+
+def _kept(record: RentalRecord) -> KeptJob | None:
+    if record.api_job_id is None or record.api_spec is None:
+        return None  # a library client's rental: ``Client.attach`` re-attaches it
+    return KeptJob(record.api_job_id, JobSpec.model_validate(record.api_spec), record.agreement_id)
 
 
 class NetworkJobBackend:
@@ -78,7 +103,7 @@ class NetworkJobBackend:
                 command=spec.command, env=dict(spec.env), max_minutes=spec.max_minutes,
                 gpu_count=spec.gpu_count, egress=spec.egress,
                 max_price_per_minute=spec.max_price_per_minute, min_vram_mib=spec.min_vram_mib,
-                inputs=dict(spec.inputs))
+                inputs=dict(spec.inputs), stop_on_disconnect=spec.stop_on_disconnect)
         except InputRefused as exc:
             raise JobRunError(str(exc), InputRefused.code) from exc
         except NegotiationFailed as exc:
@@ -87,6 +112,8 @@ class NetworkJobBackend:
             raise JobRunError(str(exc), "escrow_failed") from exc
         job.agreed(entry.offer.provider, rental.rate_per_minute,
                    escrow=rental.escrow.address if rental.escrow else None, agreement_id=rental.id)
+        if self.renter.rentals is not None:  # kept, so a restarted node re-attaches to the job
+            await self.renter.rentals.link_api_job(rental.id, job.id, spec.model_dump(mode="json"))
         if job.cancel_requested.is_set():  # cancelled while negotiating: nothing ran, all back
             try:
                 view = await rental.close()
@@ -101,6 +128,31 @@ class NetworkJobBackend:
             return JobFinal(ApiJobState.CANCELLED, reason="cancelled before start",
                             minutes=view.claimed_minutes, paid=view.paid, fee=view.fee_paid,
                             refunded=view.refunded)
+        return await self._follow(rental, job)
+
+    async def kept(self) -> list[KeptJob]:
+        """The API jobs this node followed when it last went away (re-attached at start)."""
+        if self.renter.rentals is None:
+            return []
+        return [k for r in await self.renter.rentals.open_rental_records() if (k := _kept(r)) is not None]
+
+    async def find(self, key: str) -> KeptJob | None:
+        """The kept API job by its id or its agreement id."""
+        record = await self.renter.rentals.rental_record(key) if self.renter.rentals is not None else None
+        return _kept(record) if record is not None else None
+
+    async def reattach(self, kept: KeptJob, job: ApiJob) -> JobFinal:
+        """Re-attach to a kept API job's rental: the rest of its logs, its result, its settlement."""
+        try:
+            rental = await self.renter.attach(kept.agreement_id)
+        except RenterError as exc:
+            raise JobRunError(str(exc), "not_kept") from exc
+        terms = rental.agreement.terms
+        job.agreed(terms.provider, rental.rate_per_minute, escrow=terms.escrow.address, agreement_id=rental.id)
+        return await self._follow(rental, job)
+
+    async def _follow(self, rental: Rental, job: ApiJob) -> JobFinal:
+        """Follow an agreed rental's job to its end (logs, progress, cancel), then its result."""
 
         async def follow_cancel() -> None:
             await job.cancel_requested.wait()

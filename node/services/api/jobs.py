@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -33,7 +34,7 @@ from dgpu.protocol.messages import UsageReceipt
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
-__all__ = ["ApiJob", "JobBackend", "JobFinal", "JobManager"]
+__all__ = ["ApiJob", "JobBackend", "JobFinal", "JobManager", "Reattacher"]
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,34 @@ class JobBackend(Protocol):
     async def run(self, spec: JobSpec, job: ApiJob) -> JobFinal: ...
 
 
+class KeptLike(Protocol):
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def spec(self) -> JobSpec: ...
+
+
+class Reattacher(Protocol):
+    """Re-attaches API jobs whose rentals the node kept when it went away (``NetworkJobBackend``)."""
+
+    async def kept(self) -> Sequence[KeptLike]: ...
+
+    async def find(self, key: str) -> KeptLike | None: ...
+
+    async def reattach(self, kept: Any, job: ApiJob) -> JobFinal: ...
+
+
 class JobManager:
-    """The API's jobs: bounded, supervised, in the node's nursery (``await nursery.start(m.run)``)."""
+    """The API's jobs: bounded, supervised, in the node's nursery (``await nursery.start(m.run)``).
+
+    With a ``reattacher``, the jobs this node followed when it last went away are re-attached when
+    it starts (as many as ``max_active`` allows), and :meth:`attach` re-attaches one on demand."""
 
     def __init__(self, backend: JobBackend | None, *, max_active: int, max_records: int, log_lines: int,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], reattacher: Reattacher | None = None) -> None:
         self.backend = backend
+        self.reattacher = reattacher
         self.max_active = max_active
         self.max_records = max_records
         self.log_lines = log_lines
@@ -182,6 +205,12 @@ class JobManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            if self.reattacher is not None:
+                for kept in await self.reattacher.kept():
+                    try:
+                        self._start(kept.job_id, kept.spec, partial(self.reattacher.reattach, kept))
+                    except Busy:
+                        log.warning("API job %s left detached (too many jobs); `dgpu jobs attach` it", kept.job_id)
             try:
                 await trio.sleep_forever()
             finally:
@@ -195,17 +224,35 @@ class JobManager:
         if self.backend is None:
             raise Unavailable("this node has no ledger configured (--ledger-url), so it cannot pay for "
                               "jobs; nothing was submitted", "no_ledger")
+        return self._start(secrets.token_hex(12), spec, partial(self.backend.run, spec))
+
+    async def attach(self, key: str) -> ApiJob:
+        """Follow the job ``key`` (API job id or agreement id) again: the one already followed,
+        or a kept rental re-attached (logs from where this node left off, result, settlement)."""
+        job = self._jobs.get(key) or next((j for j in self._jobs.values() if j.agreement_id == key), None)
+        if job is not None and not job.state.terminal:
+            return job
+        kept = await self.reattacher.find(key) if self.reattacher is not None else None
+        if kept is None:
+            if job is not None:
+                raise Conflict(f"job {key[:32]} already ended ({job.state})", "job_ended")
+            raise NotFound(f"no job or kept rental {key[:64]!r}")
+        reattacher = self.reattacher
+        assert reattacher is not None
+        return self._start(kept.job_id, kept.spec, partial(reattacher.reattach, kept))
+
+    def _start(self, job_id: str, spec: JobSpec, run: Callable[[ApiJob], Awaitable[JobFinal]]) -> ApiJob:
         if self._nursery is None:
             raise Unavailable("the job service is not running")
         if self._active >= self.max_active:
             raise Busy(f"{self._active} API jobs are running (the limit is {self.max_active}); "
                        "try again when one ends", "too_many_jobs")
+        self._jobs.pop(job_id, None)  # a re-attach replaces the ended record of the same job
         self._forget_old()
-        job = ApiJob(id=secrets.token_hex(12), spec=spec, created_at=self.clock(),
-                     log_capacity=self.log_lines)
+        job = ApiJob(id=job_id, spec=spec, created_at=self.clock(), log_capacity=self.log_lines)
         self._jobs[job.id] = job
         self._active += 1
-        self._nursery.start_soon(self._supervise, job)
+        self._nursery.start_soon(self._supervise, job, run)
         return job
 
     def _forget_old(self) -> None:
@@ -235,10 +282,9 @@ class JobManager:
         job.cancel_requested.set()
         return job
 
-    async def _supervise(self, job: ApiJob) -> None:
-        assert self.backend is not None  # submit refuses every job without one
+    async def _supervise(self, job: ApiJob, run: Callable[[ApiJob], Awaitable[JobFinal]]) -> None:
         try:
-            final = await self.backend.run(job.spec, job)
+            final = await run(job)
         except JobRunError as exc:
             final = JobFinal(ApiJobState.FAILED, reason=exc.message)
             job.error_code = exc.code

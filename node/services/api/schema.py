@@ -86,6 +86,9 @@ class JobSpec(BaseModel):
     #: localhost for the node's owner only, so the node reads the owner's local files; each is
     #: offered to the chosen provider alone, by content id, and fetched over /dgpu/blob/1.0.0
     inputs: dict[str, str] = Field(default_factory=dict, max_length=64)
+    #: stop the job when this node's stream to the provider breaks; by default it runs on and the
+    #: node re-attaches when it comes back (``POST /api/v1/jobs/{id}/attach``)
+    stop_on_disconnect: bool = False
 
     @model_validator(mode="after")
     def _one_payload(self) -> JobSpec:

@@ -1,4 +1,5 @@
-"""The renter workflow (``rental.py``) and its errors (``errors.py``).
+"""The renter workflow (``rental.py``; funding in ``funder.py``, how a rental ended in
+``result.py``) and its errors (``errors.py``).
 
 ``dgpu.client`` (``Client``, ``SyncClient``) and the node's local HTTP API (its job backend)
 both rent through :class:`Renter`; neither depends on the other.
@@ -10,13 +11,13 @@ from .errors import NegotiationFailed as NegotiationFailed
 from .errors import NoOffersError as NoOffersError
 from .errors import NotConnected as NotConnected
 from .errors import RenterError as RenterError
+from .funder import LedgerFunder as LedgerFunder
 from .inputs import InputRefused as InputRefused
 from .inputs import resolve_input as resolve_input
-from .rental import LedgerFunder as LedgerFunder
-from .rental import OfferInfo as OfferInfo
+from .offer_info import OfferInfo as OfferInfo
 from .rental import Rental as Rental
-from .rental import RentalResult as RentalResult
 from .rental import Renter as Renter
+from .result import RentalResult as RentalResult
 
 __all__ = [
     "EscrowFailed",

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from dgpu.node.errors import JobLostError, NetworkError, RejectedError
-from dgpu.node.services.billing import BillingPolicy, renter_billing
+from dgpu.node.errors import JobLostError, NetworkError, RejectedError, StreamError
+from dgpu.node.ports.store import RentalBook, RentalRecord
+from dgpu.node.services.billing import BillingPolicy, handle_of, renter_billing
 from dgpu.node.services.blobs import BlobError, BlobShelf, Progress, fetch_blob, safe_unpack
-from dgpu.node.services.job_renter import run_job
+from dgpu.node.services.job_renter import JobOutcome, run_job
 from dgpu.node.services.negotiation import negotiate
 from dgpu.node.services.offers import OfferBook, OfferQuery
 from dgpu.node.services.renter.errors import (
@@ -32,9 +32,13 @@ from dgpu.node.services.renter.errors import (
     NotConnected,
     RenterError,
 )
+from dgpu.node.services.renter.funder import LedgerFunder
 from dgpu.node.services.renter.inputs import resolve_input, resolve_roots
-from dgpu.protocol.errors import EscrowErrorCode
-from dgpu.protocol.escrow import EscrowStatus, RentalIds
+from dgpu.node.services.renter.offer_info import OfferInfo
+from dgpu.node.services.renter.result import RentalResult, final_settlement
+from dgpu.node.services.renter.tracking import RentalTracker
+from dgpu.node.services.settlement import Settlements, settle_rental
+from dgpu.protocol.escrow import RentalIds
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.ledger import (
     ContractsError,
@@ -44,21 +48,10 @@ from dgpu.protocol.ledger import (
     EscrowReceipt,
     EscrowRefused,
     EscrowView,
+    Settlement,
 )
-from dgpu.protocol.messages import (
-    Agreement,
-    EscrowRef,
-    Executor,
-    InputRef,
-    JobState,
-    LogChunk,
-    Offer,
-    Quote,
-    ResultRef,
-    UsageReceipt,
-)
+from dgpu.protocol.messages import Agreement, Executor, InputRef, LogChunk, ResultRef
 from dgpu.protocol.pricing import DEFAULT_FEE_BPS, Estimate, estimate
-from dgpu.protocol.reconcile import Reconciliation, reconcile
 
 if TYPE_CHECKING:
     # the network the workflow dials providers on; the concrete libp2p node until the
@@ -73,112 +66,22 @@ log = logging.getLogger(__name__)
 SETTLE_WAIT_S = 10.0
 #: inputs stay on the renter's shelf this long past the rental's last minute (for a late start)
 INPUT_TTL_SLACK_S = 600.0
+#: a job stream lost while the job runs on is re-attached this many times in all
+REATTACH_ATTEMPTS = 4
 #: offers ``rent`` tries, cheapest first, when one cannot be reached or refuses
 RENT_ATTEMPTS = 3
 #: an unpacked result at most (the provider caps outputs lower; this bounds a hostile archive)
 MAX_RESULT_UNPACKED_BYTES = 4 * 1024**3
 
 
-@dataclass(frozen=True, slots=True)
-class OfferInfo:
-    """One offer as a renter sees it (prices per GPU-minute, in base units)."""
-
-    offer: Offer
-    peer_id: str
-
-    @property
-    def provider(self) -> str:
-        return self.offer.provider
-
-    @property
-    def gpu_model(self) -> str:
-        return self.offer.gpus[0].model
-
-    @property
-    def vram_mib(self) -> int:
-        return self.offer.gpus[0].vram_mib
-
-    @property
-    def price_per_minute(self) -> int:
-        return self.offer.price_per_minute
-
-    @property
-    def simulated(self) -> bool:
-        return self.offer.simulated
-
-
-@dataclass
-class RentalResult:
-    """How a rental ended: the job's outcome and the escrow's final accounting (base units)."""
-
-    state: JobState
-    exit_code: int | None
-    reason: str
-    log_chunks: int
-    escrow: EscrowView | None
-    warnings: list[int] = field(default_factory=list)
-    #: the job's packed output folder on the provider (FINISHED jobs); see Rental.download_result
-    result: ResultRef | None = None
-    #: the provider's signed usage receipts: one per metered minute, with the leased GPUs' samples
-    receipts: tuple[UsageReceipt, ...] = ()
-
-    @property
-    def reconciliation(self) -> Reconciliation | None:
-        """The receipts against the settled escrow (``over_accrued``: paid for unmetered minutes)."""
-        if self.escrow is None:
-            return None
-        return reconcile(self.receipts, accrued=self.escrow.claimed_minutes, claimed=self.escrow.claimed_minutes)
-
-    @property
-    def minutes(self) -> int:
-        return self.escrow.claimed_minutes if self.escrow else 0
-
-    @property
-    def paid(self) -> int:
-        return self.escrow.paid if self.escrow else 0
-
-    @property
-    def fee(self) -> int:
-        return self.escrow.fee_paid if self.escrow else 0
-
-    @property
-    def refunded(self) -> int:
-        return self.escrow.refunded if self.escrow else 0
-
-
-class LedgerFunder:
-    """Opens the escrow a quote asks for, on the renter's ledger, before the renter accepts."""
-
-    def __init__(self, ledger: EscrowLedger, rental_id: Callable[[], int]) -> None:
-        self.ledger = ledger
-        self._rental_id = rental_id
-        self.handle: EscrowHandle | None = None
-
-    async def fund(self, quote: Quote) -> EscrowRef:
-        if quote.ledger != self.ledger.ledger:
-            raise EscrowFailed(f"the provider wants ledger {quote.ledger!r}, we use {self.ledger.ledger!r}")
-        attempts = 3
-        for attempt in range(attempts):
-            try:
-                receipt = await self.ledger.open(self._rental_id(), quote.provider, quote.rate_per_minute,
-                                                 quote.max_minutes, quote.start_deadline)
-                break
-            except EscrowRefused as exc:
-                # rental ids of a renter must increase: a concurrent open landed a higher one first
-                if exc.code is EscrowErrorCode.RENTAL_ID_USED and attempt + 1 < attempts:
-                    continue
-                raise EscrowFailed("the ledger refused the deposit", exc.code.value) from exc
-            except ContractsError as exc:
-                raise EscrowFailed(f"could not open the escrow: {exc}") from exc
-        self.handle = receipt.escrow
-        return receipt.escrow.to_ref()
-
-
 class Rental:
     """One agreed rental: run it, follow it, top it up, or close it early."""
 
-    def __init__(self, renter: Renter, agreement: Agreement, provider_peer: str, handle: EscrowHandle | None) -> None:
+    def __init__(self, renter: Renter, agreement: Agreement, provider_peer: str, handle: EscrowHandle | None, *,
+                 tracker: RentalTracker | None = None) -> None:
         self.renter = renter
+        #: its row in the renter's rental book (where a restarted node re-attaches from)
+        self.tracker = tracker or RentalTracker(None, agreement.agreement_id, renter.clock)
         self.agreement = agreement
         self.provider_peer = provider_peer
         self.escrow = handle
@@ -198,8 +101,11 @@ class Rental:
     async def run(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None = None,
                   policy: BillingPolicy | None = None,
                   on_warning: Callable[[int], None] | None = None) -> RentalResult:
-        """Submit the job and follow it to the end; the escrow is settled before this returns."""
+        """Submit the job (or re-attach to it, after a restart) and follow it to the end; the escrow
+        is settled before this returns. Cancelled (the node stopping), it leaves the job running
+        on the provider, unless the rental was made with ``stop_on_disconnect``."""
         renter = self.renter
+        first_submit = not self.tracker.submitted
         done = trio.Event()
         warnings: list[int] = []
 
@@ -217,30 +123,50 @@ class Rental:
                                                           policy=policy or renter.billing_policy,
                                                           on_warning=warned, done=done))
             try:
-                outcome = await run_job(renter.network, renter.key, self.agreement, self.provider_peer,
-                                        clock=renter.clock, nonce=renter.nonce, on_log=on_log,
-                                        cancel=self._cancel)
+                outcome = await self._follow_job(on_log)
             except (JobLostError, NetworkError) as exc:
                 failure = JobFailed(f"job {self.id[:12]} lost: {exc}; the escrow was closed, unused minutes "
                                     "refunded")
                 failure.__cause__ = exc
             except RejectedError as exc:
-                failure = NegotiationFailed(f"the provider refused the job: {exc}", exc.code)
+                failure = (NegotiationFailed(f"the provider refused the job: {exc}", exc.code) if first_submit
+                           else JobFailed(f"the provider refused the re-attach to {self.id[:12]}: {exc}"))
                 failure.__cause__ = exc
             finally:
                 done.set()
         if failure is not None:  # raised outside the nursery, so callers see it unwrapped
             await self._recover()
+            await self.tracker.ended(None, None)
             raise failure
         final = await self._settled()
         self.result = outcome.result
+        await self.tracker.ended(str(outcome.state), outcome.result)
         rental = RentalResult(outcome.state, outcome.exit_code, outcome.reason, outcome.log_chunks, final, warnings,
-                              outcome.result, outcome.receipts)
+                              outcome.result, outcome.receipts, await self.settlement(), self.rate_per_minute)
         check = rental.reconciliation
         if check is not None and check.over_accrued:
             log.warning("rental %s: the escrow paid %d minute(s) but only %d were metered (receipts)", self.id[:12],
                         check.claimed, check.metered)
         return rental
+
+    async def _follow_job(self, on_log: Callable[[LogChunk], Awaitable[None] | None] | None) -> JobOutcome:
+        """Submit (or re-attach) and follow; a stream lost while the provider still answers is
+        re-attached (the job runs on there), from the first log chunk not yet received."""
+        renter = self.renter
+        for attempt in range(1, REATTACH_ATTEMPTS + 1):
+            attach_from = self.tracker.next_run()
+            try:
+                return await run_job(renter.network, renter.key, self.agreement, self.provider_peer,
+                                     clock=renter.clock, nonce=renter.nonce, on_log=self.tracker.sink(on_log),
+                                     cancel=self._cancel, attach_from=attach_from)
+            except (JobLostError, NetworkError) as exc:
+                lost = (isinstance(exc, NetworkError) and attach_from is not None) or (
+                    type(exc) is JobLostError and isinstance(exc.__cause__, StreamError))
+                if not lost or attempt == REATTACH_ATTEMPTS or self._cancel.is_set():
+                    raise
+                log.info("rental %s: %s; re-attaching (%d/%d)", self.id[:12], exc, attempt, REATTACH_ATTEMPTS - 1)
+                await trio.sleep(attempt)  # a reconnect, not a hot loop
+        raise AssertionError("unreachable")
 
     async def download_result(self, dest_dir: Path | str, progress: Progress | None = None) -> list[Path]:
         """Fetch the job's output folder from the provider, verify it and unpack it into ``dest_dir``.
@@ -271,39 +197,24 @@ class Rental:
         except (BlobError, NetworkError) as exc:
             raise RenterError(f"could not download the result of {self.id[:12]}: {exc}") from exc
 
-    async def _settled(self) -> EscrowView | None:
-        """Wait for the provider's settlement; close it ourselves if it does not come."""
+    async def _settled(self, wait_s: float = SETTLE_WAIT_S) -> EscrowView | None:
+        """Wait for the provider's settlement; close it ourselves (durably) if it does not come.
+        Raises LedgerUnavailable when the ledger cannot be reached to close it."""
         ledger = self.renter.ledger
         if self.escrow is None or ledger is None:
             return None
-        with trio.move_on_after(SETTLE_WAIT_S):
-            while True:
-                try:
-                    view = await ledger.fetch(self.escrow.address)
-                except EscrowNotFound:  # Solana closes a settled escrow's account (rent back to us)
-                    return None
-                if view.status is EscrowStatus.CLOSED:
-                    return view
-                await trio.sleep(0.2)
-        return await self._recover()
+        return await settle_rental(ledger, self.escrow, self.renter.settlements, wait_s=wait_s)
 
     async def _recover(self) -> EscrowView | None:
-        """Close the escrow from our side: accrued minutes paid, the rest refunded."""
+        """Close the escrow from our side now: accrued minutes paid, the rest refunded."""
+        return await self._settled(wait_s=0)
+
+    async def settlement(self) -> Settlement | None:
+        """The escrow's whole accounting once settled, from the ledger's transactions (None before)."""
         ledger = self.renter.ledger
         if self.escrow is None or ledger is None:
             return None
-        try:
-            await ledger.close(self.escrow)
-        except EscrowRefused as exc:
-            log.info("escrow %s already settled (%s)", self.escrow.address, exc.code.value)
-        except EscrowNotFound:
-            return None  # settled and its account closed (Solana)
-        except ContractsError as exc:
-            log.error("could not close escrow %s: %s (anyone can settle it after expiry)", self.escrow.address, exc)
-        try:
-            return await ledger.fetch(self.escrow.address)
-        except EscrowNotFound:
-            return None
+        return await final_settlement(ledger, self.escrow)
 
     def cancel(self) -> None:
         """Ask the provider to stop the job; ``run`` returns once it has (state ``cancelled``)."""
@@ -322,7 +233,7 @@ class Rental:
         """Stop paying now: accrued minutes go to the provider, every other minute comes back.
 
         The escrow as closed, or ``None`` where the ledger reclaims a closed escrow's account
-        (Solana): then ``close_receipt`` says what the close moved."""
+        (Solana): then ``close_receipt`` says what the close moved, :meth:`settlement` the whole."""
         ledger, handle = self._escrow()
         try:
             self.close_receipt = await ledger.close(handle)
@@ -352,8 +263,13 @@ class Renter:
     def __init__(self, network: Network, key: SigningKey, book: OfferBook, shelf: BlobShelf,
                  ledger: EscrowLedger | None, *, accept_simulated: bool, clock: Callable[[], int],
                  nonce: Callable[[], bytes], billing_policy: BillingPolicy | None = None,
-                 input_roots: Sequence[Path | str] | None = None) -> None:
+                 input_roots: Sequence[Path | str] | None = None, rentals: RentalBook | None = None,
+                 settlements: Settlements | None = None) -> None:
         self.network = network
+        #: where rentals are kept so this node re-attaches after a restart (None: not kept)
+        self.rentals = rentals
+        #: the node's pending settlements (durable, retried); None: each close is tried once
+        self.settlements = settlements
         #: inputs must lie under these folders; None: any file this process can read (a library
         #: caller is the owner; the local API always passes the roots its owner configured)
         self.input_roots = None if input_roots is None else resolve_roots(input_roots)
@@ -431,13 +347,14 @@ class Renter:
                    command: Sequence[str] = (), env: dict[str, str] | None = None, max_minutes: int = 10,
                    gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
                    gpu_model: str | None = None, min_vram_mib: int = 0,
-                   inputs: Mapping[str, Path | str] | None = None) -> Rental:
+                   inputs: Mapping[str, Path | str] | None = None, stop_on_disconnect: bool = False) -> Rental:
         """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match
         that can be reached and agrees (up to ``RENT_ATTEMPTS`` offers are tried).
 
         ``inputs`` maps a path under the job's inputs folder (``/inputs`` in Docker,
         ``$HOME/inputs`` for scripts) to a local file; the provider fetches it from us before the
-        job starts. Needs a ledger: every rental is paid for."""
+        job starts. Needs a ledger: every rental is paid for. The job runs on if this node goes
+        away (it re-attaches: :meth:`attach`), unless ``stop_on_disconnect``."""
         self.check_live()
         if self.ledger is None:
             raise EscrowFailed("this client has no ledger (connect with ledger_url or ledger), so it cannot "
@@ -445,7 +362,8 @@ class Renter:
         executor = Executor.SCRIPT if script is not None else Executor.DOCKER
         spec: dict[str, Any] = {"executor": executor, "image": image, "script": script, "command": tuple(command),
                                 "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
-                                "min_vram_mib": min_vram_mib, "egress": egress}
+                                "min_vram_mib": min_vram_mib, "egress": egress,
+                                "stop_on_disconnect": stop_on_disconnect}
         if offer is not None:
             return await self._rent_from(offer, spec, inputs or {}, max_price_per_minute)
         found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,
@@ -482,14 +400,43 @@ class Renter:
             self.book.forget(offer.provider)  # unreachable: out of our choices until it publishes again
             raise NegotiationFailed(f"could not negotiate with {offer.provider[:8]}…: {exc}") from exc
         self.book.mark_rented(offer.provider)
-        return Rental(self, result.agreement, result.provider_peer, funder.handle)
+        if self.settlements is not None and funder.handle is not None:  # settled even if this process dies
+            await self.settlements.arm(funder.handle, result.agreement.terms.start_deadline)
+        rental = Rental(self, result.agreement, result.provider_peer, funder.handle,
+                        tracker=RentalTracker(self.rentals, result.agreement.agreement_id, self.clock))
+        await rental.tracker.agreed(result.agreement, result.provider_peer, offer.offer.addrs,
+                                    stop_on_disconnect=spec["stop_on_disconnect"])
+        return rental
+
+    async def attach(self, rental_id: str) -> Rental:
+        """The rental ``rental_id`` (agreement id, or its API job id) as this node kept it; its
+        ``run`` re-attaches to the job on the provider and follows it from the first log chunk
+        not yet received, then settles as usual."""
+        self.check_live()
+        record = await self.rentals.rental_record(rental_id) if self.rentals is not None else None
+        if record is None:
+            raise RenterError(f"this node keeps no rental {rental_id[:64]!r}")
+        return self._rental_of(record)
+
+    async def detached_rentals(self) -> list[Rental]:
+        """Rentals whose jobs this node followed when it went away (to re-attach after a restart)."""
+        return [self._rental_of(r) for r in await self.rentals.open_rental_records()] if self.rentals else []
+
+    def _rental_of(self, record: RentalRecord) -> Rental:
+        assert self.rentals is not None
+        agreement = Agreement.model_validate(record.agreement)
+        if record.provider_addrs:
+            self.network.add_addrs(record.provider_peer, list(record.provider_addrs))
+        rental = Rental(self, agreement, record.provider_peer, handle_of(agreement.terms),
+                        tracker=RentalTracker.of(self.rentals, record, self.clock))
+        rental.result = ResultRef.model_validate(record.result) if record.result else None
+        return rental
 
     async def _refund_after_failed_negotiation(self, funder: LedgerFunder) -> None:
         """A deposit locked for a deal that fell through comes straight back (never started)."""
         if funder.handle is None or self.ledger is None:
             return
         try:
-            await self.ledger.close(funder.handle)
+            await settle_rental(self.ledger, funder.handle, self.settlements, wait_s=0)
         except ContractsError as exc:
-            log.error("deposit of a failed negotiation stays in escrow %s (%s); it is refundable after the start "
-                      "deadline", funder.handle.address, exc)
+            log.error("deposit of a failed negotiation stays in escrow %s for now: %s", funder.handle.address, exc)

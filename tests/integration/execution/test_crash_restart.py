@@ -4,6 +4,7 @@ marked failed when its container vanished) and no minute is counted twice."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import sqlite3
@@ -129,3 +130,34 @@ async def test_sigkill_then_vanished_container_is_failed(
     state, detail = job_row(db, job_id)
     assert state == "failed" and "vanished" in detail
     assert minutes(db, job_id) == before  # nothing billed for the unknown downtime
+
+
+def job_processes(marker: str) -> list[int]:
+    """Host processes whose command line names ``marker`` (the script job's argument)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline.split(b"\0") and b"provider_runner.py" not in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_sigkill_mid_script_job_leaves_no_job_process_after_restart(tmp_path: Path) -> None:
+    # script jobs run as their own uid under the runner's folders: every parent must be traversable
+    os.chmod(tmp_path, 0o711)
+    marker = "dgpu-orphan-" + secrets.token_hex(4)  # the job's argument: finds its processes
+    db, job_id = await kill_mid_job(tmp_path, "script", marker, seconds=60)
+    assert job_row(db, job_id)[0] == "running"
+    base = [str(db), str(tmp_path / "ws"), marker, "script", str(INTERVAL)]
+    proc = await start_runner([*base, "resume"])
+    events = await read_events(proc, until="ended")
+    await proc.wait()
+    reconciled = next(e for e in events if e["event"] == "reconciled")
+    assert reconciled["failed"] == [job_id]
+    state, detail = job_row(db, job_id)
+    assert state == "failed" and "re-attached" in detail
+    assert job_processes(marker) == []  # nothing of the job runs on, unpaid

@@ -223,7 +223,7 @@ async def test_provider_killed_mid_job_fails_clearly(network: Any, renter: Any,
             nursery.start_soon(kill_when_started)
             with pytest.raises(JobLostError, match="provider"):
                 await run_job(renter.node, renter.key, res.agreement, res.provider_peer,
-                              clock=clock, nonce=nonce, on_log=on_log, idle_probe_s=5)
+                              clock=clock, nonce=nonce, on_log=on_log, silence_s=5)
     assert trio.current_time() - t0 < 30
     doomed.popen.wait()
     del network.procs["provider-doomed"]

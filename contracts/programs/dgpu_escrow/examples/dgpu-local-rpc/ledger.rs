@@ -474,6 +474,7 @@ impl Ledger {
                 Ok(json!({"slot": r.slot, "blockTime": r.block_time, "meta": r.meta,
                           "transaction": transaction, "version": version}))
             }
+            "getSignaturesForAddress" => self.signatures_for(params),
             "simulateTransaction" => self.simulate(params).await,
             "sendTransaction" => {
                 let tx = decode_tx(params)?;
@@ -506,6 +507,41 @@ impl Ledger {
             "dgpu_info" => Ok(self.info.clone()),
             other => Err(RpcError::new(-32601, format!("Method not found: {other}"))),
         }
+    }
+
+    /// The landed transactions naming an address, newest first (`before` and `until` are
+    /// exclusive bounds, `limit` at most 1000, as a validator answers).
+    fn signatures_for(&self, params: &Value) -> Result<Value, RpcError> {
+        let address = pubkey_at(params, 0)?;
+        let cfg = config(params, 1);
+        let bound = |name: &str| -> Result<Option<Signature>, RpcError> {
+            match cfg.and_then(|c| c.get(name)).and_then(Value::as_str) {
+                Some(text) => Signature::from_str(text).map(Some).map_err(|_| RpcError::params(format!("invalid {name}"))),
+                None => Ok(None),
+            }
+        };
+        let (before, until) = (bound("before")?, bound("until")?);
+        let limit = cfg.and_then(|c| c.get("limit")).and_then(Value::as_u64).unwrap_or(1000);
+        if !(1..=1000).contains(&limit) {
+            return Err(RpcError::params("limit is 1..=1000"));
+        }
+        let mut skipping = before.is_some();
+        let mut out = vec![];
+        for sig in self.order.iter().rev() {
+            if skipping {
+                skipping = Some(*sig) != before;
+                continue;
+            }
+            if Some(*sig) == until || out.len() as u64 >= limit {
+                break;
+            }
+            let r = &self.records[sig];
+            if r.tx.message.static_account_keys().contains(&address) {
+                out.push(json!({"signature": sig.to_string(), "slot": r.slot, "err": r.err.as_ref().map(err_json),
+                                "memo": null, "blockTime": r.block_time, "confirmationStatus": "finalized"}));
+            }
+        }
+        Ok(json!(out))
     }
 
     async fn block_height(&self) -> Result<u64, RpcError> {

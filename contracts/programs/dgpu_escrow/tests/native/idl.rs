@@ -17,9 +17,17 @@ use std::process::Command;
 const BEGIN: &str = "----- dgpu_escrow IDL begin -----";
 const END: &str = "----- dgpu_escrow IDL end -----";
 
+/// Read at run time, not baked in by `env!`: a build cache shared by clones at other paths
+/// (CI) can run a test binary compiled in a checkout that no longer exists.
 fn program_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os(PROGRAM_DIR_VAR)
+        .or_else(|| std::env::var_os("CARGO_MANIFEST_DIR"))
+        .map(PathBuf::from)
+        .expect("cargo sets CARGO_MANIFEST_DIR for a test run")
 }
+
+/// How the parent hands the program's folder to the child, whose CARGO_* variables are removed.
+const PROGRAM_DIR_VAR: &str = "DGPU_ESCROW_PROGRAM_DIR";
 
 fn idl_path() -> PathBuf {
     program_dir().join("../../idl/dgpu_escrow.json")
@@ -71,6 +79,7 @@ fn generate_idl() -> String {
     });
     cmd.env("CARGO_ENCODED_RUSTFLAGS", encoded);
     cmd.env("DGPU_IDL_CHILD", "1");
+    cmd.env(PROGRAM_DIR_VAR, program_dir());
     let out = cmd.output().expect("spawn IDL child");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -21,8 +21,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 fn vectors_dir() -> PathBuf {
-    // contracts/programs/dgpu_escrow -> <repo>/tests/vectors
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../tests/vectors")
+    // contracts/programs/dgpu_escrow -> <repo>/tests/vectors. Read at run time, not baked in by
+    // `env!`: a build cache shared by clones at other paths (CI) can outlive the checkout it was
+    // compiled in.
+    let program = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    PathBuf::from(program).join("../../../tests/vectors")
 }
 
 #[derive(Deserialize)]
