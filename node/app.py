@@ -29,7 +29,6 @@ import trio
 from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus
 from dgpu.node.adapters.keystore import load_or_create
-from dgpu.node.adapters.metrics_http import serve_metrics
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_metrics import P2PCollector
@@ -338,6 +337,8 @@ async def run_node(config: NodeConfig, *,
         if config.status_file is not None:
             nursery.start_soon(_write_status, rt, config.status_file)
         if config.metrics_port is not None:
+            from dgpu.node.adapters.metrics_http import serve_metrics  # the web stack only when asked for
+
             rt.metrics_port = await nursery.start(serve_metrics, metrics.registry, config.metrics_host,
                                                   config.metrics_port)
             log.info("metrics on http://%s:%d/metrics", config.metrics_host, rt.metrics_port)
