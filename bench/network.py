@@ -1,17 +1,25 @@
-"""Network benchmark: offer propagation (10 and 30 node processes), negotiation round trip, RSS.
+"""Network benchmark: offer propagation (10 to 100 node processes), negotiation round trip, RSS.
 
 Prints one JSON object. Every node is its own OS process on 127.0.0.1 (a provider with a
 simulated GPU, so every node both publishes and relays). Propagation of one offer = the time
 from its publication (its ``seq`` is the publisher's clock in ms) until the *last* node
-accepted it, read from each node's status file. Publications are triggered one at a time
-with SIGUSR1 after the mesh has settled. Negotiation: an in-process renter runs JobRequest →
-Agreement against one provider, paying for real: the bootstrap node serves the development
-ledger and the providers verify escrows on it (``--ledger-url``), so each round trip includes
-opening the escrow on the ledger (``LedgerFunder``) and the provider reading it back. The
-ledger ``open`` call is also timed alone, and the round trip is reported without it.
-RSS: resident set of each idle node process.
+accepted it, read from each node's status file.
 
-    .venv/bin/python bench/network.py [--sizes 10 30] [--publishes 20]
+- ``formation``: the network forming, from the first spawn until every node holds every offer:
+  how many publications that took (each provider publishes at start and once more when it
+  first has topic peers; joiners get the rest by offer sync), the offer deliveries they
+  caused, their propagation, and the nodes' CPU seconds meanwhile.
+- ``settled``: publications triggered one at a time with SIGUSR1 once the network has settled:
+  propagation p50/p99, and the nodes' CPU seconds per publication.
+
+Negotiation: an in-process renter runs JobRequest → Agreement against one provider, paying for
+real: the bootstrap node serves the development ledger and the providers verify escrows on it
+(``--ledger-url``), so each round trip includes opening the escrow on the ledger
+(``LedgerFunder``) and the provider reading it back. The ledger ``open`` call is also timed
+alone, and the round trip is reported without it. RSS: resident set of each idle node process.
+``--baseline`` also runs ``bench/bare_libp2p.py`` (bare py-libp2p, same sizes) in the same run.
+
+    .venv/bin/python bench/network.py [--sizes 10 30 50 100] [--publishes 20] [--baseline]
 """
 
 from __future__ import annotations
@@ -38,7 +46,9 @@ from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.node.adapters.p2p import P2PConfig, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
+from dgpu.node.errors import NetworkError, RejectedError
 from dgpu.node.services.negotiation import negotiate
+from dgpu.node.services.offer_sync import sync_from_new_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.node.services.renter import LedgerFunder
 from dgpu.protocol.escrow import RentalIds
@@ -97,8 +107,12 @@ class Swarm:
                 f"RTX 4090:24576:{1 + i % 4}", "--price", str(100 + i), "--max-jobs", "64",
                 "--ledger-url", self.ledger_url, "--status-file", str(st), "--accept-simulated"])
             addrs.append(a)
-        for a in addrs:
-            self._wait(a)
+        for i, a in enumerate(addrs):
+            try:
+                self._wait(a, timeout=120 + 3 * self.n)  # 2 cores start ~1 node a second
+            except TimeoutError:  # say why before the folder is removed
+                tail = (self.dir / f"n{i}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"node n{i} did not start (exit code {self.procs[i + 1].poll()}):\n{tail}") from None
 
     def statuses(self) -> list[dict[str, Any]]:
         out = []
@@ -108,6 +122,17 @@ class Swarm:
             except (OSError, ValueError):
                 out.append({})
         return out
+
+    def cpu_s(self) -> float:
+        """CPU seconds the node processes (not the bootstrap) have used so far."""
+        total = 0.0
+        for p in self.procs[1:]:
+            try:
+                t = psutil.Process(p.pid).cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
 
     def settle(self, timeout: float = 90) -> float:
         t0 = time.monotonic()
@@ -134,8 +159,37 @@ class Swarm:
         return codes
 
 
+def _seen_since(sw: Swarm, start_ms: int) -> tuple[dict[tuple[str, int], list[int]], int]:
+    """(provider, seq) -> receipt times at each node, for offers published since ``start_ms``;
+    and the number of deliveries (accepted offers, every node counted)."""
+    first_seen: dict[tuple[str, int], list[int]] = {}
+    deliveries = 0
+    for s in sw.statuses():
+        for provider, seq, recv_ms in s.get("history", []):
+            if seq >= start_ms:
+                first_seen.setdefault((provider, seq), []).append(recv_ms)
+                deliveries += 1
+    return first_seen, deliveries
+
+
+def _latencies(first_seen: dict[tuple[str, int], list[int]], n: int) -> dict[str, Any]:
+    lat = [max(v) - seq for (_, seq), v in first_seen.items() if len(v) == n]
+    return {"reached_all": len(lat), "incomplete": sum(1 for v in first_seen.values() if len(v) < n),
+            "median_ms": round(statistics.median(lat), 1) if lat else None,
+            "p99_ms": round(pct(lat, 0.99), 1) if lat else None, "max_ms": max(lat) if lat else None}
+
+
+def formation(sw: Swarm, start_ms: int, cpu_s: float, settle_s: float) -> dict[str, Any]:
+    """The formation wave: only the publications made while the network formed."""
+    first_seen, deliveries = _seen_since(sw, start_ms)
+    return {"settle_s": round(settle_s, 1), "publications": len(first_seen),
+            "per_node": round(len(first_seen) / sw.n, 2), "deliveries": deliveries,
+            "cpu_s": round(cpu_s, 1), **_latencies(first_seen, sw.n)}
+
+
 def propagation(sw: Swarm, publishes: int, gap_s: float) -> dict[str, Any]:
     start_ms = time.time_ns() // 1_000_000
+    cpu0 = sw.cpu_s()
     # round-robin over a shuffled order: one provider's consecutive publishes are n*gap apart,
     # so a newer seq never overtakes an older one (which would then be refused as stale)
     order = sw.procs[1:]
@@ -147,20 +201,13 @@ def propagation(sw: Swarm, publishes: int, gap_s: float) -> dict[str, Any]:
     end = time.monotonic() + 20
     while True:
         time.sleep(1)
-        first_seen: dict[tuple[str, int], list[int]] = {}
-        for s in sw.statuses():
-            for provider, seq, recv_ms in s.get("history", []):
-                if seq >= start_ms:
-                    first_seen.setdefault((provider, seq), []).append(recv_ms)
+        first_seen, _ = _seen_since(sw, start_ms)
         if ((len(first_seen) >= publishes and all(len(v) == sw.n for v in first_seen.values()))
                 or time.monotonic() > end):
             break
-    lat = [max(v) - seq for (_, seq), v in first_seen.items() if len(v) == sw.n]
-    incomplete = sum(1 for v in first_seen.values() if len(v) < sw.n)
-    return {"messages": len(first_seen), "reached_all": len(lat), "incomplete": incomplete,
-            "median_ms": round(statistics.median(lat), 1) if lat else None,
-            "p99_ms": round(pct(lat, 0.99), 1) if lat else None,
-            "max_ms": max(lat) if lat else None}
+    cpu = sw.cpu_s() - cpu0
+    return {"messages": len(first_seen), **_latencies(first_seen, sw.n),
+            "cpu_s_per_publish": round(cpu / max(1, len(first_seen)), 3)}
 
 
 def rss(sw: Swarm) -> dict[str, float]:
@@ -193,52 +240,69 @@ async def negotiation_rtt(boot: str, ledger_url: str, rounds: int) -> dict[str, 
     ledger = DevLedgerEscrow(ledger_url, key)
     try:
         await ledger.faucet(10_000_000)  # development tokens: each round locks one small deposit
-        times, funding = await _negotiate_rounds(boot, key, ledger, rounds)
+        times, funding, failures = await _negotiate_rounds(boot, key, ledger, rounds)
     finally:
         await ledger.aclose()
-    return {"rounds": rounds, "with_funding": _summary(times), "ledger_open": _summary(funding),
+    if not times:
+        return {"rounds": 0, "failures": failures}
+    return {"rounds": len(times), "failures": failures, "with_funding": _summary(times),
+            "ledger_open": _summary(funding),
             "without_ledger_call": _summary([t - f for t, f in zip(times, funding, strict=True)])}
 
 
 async def _negotiate_rounds(boot: str, key: SigningKey, ledger: DevLedgerEscrow, rounds: int
-                            ) -> tuple[list[float], list[float]]:
-    """(round trips, ledger opens) in ms, the first round (the dial) left out."""
+                            ) -> tuple[list[float], list[float], list[str]]:
+    """(round trips, ledger opens) in ms. Round-robin over the providers: each throttles a renter
+    after 3 unused agreements in 10 minutes (money before work), so each gets at most 3, and the
+    first with each (the dial) is left out."""
     times: list[float] = []
     funding: list[float] = []
+    failures: list[str] = []
     async with open_node(key, P2PConfig(gossip=GossipConfig(max_data_bytes=MAX_OFFER_BYTES))
                          ) as node, trio.open_nursery() as nursery:
         book = OfferBook()
-        await node.subscribe(OFFERS_TOPIC, OfferValidator(book, clock=lambda: int(time.time()),
-                                                          accept_simulated=True))
+        validator = OfferValidator(book, clock=lambda: int(time.time()), accept_simulated=True)
+        await node.subscribe(OFFERS_TOPIC, validator)
         await nursery.start(Discovery(node, [boot], RENDEZVOUS_NAMESPACE, advertise=False).run)
-        with trio.fail_after(60):
-            while len(book) == 0:
+        nursery.start_soon(sync_from_new_peers, node, validator)  # as a renter node does
+        with trio.move_on_after(60):
+            while len(book) < 10:
                 await trio.sleep(0.2)
-        entry = next(iter(book._entries.values()))
+        entries = list(book._entries.values())[:10]
+        want = len(entries)
+        if not want:
+            raise RuntimeError("the renter found no offer")
+        rounds = min(rounds, 2 * want)
         job = {"executor": Executor.SCRIPT, "script": "true", "max_minutes": 1, "gpu_count": 1,
                "max_price_per_minute": 10**6}
         rental_ids = RentalIds(lambda: time.time_ns() // 1000)
-        for i in range(rounds + 1):
+        for i in range(want + rounds):
+            entry = entries[i % want]
             funder = TimedFunder(LedgerFunder(ledger, rental_ids))
             t0 = time.perf_counter()
-            await negotiate(node, key, entry.offer, job, escrow=funder,
-                            clock=lambda: int(time.time()),
-                            nonce=lambda: secrets.token_bytes(16), provider_peer=entry.peer_id)
-            if i:  # the first one includes the dial
+            try:
+                await negotiate(node, key, entry.offer, job, escrow=funder,
+                                clock=lambda: int(time.time()),
+                                nonce=lambda: secrets.token_bytes(16), provider_peer=entry.peer_id)
+            except (NetworkError, RejectedError) as exc:  # a loaded machine: count it, go on
+                failures.append(f"{type(exc).__name__}: {exc}"[:120])
+                continue
+            if i >= want:  # the first with each provider includes the dial
                 times.append((time.perf_counter() - t0) * 1000)
                 funding.append(funder.last_s * 1000)
             if funder.inner.handle is not None:  # never started: the deposit comes back (untimed)
                 await ledger.close(funder.inner.handle)
         nursery.cancel_scope.cancel()
-    return times, funding
+    return times, funding, failures
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 50, 100])
     ap.add_argument("--publishes", type=int, default=20)
     ap.add_argument("--gap", type=float, default=0.5)
-    ap.add_argument("--negotiations", type=int, default=30)
+    ap.add_argument("--negotiations", type=int, default=20, help="at most 2 per provider (10 providers)")
+    ap.add_argument("--baseline", action="store_true", help="also run bench/bare_libp2p.py (bare py-libp2p)")
     args = ap.parse_args()
     out: dict[str, Any] = {"cpus": psutil.cpu_count(), "loadavg_before": os.getloadavg(),
                            "propagation": {}}
@@ -247,19 +311,27 @@ def main() -> None:
         entry: dict[str, Any] = {}
         try:
             t0 = time.monotonic()
+            start_ms = time.time_ns() // 1_000_000
             sw.start()
             started = time.monotonic() - t0
-            settled = sw.settle()
-            time.sleep(3)  # let start-up republishes die down
-            entry = {"start_s": round(started, 1), "settle_s": round(settled, 1)}
-            entry["idle_rss"] = rss(sw)
-            entry.update(propagation(sw, args.publishes, args.gap))
+            settled = sw.settle(timeout=90 + 2 * n)
+            time.sleep(3)  # let the last start-up publications land
+            entry = {"start_s": round(started, 1),
+                     "formation": formation(sw, start_ms, sw.cpu_s(), settled),
+                     "idle_rss": rss(sw)}
+            entry["settled"] = propagation(sw, args.publishes, args.gap)
             if i == 0:
                 out["negotiation"] = trio.run(negotiation_rtt, sw.boot, sw.ledger_url, args.negotiations)
         finally:
             codes = sw.stop()
             entry["unclean_exits"] = sum(1 for c in codes if c != 0)
         out["propagation"][str(n)] = entry
+        print(json.dumps({str(n): entry}), file=sys.stderr, flush=True)  # progress: big sizes take minutes
+    if args.baseline:
+        bare = subprocess.run([sys.executable, str(Path(__file__).with_name("bare_libp2p.py")), "--sizes",
+                               *map(str, args.sizes), "--publishes", str(args.publishes), "--gap", str(args.gap),
+                               "--rounds", str(args.negotiations)], capture_output=True, check=True, text=True)
+        out["bare_libp2p"] = json.loads(bare.stdout)
     out["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))
 

@@ -8,12 +8,13 @@ and its wallet are one key.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -50,6 +51,19 @@ class LedgerSettings:
     fee_bps: int = 500
 
 
+#: served on loopback, every node of a local network calls from 127.0.0.1, so one address's bucket
+#: must let 100 nodes start at once (each reads the ledger a few times, then polls its escrows);
+#: only local processes can reach such a server, so the per-address limit protects little there
+LOOPBACK_IP_LIMITS: dict[str, Any] = {"ip_rate_per_s": 500.0, "ip_burst": 2_000}
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @dataclass(frozen=True, slots=True)
 class BootstrapEndpoints:
     multiaddr: str
@@ -67,7 +81,8 @@ async def run_bootstrap_services(
 ) -> None:
     """Run the discovery host and the HTTP services until cancelled."""
     key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))
-    http_config = BootstrapHttpConfig(data_dir=config.data_dir / "http", key_path=config.key_file)
+    limits = LOOPBACK_IP_LIMITS if _is_loopback(http_host) else {}
+    http_config = BootstrapHttpConfig(data_dir=config.data_dir / "http", key_path=config.key_file, **limits)
     routers = []
     if ledger.enabled:
         routers.append(ledger_router(DevLedgerConfig(

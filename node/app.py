@@ -20,6 +20,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -28,7 +29,6 @@ import trio
 from dgpu.node.adapters.files import write_addr_file
 from dgpu.node.adapters.gpu import NvmlGpus, SimulatedGpus
 from dgpu.node.adapters.keystore import load_or_create
-from dgpu.node.adapters.metrics_http import serve_metrics
 from dgpu.node.adapters.p2p import P2PConfig, P2PNode, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_metrics import P2PCollector
@@ -47,7 +47,7 @@ from dgpu.node.services import blobs
 from dgpu.node.services.billing import synced_time
 from dgpu.node.services.instrumented_ledger import InstrumentedLedger
 from dgpu.node.services.inventory import select_gpus
-from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_offers
+from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_from_new_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.node.services.settlement import Settlements
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
@@ -170,34 +170,25 @@ async def scan_offered(config: NodeConfig, source: GpuSource) -> GpuScan:
     return replace(scan, gpus=gpus)
 
 
-async def _watch_peers(node: P2PNode, on_new_peers: Callable[[], None], *, poll_s: float = 0.5,
-                       quiet_s: float = 3.0, max_wait_s: float = 15.0) -> None:
-    """Republish our offer when peers we never saw join the topic (they missed it).
-
-    Only first sightings count: peers that flap in and out of the topic (reconnects,
-    stream repairs) must not turn every node into a continuous republisher. And a wave of
-    joins (a network forming, discovery dialling several peers) costs one republish, not
-    one per peer: we wait until no new peer has appeared for ``quiet_s`` (at most
-    ``max_wait_s``). Every republish reaches every node, so one per batch of joiners was an
-    N-squared storm (30 nodes: ~280 publications at start-up, a backlog of ~40 s of CPU on
-    2 cores that delayed every later offer by seconds).
-    """
+async def _republish_once_joined(node: P2PNode, on_joined: Callable[[], None], *, poll_s: float = 0.5,
+                                 quiet_s: float = 3.0, max_wait_s: float = 15.0) -> None:
+    """Publish once more when this provider first has peers on the offers topic: the offer it
+    published at start reached nobody yet. That is all: nodes that join later get the offer by
+    offer sync from their neighbours, so nobody republishes when peers join (the old per-join
+    republish was a wave through every node: ~280 publications while 30 nodes formed). The
+    first joins of a forming network come in a burst: wait until none is new for ``quiet_s``."""
     seen: set[str] = set()
-    first_new: float | None = None
-    last_new = 0.0
+    first = last = 0.0
     while True:
         peers = set(node.topic_peers(OFFERS_TOPIC))
         now = trio.current_time()
         if peers - seen:
-            last_new = now
-            if first_new is None:
-                first_new = now
-        seen |= peers
-        if len(seen) > 10_000:  # bounded; forgetting only means one extra republish
-            seen = peers
-        if first_new is not None and (now - last_new >= quiet_s or now - first_new >= max_wait_s):
-            first_new = None
-            on_new_peers()
+            seen |= peers
+            last = now
+            first = first or now
+        if first and (now - last >= quiet_s or now - first >= max_wait_s):
+            on_joined()
+            return
         await trio.sleep(poll_s)
 
 
@@ -211,28 +202,6 @@ def _nat(rt: AnyNode, offering: Offering | None) -> NatTraversal:
 
     return NatTraversal(rt.node, list(rt.config.bootstrap), mode=rt.config.reachability,
                         reserve=offering is not None, on_addrs_changed=readdress)
-
-
-async def _sync_from_new_peers(node: P2PNode, validator: OfferValidator, *, poll_s: float = 0.5,
-                               parallel: int = 4) -> None:
-    """Ask each peer first seen on the offers topic for the offers it holds (offer sync), so a
-    node that joins sees the current offers at once, not at the next republish."""
-    seen: set[str] = set()
-    limiter = trio.CapacityLimiter(parallel)
-
-    async def sync(peer: str) -> None:
-        async with limiter:
-            accepted = await sync_offers(node, peer, validator)
-        if accepted:
-            log.info("offer sync from %s: %d offer(s)", peer, accepted)
-
-    async with trio.open_nursery() as nursery:
-        while True:
-            peers = set(node.topic_peers(OFFERS_TOPIC))
-            for peer in peers - seen:
-                nursery.start_soon(sync, peer)
-            seen = seen | peers if len(seen) < 10_000 else peers  # bounded; forgetting costs one sync
-            await trio.sleep(poll_s)
 
 
 def _offering(rt: AnyNode) -> Offering | None:
@@ -297,8 +266,10 @@ async def _republish_on_signal(offering: Offering) -> None:
 
 async def run_node(config: NodeConfig, *,
                    main: Callable[[AnyNode], Awaitable[None]] | None = None,
-                   api: ApiSettings | None = None,
+                   api: ApiSettings | None = None, stopping: trio.Event | None = None,
                    task_status: TaskStatus[AnyNode] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a node until cancelled, until ``main`` returns, or (gracefully: a provider first
+    withdraws its offer while its connections are up) until ``stopping`` is set."""
     key = load_or_create(config.key_file, passphrase=os.environ.get(config.passphrase_env))
     p2p_config = P2PConfig(
         listen_host=config.listen_host,
@@ -354,18 +325,20 @@ async def run_node(config: NodeConfig, *,
             rt = RenterNode(config, key, node, book, validator, discovery, metrics, shelf, ledger, store=store,
                             settlements=settlements)
         metrics.set_runtime(lambda: runtime_stats(rt))
-        await nursery.start(discovery.run)
-        nursery.start_soon(_sync_from_new_peers, node, validator)
+        await nursery.start(partial(discovery.run, max_join_tries=config.join_tries))
+        nursery.start_soon(sync_from_new_peers, node, validator)
         offering = _offering(rt)
         await nursery.start(_nat(rt, offering).run)
         if offering is not None:
             await nursery.start(offering.publisher.run)
-            nursery.start_soon(_watch_peers, node, offering.publisher.changed)
+            nursery.start_soon(_republish_once_joined, node, offering.publisher.changed)
             if threading.current_thread() is threading.main_thread():
                 nursery.start_soon(_republish_on_signal, offering)
         if config.status_file is not None:
             nursery.start_soon(_write_status, rt, config.status_file)
         if config.metrics_port is not None:
+            from dgpu.node.adapters.metrics_http import serve_metrics  # the web stack only when asked for
+
             rt.metrics_port = await nursery.start(serve_metrics, metrics.registry, config.metrics_host,
                                                   config.metrics_port)
             log.info("metrics on http://%s:%d/metrics", config.metrics_host, rt.metrics_port)
@@ -380,10 +353,23 @@ async def run_node(config: NodeConfig, *,
             # the renter commands find their node's API here, from any folder
             write_addr_file(config.data_dir / API_FILE, json.dumps({"url": api_url}))
             log.info("local API on %s/docs", api_url)
+        if stopping is not None:
+            nursery.start_soon(_stop_when, stopping, offering, nursery.cancel_scope)
         task_status.started(rt)
         if main is not None:
             await main(rt)
             nursery.cancel_scope.cancel()
+
+
+async def _stop_when(stopping: trio.Event, offering: Offering | None, scope: trio.CancelScope) -> None:
+    await stopping.wait()
+    if offering is not None:
+        with trio.move_on_after(3):
+            try:
+                await offering.publisher.withdraw_now("stopped")
+            except NetworkError as exc:
+                log.info("offer withdrawal failed: %s", exc)
+    scope.cancel()
 
 
 def api_node(rt: AnyNode) -> ApiNode:

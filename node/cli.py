@@ -134,6 +134,9 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--reachability", choices=["auto", "public", "private"], default="auto",
                    help="provider: auto-detect (dial-back by bootstrap nodes) or force; "
                         "not public = reserve relay slots on the bootstrap nodes")
+    n.add_argument("--join-tries", type=int, default=8, metavar="N",
+                   help="rounds of dialling the bootstrap nodes (backoff 0.25 s doubling to 10 s) before "
+                        "giving up with 'no bootstrap node reachable'")
     n.add_argument("--bootstrap-url", default=None, help="HTTP URL of a bootstrap node (login, storage)")
     n.add_argument("--api-admin", action="append", default=[], metavar="WALLET",
                    help="another wallet allowed to use the API")
@@ -153,12 +156,18 @@ def _leaves(group: BaseExceptionGroup[ConfigError]) -> list[ConfigError]:
     return out
 
 
-async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
-    """Run ``body``; SIGTERM/SIGINT cancel it so every service shuts down cleanly."""
+async def until_signal(body: Callable[[], Awaitable[None]], *, stopping: trio.Event | None = None,
+                       grace_s: float = 5.0) -> None:
+    """Run ``body``; SIGTERM/SIGINT cancel it so every service shuts down cleanly. With
+    ``stopping``, the signal first sets it and gives ``body`` up to ``grace_s`` to return by
+    itself (a provider withdraws its offer while its connections are still up)."""
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
+                    if stopping is not None:
+                        stopping.set()
+                        await trio.sleep(grace_s)
                     nursery.cancel_scope.cancel()
                     return
 
@@ -205,7 +214,7 @@ def node_config(args: argparse.Namespace, env: Mapping[str, str]) -> NodeConfig:
         billing_grace_s=args.billing_grace, billing_poll_s=args.billing_poll,
         settle_retry_max_s=args.settle_retry_max,
         meter_interval_s=args.meter_interval, start_window_s=args.start_window,
-        reachability=args.reachability,
+        reachability=args.reachability, join_tries=args.join_tries,
     )
 
 
@@ -255,12 +264,16 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
         main_fn = rent
 
     async def body() -> None:
-        await run_node(config, main=main_fn, api=api)
+        await run_node(config, main=main_fn, api=api, stopping=stopping)
 
+    async def run() -> None:
+        await until_signal(body, stopping=stopping)
+
+    stopping = trio.Event()
     refused: list[str] = []
     try:
         with hold_data_dir(config.data_dir):
-            trio.run(until_signal, body)
+            trio.run(run)
     except* ConfigError as group:  # a provider that cannot offer what it was asked to (no GPU, no runtime)
         refused.extend(str(exc) for exc in _leaves(group))
     if refused:

@@ -6,14 +6,14 @@ import hashlib
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dgpu.node.errors import ConfigError
 from dgpu.protocol.keys import SigningKey
-from dgpu.protocol.messages import Executor, GpuSpec
+from dgpu.protocol.messages import Executor, GpuSpec, ImagePattern
 
 __all__ = ["DEVELOPMENT_LEDGERS", "DEV_MINT", "BootstrapConfig", "LedgerKind", "NodeConfig", "parse_gpu"]
 
@@ -84,7 +84,8 @@ class NodeConfig(_Config):
     price_window_s: int = Field(900, ge=1, le=86_400)
     region: str = "local"
     executors: tuple[Executor, ...] = (Executor.SCRIPT,)
-    allowed_images: tuple[str, ...] = ()
+    #: Docker images renters may run: all of them are listed in the offer
+    allowed_images: Annotated[tuple[ImagePattern, ...], Field(max_length=16)] = ()
     #: concurrent rentals; None: one per GPU offered
     max_concurrent_jobs: int | None = Field(None, ge=1, le=64)
     offer_ttl_s: int = Field(300, ge=60, le=3600)
@@ -126,6 +127,8 @@ class NodeConfig(_Config):
     #: "auto": bootstrap nodes dial us back; "private": always reserve relay slots (behind NAT);
     #: "public": never (a provider with a public address)
     reachability: Literal["auto", "public", "private"] = "auto"
+    #: rounds of dialling the bootstrap nodes before giving up (a node that cannot join exits)
+    join_tries: int = Field(8, ge=1, le=100)
 
     @field_validator("data_dir")
     @classmethod

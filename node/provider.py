@@ -46,6 +46,7 @@ from dgpu.node.services.gpu_monitor import GpuMonitor
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.jobs import JobService
+from dgpu.node.services.ledger_retry import retry_busy
 from dgpu.node.services.meter import Meter, build_usage_receipts
 from dgpu.node.services.negotiation import (
     Abandoners,
@@ -177,11 +178,11 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         log.warning("no ledger configured (--ledger-url): every escrow will be refused")
         mint, decimals, ledger_name, ledger_time = DEV_MINT, 6, "none", None
     else:
-        mint_info = await ledger.mint_info()
+        mint_info = await retry_busy(ledger.mint_info, what="reading the ledger's mint")
         mint, decimals, ledger_name, ledger_time = mint_info.address, mint_info.decimals, ledger.ledger, LedgerTime()
         if config.mint is not None and mint != config.mint:
             raise ConfigError(f"the ledger's program pins mint {mint}, not the configured {config.mint}")
-        await ledger_time.sync(ledger)
+        await retry_busy(lambda: ledger_time.sync(ledger), what="reading the ledger's clock")
     deadline_clock = ledger_time.now if ledger_time is not None else wall_clock
     speed = ledger_time.speed if ledger_time is not None else 1
     meter_interval_s = meter_minute_s(config, speed)
@@ -209,7 +210,7 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
     publisher = OfferPublisher(
         key, inventory, OfferTerms(mint=mint, ledger=ledger_name, region=config.region, executors=offered,
                                    addrs=tuple(node.addrs), forward=config.allow_forward,
-                                   shell=config.allow_shell),
+                                   shell=config.allow_shell, images=config.allowed_images),
         publish, clock=wall_clock, clock_ms=wall_clock_ms, ttl_s=config.offer_ttl_s, reprice=pricer.reprice)
     agreements = AgreementStore()
     abandoners = Abandoners(clock=wall_clock)

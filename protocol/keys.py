@@ -8,6 +8,7 @@ The private half never appears in ``repr``, ``str`` or any error message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,6 +22,15 @@ _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
 
 def b58encode(data: bytes) -> str:
     """Bitcoin/Solana base58 (leading zero bytes become ``1``)."""
+    return _b58encode_key(data) if len(data) == 32 else _b58encode(data)
+
+
+def b58decode(text: str) -> bytes:
+    """Inverse of :func:`b58encode`; raises ``ValueError`` on a character outside the alphabet."""
+    return _b58decode_key(text) if 32 <= len(text) <= 44 else _b58decode(text)
+
+
+def _b58encode(data: bytes) -> str:
     zeros = len(data) - len(data.lstrip(b"\0"))
     n = int.from_bytes(data, "big")
     out = bytearray()
@@ -30,8 +40,7 @@ def b58encode(data: bytes) -> str:
     return (b"1" * zeros + bytes(reversed(out))).decode("ascii")
 
 
-def b58decode(text: str) -> bytes:
-    """Inverse of :func:`b58encode`; raises ``ValueError`` on a character outside the alphabet."""
+def _b58decode(text: str) -> bytes:
     raw = text.encode("ascii", errors="strict") if text.isascii() else None
     if raw is None:
         raise ValueError("base58 text must be ASCII")
@@ -44,6 +53,12 @@ def b58decode(text: str) -> bytes:
     zeros = len(raw) - len(raw.lstrip(b"1"))
     body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
     return b"\0" * zeros + body
+
+
+# every message names wallets that its validation decodes again and again (22 times in one
+# negotiation): keys are few, so their conversions are remembered (bounded; errors are not)
+_b58encode_key = lru_cache(maxsize=4096)(_b58encode)
+_b58decode_key = lru_cache(maxsize=4096)(_b58decode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +102,16 @@ class SigningKey:
 
     seed: bytes = field(repr=False)
     public_key: PublicKey = field(init=False)
+    #: the parsed key, kept: parsing it again for every signature cost as much as signing
+    _private: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.seed) != 32:
             raise ValueError("an Ed25519 seed is 32 bytes")
-        pub = Ed25519PrivateKey.from_private_bytes(self.seed).public_key()
+        private = Ed25519PrivateKey.from_private_bytes(self.seed)
+        object.__setattr__(self, "_private", private)
         object.__setattr__(
-            self, "public_key", PublicKey(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
+            self, "public_key", PublicKey(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
         )
 
     @classmethod
@@ -112,7 +130,7 @@ class SigningKey:
         return list(self.seed + self.public_key.raw)
 
     def sign(self, data: bytes) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(data)
+        return self._private.sign(data)
 
     def __repr__(self) -> str:
         return f"SigningKey(public_key={self.public_key.wallet})"

@@ -29,6 +29,7 @@ Errors, one tree for both ledgers, converted once in each client::
     │                                  replay, expired or malformed envelope, faucet limit, not in test mode
     ├── TransportError                 the ledger could not be reached or answered nonsense (HTTP, RPC)
     │   ├── LedgerTimeout              no answer within the timeout
+    │   ├── LedgerBusy                 refused for load (HTTP 429): nothing applied, retry later
     │   └── LedgerUnavailable          raised by a node's workflow, not a client: an escrow could not be
     │                                  settled for an outage; its message says what happens next
     └── ConfirmationError              a transaction was sent but did not confirm (``.signature``)
@@ -62,6 +63,7 @@ __all__ = [
     "EscrowRefused",
     "EscrowView",
     "InsufficientFunds",
+    "LedgerBusy",
     "LedgerError",
     "LedgerTimeout",
     "LedgerUnavailable",
@@ -319,6 +321,15 @@ class TransportError(ContractsError):
 
 class LedgerTimeout(TransportError):
     """The ledger did not answer in time; the request may or may not have been applied."""
+
+
+class LedgerBusy(TransportError):
+    """The ledger refused the request for load (a rate limit) before applying it: retry after
+    ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class LedgerUnavailable(TransportError):

@@ -4,7 +4,8 @@ Money is an integer of the token's base unit (``int``, never ``float``); times a
 passed in by the caller. Strings and collections all have explicit bounds, so a message that
 passes validation also fits its frame. One ``TypeAdapter`` per direction of each stream:
 
-- gossip: :data:`GOSSIP_ADAPTER` (``Offer``)
+- gossip: :data:`GOSSIP_ADAPTER` (``Offer``); the offers topic also carries withdrawals:
+  :data:`OFFERS_TOPIC_ADAPTER` (``Offer``, ``OfferWithdrawal``)
 - negotiation: :data:`TO_PROVIDER_NEGOTIATION` (``JobRequest``, ``Accept``) and
   :data:`TO_RENTER_NEGOTIATION` (``Quote``, ``Reject``, ``Agreement``)
 - job session: :data:`TO_PROVIDER_JOB` (``JobSubmit``, ``JobCancel``) and :data:`TO_RENTER_JOB`
@@ -38,6 +39,7 @@ __all__ = [
     "GOSSIP_ADAPTER",
     "MAX_FORWARD_PORTS",
     "MESSAGE_TYPES",
+    "OFFERS_TOPIC_ADAPTER",
     "TO_PROVIDER_JOB",
     "TO_PROVIDER_NEGOTIATION",
     "TO_RENTER_JOB",
@@ -49,6 +51,7 @@ __all__ = [
     "Executor",
     "GpuSample",
     "GpuSpec",
+    "ImagePattern",
     "InputRef",
     "JobCancel",
     "JobRequest",
@@ -58,6 +61,7 @@ __all__ = [
     "LogChunk",
     "Message",
     "Offer",
+    "OfferWithdrawal",
     "PriceBasis",
     "Quote",
     "Reject",
@@ -65,6 +69,7 @@ __all__ = [
     "ResultRef",
     "UsageReceipt",
     "digest",
+    "image_allowed",
 ]
 
 U64_MAX = 2**64 - 1
@@ -154,7 +159,15 @@ class PriceBasis(_Model):
 
 #: Offer fields added after version 1: left out of the wire form when unset, so an offer signed
 #: by a node that does not know them still verifies (the signature covers the dumped fields)
-_OFFER_OPTIONAL = ("pricing", "free_gpus", "forward", "shell")
+_OFFER_OPTIONAL = ("pricing", "free_gpus", "forward", "shell", "images")
+
+#: an allowed image: an exact reference, or a prefix ending in ``*`` (``pytorch/pytorch:*``)
+ImagePattern = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[a-z0-9][\w.:/@+*-]*$")]
+
+
+def image_allowed(patterns: tuple[str, ...], image: str) -> bool:
+    """Whether ``image`` is one of ``patterns`` (exact names, or prefixes ending in ``*``)."""
+    return any(image == p or (p.endswith("*") and image.startswith(p[:-1])) for p in patterns)
 
 
 class Offer(_Model):
@@ -185,6 +198,8 @@ class Offer(_Model):
     #: them (``--allow-forward`` / ``--allow-shell``); None: it does not (or an older node)
     forward: Literal[True] | None = None
     shell: Literal[True] | None = None
+    #: the Docker images it runs (docker executor); absent: not said (older nodes, no docker)
+    images: Annotated[tuple[ImagePattern, ...], Field(max_length=16)] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_unset_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -213,6 +228,24 @@ class Offer(_Model):
     @property
     def simulated(self) -> bool:
         return any(g.simulated for g in self.gpus)
+
+    def allows_image(self, image: str) -> bool:
+        """False only when the offer lists its images and ``image`` is not one of them."""
+        return self.images is None or image_allowed(self.images, image)
+
+
+class OfferWithdrawal(_Model):
+    """A provider takes its offer back (it stops or pauses): peers drop the offer at once.
+
+    It is ordered with the provider's offers by ``seq``: it removes an offer with a lower ``seq``,
+    and only an offer with a higher one (the provider resumed or restarted) is taken after it.
+    Signed by the provider like its offers, so nobody else can withdraw them."""
+
+    type: Literal["offer_withdrawal"] = "offer_withdrawal"
+    provider: Wallet
+    seq: Seq
+    issued_at: Timestamp
+    reason: Literal["stopped", "paused"] = "stopped"
 
 
 class InputRef(_Model):
@@ -503,13 +536,13 @@ class ResultRef(_Model):
 
 
 Message = (
-    Offer | JobRequest | Quote | Reject | Accept | Agreement | AgreementTerms
+    Offer | OfferWithdrawal | JobRequest | Quote | Reject | Accept | Agreement | AgreementTerms
     | JobSubmit | JobCancel | JobStatus | LogChunk | UsageReceipt | ResultRef
 )
 
 MESSAGE_TYPES: dict[str, type[_Model]] = {
     cls.model_fields["type"].default: cls
-    for cls in (Offer, JobRequest, Quote, Reject, Accept, Agreement, AgreementTerms,
+    for cls in (Offer, OfferWithdrawal, JobRequest, Quote, Reject, Accept, Agreement, AgreementTerms,
                 JobSubmit, JobCancel, JobStatus, LogChunk, UsageReceipt, ResultRef)
 }
 
@@ -524,6 +557,7 @@ def _adapter(*types: Any) -> TypeAdapter[Any]:
 
 
 GOSSIP_ADAPTER: TypeAdapter[Offer] = _adapter(Offer)
+OFFERS_TOPIC_ADAPTER: TypeAdapter[Offer | OfferWithdrawal] = _adapter(Offer, OfferWithdrawal)
 TO_PROVIDER_NEGOTIATION: TypeAdapter[JobRequest | Accept] = _adapter(JobRequest, Accept)
 TO_RENTER_NEGOTIATION: TypeAdapter[Quote | Reject | Agreement] = _adapter(Quote, Reject, Agreement)
 TO_PROVIDER_JOB: TypeAdapter[JobSubmit | JobCancel] = _adapter(JobSubmit, JobCancel)

@@ -28,6 +28,7 @@ from ..errors import (
     EscrowNotFound,
     EscrowRefused,
     InsufficientFunds,
+    LedgerBusy,
     LedgerTimeout,
     ProgramError,
     RequestRejected,
@@ -108,7 +109,7 @@ class DevLedgerEscrow:
         if not isinstance(body, dict):
             raise TransportError("development ledger answer is not a JSON object")
         if response.status_code >= 400:
-            raise _error_from(response.status_code, body)
+            raise _error_from(response.status_code, body, response.headers.get("retry-after"))
         return body
 
     async def _ledger(self) -> str:
@@ -231,11 +232,17 @@ def _receipt(action: Action, handle: EscrowHandle, body: dict[str, Any]) -> Escr
         raise TransportError("development ledger sent a malformed receipt") from exc
 
 
-def _error_from(status: int, body: dict[str, Any]) -> ContractsError:
+def _error_from(status: int, body: dict[str, Any], retry_after: str | None = None) -> ContractsError:
     err = body.get("error")
     if not isinstance(err, dict):
         return TransportError(f"development ledger answered {status}")
     kind, code, message = str(err.get("kind")), str(err.get("code")), str(err.get("message", ""))[:500]
+    if status == 429 and code.startswith("rate_limited"):  # the HTTP layer's limit, not the faucet's budget
+        try:
+            wait = min(60.0, max(0.1, float(retry_after or 1)))
+        except ValueError:
+            wait = 1.0
+        return LedgerBusy(f"development ledger is busy ({code}): {message}", retry_after_s=wait)
     if kind == "escrow":
         try:
             return EscrowRefused(EscrowErrorCode(code), message)

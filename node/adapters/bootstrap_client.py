@@ -14,15 +14,16 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from dgpu.node.adapters.http_server import HttpServerError
-from dgpu.node.adapters.tokens import TokenVerifier
 from dgpu.node.services.api.errors import Unavailable
 from dgpu.protocol.auth import DOMAINS
 from dgpu.protocol.keys import SigningKey, b58encode
+
+if TYPE_CHECKING:  # FastAPI, uvicorn and PyJWT load only in a node that serves its API (idle RSS)
+    from dgpu.node.adapters.tokens import TokenVerifier
 
 __all__ = [
     "UPSTREAM_TIMEOUT_S",
@@ -138,6 +139,9 @@ async def fetch_verifier(bootstrap_url: str, *, leeway_s: int = 30,
                          client: httpx.AsyncClient | None = None) -> TokenVerifier:
     """Fetch the bootstrap node's JWKS (with its issuer and audience) once; raises
     HttpServerError when it cannot be had (the API would not be able to check any token)."""
+    from dgpu.node.adapters.http_server import HttpServerError
+    from dgpu.node.adapters.tokens import TokenVerifier
+
     url = bootstrap_url.rstrip("/") + "/api/v1/auth/jwks"
     async with contextlib.AsyncExitStack() as stack:
         http: httpx.AsyncClient = client if client is not None else await stack.enter_async_context(

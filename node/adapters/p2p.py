@@ -257,7 +257,8 @@ class P2PNode:
         raise DialError(f"cannot reach {pid} directly or through a relay: {'; '.join(errors)}")
 
     def add_addrs(self, peer: str, addrs: list[str], ttl_s: int = 600) -> None:
-        """Teach the peerstore where a peer listens (e.g. from its offer)."""
+        """Where a peer listens now (its newest offer): these replace the addresses known, since
+        0.8.1 dials only the first stored address of each kind (a restarted provider's old port)."""
         pid = _peer_id(peer)
         mas = []
         for a in addrs:
@@ -267,6 +268,7 @@ class P2PNode:
             except Exception:  # malformed address from the wire: skip it
                 continue
         if mas:
+            self.host.get_peerstore().clear_addrs(pid)
             self.host.get_peerstore().add_addrs(pid, mas, ttl_s)
             # new addresses (e.g. a provider restarted on another port): dial them at once
             # instead of waiting out the block a failed dial to the old ones left

@@ -96,7 +96,7 @@ class Network(Protocol):
     def connected_peers(self) -> list[str]: ...
 
     def add_addrs(self, peer: str, addrs: list[str], ttl_s: int = 600) -> None:
-        """Teach the peerstore where a peer listens (e.g. from its offer)."""
+        """Where a peer listens now (e.g. from its newest offer); replaces what was known."""
         ...
 
     async def open_stream(self, peer: str, protocol: str, *, max_frame_bytes: int,

@@ -50,6 +50,7 @@ from dgpu.protocol.messages import (
     Quote,
     Reject,
     RejectCode,
+    image_allowed,
 )
 from dgpu.protocol.negotiation import Negotiation, Role, State
 from dgpu.protocol.peers import peer_id_of_wallet, wallet_of_peer
@@ -127,8 +128,7 @@ class ProviderPolicy:
     submit_window_s: int = 30
 
     def image_allowed(self, image: str) -> bool:
-        return any(image == a or (a.endswith("*") and image.startswith(a[:-1]))
-                   for a in self.allowed_images)
+        return image_allowed(self.allowed_images, image)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 Instead of every provider republishing whenever a node joins (a wave that reaches every node),
 the newcomer opens one stream to each new neighbour; the neighbour writes the signed envelopes
-of the offers it holds, cheapest first, one per frame, and closes. Every envelope goes through
+of the offers it holds, cheapest first, then the withdrawals still in force, one per frame, and
+closes. Every envelope goes through
 the same :class:`~dgpu.node.services.offers.OfferValidator` as gossip, with the neighbour as
 the forwarder (so its relay quota applies): nothing is trusted for coming this way. Both sides
 are bounded: ``MAX_SYNC_OFFERS`` frames and ``MAX_SYNC_BYTES`` in all, short deadlines.
@@ -15,6 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
+import trio
+
 from dgpu.node.errors import NetworkError, StreamError
 from dgpu.node.ports.network import FramedStream, GossipMessage, Network, TopicValidator, Verdict
 from dgpu.node.services.offers import OfferBook, OfferQuery
@@ -22,7 +25,7 @@ from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPI
 from dgpu.protocol.keys import PublicKey
 from dgpu.protocol.peers import peer_id_of_wallet
 
-__all__ = ["MAX_SYNC_BYTES", "MAX_SYNC_OFFERS", "OfferSyncServer", "sync_offers"]
+__all__ = ["MAX_SYNC_BYTES", "MAX_SYNC_OFFERS", "OfferSyncServer", "sync_from_new_peers", "sync_offers"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,9 @@ class OfferSyncServer:
         self.served = 0
 
     def envelopes(self) -> list[bytes]:
-        held = [e.data for e in self.book.query(OfferQuery(include_simulated=True), now=self.clock()) if e.data]
+        now = self.clock()
+        held = [e.data for e in self.book.query(OfferQuery(include_simulated=True), now=now) if e.data]
+        held += self.book.withdrawals(now)
         out: list[bytes] = []
         size = 0
         for data in held:
@@ -97,3 +102,26 @@ async def sync_offers(node: Network, peer: str, validator: TopicValidator) -> in
     finally:
         await fs.close()
     return accepted
+
+
+async def sync_from_new_peers(node: Network, validator: TopicValidator, *, poll_s: float = 0.5,
+                              parallel: int = 4) -> None:
+    """Ask each peer first seen on the offers topic for the offers it holds, so a node that
+    joins sees the current offers at once, not at the next republish. (Providers do not
+    republish when peers join: with 30 nodes that wave was ~280 publications at start-up.)"""
+    seen: set[str] = set()
+    limiter = trio.CapacityLimiter(parallel)
+
+    async def sync(peer: str) -> None:
+        async with limiter:
+            accepted = await sync_offers(node, peer, validator)
+        if accepted:
+            log.info("offer sync from %s: %d offer(s)", peer, accepted)
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            peers = set(node.topic_peers(OFFERS_TOPIC))
+            for peer in peers - seen:
+                nursery.start_soon(sync, peer)
+            seen = seen | peers if len(seen) < 10_000 else peers  # bounded; forgetting costs one sync
+            await trio.sleep(poll_s)

@@ -5,6 +5,9 @@ Rules of the offer book:
 - One entry per provider (its wallet); an offer replaces the entry only with a higher ``seq``.
 - Expired offers drop out (on every query and every insert), so the book never answers
   with an offer that is no longer valid.
+- A signed withdrawal (the provider stopped or paused) drops the entry at once and leaves a
+  tombstone with its ``seq`` until every older offer has expired, so a replayed or late older
+  offer cannot bring it back; only a higher ``seq`` does.
 - The book is bounded (``capacity`` providers, at most ``max_per_forwarder`` of them first
   relayed by one peer). When full, a newcomer makes room by evicting, never a provider this
   renter rented from (:meth:`OfferBook.mark_rented`) nor one that renewed its offer: only an
@@ -17,7 +20,8 @@ order in normal operation: it is ignored without blame. It checks, in order: siz
 (schema, signature, validity window), that the envelope's signer is the pubsub origin (the
 peer that libp2p says signed the message) and the offer's provider, expiry (bounded by the
 envelope's and by ``MAX_OFFER_TTL_S`` from now), the simulated-inventory policy, ``seq``, and a
-per-origin quota of offers per minute.
+per-origin quota of offers per minute. A withdrawal goes through the same checks (size, envelope,
+signer = origin = provider, ``seq``, replay, quota) and is relayed like an offer.
 """
 
 from __future__ import annotations
@@ -30,18 +34,15 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import trio
 
 from dgpu.node.ports.network import GossipMessage, Verdict
-from dgpu.protocol.envelope import ReplayCache, open_envelope
+from dgpu.protocol.envelope import Opened, ReplayCache, open_envelope
 from dgpu.protocol.errors import RemoteProtocolError
 from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S
-from dgpu.protocol.messages import GOSSIP_ADAPTER, Executor, Offer
-
-if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
-    pass
+from dgpu.protocol.messages import OFFERS_TOPIC_ADAPTER, Executor, Offer, OfferWithdrawal
 
 __all__ = [
     "REFUSALS",
@@ -81,6 +82,8 @@ class OfferQuery:
     max_price_per_minute: int | None = None
     executor: Executor | None = None
     include_simulated: bool = False
+    #: the Docker image the job runs (offers listing their images must allow it)
+    image: str | None = None
 
     def matches(self, offer: Offer) -> bool:
         return self.rejection(offer) is None
@@ -91,6 +94,9 @@ class OfferQuery:
             return "simulated GPU (hidden unless simulated offers are accepted)"
         if self.executor is not None and self.executor not in offer.executors:
             return f"runs {'/'.join(e.value for e in offer.executors)} jobs, not {self.executor.value}"
+        if self.image is not None and not offer.allows_image(self.image):
+            allowed = ", ".join(offer.images[:3]) if offer.images else "none"
+            return f"image {self.image} not allowed (it runs {allowed}{', ...' if len(offer.images or ()) > 3 else ''})"
         if self.region is not None and offer.region != self.region:
             return f"region {offer.region}, not {self.region}"
         want = self.gpu_model.casefold() if self.gpu_model else None
@@ -118,12 +124,13 @@ class _Facts:
     simulated: bool
     #: (model casefolded, VRAM MiB, count) per GPU kind
     gpus: tuple[tuple[str, int, int], ...]
+    offer: Offer
 
     @classmethod
     def of(cls, offer: Offer) -> _Facts:
         return cls(offer.provider, offer.region, offer.price_per_minute, max(g.vram_mib for g in offer.gpus),
                    frozenset(offer.executors), offer.simulated,
-                   tuple((g.model.casefold(), g.vram_mib, g.count) for g in offer.gpus))
+                   tuple((g.model.casefold(), g.vram_mib, g.count) for g in offer.gpus), offer)
 
 
 #: the other orders a query can return: (fact, descending) re-sorts of the price order, which
@@ -164,6 +171,8 @@ class OfferBook:
         self._arrivals = 0
         #: providers this renter rented from (kept in a full book), most recent last
         self._trusted: OrderedDict[str, None] = OrderedDict()
+        #: withdrawn providers -> (withdrawal seq, kept until, its envelope), oldest first (bounded)
+        self._withdrawn: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()
 
     def forget(self, provider: str) -> None:
         """Drop ``provider``'s offer (it could not be reached); its next offer is taken again."""
@@ -181,8 +190,35 @@ class OfferBook:
         return len(self._entries)
 
     def last_seq(self, provider: str) -> int | None:
+        """The highest ``seq`` seen from ``provider``: its offer's, or its withdrawal's."""
         entry = self._entries.get(provider)
-        return entry.offer.seq if entry else None
+        if entry is not None:
+            return entry.offer.seq
+        tomb = self._withdrawn.get(provider)
+        return tomb[0] if tomb is not None else None
+
+    def withdraw(self, withdrawal: OfferWithdrawal, *, now: int, data: bytes = b"") -> bool:
+        """Apply a (verified) withdrawal: drop the provider's offer if older; False when stale."""
+        last = self.last_seq(withdrawal.provider)
+        if last is not None and withdrawal.seq <= last:
+            return False
+        if withdrawal.provider in self._entries:
+            self._remove(withdrawal.provider)
+            self._signal()
+        self._withdrawn.pop(withdrawal.provider, None)
+        # every offer with a lower seq was issued before and so expires within MAX_OFFER_TTL_S
+        self._withdrawn[withdrawal.provider] = (withdrawal.seq, now + MAX_OFFER_TTL_S, data)
+        while len(self._withdrawn) > 4 * self.capacity:
+            self._withdrawn.popitem(last=False)
+        return True
+
+    def withdrawals(self, now: int) -> list[bytes]:
+        """The envelopes of the withdrawals still in force (what offer sync hands on)."""
+        return [data for _, until, data in self._withdrawn.values() if until > now and data]
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def get(self, provider: str) -> BookEntry | None:
         return self._entries.get(provider)
@@ -214,7 +250,8 @@ class OfferBook:
         """Store ``offer`` if it is newer than what we hold; False when not stored."""
         self.drop_expired(now)
         old = self._entries.get(offer.provider)
-        if old is not None and offer.seq <= old.offer.seq:
+        last = self.last_seq(offer.provider)
+        if last is not None and offer.seq <= last:
             return False
         if old is None:
             if forwarder and self._by_forwarder[forwarder] >= self.max_per_forwarder:
@@ -235,8 +272,8 @@ class OfferBook:
         self._facts[offer.provider] = facts
         bisect.insort(self._order, (*_order_key(offer), facts, entry))
         heapq.heappush(self._expiry, (offer.expires_at, offer.provider, offer.seq))
-        self._changed.set()
-        self._changed = trio.Event()
+        self._withdrawn.pop(offer.provider, None)
+        self._signal()
         return True
 
     def query(self, q: OfferQuery, *, now: int, order: str = "price") -> list[BookEntry]:
@@ -267,7 +304,7 @@ class OfferBook:
         thousands must not feed the garbage collector)."""
         self.drop_expired(now)
         want = q.gpu_model.casefold() if q.gpu_model else None
-        region, max_price, executor = q.region, q.max_price_per_minute, q.executor
+        region, max_price, executor, image = q.region, q.max_price_per_minute, q.executor, q.image
         min_vram, count_wanted, simulated_ok = q.min_vram_mib, q.gpu_count, q.include_simulated
         hits = []
         for price, _, _, f, _ in self._order:
@@ -275,7 +312,8 @@ class OfferBook:
                 break  # price order: nothing further can match
             if ((region is not None and f.region != region)
                     or (executor is not None and executor not in f.executors)
-                    or (f.simulated and not simulated_ok)):
+                    or (f.simulated and not simulated_ok)
+                    or (image is not None and not f.offer.allows_image(image))):
                 continue
             for model, vram, count in f.gpus:
                 if (want is None or model == want) and vram >= min_vram and count >= count_wanted:
@@ -311,6 +349,8 @@ class OfferValidator:
         #: rejection reasons seen, for logs, tests and metrics
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
+        #: withdrawals accepted (their offers dropped)
+        self.withdrawn = 0
         #: (provider, seq, received at ms) of recent accepted offers, for the benchmark/status
         self.history: deque[tuple[str, int, int]] = deque(maxlen=4096)
         #: origin -> times of its offers accepted in the last minute (LRU-bounded)
@@ -336,7 +376,7 @@ class OfferValidator:
         if len(msg.data) > MAX_OFFER_BYTES:
             return self._refuse("oversize", msg)
         try:
-            opened = open_envelope(msg.data, GOSSIP_ADAPTER, now=now, max_bytes=MAX_OFFER_BYTES,
+            opened = open_envelope(msg.data, OFFERS_TOPIC_ADAPTER, now=now, max_bytes=MAX_OFFER_BYTES,
                                    max_ttl=MAX_OFFER_TTL_S)
         except RemoteProtocolError as exc:
             return self._refuse(exc.reject_code, msg)
@@ -345,30 +385,46 @@ class OfferValidator:
             return self._refuse("signer_not_sender", msg)
         if offer.provider != opened.signer.wallet:
             return self._refuse("provider_not_signer", msg)
+        if isinstance(offer, OfferWithdrawal):
+            return self._withdrawal(offer, opened, msg, now)
         if offer.expires_at <= now:
             return self._refuse("expired", msg)
         if offer.expires_at > min(opened.expires_at, now + MAX_OFFER_TTL_S):
             return self._refuse("expiry_too_far", msg)
         if offer.simulated and not self.accept_simulated:
             return self._refuse("simulated", msg)
-        last = self.book.last_seq(offer.provider)
-        if last is not None and offer.seq <= last:
-            # normal in gossip (two paths, out of order) unless it is a replay (caught below
-            # by nonce first): not stored, not relayed, but no blame on the relay
-            try:
-                self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at, now)
-            except RemoteProtocolError:
-                return self._refuse("replay", msg)
-            self._refuse("stale_seq", msg)
-            return Verdict.IGNORE
+        verdict = self._admit(offer.provider, offer.seq, opened, msg, now)
+        if verdict is not None:
+            return verdict
+        self.book.put(offer, msg.origin, now=now, forwarder=msg.forwarder, data=msg.data)
+        self.accepted += 1
+        self.history.append((offer.provider, offer.seq, time.time_ns() // 1_000_000))
+        return True
+
+    def _admit(self, provider: str, seq: int, opened: Opened[Any], msg: GossipMessage,
+               now: int) -> bool | Verdict | None:
+        """The checks an offer and a withdrawal share after their signature: ``seq``, replay and
+        the origin's quota; None when the message may be applied."""
+        last = self.book.last_seq(provider)
         try:
             self.replay_cache.check_and_add(opened.signer, opened.nonce, opened.expires_at, now)
         except RemoteProtocolError:
             return self._refuse("replay", msg)
-        if not self._within_quota(offer.provider, now):
+        if last is not None and seq <= last:
+            # normal in gossip (two paths, out of order): not stored, not relayed, no blame
+            self._refuse("stale_seq", msg)
+            return Verdict.IGNORE
+        if not self._within_quota(provider, now):
             self._refuse("origin_quota", msg)
             return Verdict.IGNORE
-        self.book.put(offer, msg.origin, now=now, forwarder=msg.forwarder, data=msg.data)
-        self.accepted += 1
-        self.history.append((offer.provider, offer.seq, time.time_ns() // 1_000_000))
+        return None
+
+    def _withdrawal(self, withdrawal: OfferWithdrawal, opened: Opened[Any], msg: GossipMessage,
+                    now: int) -> bool | Verdict:
+        verdict = self._admit(withdrawal.provider, withdrawal.seq, opened, msg, now)
+        if verdict is not None:
+            return verdict
+        self.book.withdraw(withdrawal, now=now, data=msg.data)
+        self.withdrawn += 1
+        log.info("offer of %s withdrawn (%s)", withdrawal.provider, withdrawal.reason)
         return True

@@ -1,5 +1,5 @@
 """The provider's offer publisher: built from its terms and inventory, published at start, on
-change and before it expires; paused and resumed by the provider."""
+change and before it expires; withdrawn (a signed withdrawal) when the provider pauses or stops."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dgpu.node.services.inventory import Inventory
 from dgpu.protocol.envelope import seal
 from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S
 from dgpu.protocol.keys import SigningKey
-from dgpu.protocol.messages import Executor, GpuSpec, Offer
+from dgpu.protocol.messages import Executor, GpuSpec, Offer, OfferWithdrawal
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
@@ -42,6 +42,8 @@ class OfferTerms:
     #: renters may forward TCP ports into their jobs / open shells in them (said in the offer)
     forward: bool = False
     shell: bool = False
+    #: the Docker images renters may run (exact, or prefixes ending in ``*``; 16 go into the offer)
+    images: tuple[str, ...] = ()
 
 
 class OfferPublisher:
@@ -50,9 +52,10 @@ class OfferPublisher:
     The offer is built at each publication from the provider's :class:`OfferTerms` and its
     inventory (GPUs, price). ``seq`` is taken from the clock in milliseconds (and forced to
     increase), so a restarted provider's new offer still replaces the old one everywhere. The
-    last ``recent`` offers are kept by ``seq``: a request may quote one a republish ago. While
-    paused nothing is published (peers drop the last offer when it expires, at most ``ttl_s``
-    later) and the negotiator takes no new request (it reads :attr:`paused`).
+    last ``recent`` offers are kept by ``seq``: a request may quote one a republish ago. Pausing
+    publishes a signed :class:`OfferWithdrawal` with the next ``seq`` (peers drop the offer at
+    once), nothing more is published until resumed, and the negotiator takes no new request (it
+    reads :attr:`paused`). When :meth:`run` ends (the node stops) it withdraws the offer too.
     """
 
     def __init__(self, key: SigningKey, inventory: Inventory, terms: OfferTerms,
@@ -106,6 +109,7 @@ class OfferPublisher:
                      mint=t.mint, ledger=t.ledger, region=t.region, executors=t.executors, seq=0,
                      issued_at=now, expires_at=now + self.ttl_s, pricing=pricing,
                      forward=True if t.forward else None, shell=True if t.shell else None,
+                     images=t.images[:16] if Executor.DOCKER in t.executors else None,
                      free_gpus=min(len(self.inventory.free()), sum(g.count for g in listed)) if gpus is None else None)
 
     def update_profile(self, *, price_per_gpu_minute: int | None = None, region: str | None = None,
@@ -135,8 +139,10 @@ class OfferPublisher:
         return self._paused
 
     def pause(self) -> None:
-        """Stop publishing and taking requests; running jobs are not touched."""
+        """Stop publishing and taking requests, and withdraw the offer soon (:meth:`run`);
+        running jobs are not touched."""
         self._paused = True
+        self.changed()
 
     def resume(self) -> None:
         if self._paused:
@@ -149,12 +155,33 @@ class OfferPublisher:
         """One of our recent offers (what a renter's request quotes)."""
         return self._recent.get(seq)
 
+    def _next_seq(self) -> int:
+        self._seq = max(self._seq + 1, self.clock_ms())
+        return self._seq
+
+    def make_withdrawal(self, reason: str = "stopped") -> bytes:
+        """A signed withdrawal of every offer made so far (it carries the next ``seq``)."""
+        now = self.clock()
+        withdrawal = OfferWithdrawal.model_validate({"provider": self.key.public_key.wallet, "seq": self._next_seq(),
+                                                     "issued_at": now, "reason": reason})
+        return seal(withdrawal, self.key, nonce=secrets.token_bytes(16), issued_at=now,
+                    expires_at=now + self.ttl_s)
+
+    async def withdraw_now(self, reason: str = "stopped") -> bool:
+        """Publish a withdrawal of the current offer; False (nothing sent) when none is out."""
+        if self.current is None:
+            return False
+        data = self.make_withdrawal(reason)
+        self.current = None
+        await self._publish(data)
+        return True
+
     def make(self) -> tuple[Offer, bytes]:
         if self._reprice is not None:
             self._reprice()
         now = self.clock()
-        self._seq = max(self._seq + 1, self.clock_ms())
-        offer = self.profile().model_copy(update={"seq": self._seq, "issued_at": now, "expires_at": now + self.ttl_s})
+        offer = self.profile().model_copy(update={"seq": self._next_seq(), "issued_at": now,
+                                                  "expires_at": now + self.ttl_s})
         offer = Offer.model_validate(offer.model_dump())  # re-validate after model_copy
         data = seal(offer, self.key, nonce=secrets.token_bytes(16), issued_at=now,
                     expires_at=now + self.ttl_s)
@@ -175,20 +202,32 @@ class OfferPublisher:
         return offer
 
     def changed(self) -> None:
-        """Inventory, price or peers changed: republish soon (coalesced)."""
+        """Inventory, price, addresses or the pause changed: republish soon (coalesced)."""
         self._wake.set()
 
-    async def run(self, *, min_interval_s: float = 1.0,
+    async def run(self, *, min_interval_s: float = 1.0, withdraw_timeout_s: float = 2.0,
                   task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.publish_now()
-        task_status.started()
-        while True:
-            # republish at 1/3 of the lifetime, so two republishes can be lost before expiry
-            with trio.move_on_after(self.ttl_s / 3):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            await trio.sleep(min_interval_s)  # coalesce bursts of changes (new peers)
-            try:
-                await self.publish_now()
-            except Exception:  # supervisor loop: a failed publish must not stop republishing
-                log.exception("offer publish failed; retrying at the next interval")
+        """Publish until cancelled; then withdraw the offer (shielded, at most
+        ``withdraw_timeout_s``) so renters stop choosing a provider that is gone."""
+        try:
+            await self.publish_now()
+            task_status.started()
+            while True:
+                # republish at 1/3 of the lifetime, so two republishes can be lost before expiry
+                with trio.move_on_after(self.ttl_s / 3):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                await trio.sleep(min_interval_s)  # coalesce bursts of changes
+                try:
+                    if self._paused:
+                        await self.withdraw_now("paused")
+                    else:
+                        await self.publish_now()
+                except Exception:  # supervisor loop: a failed publish must not stop republishing
+                    log.exception("offer publish failed; retrying at the next interval")
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(withdraw_timeout_s):
+                try:
+                    await self.withdraw_now("stopped")
+                except Exception as exc:  # the host may be closing: the offer then just expires
+                    log.info("offer withdrawal on stop failed: %s", exc)

@@ -101,6 +101,13 @@ def test_wrong_bootstrap_peer_id(bootstrap: tuple[Path, str, int, int]) -> None:
     _one_line_error(r, rf"^dgpu node: no bootstrap node reachable .*peer id mismatch: .* not {other}")
 
 
+def test_unreachable_bootstrap_gives_up_after_bounded_tries(tmp_path: Path) -> None:
+    nobody = f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/12D3KooWEVSr7dNNSxugH7nE5DnwvN2zvgAraKcQMZPiBtppS1S4"
+    r = dgpu(tmp_path, "node", "--role", "renter", "--bootstrap", nobody, "--join-tries", "3",
+             "--data-dir", str(tmp_path / "renter"))
+    _one_line_error(r, r"^dgpu node: no bootstrap node reachable \(1 tried\): .*cannot reach")
+
+
 def test_bad_image_name_is_refused_before_submitting(tmp_path: Path) -> None:
     r = dgpu(tmp_path, "rent", "--image", "Not An/Image!", "--api-url", "http://127.0.0.1:9")
     _one_line_error(r, r"not a Docker image name", code=2)

@@ -111,3 +111,14 @@ def test_importing_every_service_loads_no_io_library() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_a_node_loads_heavy_clients_only_where_it_uses_them() -> None:
+    # idle RSS: what `dgpu node` imports before it runs loads no web server, JWT, Docker, Solana
+    # or S3 client (the local API, the docker executor and the Solana ledger import theirs lazily)
+    heavy = ["fastapi", "starlette", "uvicorn", "jwt", "trio_asyncio", "docker", "solana", "solders", "anchorpy",
+             "boto3", "botocore"]
+    code = ("import sys\nimport dgpu.client.main, dgpu.node.app, dgpu.node.provider, dgpu.node.cli\n"
+            f"print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

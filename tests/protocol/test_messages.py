@@ -27,7 +27,7 @@ from .conftest import make_offer, make_quote, make_request
 
 def test_every_message_type_is_registered_and_frozen() -> None:
     assert set(MESSAGE_TYPES) == {
-        "offer", "job_request", "quote", "reject", "accept", "agreement", "agreement_terms",
+        "offer", "offer_withdrawal", "job_request", "quote", "reject", "accept", "agreement", "agreement_terms",
         "job_submit", "job_cancel", "job_status", "log_chunk", "usage_receipt", "result_ref",
     }
     offer = make_offer()

@@ -84,7 +84,7 @@ class NetworkJobBackend:
                            gpu_count=spec.gpu_count, region=spec.region,
                            max_price_per_minute=None if spec.max_price_per_minute is None
                            else spec.max_price_per_minute // spec.gpu_count,
-                           executor=spec.executor,
+                           executor=spec.executor, image=spec.image,
                            include_simulated=self.renter.accept_simulated)
         with trio.move_on_after(OFFER_WAIT_S):
             await book.wait_for(query, now=clock)

@@ -18,9 +18,8 @@ class ProviderControl:
     """The provider API's view of this node's offer, through the ``OfferPublisher``'s own methods:
     the publisher owns the offer's terms and the pause, the inventory the GPUs and their price.
 
-    Pausing stops publishing (peers drop the last offer when it expires, at most ``offer_ttl_s``
-    later) and makes the negotiator answer ``no_capacity`` to new requests; running jobs are not
-    touched.
+    Pausing publishes a signed withdrawal (peers drop the offer at once), stops publishing and
+    makes the negotiator answer ``no_capacity`` to new requests; running jobs are not touched.
     """
 
     def __init__(self, publisher: OfferPublisher, *, development: bool) -> None:
