@@ -129,3 +129,15 @@ def test_the_real_command_refuses_a_bad_value_in_one_line(tmp_path: Path) -> Non
     assert r.stderr.strip().splitlines()[-1] == (
         f"dgpu node: error: config file {tmp_path / 'dgpu.toml'}: metrics_port: argument --metrics-port: "
         "invalid int value: 'x'")
+
+
+def test_the_readme_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "dgpu.toml").write_text(example)
+    env = {"DGPU_CONFIG": str(tmp_path / "dgpu.toml")}
+    args = parse_args(["node"], env)
+    assert (args.role, args.executor, args.allow_image, args.metrics_port) == (
+        "provider", ["docker"], ["busybox", "python:3.11-slim"], 9400)
+    assert parse_args(["bootstrap"], env).ledger_clock_speed == 60
+    assert load_settings({"data_dir": str(tmp_path)}, env).api_url == "http://127.0.0.1:8700"
