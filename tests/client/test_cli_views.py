@@ -117,12 +117,17 @@ async def test_logs_pipe_times_wallets_and_amounts_without_a_ledger(tmp_path: Pa
         wallet = await dgpu(s, data_dir, "wallet")
         assert wallet.returncode == 1 and b"Traceback" not in wallet.stderr, wallet.stderr.decode()
         assert wallet.stdout == b""  # no balance at all rather than a made-up 0
-        assert re.search(r"^dgpu wallet: .*ledger.*unreachable", wallet.stderr.decode()), wallet.stderr.decode()
+        said = wallet.stderr.decode()
+        assert re.fullmatch(r"dgpu wallet: the ledger is unreachable, so the balance is unknown \(.*\)\n", said), said
         listed = await dgpu(s, data_dir, "jobs", "list")
         out, err = _ok(listed), listed.stderr.decode()
         assert re.search(r"ledger .*unreachable.*amounts are in base units", err), err
         assert out.splitlines()[1].split()[5:8] == ["2000", "base", "units"], out
         assert not re.search(r"(?<!\d)0 (base )?units", out), out
+        priced = await dgpu(s, data_dir, "offers")
+        out, err = _ok(priced), priced.stderr.decode()
+        assert "ledger is unavailable" in err and "development ledger unreachable" in err, err
+        assert f"{offer.price_per_minute} base units" in out, out
 
 
 def test_jobs_show_prints_nested_times_as_iso() -> None:
