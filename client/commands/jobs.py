@@ -32,12 +32,19 @@ MAX_SCRIPT_BYTES = 64 * 1024
 MAX_RESULT_BYTES = 1024**3
 
 
+def _iso_times(data: Any) -> Any:
+    """``data`` with its times (``*_at`` and ``at`` keys, nested too) as ISO-8601, not epoch seconds."""
+    if isinstance(data, list):
+        return [_iso_times(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    return {k: fmt_time(v) if (k == "at" or k.endswith("_at")) and isinstance(v, int | float | None)
+            else _iso_times(v) for k, v in data.items()}
+
+
 def _dump(model: BaseModel, out: IO[str], *, iso_times: bool = False) -> None:
     data = model.model_dump(mode="json")
-    if iso_times:  # for people: times as ISO-8601, not epoch seconds
-        data = {k: fmt_time(v) if k.endswith("_at") and isinstance(v, int | float | None) else v
-                for k, v in data.items()}
-    json.dump(data, out, indent=2)
+    json.dump(_iso_times(data) if iso_times else data, out, indent=2)  # for people: ISO times
     print(file=out)
 
 

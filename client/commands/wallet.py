@@ -8,7 +8,7 @@ import os
 import sys
 from typing import IO, Any
 
-from dgpu.client.api_client import Api, CliError, settings_of
+from dgpu.client.api_client import Api, ApiCallError, CliError, settings_of
 from dgpu.client.display import fmt_amount, parse_amount
 from dgpu.node.services.api.schema import DepositOut, WalletOut
 
@@ -20,7 +20,12 @@ def cmd_wallet(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         return _solana_wallet(args, out)
     api = Api(settings_of(args))
     try:
-        w = api.get(WalletOut, "GET", "/api/v1/billing/wallet")
+        try:
+            w = api.get(WalletOut, "GET", "/api/v1/billing/wallet")
+        except ApiCallError as exc:
+            if exc.api_code == "ledger_error":  # say so rather than show a balance nobody read
+                raise CliError(f"the ledger is unreachable, so the balance is unknown ({exc})", 1) from None
+            raise
         if args.faucet is not None:
             if w.real_value:
                 raise CliError("the faucet exists only on development networks; this ledger holds real value", 2)

@@ -117,6 +117,8 @@ class Stack:
     ctx: ApiContext
     ledger: DevLedgerEscrow
     tokens: dict[str, str] = field(default_factory=dict)
+    #: cancelling it stops the bootstrap's HTTP server (auth and the development ledger)
+    boot_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def issuer(self, ttl: int = 900) -> TokenIssuer:
         return TokenIssuer(self.boot_key, "dgpu-bootstrap", "dgpu", ttl)
@@ -166,8 +168,14 @@ async def api_stack(tmp_path: Path, *, providers: svc.ProviderControl | None = N
     node_key = new_key()
     book = OfferBook(capacity=20_000)
     double = InProcessJobDouble()
+    boot_scope = trio.CancelScope()
+
+    async def serve_boot(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        with boot_scope:
+            await serve_http(boot_app, "127.0.0.1", 0, task_status=task_status)
+
     async with trio.open_nursery() as nursery:
-        boot_port = await nursery.start(serve_http, boot_app, "127.0.0.1", 0)
+        boot_port: int = await nursery.start(serve_boot)
         boot_url = f"http://127.0.0.1:{boot_port}"
         settings = svc.ApiSettings(bootstrap_url=boot_url, development=development, max_active_jobs=2,
                                    max_job_records=50, log_lines=100)
@@ -185,6 +193,6 @@ async def api_stack(tmp_path: Path, *, providers: svc.ProviderControl | None = N
         async with httpx.AsyncClient(base_url=api_url, timeout=30) as api, \
                 httpx.AsyncClient(base_url=boot_url, timeout=30) as boot:
             yield Stack(boot_url, api_url, api, boot, node_key, boot_key, admin, clock, book, jobs,
-                        double, ctx, ledger)
+                        double, ctx, ledger, boot_scope=boot_scope)
         await ledger.aclose()
         nursery.cancel_scope.cancel()
