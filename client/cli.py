@@ -120,7 +120,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=50, help="list: at most this many jobs; logs: the last N lines")
     p.add_argument("--follow", "-f", action="store_true", help="logs: follow until the job ends")
     p.add_argument("--json", action="store_true", help="machine-readable output (times as epoch seconds)")
-    p.add_argument("cmd", nargs="*", metavar="-- CMD",
+    p.add_argument("shell_cmd", nargs="*", metavar="-- CMD",
                    help="shell: the command to run in the job (default: its /bin/sh)")
     p.set_defaults(handler=_wrap(cmd_jobs))
 

@@ -216,7 +216,7 @@ def cmd_jobs(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] =
         if action == "shell":
             from dgpu.client.commands.shell import cmd_shell
 
-            argv = list(args.cmd or [])
+            argv = list(args.shell_cmd or [])
             return cmd_shell(args.job_id, argv[1:] if argv[:1] == ["--"] else argv, args)
         if action == "result":
             dest = Path(args.out or f"result-{args.job_id}")

@@ -97,7 +97,7 @@ async def test_logs_pipe_times_wallets_and_amounts_without_a_ledger(tmp_path: Pa
         job_id = s.double.started[0]
 
         first, code, err = await _logs_read_by_an_early_quitter(s, data_dir, job_id)
-        assert first.decode() == lines[-50]  # the default --limit: the last 50 lines
+        assert first.decode() == lines[-50], err  # the default --limit: the last 50 lines
         assert code == 141, err  # 128 + SIGPIPE, as a shell reports a writer whose reader left
         assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
 
