@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from dgpu.bootstrap.storage import cid_of
+import trio
 
-from .harness import bootstrap_server, error_code, new_user
+from dgpu.bootstrap.storage import cid_of
+from dgpu.node.adapters.result_push import HttpResultPusher, redact
+
+from .harness import Harness, bootstrap_server, error_code, new_user
 
 
 async def test_push_through_a_link_then_read_back(tmp_path: Path) -> None:
@@ -58,3 +61,48 @@ async def test_push_through_a_link_then_read_back(tmp_path: Path) -> None:
         # signing needs the wallet's token
         r = await h.client.post("/api/v1/storage-links/results/k", json={"max_bytes": 10})
         assert r.status_code == 401
+
+
+async def _link(h: Harness, auth: dict[str, str], key: str, max_bytes: int, ttl_s: int = 600) -> str:
+    r = await h.client.post(f"/api/v1/storage-links/results/{key}", json={"max_bytes": max_bytes, "ttl_s": ttl_s},
+                            headers=auth)
+    assert r.status_code == 200, r.text
+    return h.base_url + r.json()["path"]
+
+
+async def test_the_provider_side_pusher_lands_a_file_and_reports_refusals_without_the_signature(
+        tmp_path: Path) -> None:
+    async with bootstrap_server(tmp_path) as h:
+        _, auth = await new_user(h.client)
+        data = b"result archive" * 1000
+        archive = tmp_path / "result.tar"
+        archive.write_bytes(data)
+        pusher = HttpResultPusher(attempts=3, first_backoff_s=0.01)
+        link = await _link(h, auth, "a.tar", 1 << 20)
+        assert await pusher.push(link, archive, cid_of(data), len(data)) is None
+        got = await h.client.get("/api/v1/storage/results/a.tar", headers=auth)
+        assert got.content == data
+
+        small = await _link(h, auth, "b.tar", 100)
+        why = await pusher.push(small, archive, cid_of(data), len(data))
+        assert why is not None and "413" in why
+        h.clock.advance(601)
+        why = await pusher.push(link, archive, cid_of(data), len(data))
+        assert why is not None and "link_expired" in why
+        signature = parse_qs(urlsplit(link).query)["sig"][0]
+        assert signature not in why and "sig=" not in why
+        assert (await h.client.get("/api/v1/storage/results/b.tar", headers=auth)).status_code == 404
+        # over the pusher's own bound: not even tried
+        assert "over" in (await HttpResultPusher(max_bytes=10).push(link, archive, cid_of(data), len(data)) or "")
+
+
+async def test_an_unreachable_link_is_retried_then_reported(tmp_path: Path) -> None:
+    with trio.socket.socket() as sock:  # a port nothing listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    archive = tmp_path / "r.tar"
+    archive.write_bytes(b"x")
+    link = f"http://127.0.0.1:{port}/api/v1/push/results/r.tar?wallet=w&max=10&exp=9&sig=deadbeef"
+    why = await HttpResultPusher(attempts=2, first_backoff_s=0.01).push(link, archive, cid_of(b"x"), 1)
+    assert why is not None and "ConnectError" in why and "deadbeef" not in why
+    assert redact(link) == f"http://127.0.0.1:{port}/api/v1/push/results/r.tar"
