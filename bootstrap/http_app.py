@@ -40,8 +40,9 @@ from .errors import StoreError
 from .http_state import BootstrapState, limit_ip
 from .metrics import Metrics
 from .ratelimit import TokenBucketLimiter
-from .routes import admin, auth, blobs, objects, ops
+from .routes import admin, auth, blobs, objects, ops, push
 from .storage import BlobStore, FsBlobStore, KeyedLock, LinkSigner, Staging
+from .upload_links import PUSH_PREFIX, UploadLinkSigner
 
 __all__ = ["MAX_JSON_BODY", "create_app"]
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 # JSON request bodies are tiny (a wallet, a nonce, a signature); anything bigger is refused
 # before it is buffered. Upload routes stream and enforce their own limits.
 MAX_JSON_BODY = 64 * 1024
-_STREAMING_PREFIXES = ("/api/v1/blobs", "/api/v1/storage/")
+_STREAMING_PREFIXES = ("/api/v1/blobs", "/api/v1/storage/", PUSH_PREFIX)
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -113,6 +114,7 @@ def create_app(
         metrics=metrics,
         issuer=TokenIssuer(key, config.issuer, config.audience, config.access_ttl_s),
         links=LinkSigner(link_secret),
+        upload_links=UploadLinkSigner(hashlib.sha256(b"dgpu/1/upload-key\0" + link_secret).digest()),
         ip_limiter=TokenBucketLimiter(
             config.ip_rate_per_s, config.ip_burst, config.rate_limit_max_keys
         ),
@@ -140,7 +142,7 @@ def create_app(
     )
     app.state.bootstrap = state
     limited = [Depends(limit_ip)]
-    for router in (auth.router(), admin.router(), blobs.router(), objects.router()):
+    for router in (auth.router(), admin.router(), blobs.router(), objects.router(), push.router()):
         app.include_router(router, dependencies=limited)
     for router in extra_routers:
         app.include_router(router, dependencies=limited)

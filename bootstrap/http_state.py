@@ -21,6 +21,7 @@ from .errors import Forbidden, RateLimited, Unauthorized
 from .metrics import Metrics
 from .ratelimit import TokenBucketLimiter
 from .storage import BlobStore, KeyedLock, LinkSigner, Staging
+from .upload_links import UploadLinkSigner
 
 __all__ = [
     "MAX_LIST",
@@ -45,6 +46,7 @@ class BootstrapState:
     metrics: Metrics
     issuer: TokenIssuer
     links: LinkSigner
+    upload_links: UploadLinkSigner
     ip_limiter: TokenBucketLimiter
     wallet_limiter: TokenBucketLimiter
     staging: Staging

@@ -12,7 +12,7 @@ from .errors import ApiError, BadRequest, HashMismatch, PayloadTooLarge, QuotaEx
 from .http_state import BootstrapState
 from .storage import Staged
 
-__all__ = ["ingest", "release", "store_if_new", "stream_blob"]
+__all__ = ["ingest", "release", "store_if_new", "store_object", "stream_blob"]
 
 
 async def ingest(
@@ -21,10 +21,12 @@ async def ingest(
     wallet: str,
     expected_cid: str | None,
     commit: Callable[[Staged], Awaitable[None]],
+    *,
+    max_bytes: int | None = None,
 ) -> Staged:
     """``_ingest``, counted in the upload metrics (outcome code, bytes)."""
     try:
-        staged = await _ingest(state, request, wallet, expected_cid, commit)
+        staged = await _ingest(state, request, wallet, expected_cid, commit, max_bytes=max_bytes)
     except ApiError as exc:
         state.metrics.uploads.labels(exc.code).inc()
         raise
@@ -39,12 +41,16 @@ async def _ingest(
     wallet: str,
     expected_cid: str | None,
     commit: Callable[[Staged], Awaitable[None]],
+    *,
+    max_bytes: int | None,
 ) -> Staged:
     """Stream the request body into staging, verify it, then ``commit`` it under the cid lock.
+    ``max_bytes`` lowers the configured upload limit (an upload link's own).
 
     On any refusal or error the staged file is deleted and nothing is recorded.
     """
     cfg = state.config
+    limit = cfg.max_upload_bytes if max_bytes is None else min(max_bytes, cfg.max_upload_bytes)
     usage = await state.db.run(state.db.sync.usage, wallet)
     remaining = max(0, cfg.quota_bytes - usage)
     declared = request.headers.get("content-length")
@@ -53,12 +59,12 @@ async def _ingest(
             declared_size = int(declared)
         except ValueError:
             raise BadRequest("bad Content-Length", code="bad_length") from None
-        check_size(declared_size, cfg.max_upload_bytes, remaining)
+        check_size(declared_size, limit, remaining)
     async with state.staging.spool() as spool:
         # request.stream() yields the body as the server receives it (~64 KiB pieces): the
         # memory held per upload is bounded by the spool's buffer, not by the body.
         async for chunk in request.stream():
-            check_size(spool.size + len(chunk), cfg.max_upload_bytes, remaining)
+            check_size(spool.size + len(chunk), limit, remaining)
             await spool.write(chunk)
         staged = await spool.finish()
         if expected_cid is not None and staged.cid != expected_cid:
@@ -73,6 +79,33 @@ def check_size(size: int, max_upload: int, remaining: int) -> None:
         raise PayloadTooLarge(f"uploads are limited to {max_upload} bytes")
     if size > remaining:
         raise QuotaExceeded("this upload would exceed the wallet's storage quota")
+
+
+async def store_object(state: BootstrapState, request: Request, wallet: str, bucket: str, key: str, *,
+                     expected_cid: str | None = None, max_bytes: int | None = None) -> tuple[Staged, float]:
+    """Stream the body in and name it ``bucket/key`` of ``wallet`` (quota checked, the object it
+    replaces released); (what was stored, when)."""
+    replaced: list[str] = []
+    now = state.clock()
+
+    async def commit(staged: Staged) -> None:
+        stored = await store_if_new(state, staged)
+        try:
+            old = await state.db.run(
+                state.db.sync.put_object, wallet, bucket, key,
+                cid=staged.cid, size=staged.size, now=now, quota=state.config.quota_bytes,
+            )
+        except QuotaExceeded:
+            if stored:
+                await state.store.delete(staged.cid)
+            raise
+        if old is not None:
+            replaced.append(old)
+
+    staged = await ingest(state, request, wallet, expected_cid, commit, max_bytes=max_bytes)
+    for old in replaced:
+        await release(state, old)
+    return staged, now
 
 
 async def store_if_new(state: BootstrapState, staged: Staged) -> bool:

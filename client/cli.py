@@ -97,6 +97,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--stop-on-disconnect", action="store_true",
                    help="stop the job if the node loses it (by default a batch job runs on until it ends or its "
                         "paid minutes run out, and `dgpu jobs attach ID` follows it again)")
+    p.add_argument("--push-result", default=None, metavar="BUCKET/KEY",
+                   help="also have the provider push the result archive to this object of your bootstrap "
+                        "storage, through a signed upload link (readable there with your node stopped)")
     p.add_argument("--forward", action="append", default=[], metavar="[LOCAL:]PORT",
                    help="reach the job's TCP PORT on 127.0.0.1:LOCAL while it runs (repeatable; the provider "
                         "must allow it)")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from dgpu.node.adapters.bootstrap_client import upload_link
 from dgpu.node.adapters.forward_tcp import listen_local
 from dgpu.node.app import NodeRuntime, new_nonce, run_node, wall_clock
 from dgpu.node.config import NodeConfig
@@ -46,6 +47,13 @@ class Client(Renter):
                          billing_policy=billing_policy, rentals=runtime.store, listen=listen_local,
                          settlements=runtime.settlements if ledger is runtime.ledger else None)
         self.runtime = runtime
+
+    async def upload_link(self, bootstrap_url: str, bucket: str, key: str, *, max_bytes: int = 1024**3,
+                          ttl_s: int = 24 * 3600) -> str:
+        """A signed link of our storage bucket at the bootstrap node ``bootstrap_url`` (its HTTP
+        address), for ``rent(result_upload=...)``: the provider pushes the result there."""
+        return await upload_link(bootstrap_url, self.key, bucket, key, max_bytes=max_bytes, ttl_s=ttl_s,
+                                 clock=wall_clock)
 
     @classmethod
     @asynccontextmanager

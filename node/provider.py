@@ -21,6 +21,7 @@ from functools import partial
 import trio
 
 from dgpu.node.adapters.p2p import P2PNode
+from dgpu.node.adapters.result_push import HttpResultPusher
 from dgpu.node.adapters.store import Store
 from dgpu.node.clock import new_nonce, wall_clock, wall_clock_ms
 from dgpu.node.config import DEV_MINT, NodeConfig
@@ -225,7 +226,7 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
                      clock=wall_clock, nonce=new_nonce, on_running=on_running, deadline_clock=deadline_clock,
                      blobs=shelf, node=node, transfer_root=config.data_dir / "transfers", escrow=gate,
                      on_abandoned=abandoners.abandoned, nursery=nursery,
-                     grants=_serve_access(config, key, node, service))
+                     grants=_serve_access(config, key, node, service), pusher=HttpResultPusher())
     verifier: EscrowVerifier = LedgerEscrowVerifier(ledger, mint) if ledger is not None else RefuseAll()
     negotiator = ProviderNegotiator(
         key, ProviderPolicy(executors=offered, allowed_images=config.allowed_images,

@@ -266,7 +266,9 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
 
 #: JobRequest fields added after version 1, left out of the wire form at their defaults (so a
 #: provider that does not know them still reads requests that do not use them)
-_REQUEST_OPTIONAL = ("forward_ports", "interactive", "stop_on_disconnect")
+_REQUEST_OPTIONAL = ("forward_ports", "interactive", "stop_on_disconnect", "result_upload")
+#: a signed upload link of the renter's bootstrap storage (the signature is in its query)
+UploadLink = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern=r"^https?://[!-~]+$")]
 #: ports of the job a renter may ask to reach (each forwarded connection is its own stream)
 MAX_FORWARD_PORTS = 8
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
@@ -301,6 +303,8 @@ class JobRequest(_Model):
     forward_ports: Annotated[tuple[Port, ...], Field(max_length=MAX_FORWARD_PORTS)] = ()
     #: runs until the renter closes it or the paid minutes end, not until its command exits
     interactive: bool = False
+    #: where the provider PUTs the packed result after keeping it (a bootstrap upload link)
+    result_upload: UploadLink | None = None
 
     @model_serializer(mode="wrap")
     def _drop_default_optional(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -533,6 +537,18 @@ class ResultRef(_Model):
     job_id: Id
     cid: ContentId
     size: Amount
+    #: the result was also pushed to the renter's upload link (None: none given, or it failed)
+    pushed: bool | None = None
+    #: why the push failed (never the link itself)
+    push_error: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_push(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in ("pushed", "push_error"):  # added after version 1: off the wire when unset
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 Message = (

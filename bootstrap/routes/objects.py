@@ -9,11 +9,10 @@ from fastapi.responses import StreamingResponse
 
 from dgpu.node.adapters.storage_names import validate_bucket, validate_key
 
-from ..errors import NotFound, QuotaExceeded
+from ..errors import NotFound
 from ..http_state import MAX_LIST, Claims, State
 from ..schemas import ObjectOut, ObjectsOut
-from ..storage import Staged
-from ..uploads import ingest, release, store_if_new, stream_blob
+from ..uploads import release, store_object, stream_blob
 
 __all__ = ["router"]
 
@@ -30,26 +29,7 @@ def router() -> APIRouter:
     ) -> ObjectOut:
         validate_bucket(bucket)
         key = validate_key(key)
-        replaced: list[str] = []
-        now = state.clock()
-
-        async def commit(staged: Staged) -> None:
-            stored = await store_if_new(state, staged)
-            try:
-                old = await state.db.run(
-                    state.db.sync.put_object, claims.wallet, bucket, key,
-                    cid=staged.cid, size=staged.size, now=now, quota=state.config.quota_bytes,
-                )
-            except QuotaExceeded:
-                if stored:
-                    await state.store.delete(staged.cid)
-                raise
-            if old is not None:
-                replaced.append(old)
-
-        staged = await ingest(state, request, claims.wallet, None, commit)
-        for old in replaced:
-            await release(state, old)
+        staged, now = await store_object(state, request, claims.wallet, bucket, key)
         return ObjectOut(bucket=bucket, key=key, cid=staged.cid, size=staged.size, updated_at=now)
 
     @r.get("/{bucket}/{key:path}", response_class=StreamingResponse)

@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,8 +143,15 @@ def _summary(job: JobOut, decimals: int | None, err: IO[str]) -> int:
 
 def cmd_rent(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     body = job_body(args)
+    push_to = str(getattr(args, "push_result", None) or "")  # BUCKET/KEY of the node's bootstrap storage
+    bucket, _, key = push_to.partition("/")
+    if push_to and (not bucket or not key):
+        raise CliError(f"--push-result is BUCKET/KEY, got {push_to!r}", 2)
     api = Api(settings_of(args))
     decimals = api.decimals()
+    if push_to:  # a signed link of our bucket, for the provider: no token of ours leaves the node
+        link = api.call("POST", f"/api/v1/storage-links/{bucket}/{urllib.parse.quote(key, safe='/')}")
+        body["result_upload"] = link["url"]
     job_id = api.get(JobOut, "POST", "/api/v1/jobs", json=body).id
     print(f"job {job_id} submitted (Ctrl-C cancels it and settles the escrow)", file=err, flush=True)
     try:

@@ -35,6 +35,7 @@ __all__ = [
     "fetch_verifier",
     "signed_challenge",
     "unreachable",
+    "upload_link",
     "upstream_json",
 ]
 
@@ -133,6 +134,41 @@ class BootstrapSession:
         pair = await upstream_json(http, "POST", "/api/v1/auth/login", signed)
         self._token, self._expires_at = str(pair["access_token"]), int(pair["expires_at"])
         return self._token
+
+    async def register(self, http: httpx.AsyncClient, role: str) -> None:
+        """Register the wallet with ``role`` (once per wallet: a login needs a role)."""
+        challenge = await upstream_json(http, "POST", "/api/v1/auth/challenge",
+                                        {"wallet": self.key.public_key.wallet, "action": "register", "role": role})
+        try:
+            signed = signed_challenge(self.key, challenge, "register")
+        except BadChallenge as exc:
+            raise Unavailable(f"the bootstrap node sent {exc}", "upstream_invalid") from exc
+        await upstream_json(http, "POST", "/api/v1/auth/register", signed)
+
+
+async def upload_link(bootstrap_url: str, key: SigningKey, bucket: str, object_key: str, *, max_bytes: int,
+                      ttl_s: int, clock: Callable[[], float]) -> str:
+    """A signed link (from the bootstrap node at ``bootstrap_url``) through which anyone holding it may
+    store one object ``bucket/object_key`` of ``key``'s wallet, up to ``max_bytes``, for ``ttl_s``."""
+    from urllib.parse import quote
+
+    base = bootstrap_url.rstrip("/")
+    async with httpx.AsyncClient(base_url=base, timeout=UPSTREAM_TIMEOUT_S) as http:
+        session = BootstrapSession(key, clock)
+        try:
+            token = await session.token(http)
+        except UpstreamError as exc:
+            if exc.code != "not_registered":
+                raise
+            await session.register(http, "renter")  # a renter's first use of its storage
+            token = await session.token(http)
+        try:
+            response = await http.post(f"/api/v1/storage-links/{quote(bucket, safe='')}/{quote(object_key, safe='/')}",
+                                       json={"max_bytes": max_bytes, "ttl_s": ttl_s},
+                                       headers={"authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise unreachable(exc) from exc
+        return base + str(decode_upstream(response.status_code, response.content)["path"])
 
 
 async def fetch_verifier(bootstrap_url: str, *, leeway_s: int = 30,

@@ -18,7 +18,6 @@ renter only, while the feed is kept: ``FEED_RETENTION_S``). The renter's side is
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
@@ -35,12 +34,14 @@ from dgpu.node.errors import (
 )
 from dgpu.node.ports.execution import ExitReason, ExitStatus, JobHandle, JobSpec, ResourceLimits
 from dgpu.node.ports.network import FramedStream, Network
-from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob, pack_dir
+from dgpu.node.ports.push import ResultPusher
+from dgpu.node.services.blobs import BlobError, BlobShelf, fetch_blob
 from dgpu.node.services.forward import Grants
 from dgpu.node.services.interactive import job_payload, time_limit_s
 from dgpu.node.services.inventory import Inventory
-from dgpu.node.services.job_feed import FEED_RETENTION_S, FeedTable, JobFeed, stream_feed
+from dgpu.node.services.job_feed import FeedTable, JobFeed, stream_feed
 from dgpu.node.services.negotiation import AgreementStore, reject_code
+from dgpu.node.services.result_shelf import shelve_result
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, verify_detached
 from dgpu.protocol.errors import RemoteProtocolError
 from dgpu.protocol.ids import MAX_FRAME_BYTES, MAX_LOG_CHUNK_CHARS
@@ -58,7 +59,6 @@ from dgpu.protocol.messages import (
     JobSubmit,
     Reject,
     RejectCode,
-    ResultRef,
 )
 
 __all__ = ["EscrowGate", "JobServer"]
@@ -71,8 +71,6 @@ Nonce = Callable[[], bytes]
 ENVELOPE_TTL_S: Final = 300
 #: the submit must arrive quickly after the stream opens
 SUBMIT_READ_TIMEOUT_S: Final = 10.0
-#: how long the provider keeps a job's packed result for the renter to fetch (or re-attach for)
-RESULT_TTL_S: Final = FEED_RETENTION_S
 #: all of one job's inputs together (each is also bounded by the shelf's blob limit)
 MAX_INPUT_BYTES: Final = 4 * 1024**3
 
@@ -126,8 +124,11 @@ class JobServer:
                  blobs: BlobShelf | None = None, node: Network | None = None,
                  transfer_root: Path | None = None, escrow: EscrowGate | None = None,
                  on_abandoned: Callable[[str], None] | None = None,
-                 nursery: trio.Nursery | None = None, grants: Grants | None = None) -> None:
+                 nursery: trio.Nursery | None = None, grants: Grants | None = None,
+                 pusher: ResultPusher | None = None) -> None:
         self.key = key
+        #: pushes results to the renter's upload link when its request has one
+        self.pusher = pusher
         #: where jobs run, so they outlive their renter's stream (None: in the stream's handler)
         self.nursery = nursery
         #: running and recently ended jobs' events, for the streams that follow them
@@ -389,7 +390,9 @@ class JobServer:
             if state is JobState.FINISHED and spec.output_dir is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(15):
                     await handle.cleanup()  # idempotent; copies the outputs out
-                ref = await self._shelve_result(job_id, spec.output_dir, renter.wallet)
+                assert self.blobs is not None  # an output folder only with transfers on
+                ref = await shelve_result(self.blobs, self.pusher, job_id, spec.output_dir,
+                                          renter=renter.wallet, upload=request.result_upload)
                 if ref is not None:
                     feed.set_result(ref)
         finally:
@@ -418,23 +421,6 @@ class JobServer:
             budget -= size
             files[ref.path] = dest
         return files
-
-    async def _shelve_result(self, job_id: str, output_dir: Path, renter: str) -> ResultRef | None:
-        """Pack the job's outputs into one blob only the renter may fetch; None on failure."""
-        assert self.blobs is not None
-        tmp = self.blobs.temp_path()
-        try:
-            size = await trio.to_thread.run_sync(pack_dir, output_dir, tmp)
-            if size > self.blobs.max_blob_bytes:
-                raise BlobError(f"the packed result is {size} bytes, over the blob limit")
-            entry = await self.blobs.add_file(tmp, allowed=[renter], ttl_s=RESULT_TTL_S, move=True)
-        except (BlobError, OSError) as exc:
-            log.warning("job %s: could not keep the result: %s", job_id[:12], exc)
-            return None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return ResultRef(job_id=job_id, cid=entry.cid, size=entry.size)
 
     async def _watch_renter(self, fs: FramedStream, feed: JobFeed, adapter: Any) -> None:
         """Until the stream breaks (returns then: the renter is gone): a JobCancel stops the job,

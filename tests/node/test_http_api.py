@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dgpu.bootstrap.auth import TokenIssuer
+from dgpu.bootstrap.storage import cid_of
 from dgpu.node.ports.gpu import simulated_gpus
 from dgpu.node.services import api as svc
 from dgpu.node.services.inventory import Inventory
@@ -411,6 +413,22 @@ async def test_storage_round_trip_through_the_bootstrap_with_the_node_token(tmp_
         assert err(await s.api.get("/api/v1/storage/data/dir/a.bin", headers=h)) == (404, "not_found")
         assert err(await s.api.get("/api/v1/storage/BAD!/k", headers=h)) == (400, "bad_bucket")
         assert err(await s.api.put("/api/v1/storage/data/k", content=b"x")) == (401, "no_token")
+
+
+async def test_an_upload_link_through_the_node_api_stores_one_object_without_a_token(tmp_path: Path) -> None:
+    async with api_stack(tmp_path) as s:
+        h = s.owner_headers
+        await login(s.boot, s.node_key)
+        r = await s.api.post("/api/v1/storage-links/results/job/r.tar?max_bytes=100&ttl_s=60", headers=h)
+        assert r.status_code == 200, r.text
+        link = r.json()
+        assert link["max_bytes"] == 100 and "sig=" in link["url"]
+        async with httpx.AsyncClient() as anyone:  # whoever holds the link: no token
+            put = await anyone.put(link["url"], content=b"the result", headers={"x-dgpu-cid": cid_of(b"the result")})
+        assert put.status_code == 200, put.text
+        got = await s.api.get("/api/v1/storage/results/job/r.tar", headers=h)
+        assert got.content == b"the result"
+        assert err(await s.api.post("/api/v1/storage-links/results/k")) == (401, "no_token")
 
 
 # -- metrics and docs ----------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from dgpu.node.adapters.http_api.jobs import jobs_router
 from dgpu.node.adapters.http_api.marketplace import marketplace_router
 from dgpu.node.adapters.http_api.providers import providers_router
 from dgpu.node.adapters.http_api.shell import shell_router
-from dgpu.node.adapters.http_api.storage import STREAMING_PREFIXES, storage_router
+from dgpu.node.adapters.http_api.storage import STREAMING_PREFIXES, links_router, storage_router
 from dgpu.node.adapters.http_server import BodyLimitMiddleware, RouteTimingMiddleware, serve_http
 from dgpu.node.metrics import NodeMetrics
 from dgpu.node.ports.store import RentalBook
@@ -146,7 +146,7 @@ def create_node_api(ctx: ApiContext) -> FastAPI:
                               "mint's base unit.")
     app.state.ctx = ctx
     for router in (auth_router(), jobs_router(), shell_router(), billing_router(), marketplace_router(),
-                   providers_router(), storage_router()):
+                   providers_router(), storage_router(), links_router()):
         app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -6,8 +6,9 @@ import urllib.parse
 from collections.abc import AsyncIterator
 
 import httpx
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from dgpu.node.adapters import http_server as http_errors
@@ -16,7 +17,7 @@ from dgpu.node.adapters.http_api.context import ERRORS, UPSTREAM, ApiContext, Ct
 from dgpu.node.adapters.storage_names import validate_bucket, validate_key
 from dgpu.node.services.api.schema import ErrorOut, ObjectOut
 
-__all__ = ["STREAMING_PREFIXES", "storage_router"]
+__all__ = ["STREAMING_PREFIXES", "UploadLinkOut", "links_router", "storage_router"]
 
 #: request bodies under these paths are streamed, so the JSON body limit does not apply
 STREAMING_PREFIXES = ("/api/v1/storage/",)
@@ -90,5 +91,33 @@ def storage_router() -> APIRouter:
         if response.status_code >= 400:
             decode_upstream(response.status_code, response.content)
         return Response(status_code=204)
+
+    return router
+
+
+class UploadLinkOut(BaseModel):
+    #: the signed link (``rent``'s ``result_upload``): whoever holds it may store this one object
+    url: str
+    expires_at: int
+    max_bytes: int
+
+
+def links_router() -> APIRouter:
+    """``POST /api/v1/storage-links/{bucket}/{key}``: a signed upload link of the node's bucket."""
+    router = APIRouter(prefix="/api/v1/storage-links", tags=["storage"], dependencies=Protected,
+                       responses={**ERRORS, **UPSTREAM})
+
+    @router.post("/{bucket}/{key:path}", response_model=UploadLinkOut)
+    async def upload_link(bucket: str, key: str, ctx: Ctx, max_bytes: int = Query(1024**3, gt=0, le=2**40),
+                          ttl_s: int = Query(24 * 3600, gt=0, le=7 * 24 * 3600)) -> UploadLinkOut:
+        path = "/api/v1/storage-links" + _target(bucket, key).removeprefix("/api/v1/storage")
+        try:
+            response = await ctx.upstream().post(path, json={"max_bytes": max_bytes, "ttl_s": ttl_s},
+                                                 headers=await _auth_headers(ctx))
+        except httpx.HTTPError as exc:
+            raise unreachable(exc) from exc
+        body = decode_upstream(response.status_code, response.content)
+        return UploadLinkOut(url=ctx.settings.bootstrap_url.rstrip("/") + str(body["path"]),
+                             expires_at=int(body["expires_at"]), max_bytes=int(body["max_bytes"]))
 
     return router

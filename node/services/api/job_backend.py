@@ -105,7 +105,7 @@ class NetworkJobBackend:
                 gpu_count=spec.gpu_count, egress=spec.egress,
                 max_price_per_minute=spec.max_price_per_minute, min_vram_mib=spec.min_vram_mib,
                 inputs=dict(spec.inputs), stop_on_disconnect=spec.stop_on_disconnect, forward=spec.forward,
-                interactive=spec.interactive)
+                interactive=spec.interactive, result_upload=spec.result_upload)
         except InputRefused as exc:
             raise JobRunError(str(exc), InputRefused.code) from exc
         except NegotiationFailed as exc:

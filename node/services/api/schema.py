@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from dgpu.protocol.messages import Executor, GpuSample, Offer, PriceBasis, UsageReceipt
+from dgpu.protocol.messages import Executor, GpuSample, Offer, PriceBasis, UploadLink, UsageReceipt
 
 __all__ = [
     "IMAGE_REFERENCE",
@@ -90,6 +90,9 @@ class JobSpec(BaseModel):
     #: stop the job when this node's stream to the provider breaks; by default it runs on and the
     #: node re-attaches when it comes back (``POST /api/v1/jobs/{id}/attach``)
     stop_on_disconnect: bool = False
+    #: a signed upload link of the renter's bootstrap storage (``POST /api/v1/storage-links/...``):
+    #: the provider pushes the packed result there too
+    result_upload: UploadLink | None = None
     #: job TCP ports to reach on this node's 127.0.0.1 while the job runs: "PORT" or "LOCAL:PORT"
     #: (only providers that allow forwarding are chosen)
     forward: tuple[Annotated[str, StringConstraints(pattern=r"^(\d{1,5}:)?\d{1,5}$")], ...] = Field(

@@ -375,7 +375,8 @@ class Renter:
                    gpu_count: int = 1, egress: bool = False, max_price_per_minute: int | None = None,
                    gpu_model: str | None = None, min_vram_mib: int = 0,
                    inputs: Mapping[str, Path | str] | None = None, stop_on_disconnect: bool = False,
-                   forward: Sequence[int | str | PortForward] = (), interactive: bool = False) -> Rental:
+                   forward: Sequence[int | str | PortForward] = (), interactive: bool = False,
+                   result_upload: str | None = None) -> Rental:
         """Negotiate a rental (and lock its deposit) with ``offer``, or with the cheapest match
         that can be reached and agrees (up to ``RENT_ATTEMPTS`` offers are tried).
 
@@ -385,7 +386,8 @@ class Renter:
         on 127.0.0.1 while it runs (offers that do not allow it are passed over); an ``interactive``
         job runs until the renter closes it or the paid minutes end. Needs a ledger: every rental is
         paid for. A batch job runs on if this node goes away (it re-attaches: :meth:`attach`), unless
-        ``stop_on_disconnect`` (an interactive one stops)."""
+        ``stop_on_disconnect`` (an interactive one stops). ``result_upload``, a signed upload link of
+        our bootstrap storage (``upload_link``), has the provider push the packed result there too."""
         self.check_live()
         forwards = as_forwards(forward)
         if forwards and self.listen is None:
@@ -398,7 +400,7 @@ class Renter:
                                 "env": dict(env or {}), "max_minutes": max_minutes, "gpu_count": gpu_count,
                                 "min_vram_mib": min_vram_mib, "egress": egress, "interactive": interactive,
                                 "forward_ports": tuple(f.job_port for f in forwards),
-                                "stop_on_disconnect": stop_on_disconnect}
+                                "stop_on_disconnect": stop_on_disconnect, "result_upload": result_upload}
         if offer is not None:
             return await self._rent_from(offer, spec, inputs or {}, max_price_per_minute, forwards)
         found = await self.find_offers(gpu_model=gpu_model, min_vram_mib=min_vram_mib, gpu_count=gpu_count,

@@ -5,6 +5,8 @@ x60: one wall second is one ledger minute) and provider processes on 127.0.0.1; 
 - a renter killed mid-job: the job runs on, is billed for what ran only; the renter's node,
   restarted on the same data dir, re-attaches and gets the rest of the logs and the result;
 - ``stop_on_disconnect``: the old behaviour, the job is stopped and the escrow closed;
+- a renter that gave an upload link gets the result pushed to its bootstrap bucket, readable
+  there while its node is stopped;
 - a provider frozen with SIGSTOP: the renter notices within the silence bound (heartbeats).
 """
 
@@ -20,14 +22,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import pytest
 import trio
 
 from dgpu.client import Client, JobFailed
 from dgpu.client.demo import DemoNetwork
+from dgpu.node.adapters.bootstrap_client import BootstrapSession
 from dgpu.node.adapters.disk_cap import remove_tree
 from dgpu.node.errors import ProviderSilentError
 from dgpu.node.services.billing import BillingPolicy
+from dgpu.node.services.blobs import safe_unpack
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.job_frames import SILENCE_BOUND_S
 from dgpu.protocol.messages import JobState, LogChunk
@@ -45,16 +50,18 @@ from pathlib import Path
 from dgpu.client import Client
 from dgpu.node.services.billing import BillingPolicy
 
-async def main(bootstrap, ledger_url, data_dir, script, stop):
+async def main(bootstrap, ledger_url, data_dir, script, stop, upload):
     async with Client.connect([bootstrap], ledger_url=ledger_url, data_dir=Path(data_dir), accept_simulated=True,
                               billing_policy=BillingPolicy(poll_interval_s=0.3)) as client:
         await client.ledger.faucet(1_000_000)
         assert await client.find_offers(gpu_model="RTX 4090", wait_s=30)
-        rental = await client.rent(script=script, max_minutes=60, gpu_model="RTX 4090", stop_on_disconnect=stop)
+        rental = await client.rent(script=script, max_minutes=60, gpu_model="RTX 4090", stop_on_disconnect=stop,
+                                   result_upload=upload)
         print("AGREEMENT", rental.id, rental.escrow.address, flush=True)
         await rental.run(on_log=lambda c: print("LOG", c.data.strip(), flush=True))
 
-trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]).read_text(), sys.argv[5] == "stop")
+trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]).read_text(), sys.argv[5] == "stop",
+         sys.argv[6] if len(sys.argv) > 6 else None)
 """
 
 
@@ -96,12 +103,12 @@ def script(seconds: int) -> str:
 class ChildRenter:
     """The renter's node in its own OS process (so it can be killed)."""
 
-    def __init__(self, net: DemoNetwork, data_dir: Path, job: str, *, stop: bool) -> None:
+    def __init__(self, net: DemoNetwork, data_dir: Path, job: str, *, stop: bool, upload: str | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "job.sh").write_text(job)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, net.addrs["bootstrap"], net.ledger_url, str(data_dir),
-             str(data_dir / "job.sh"), "stop" if stop else "run"],
+             str(data_dir / "job.sh"), "stop" if stop else "run", *([upload] if upload else [])],
             stdout=subprocess.PIPE, stderr=(data_dir / "child.log").open("wb"), text=True)
         assert self.proc.stdout is not None
         self.out: IO[str] = self.proc.stdout
@@ -181,6 +188,32 @@ async def test_stop_on_disconnect_stops_the_job_when_the_renter_dies(network: De
         assert view.claimed_minutes < 40 and view.paid + view.fee_paid + view.refunded == view.deposited
         print(f"stop_on_disconnect: escrow closed {closed_s:.1f} s after the renter was killed "
               f"({view.claimed_minutes} minutes billed)")
+
+
+async def test_the_result_is_pushed_to_the_renters_bucket_while_its_node_is_stopped(
+        network: DemoNetwork, tmp_path: Path) -> None:
+    data_dir = tmp_path / "renter"
+    async with renter(network, data_dir, "RTX 4090", faucet=False) as client:  # the renter's identity
+        key = client.key
+        link = await client.upload_link(network.ledger_url, "results", "detached/result.tar",
+                                        max_bytes=1024 * 1024, ttl_s=3600)
+    assert "sig=" in link
+    child = ChildRenter(network, data_dir, script(4), stop=False, upload=link)
+    try:
+        with trio.fail_after(90):
+            await child.until("tick 1")
+    finally:
+        child.kill()  # the renter's node goes away; the job runs on and its result is pushed
+    pushed_to = "results/detached/result.tar"
+    async with httpx.AsyncClient(base_url=network.ledger_url, timeout=30) as http:
+        auth = {"authorization": f"Bearer {await BootstrapSession(key, time.time).token(http)}"}
+        with trio.fail_after(90):
+            while (got := await http.get(f"/api/v1/storage/{pushed_to}", headers=auth)).status_code == 404:
+                await trio.sleep(0.5)
+    assert got.status_code == 200, got.text
+    (tmp_path / "result.tar").write_bytes(got.content)
+    safe_unpack(tmp_path / "result.tar", tmp_path / "result")
+    assert (tmp_path / "result" / "summary.txt").read_text() == "all 4 ticks\n"
 
 
 async def test_a_frozen_provider_is_noticed_within_the_silence_bound(network: DemoNetwork, tmp_path: Path) -> None:
