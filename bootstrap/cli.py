@@ -12,17 +12,19 @@ from typing import Any
 
 import trio
 
-from dgpu.node.cli import add_common_options, until_signal
+from dgpu.node.cli import add_common_options, settings_epilog, until_signal
+from dgpu.node.layered_settings import make_layered
 
 __all__ = ["add_bootstrap_command", "run_bootstrap_command"]
 
 
-def add_bootstrap_command(sub: Any) -> None:
-    b = sub.add_parser("bootstrap", help="run a bootstrap node (DHT server + rendezvous, login, pinning, "
-                                         "development ledger)",
-                       description="Run a bootstrap node: peers find each other through it (DHT server and "
-                                   "rendezvous), log in (wallet-signed challenges, JWTs), pin files, and on "
-                                   "development networks use its ledger and faucet.")
+def add_bootstrap_command(sub: Any) -> argparse.ArgumentParser:
+    b: argparse.ArgumentParser = sub.add_parser(
+        "bootstrap", help="run a bootstrap node (DHT server + rendezvous, login, pinning, development ledger)",
+        description="Run a bootstrap node: peers find each other through it (DHT server and rendezvous), log in "
+                    "(wallet-signed challenges, JWTs), pin files, and on development networks use its ledger "
+                    "and faucet.",
+        epilog=settings_epilog("bootstrap", "metrics_port = 9400, no_ledger = true"))
     add_common_options(b)
     b.add_argument("--http-host", default="127.0.0.1", help="HTTP listen address (login, pinning, ledger)")
     b.add_argument("--http-port", type=int, default=8600, help="HTTP port (0: the kernel picks)")
@@ -33,6 +35,8 @@ def add_bootstrap_command(sub: Any) -> None:
                         "bills one minute, so short jobs show a cost)")
     b.add_argument("--ledger-test-mode", action="store_true",
                    help="development ledger: allow setting its clock over HTTP (tests only)")
+    make_layered(b)
+    return b
 
 
 def run_bootstrap_command(args: argparse.Namespace) -> int:

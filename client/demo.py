@@ -101,7 +101,8 @@ class DemoNetwork:
                ) -> subprocess.Popen[Any]:
         log = (self.workdir / f"{name}.log").open("wb")
         self._logs.append(log)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DGPU_KEY")}
+        # the demo's own network: none of the user's daemon settings (DGPU_*, the config file) apply
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("DGPU_")}, "DGPU_CONFIG": os.devnull}
         proc = subprocess.Popen(
             [*_cli(), *args, "--log-level", self.log_level], stdout=stdout or log,
             stderr=log, stdin=subprocess.DEVNULL, env=env,

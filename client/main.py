@@ -12,13 +12,15 @@ import contextlib
 import importlib.metadata
 import os
 import sys
+from collections.abc import Mapping
 from typing import TypeVar
 
 from dgpu.bootstrap.cli import add_bootstrap_command, run_bootstrap_command
 from dgpu.client.cli import add_commands
 from dgpu.node.cli import add_node_command, run_node_command
+from dgpu.node.layered_settings import SettingsError, resolve
 
-__all__ = ["HelpFormatter", "main"]
+__all__ = ["HelpFormatter", "main", "parse_args"]
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -47,6 +49,11 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``dgpu`` parser and the daemon commands' parsers (their settings are layered)."""
     ap = argparse.ArgumentParser(prog="dgpu", description="dGPU: peer-to-peer GPU rental",
                                  formatter_class=HelpFormatter)
     ap.add_argument("--version", action="version", version=f"dgpu {_version()}")
@@ -63,12 +70,25 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--provider-behind-nat", action="store_true",
                    help="one provider behind a NAT (network namespaces; needs root), rented through the relay")
 
-    add_bootstrap_command(sub)
-    add_node_command(sub)
+    daemons = {"bootstrap": add_bootstrap_command(sub), "node": add_node_command(sub)}
     add_commands(sub)
     for command in sub.choices.values():
         command.formatter_class = HelpFormatter
-    return ap
+    return ap, daemons
+
+
+def parse_args(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """``dgpu``'s arguments; a daemon's flags not given come from ``env`` (``DGPU_*``), then its
+    table of the config file, then their defaults. A bad setting exits 2 like a bad flag."""
+    ap, daemons = _build()
+    args = ap.parse_args(argv)
+    command = daemons.get(args.cmd)
+    if command is None:
+        return args
+    try:
+        return resolve(command, args, table=args.cmd, env=env)
+    except SettingsError as exc:
+        command.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +108,7 @@ def _http_errors() -> tuple[type[Exception], ...]:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     if hasattr(args, "handler"):  # renter commands (dgpu.client.cli) talk to a running node
         return int(args.handler(args))
     if args.cmd == "demo" and args.provider_behind_nat:

@@ -16,39 +16,35 @@ TOML keys (all optional)::
     timeout = 30                         # seconds per API request
 
 The access token is never read from the file (it is a secret with a short life): ``dgpu login``
-writes it to ``<data_dir>/api-token.json`` (mode 0600); ``DGPU_TOKEN`` overrides that.
+writes it to ``<data_dir>/api-token.json`` (mode 0600); ``DGPU_TOKEN`` overrides that. The same
+file's ``[node]`` and ``[bootstrap]`` tables hold the daemons' settings (``dgpu.node.layered_settings``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dgpu.node.data_dir import API_FILE, default_data_dir
+from dgpu.node.layered_settings import DEFAULT_CONFIG, MAX_CONFIG_BYTES, SettingsError, config_path, read_toml
 
 __all__ = ["DEFAULT_API_URL", "DEFAULT_CONFIG", "HELP", "ClientSettings", "SettingsError", "load_settings"]
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
-DEFAULT_CONFIG = Path("~/.config/dgpu/config.toml")
 TOKEN_FILE = "api-token.json"
 _KEYS = {"api_url", "data_dir", "timeout"}
-#: a config file is a few lines; anything bigger is a mistake
-_MAX_CONFIG_BYTES = 64 * 1024
+#: the daemons' settings in the same file (dgpu.node.layered_settings)
+_DAEMON_TABLES = {"node", "bootstrap"}
 
 HELP = (
     "configuration: a TOML file (--config, $DGPU_CONFIG or ~/.config/dgpu/config.toml: api_url, "
     "data_dir, timeout), then environment variables (DGPU_API_URL, DGPU_DATA_DIR, DGPU_TOKEN, "
     "DGPU_TIMEOUT), then flags, each overriding the one before."
 )
-
-
-class SettingsError(Exception):
-    """The configuration cannot be used (unreadable file, unknown key, bad value)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,30 +78,17 @@ class ClientSettings:
 
 
 def _read_file(path: Path, *, required: bool) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        if required:
-            raise SettingsError(f"config file {path} does not exist") from None
-        return {}
-    except OSError as exc:
-        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
-    if len(raw) > _MAX_CONFIG_BYTES:
-        raise SettingsError(f"config file {path} is larger than {_MAX_CONFIG_BYTES} bytes")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - _KEYS
+    data = read_toml(path, required=required)
+    unknown = set(data) - _KEYS - _DAEMON_TABLES
     if unknown:
         raise SettingsError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
-    return data
+    return {k: v for k, v in data.items() if k in _KEYS}
 
 
 def _node_api_url(data_dir: Path) -> str | None:
     """The URL the node serving this data dir wrote when its API started listening."""
     try:
-        data = json.loads((data_dir / API_FILE).read_text()[:_MAX_CONFIG_BYTES])
+        data = json.loads((data_dir / API_FILE).read_text()[:MAX_CONFIG_BYTES])
     except (OSError, ValueError):
         return None
     url = data.get("url") if isinstance(data, dict) else None
@@ -128,9 +111,8 @@ def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str]
     None means "not given")."""
     flags = dict(flags or {})
     env = os.environ if env is None else env
-    config_flag = flags.get("config") or env.get("DGPU_CONFIG")
-    path = Path(config_flag).expanduser() if config_flag else DEFAULT_CONFIG.expanduser()
-    file = _read_file(path, required=bool(config_flag))
+    path, required = config_path(flags.get("config"), env)
+    file = _read_file(path, required=required)
     api_url: Any = file.get("api_url")
     # the same default as ``dgpu node --role renter`` (DGPU_DATA_DIR, then XDG)
     data_dir: Any = file.get("data_dir") or default_data_dir("renter", env)

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from dgpu.node.errors import ConfigError
+from dgpu.node.layered_settings import make_layered
 
 if TYPE_CHECKING:
     from dgpu.node.app import NodeRuntime
     from dgpu.node.config import NodeConfig
 
-__all__ = ["RentOnce", "add_common_options", "add_node_command", "node_config", "run_node_command", "until_signal"]
+__all__ = ["RentOnce", "add_common_options", "add_node_command", "node_config", "run_node_command",
+           "settings_epilog", "until_signal"]
 
 
 class RentOnce(Protocol):
@@ -36,6 +38,9 @@ class RentOnce(Protocol):
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
     """Identity, listen address, metrics and logging: shared by ``dgpu node`` and ``dgpu bootstrap``."""
+    p.add_argument("--config", type=Path, default=None, metavar="PATH",
+                   help="TOML file whose [node] or [bootstrap] table sets any flag by its dest name (default "
+                        "$DGPU_CONFIG, else ~/.config/dgpu/config.toml if it exists)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="identity and state (identity.json is created on first run, mode 0600); default "
                         "$DGPU_DATA_DIR, else $XDG_DATA_HOME/dgpu/ROLE (~/.local/share/dgpu/ROLE); one process "
@@ -44,20 +49,22 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0, help="listen port (0: the kernel picks)")
     p.add_argument("--addr-file", type=Path, default=None,
                    help="write the full multiaddr here once listening")
-    p.add_argument("--metrics-port", type=int, default=os.environ.get("DGPU_METRICS_PORT"), metavar="PORT",
-                   help="serve Prometheus /metrics on this port, with or without the local API (default "
-                        "$DGPU_METRICS_PORT, else off; 0: the kernel picks)")
-    p.add_argument("--metrics-host", default=os.environ.get("DGPU_METRICS_HOST", "127.0.0.1"),
-                   help="the /metrics server's listen address (default $DGPU_METRICS_HOST, else loopback)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus /metrics on this port, with or without the local API (default off; "
+                        "0: the kernel picks)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the /metrics server's listen address")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                    type=str.upper, help="INFO: what an operator must know; DEBUG adds libp2p's and HTTP's chatter")
 
 
-def add_node_command(sub: Any) -> None:
-    n = sub.add_parser("node", help="run a provider or renter node",
-                       description="Run a provider (offers its GPUs, runs renters' jobs, claims its earnings) "
-                                   "or a renter node (finds offers, funds escrows, serves the local API the "
-                                   "renter commands use) until Ctrl-C.")
+def add_node_command(sub: Any) -> argparse.ArgumentParser:
+    """Register ``dgpu node``; its flags can also come from ``DGPU_*`` and ``[node]`` (see
+    :func:`dgpu.node.layered_settings.resolve`, which its caller runs after parsing)."""
+    n: argparse.ArgumentParser = sub.add_parser(
+        "node", help="run a provider or renter node",
+        description="Run a provider (offers its GPUs, runs renters' jobs, claims its earnings) or a renter node "
+                    "(finds offers, funds escrows, serves the local API the renter commands use) until Ctrl-C.",
+        epilog=settings_epilog("node", 'metrics_port = 9400, allow_image = ["busybox"]'))
     add_common_options(n)
     n.add_argument("--role", choices=["provider", "renter"], required=True,
                    help="provider: rent out GPUs; renter: rent them")
@@ -100,24 +107,24 @@ def add_node_command(sub: Any) -> None:
     n.add_argument("--ledger-url", default=None,
                    help="development ledger (a bootstrap node's HTTP URL): providers verify and claim escrows, "
                         "renters fund them")
-    # the Solana settings default to None: unset, $DGPU_* (node/solana_env.py) fills them in
+    # the Solana settings default to None: NodeConfig holds their defaults and checks them together
     n.add_argument("--ledger", choices=["dev", "solana"], default=None,
                    help="escrow ledger: the development ledger (--ledger-url) or the Solana program "
-                        "(default $DGPU_LEDGER, else dev)")
+                        "(default dev)")
     n.add_argument("--solana-rpc", default=None,
-                   help="--ledger solana: the cluster's JSON-RPC URL (default $DGPU_SOLANA_RPC)")
+                   help="--ledger solana: the cluster's JSON-RPC URL")
     n.add_argument("--program-id", default=None,
-                   help="--ledger solana: the dgpu_escrow program id (default $DGPU_PROGRAM_ID)")
+                   help="--ledger solana: the dgpu_escrow program id")
     n.add_argument("--mint", default=None,
-                   help="--ledger solana: the mint the program must pin (checked; default $DGPU_MINT)")
+                   help="--ledger solana: the mint the program must pin (checked)")
     n.add_argument("--commitment", choices=["processed", "confirmed", "finalized"], default=None,
                    help="--ledger solana: the commitment transactions are confirmed at (default "
-                        "$DGPU_COMMITMENT, else confirmed)")
+                        "confirmed)")
     n.add_argument("--compute-unit-price", type=int, default=None,
-                   help="micro-lamports per CU (priority fee; default $DGPU_COMPUTE_UNIT_PRICE)")
+                   help="micro-lamports per CU (priority fee)")
     n.add_argument("--compute-unit-limit", type=int, default=None,
-                   help="--ledger solana: compute units per transaction (default $DGPU_COMPUTE_UNIT_LIMIT, "
-                        "else the cluster's)")
+                   help="--ledger solana: compute units per transaction (default "
+                        "the cluster's)")
     n.add_argument("--claim-interval", type=int, default=600, help="provider: ledger seconds between claims")
     n.add_argument("--billing-grace", type=int, default=60,
                    help="provider: ledger seconds an exhausted rental keeps running, waiting for a top-up")
@@ -147,6 +154,17 @@ def add_node_command(sub: Any) -> None:
                    help="a Host name the API answers besides loopback names (repeatable)")
     n.add_argument("--development", action="store_true",
                    help="development network: simulated GPUs and the faucet through the API")
+    make_layered(n)
+    return n
+
+
+def settings_epilog(table: str, example: str) -> str:
+    """The ``--help`` epilog of a daemon command: where else its flags can be set."""
+    return textwrap.fill(
+        f"Every flag can also be set by DGPU_<NAME> (its name in upper case, _ for -: DGPU_METRICS_PORT; "
+        f"lists comma-separated; switches true or false) or by <name> in the [{table}] table of the config "
+        f"file ({example}). A flag beats its variable, which beats "
+        f"the file.", width=88)
 
 
 def _leaves(group: BaseExceptionGroup[ConfigError]) -> list[ConfigError]:
@@ -184,18 +202,21 @@ def _access_limits(text: str) -> tuple[int, int, float]:
         raise argparse.ArgumentTypeError("CONNS:BYTES_PER_S:IDLE_S, e.g. 16:16777216:600") from None
 
 
-def node_config(args: argparse.Namespace, env: Mapping[str, str]) -> NodeConfig:
-    """The node's configuration from its parsed flags and ``env`` (the ``DGPU_*`` variables).
+_SOLANA = ("ledger", "solana_rpc", "program_id", "mint", "commitment", "compute_unit_price", "compute_unit_limit")
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """The node's configuration from its settings (flags, ``DGPU_*`` and the file, resolved).
 
     Raises pydantic's ValidationError on a bad setting, PricingError on bad multiplier bounds."""
     from dgpu.node.config import NodeConfig, parse_gpu
     from dgpu.node.data_dir import resolve_data_dir
-    from dgpu.node.solana_env import solana_settings
     from dgpu.protocol.messages import Executor
     from dgpu.protocol.pricing import MultiplierBounds
 
     bounds = MultiplierBounds.parse(args.price_multiplier_bounds)
-    solana = solana_settings(vars(args), env)
+    # unset Solana settings are left out, so NodeConfig's defaults apply
+    solana = {k: getattr(args, k) for k in _SOLANA if getattr(args, k) is not None}
     return NodeConfig(
         role=args.role, bootstrap=tuple(args.bootstrap), data_dir=resolve_data_dir(args.data_dir, args.role),
         listen_host=args.host, listen_port=args.port, addr_file=args.addr_file,
@@ -227,7 +248,7 @@ def run_node_command(args: argparse.Namespace, *, rent_once: RentOnce | None = N
     from dgpu.protocol.errors import PricingError
 
     try:
-        config = node_config(args, os.environ)
+        config = node_config(args)
         api = None
         if args.api_port is not None:
             from dgpu.node.services.api import ApiSettings

@@ -161,16 +161,15 @@ async def test_the_metrics_server_serves_the_registry_and_nothing_else() -> None
         nursery.cancel_scope.cancel()
 
 
-def test_the_metrics_flags_are_off_by_default_and_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dgpu.client.main import _parser
+def test_the_metrics_flags_are_off_by_default_and_read_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    from dgpu.client.main import parse_args
 
-    monkeypatch.delenv("DGPU_METRICS_PORT", raising=False)
-    monkeypatch.delenv("DGPU_METRICS_HOST", raising=False)
-    args = _parser().parse_args(["node", "--role", "provider", "--bootstrap", "/p2p/x"])
+    monkeypatch.setenv("HOME", str(tmp_path))  # no default config file
+    args = parse_args(["node", "--role", "provider", "--bootstrap", "/p2p/x"], {})
     assert args.metrics_port is None and args.metrics_host == "127.0.0.1"
-    assert _parser().parse_args(["bootstrap", "--metrics-port", "0"]).metrics_port == 0
-    monkeypatch.setenv("DGPU_METRICS_PORT", "9401")
-    monkeypatch.setenv("DGPU_METRICS_HOST", "::1")
-    args = _parser().parse_args(["bootstrap"])
+    assert parse_args(["bootstrap", "--metrics-port", "0"], {}).metrics_port == 0
+    env = {"DGPU_METRICS_PORT": "9401", "DGPU_METRICS_HOST": "::1"}
+    args = parse_args(["bootstrap"], env)
     assert args.metrics_port == 9401 and args.metrics_host == "::1"
-    assert _parser().parse_args(["bootstrap", "--metrics-port", "9500"]).metrics_port == 9500  # flags win
+    assert parse_args(["bootstrap", "--metrics-port", "9500"], env).metrics_port == 9500  # flags win
