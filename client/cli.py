@@ -14,15 +14,11 @@ integers of the mint's base unit on the wire; they are shown as dGPU with the mi
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from dgpu.client.api_client import CliError
-from dgpu.client.commands.jobs import cmd_jobs, cmd_rent
-from dgpu.client.commands.login import cmd_login
-from dgpu.client.commands.offers import cmd_offers
-from dgpu.client.commands.wallet import cmd_wallet
 from dgpu.client.settings import HELP
 
 __all__ = ["add_commands", "main"]
@@ -39,8 +35,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=None, help="seconds per API request (default 30)")
 
 
-def _wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def _wrap(command: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The handler ``name`` of ``dgpu.client.commands.<command>``, imported when it runs: ``dgpu node``
+    parses the same command line and needs no HTTP client, API schema or display (idle RSS)."""
+
     def handler(args: argparse.Namespace) -> int:
+        from dgpu.client.api_client import CliError
+
+        fn: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"dgpu.client.commands.{command}"), name)
         try:
             return fn(args)
         except CliError as exc:
@@ -70,7 +73,7 @@ def add_commands(subparsers: Any) -> None:
                    help="order (a leading - reverses it)")
     p.add_argument("--limit", type=int, default=50, help="show at most this many offers")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=_wrap(cmd_offers))
+    p.set_defaults(handler=_wrap("offers", "cmd_offers"))
 
     p = subparsers.add_parser("rent", help="rent a GPU and run a job, with live logs", formatter_class=fmt,
                               description="Submit a job through the node, stream its logs and a status line "
@@ -105,7 +108,7 @@ def add_commands(subparsers: Any) -> None:
                         "must allow it)")
     p.add_argument("--interactive", action="store_true",
                    help="run until cancelled (Ctrl-C) or the paid minutes end, not until the command exits")
-    p.set_defaults(handler=_wrap(cmd_rent))
+    p.set_defaults(handler=_wrap("jobs", "cmd_rent"))
 
     p = subparsers.add_parser("jobs", help="list, show, follow, attach, cancel API jobs or download their results",
                               formatter_class=fmt,
@@ -125,7 +128,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output (times as epoch seconds)")
     p.add_argument("shell_cmd", nargs="*", metavar="-- CMD",
                    help="shell: the command to run in the job (default: its /bin/sh)")
-    p.set_defaults(handler=_wrap(cmd_jobs))
+    p.set_defaults(handler=_wrap("jobs", "cmd_jobs"))
 
     p = subparsers.add_parser("wallet", help="the node's wallet: address and balances", formatter_class=fmt,
                               description="Show the node's wallet (its key is the wallet); --faucet mints worthless "
@@ -140,7 +143,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--create-token-account", action="store_true",
                    help="with --solana-rpc: create the wallet's dGPU token account if missing (costs SOL rent)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(handler=_wrap(cmd_wallet))
+    p.set_defaults(handler=_wrap("wallet", "cmd_wallet"))
 
     p = subparsers.add_parser("login", help="get an API token by signing with the node key", formatter_class=fmt,
                               description="Sign the bootstrap node's challenge with the node key (via the "
@@ -149,7 +152,7 @@ def add_commands(subparsers: Any) -> None:
     _common(p)
     p.add_argument("--register", choices=["renter", "provider"], default=None,
                    help="first register the wallet with this role at the bootstrap node")
-    p.set_defaults(handler=_wrap(cmd_login))
+    p.set_defaults(handler=_wrap("login", "cmd_login"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
+def _http_errors() -> tuple[type[Exception], ...]:
+    # the web stack is imported only by what serves HTTP (idle RSS of a node without its API):
+    # if it was never loaded, none of its errors can have been raised
+    http = sys.modules.get("dgpu.node.adapters.http_server")
+    return () if http is None else (http.HttpServerError,)
+
+
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if hasattr(args, "handler"):  # renter commands (dgpu.client.cli) talk to a running node
@@ -119,7 +126,6 @@ def _main(argv: list[str] | None) -> int:
 
     from dgpu.client.demo import rent_once
     from dgpu.node import logging as node_logging
-    from dgpu.node.adapters.http_server import HttpServerError
     from dgpu.node.errors import NodeError
 
     node_logging.configure(args.log_level, name=args.cmd)
@@ -132,7 +138,8 @@ def _main(argv: list[str] | None) -> int:
         return 130
     except BaseException as exc:
         # a node that cannot start or join says why in one line, not in a nested traceback
-        known = _leaf(exc, (NodeError, HttpServerError))
+        kinds: tuple[type[Exception], ...] = (NodeError, *_http_errors())
+        known = _leaf(exc, kinds)
         if known is None:
             if _leaf(exc, (KeyboardInterrupt,)) is not None:
                 return 130

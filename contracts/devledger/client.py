@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..escrow_api import Action, EscrowHandle, EscrowReceipt, EscrowView, MintInfo, Settlement
 from .messages import (
+    PREFIX,
     ClaimRequest,
     CloseRequest,
     FaucetRequest,
@@ -46,7 +47,6 @@ from .messages import (
     TopUpRequest,
     TransferRequest,
 )
-from .server import PREFIX
 
 __all__ = ["DevLedgerEscrow"]
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 __all__ = [
     "ESCROW_ACTIONS",
+    "PREFIX",
     "REQUEST_ADAPTER",
     "ClaimRequest",
     "CloseRequest",
@@ -30,6 +31,9 @@ __all__ = [
     "TopUpRequest",
     "TransferRequest",
 ]
+
+#: where the ledger's routes live on a bootstrap node's HTTP server (client and server share it)
+PREFIX = "/api/v1/ledger"
 
 U64 = Annotated[int, Field(ge=0, le=2**64 - 1, strict=True)]
 U32 = Annotated[int, Field(ge=0, le=2**32 - 1, strict=True)]

@@ -49,11 +49,11 @@ from ..errors import (
     ProgramError,
     RequestRejected,
 )
+from .messages import PREFIX
 from .model import NOTICE, DevLedger, DevLedgerConfig, TxOutcome
 
 __all__ = ["PREFIX", "FaucetBudget", "ledger_router"]
 
-PREFIX = "/api/v1/ledger"
 T = TypeVar("T")
 
 _LABEL = {"network": "development", "real_value": False}

@@ -22,18 +22,21 @@ import os
 import signal
 import socket
 import struct
+import sys
 import termios
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import trio
 
-from dgpu.node.adapters.docker_job import DockerJobHandle, converted
 from dgpu.node.adapters.sandbox import JOB_HOME, sandbox_init
 from dgpu.node.adapters.script_executor import ScriptJobHandle
 from dgpu.node.errors import ExecutionError, ExecutorFailure
 from dgpu.node.ports.access import ByteStream, ShellProcess
+
+if TYPE_CHECKING:
+    from dgpu.node.adapters.docker_job import DockerJobHandle
 
 __all__ = ["LocalJobAccess", "connect_in_netns"]
 
@@ -43,6 +46,13 @@ _SHELL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": JOB_HOME, "TERM": 
 _HANDLE_WAIT_S = 10.0
 #: one Docker engine call for a shell (exec create/start/inspect/resize) at most this long
 _ENGINE_TIMEOUT_S = 30.0
+
+
+def _is_docker_job(handle: object) -> TypeGuard[DockerJobHandle]:
+    # the Docker SDK is imported only by a node that runs Docker jobs (idle RSS): a handle of one
+    # exists only once its module was loaded
+    module = sys.modules.get("dgpu.node.adapters.docker_job")
+    return module is not None and isinstance(handle, module.DockerJobHandle)
 
 
 def _connect_in_thread(pid: int, port: int, timeout_s: float) -> socket.socket:
@@ -152,6 +162,8 @@ class _DockerExec:
         self._buf = bytearray()
 
     async def _engine(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from dgpu.node.adapters.docker_job import converted  # loaded already: a Docker job exists
+
         with trio.fail_after(_ENGINE_TIMEOUT_S):
             return await trio.to_thread.run_sync(lambda: converted(fn, *args, **kwargs), abandon_on_cancel=True)
 
@@ -240,10 +252,10 @@ class LocalJobAccess:
 
     async def _netns_pid(self, handle: object) -> int:
         pid: int | None = None
-        if isinstance(handle, DockerJobHandle):
-            pid = await handle.namespace_pid()
-        elif isinstance(handle, ScriptJobHandle):
+        if isinstance(handle, ScriptJobHandle):
             pid = await trio.to_thread.run_sync(sandbox_init, handle.pid)
+        elif _is_docker_job(handle):
+            pid = await handle.namespace_pid()
         if not pid:
             raise ExecutorFailure("the job has no running process to reach")
         return pid
@@ -255,10 +267,10 @@ class LocalJobAccess:
     async def shell(self, job_id: str, argv: Sequence[str], *, rows: int, cols: int, tty: bool) -> ShellProcess:
         handle = await self._handle(job_id)
         command = list(argv) or ["/bin/sh"]
-        if isinstance(handle, DockerJobHandle):
-            return await self._docker_shell(handle, command, rows=rows, cols=cols, tty=tty)
         if isinstance(handle, ScriptJobHandle):
             return await self._script_shell(handle, command, rows=rows, cols=cols)
+        if _is_docker_job(handle):
+            return await self._docker_shell(handle, command, rows=rows, cols=cols, tty=tty)
         raise ExecutorFailure("this kind of job has no shell")
 
     async def _docker_shell(self, handle: DockerJobHandle, argv: list[str], *, rows: int, cols: int,
@@ -276,6 +288,8 @@ class LocalJobAccess:
             with contextlib.suppress(Exception):  # the SDK's wrapper; our duplicate lives on
                 hijacked.close()
             return exec_id, sock
+
+        from dgpu.node.adapters.docker_job import converted
 
         with trio.fail_after(_ENGINE_TIMEOUT_S):
             exec_id, sock = await trio.to_thread.run_sync(lambda: converted(start))

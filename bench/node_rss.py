@@ -1,0 +1,141 @@
+"""Idle memory of real dGPU nodes: a bootstrap, one provider and one renter on 127.0.0.1.
+
+Starts the three as ``dgpu`` processes (the provider with a simulated GPU, verifying escrows on
+the bootstrap's development ledger), waits until the renter holds the provider's offer and a
+few quiet seconds passed, then prints one JSON object: per node its RSS, the anonymous and
+file-backed parts (``/proc/PID/smaps_rollup``) and its thread count. ``--baseline`` adds the
+idle RSS of bare py-libp2p nodes (``bench/bare_libp2p.py``, 2 gossip nodes) for comparison.
+
+    .venv/bin/python bench/node_rss.py [--idle 10] [--baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+MIB = 2**20
+
+
+def _wait(path: Path, timeout: float = 120) -> str:
+    end = time.monotonic() + timeout
+    while not path.exists() or not path.read_text().strip():
+        if time.monotonic() > end:
+            raise TimeoutError(str(path))
+        time.sleep(0.1)
+    return path.read_text().strip()
+
+
+def _rollup(pid: int) -> dict[str, float]:
+    """RSS split in MiB, from smaps_rollup (Linux)."""
+    fields: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    except OSError:
+        return {}
+    return {"anon_mb": round(fields.get("Anonymous", 0.0), 1),
+            "file_mb": round(fields.get("Rss", 0.0) - fields.get("Anonymous", 0.0), 1)}
+
+
+def measure(pid: int) -> dict[str, Any]:
+    p = psutil.Process(pid)
+    return {"rss_mb": round(p.memory_info().rss / MIB, 1), **_rollup(pid), "threads": p.num_threads()}
+
+
+class Nodes:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dgpu-rss-"))
+        self.dir.chmod(0o711)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, args: list[str]) -> Path:
+        addr = self.dir / f"{name}.addr"
+        log = (self.dir / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "dgpu.client.main", *args, "--data-dir", str(self.dir / name),
+             "--addr-file", str(addr), "--log-level", "WARNING"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        return addr
+
+    def wait(self, name: str, path: Path) -> str:
+        try:
+            return _wait(path)
+        except TimeoutError:
+            tail = (self.dir / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{name} did not start ({self.procs[name].poll()}):\n{tail}") from None
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run(idle_s: float) -> dict[str, Any]:
+    nodes = Nodes()
+    try:
+        url_file = nodes.dir / "bootstrap.url"
+        boot = nodes.wait("bootstrap", nodes.spawn(
+            "bootstrap", ["bootstrap", "--http-port", "0", "--http-url-file", str(url_file)]))
+        ledger = _wait(url_file)
+        common = ["--bootstrap", boot, "--ledger-url", ledger]
+        status = nodes.dir / "renter.status"
+        nodes.wait("provider", nodes.spawn("provider", [
+            "node", "--role", "provider", *common, "--simulated-gpu", "RTX 4090:24576:1",
+            "--price", "100", "--accept-simulated"]))
+        nodes.wait("renter", nodes.spawn("renter", [
+            "node", "--role", "renter", *common, "--accept-simulated", "--status-file", str(status)]))
+        end = time.monotonic() + 120
+        while time.monotonic() < end:  # the renter has the provider's offer: the network formed
+            try:
+                if json.loads(status.read_text()).get("offers"):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("the renter never saw the provider's offer")
+        time.sleep(idle_s)
+        return {name: measure(p.pid) for name, p in nodes.procs.items()}
+    finally:
+        nodes.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--idle", type=float, default=10.0, help="quiet seconds before measuring")
+    ap.add_argument("--baseline", action="store_true", help="also bare py-libp2p (bench/bare_libp2p.py)")
+    args = ap.parse_args()
+    out: dict[str, Any] = {"loadavg_before": os.getloadavg(), "nodes": run(args.idle)}
+    if args.baseline:
+        bare = subprocess.run([sys.executable, str(Path(__file__).with_name("bare_libp2p.py")),
+                               "--sizes", "2", "--publishes", "1", "--rounds", "1"],
+                              capture_output=True, check=True, text=True)
+        out["bare_libp2p_idle_rss"] = json.loads(bare.stdout)["gossip"]["2"]["idle_rss"]
+    out["loadavg_after"] = os.getloadavg()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Idle RSS: a running provider and renter (the real ``dgpu node`` start path, joined to a
+bootstrap node and its development ledger) have loaded no library they do not use: no web
+server (no ``--api-port``), no Docker SDK (script executor), no Solana client (dev ledger),
+no S3 client, no JWT."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dgpu.node.adapters.disk_cap import remove_tree
+
+from .conftest import START_TIMEOUT_S, Network
+
+HEAVY = ["fastapi", "starlette", "uvicorn", "jwt", "trio_asyncio", "docker", "solana", "solders", "anchorpy",
+         "construct", "boto3", "botocore"]
+
+#: runs ``dgpu`` in this process; once the node is listening (its addr file) and has written its
+#: status, prints the heavy top-level packages in sys.modules and exits
+_PROBE = f"""
+import json, os, sys, threading, time
+from collections.abc import Iterator
+from pathlib import Path
+addr, status = Path(sys.argv[1]), Path(sys.argv[2])
+def watch():
+    deadline = time.monotonic() + {START_TIMEOUT_S * 2}
+    while not (addr.exists() and status.exists()):
+        if time.monotonic() > deadline:
+            print("NOT STARTED", flush=True)
+            os._exit(3)
+        time.sleep(0.1)
+    print("HEAVY=" + ",".join(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))), flush=True)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+from dgpu.client.main import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[Network]:
+    workdir = Path(tempfile.mkdtemp(prefix="dgpu-imports-"))
+    workdir.chmod(0o711)
+    network = Network(workdir)
+    try:
+        network.start_bootstrap()
+        yield network
+    finally:
+        network.stop_all()
+        remove_tree(workdir)
+
+
+def _heavy_loaded(net: Network, name: str, args: list[str]) -> str:
+    addr, status = net.workdir / f"{name}.addr", net.workdir / f"{name}.status"
+    cmd = [sys.executable, "-c", _PROBE, str(addr), str(status), "node", *args, "--bootstrap", net.bootstrap,
+           "--ledger-url", net.ledger_url, "--data-dir", str(net.workdir / name), "--addr-file", str(addr),
+           "--status-file", str(status), "--log-level", "WARNING"]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=START_TIMEOUT_S * 3,
+                            stdin=subprocess.DEVNULL)
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("HEAVY=")]
+    assert lines, f"{name} did not start:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return lines[0].removeprefix("HEAVY=")
+
+
+def test_a_running_provider_loads_no_unused_heavy_library(net: Network) -> None:
+    assert _heavy_loaded(net, "provider", ["--role", "provider", "--simulated-gpu", "RTX 4090:24576:1",
+                                           "--price", "100", "--accept-simulated"]) == ""
+
+
+def test_a_running_renter_loads_no_unused_heavy_library(net: Network) -> None:
+    assert _heavy_loaded(net, "renter", ["--role", "renter", "--accept-simulated"]) == ""
