@@ -18,10 +18,8 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import trio
-from libp2p.host.exceptions import StreamFailure
-from libp2p.network.exceptions import SwarmException
+from libp2p.exceptions import BaseLibp2pError  # a bootstrap dying mid-request: StreamError, ...
 from libp2p.peer.peerinfo import PeerInfo
-from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
 from dgpu.node.adapters.p2p import P2PNode, parse_peer_addr
 from dgpu.node.errors import NetworkError, NoBootstrapReachable, PeerIdMismatchError
@@ -122,8 +120,7 @@ class Discovery:
             try:
                 with trio.fail_after(10):
                     await client.advertise(self.namespace, ttl=ttl_s)
-            except (RendezvousError, trio.TooSlowError, SwarmException, StreamFailure,
-                    MultiselectClientError) as exc:
+            except (RendezvousError, trio.TooSlowError, BaseLibp2pError) as exc:
                 log.info("rendezvous advertise at %s failed: %s", boot, type(exc).__name__)
 
     async def discover_once(self) -> list[str]:
@@ -137,8 +134,7 @@ class Discovery:
                 with trio.fail_after(10):
                     peers = await client.find_all_peers(self.namespace)
                     client.clear_cache(self.namespace)
-            except (RendezvousError, trio.TooSlowError, SwarmException, StreamFailure,
-                    MultiselectClientError) as exc:
+            except (RendezvousError, trio.TooSlowError, BaseLibp2pError) as exc:
                 log.info("rendezvous discover at %s failed: %s", boot, type(exc).__name__)
                 continue
             for info in peers:
