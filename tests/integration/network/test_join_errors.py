@@ -49,3 +49,29 @@ async def test_a_p2p_port_in_use_is_refused() -> None:
         with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is already in use"):
             async with open_node(_key(), P2PConfig(gossip=None, listen_port=port)):
                 pass
+
+
+class _RendezvousDyingMidRequest:
+    """Stands in for py-libp2p's rendezvous client whose bootstrap is killed while it writes."""
+
+    async def advertise(self, namespace: str, ttl: int = 7200) -> float:
+        from libp2p.network.stream.exceptions import StreamError
+
+        raise StreamError("Write operation failed: TCP connection reset by remote peer")
+
+    async def find_all_peers(self, namespace: str) -> list[object]:
+        from libp2p.network.stream.exceptions import StreamError
+
+        raise StreamError("Write operation failed: TCP connection reset by remote peer")
+
+    def clear_cache(self, namespace: str) -> None:
+        raise AssertionError("not reached")
+
+
+async def test_a_bootstrap_dying_mid_request_is_a_failed_round_not_a_crash() -> None:
+    # a StreamError out of find_all_peers used to escape Discovery.run and stop the node
+    async with open_node(_key(), P2PConfig(gossip=None)) as node:
+        discovery = Discovery(node, [], RENDEZVOUS_NAMESPACE, advertise=True)
+        discovery._clients["boot"] = _RendezvousDyingMidRequest()
+        assert await discovery.discover_once() == []
+        await discovery.advertise_once()
