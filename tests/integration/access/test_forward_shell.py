@@ -193,7 +193,7 @@ async def test_strangers_and_unasked_ports_are_refused_and_the_shell_works(netwo
                                                                            tmp_path: Path) -> None:
     async with renter(network, tmp_path / "renter") as client, renter(network, tmp_path / "stranger") as other:
         rental = await client.rent(image=image, command=DOCKER_SERVE, max_minutes=10, gpu_model="RTX 4090",
-                                   forward=[8080 + secrets.randbelow(1000) + 1, "0:8080"])
+                                   forward=[8082 + secrets.randbelow(1000), "0:8080"])  # never 8081 (asked below)
         async with running(rental) as live:
             with trio.fail_after(60):
                 await live.ready.wait()
