@@ -22,10 +22,11 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .canonical import JsonValue, canonical_bytes, parse_json
+from .canonical import JsonValue, canonical_bytes, canonical_bytes_of_checked, parse_json
 from .errors import ExpiredError, MalformedError, ReplayError, SignatureError
 from .ids import DOMAIN_PREFIX, KNOWN_WIRE_VERSIONS, MAX_ENVELOPE_TTL_S, MAX_FRAME_BYTES, WIRE_VERSION
 from .keys import PublicKey, SigningKey
+from .messages import _Model
 
 __all__ = [
     "Opened",
@@ -49,6 +50,11 @@ def signing_bytes(message_type: str, body: JsonValue) -> bytes:
     return DOMAIN_PREFIX + message_type.encode("ascii") + b"\0" + canonical_bytes(body)
 
 
+def _signing_bytes_of_checked(message_type: str, body: JsonValue) -> bytes:
+    """:func:`signing_bytes` of a parsed envelope or a model's dump (see ``canonical_bytes_of_checked``)."""
+    return DOMAIN_PREFIX + message_type.encode("ascii") + b"\0" + canonical_bytes_of_checked(body)
+
+
 def _type_of(message: BaseModel) -> str:
     message_type = getattr(message, "type", None)
     if not isinstance(message_type, str):
@@ -56,16 +62,24 @@ def _type_of(message: BaseModel) -> str:
     return message_type
 
 
+def _dump(message: BaseModel) -> JsonValue:
+    """A message's JSON; one of another model than the protocol's is checked for floats here."""
+    data = message.model_dump(mode="json")
+    if not isinstance(message, _Model):
+        canonical_bytes(data)  # raises TypeError on a float
+    return data
+
+
 def sign_detached(message: BaseModel, key: SigningKey) -> str:
     """Base64 signature of one message on its own (used for the Agreement's terms)."""
-    sig = key.sign(signing_bytes(_type_of(message), message.model_dump(mode="json")))
+    sig = key.sign(_signing_bytes_of_checked(_type_of(message), _dump(message)))
     return base64.b64encode(sig).decode("ascii")
 
 
 def verify_detached(message: BaseModel, signature_b64: str, signer: PublicKey) -> None:
     """Raise :class:`SignatureError` unless ``signer`` signed ``message`` (see :func:`sign_detached`)."""
     sig = _b64(signature_b64)
-    if not signer.verify(sig, signing_bytes(_type_of(message), message.model_dump(mode="json"))):
+    if not signer.verify(sig, _signing_bytes_of_checked(_type_of(message), _dump(message))):
         raise SignatureError(f"{_type_of(message)} signature does not verify for {signer.wallet}")
 
 
@@ -83,10 +97,10 @@ def seal(message: BaseModel, key: SigningKey, *, nonce: bytes, issued_at: int, e
         "nonce": nonce.hex(),
         "issued_at": issued_at,
         "expires_at": expires_at,
-        "payload": message.model_dump(mode="json"),
+        "payload": _dump(message),
     }
-    sig = key.sign(signing_bytes(message_type, body))
-    return canonical_bytes({**body, "sig": base64.b64encode(sig).decode("ascii")})
+    sig = key.sign(_signing_bytes_of_checked(message_type, body))
+    return canonical_bytes_of_checked({**body, "sig": base64.b64encode(sig).decode("ascii")})
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +203,7 @@ def open_envelope(
         raise MalformedError(f"{message_type}: {_summarise(exc)}") from None
 
     body = {k: v for k, v in envelope.items() if k != "sig"}
-    if not signer.verify(_b64(envelope["sig"]), signing_bytes(message_type, body)):
+    if not signer.verify(_b64(envelope["sig"]), _signing_bytes_of_checked(message_type, body)):
         raise SignatureError(f"{message_type} signature does not verify for {signer.wallet}")
     if expected_signer is not None and signer != expected_signer:
         raise SignatureError(f"{message_type} signed by {signer.wallet}, expected {expected_signer.wallet}")

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from .canonical import canonical_bytes
+from .canonical import canonical_bytes_of_checked
 from .ids import MAX_LOG_CHUNK_CHARS
 from .keys import PublicKey
 
@@ -108,7 +108,7 @@ class _Model(BaseModel):
 
     def canonical(self) -> bytes:
         """The canonical bytes of this message (what gets signed)."""
-        return canonical_bytes(self.model_dump(mode="json"))
+        return canonical_bytes_of_checked(self.model_dump(mode="json"))
 
 
 def digest(model: _Model) -> str:

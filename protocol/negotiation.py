@@ -129,20 +129,26 @@ class Negotiation:
         self.accept_msg: Accept | None = None
         self.agreement: Agreement | None = None
         self.reject: Reject | None = None
+        #: the terms both sign, derived once the Accept is recorded
+        self.terms: AgreementTerms | None = None
 
     # -- our moves -------------------------------------------------------------------------
     def send(self, message: NegotiationMessage, now: int) -> None:
         """Record our own move; :class:`LocalProtocolError` (state unchanged) if illegal."""
+        next_state = self._legal_own_move(message, now)
+        try:
+            terms = self._check(message, now, sender=self.role)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        self._advance(message, next_state, now, terms)
+
+    def _legal_own_move(self, message: NegotiationMessage, now: int) -> State:
         next_state = TRANSITIONS[self.state].get((self.role, message.type))
         if next_state is None:
             raise LocalProtocolError(f"a {self.role} cannot send {message.type} in state {self.state}")
         if self.deadline is not None and now >= self.deadline and self.state is not State.IDLE:
             raise LocalProtocolError(f"too late to send {message.type}: the step timed out")
-        try:
-            self._check(message, now, sender=self.role)
-        except RemoteProtocolError as exc:
-            raise LocalProtocolError(str(exc)) from None
-        self._advance(message, next_state, now)
+        return next_state
 
     def accept(self, escrow: EscrowRef, key: SigningKey, now: int) -> Accept:
         """Renter: accept the quote with a funded escrow, signing the terms."""
@@ -151,17 +157,17 @@ class Negotiation:
         terms = agreement_terms(self.request, self.quote, escrow)
         message = Accept(request_id=self.request.request_id, quote_id=self.quote.quote_id,
                          escrow=escrow, renter_sig=sign_detached(terms, key))
-        self.send(message, now)
+        # built here from what the machine holds: consistent by construction, so not re-checked
+        self._advance(message, self._legal_own_move(message, now), now, terms)
         return message
 
     def agree(self, key: SigningKey, now: int) -> Agreement:
         """Provider: countersign the accepted terms."""
-        if self.request is None or self.quote is None or self.accept_msg is None:
+        if self.terms is None or self.accept_msg is None:
             raise LocalProtocolError("nothing accepted yet")
-        terms = agreement_terms(self.request, self.quote, self.accept_msg.escrow)
-        message = Agreement(terms=terms, renter_sig=self.accept_msg.renter_sig,
-                            provider_sig=sign_detached(terms, key))
-        self.send(message, now)
+        message = Agreement(terms=self.terms, renter_sig=self.accept_msg.renter_sig,
+                            provider_sig=sign_detached(self.terms, key))
+        self._advance(message, self._legal_own_move(message, now), now, self.terms)
         return message
 
     def abort(self, code: RejectCode, message: str, now: int) -> Reject | None:
@@ -192,8 +198,8 @@ class Negotiation:
             expected = message.renter if isinstance(message, JobRequest) else self._party(sender)
             if signer.wallet != expected:
                 raise SignatureError(f"{message.type} was signed by {signer.wallet}, not the {sender}")
-        self._check(message, now, sender=sender)
-        self._advance(message, next_state, now)
+        terms = self._check(message, now, sender=sender)
+        self._advance(message, next_state, now, terms)
         return self.state
 
     def check_timeout(self, now: int) -> bool:
@@ -210,10 +216,12 @@ class Negotiation:
         assert self.request is not None  # every message after IDLE follows the request
         return self.request.renter if role is Role.RENTER else self.request.provider
 
-    def _check(self, message: NegotiationMessage, now: int, *, sender: Role) -> None:
-        """Consistency with what came before; raises RemoteProtocolError with the reject code."""
+    def _check(self, message: NegotiationMessage, now: int, *, sender: Role) -> AgreementTerms | None:
+        """Consistency with what came before; raises RemoteProtocolError with the reject code.
+        Returns the agreement terms an Accept implies."""
+        del sender
         if isinstance(message, JobRequest):
-            return
+            return None
         request = self.request
         assert request is not None
         echoed = message.terms.request_id if isinstance(message, Agreement) else message.request_id
@@ -230,16 +238,17 @@ class Negotiation:
                 raise RemoteProtocolError("the quote expired", reject_code=RejectCode.QUOTE_EXPIRED)
             terms = agreement_terms(request, self.quote, message.escrow)
             verify_detached(terms, message.renter_sig, PublicKey.from_wallet(request.renter))
+            return terms
         elif isinstance(message, Agreement):
-            assert self.quote is not None and self.accept_msg is not None
-            expected = agreement_terms(request, self.quote, self.accept_msg.escrow)
+            assert self.terms is not None and self.accept_msg is not None
+            expected = self.terms
             if message.terms != expected:
                 raise RemoteProtocolError("agreement terms differ from the accepted quote",
                                           reject_code=RejectCode.PROTOCOL_ERROR)
             if message.renter_sig != self.accept_msg.renter_sig:
                 raise SignatureError("agreement carries a different renter signature")
             verify_detached(expected, message.provider_sig, PublicKey.from_wallet(request.provider))
-        del sender
+        return None
 
     @staticmethod
     def _check_quote(request: JobRequest, quote: Quote, now: int) -> None:
@@ -257,7 +266,10 @@ class Negotiation:
         if quote.expires_at <= now or quote.start_deadline <= now:
             raise RemoteProtocolError("quote already expired", reject_code=RejectCode.QUOTE_EXPIRED)
 
-    def _advance(self, message: NegotiationMessage, next_state: State, now: int) -> None:
+    def _advance(self, message: NegotiationMessage, next_state: State, now: int,
+                 terms: AgreementTerms | None) -> None:
+        if terms is not None:
+            self.terms = terms
         if isinstance(message, JobRequest):
             self.request = message
         elif isinstance(message, Quote):

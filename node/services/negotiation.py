@@ -76,6 +76,8 @@ Nonce = Callable[[], bytes]
 ENVELOPE_TTL_S: Final = 60
 #: deadline for one read of the peer's next message
 STEP_READ_TIMEOUT_S: Final = 10.0
+#: escrow reads in flight at once while reclaiming the capacity of unused agreements
+RECLAIM_READS: Final = 8
 
 class EscrowSource(Protocol):
     """Renter side: locks (or references) the deposit a quote asks for, before accepting."""
@@ -316,15 +318,24 @@ class ProviderNegotiator:
                 await fs.write_frame(self._seal(reject))
 
     async def _reclaim_abandoned(self) -> None:
-        """Free the capacity of agreements not submitted in time or whose escrow was emptied."""
-        for item in self.agreements.pending():
+        """Free the capacity of agreements not submitted in time or whose escrow was emptied.
+        The escrows are read concurrently (at most ``RECLAIM_READS`` at once): a request waits
+        for one ledger round trip, not one per pending agreement."""
+        limiter = trio.CapacityLimiter(RECLAIM_READS)
+
+        async def reclaim(item: SignedAgreement) -> None:
             agreement_id, terms = item.agreement.agreement_id, item.agreement.terms
-            unused = (self.inventory.lease_of(agreement_id) is None
-                      or not await self.verifier.verify(terms.escrow, terms))
+            async with limiter:
+                unused = (self.inventory.lease_of(agreement_id) is None
+                          or not await self.verifier.verify(terms.escrow, terms))
             if unused and self.agreements.take(agreement_id) is not None:  # not submitted meanwhile
                 self.inventory.release(agreement_id)
                 self.abandoners.abandoned(terms.renter)
                 self._count("abandoned")
+
+        async with trio.open_nursery() as nursery:
+            for item in self.agreements.pending():
+                nursery.start_soon(reclaim, item)
 
     async def handle(self, fs: FramedStream) -> None:
         """One negotiation. Raises nothing on a peer's misbehaviour: it answers or hangs up."""
@@ -351,10 +362,8 @@ class ProviderNegotiator:
             if neg.state is State.REJECTED or not isinstance(answer, Accept):
                 self._count("renter_declined")
                 return
-            assert neg.request is not None and neg.quote is not None
-            from dgpu.protocol.negotiation import agreement_terms
-
-            terms = agreement_terms(neg.request, neg.quote, answer.escrow)
+            assert neg.request is not None and neg.terms is not None
+            terms = neg.terms
             if not await self.verifier.verify(answer.escrow, terms):
                 await self._reject(fs, neg, RejectCode.ESCROW_INVALID,
                                    "the escrow is not funded for these terms")

@@ -70,3 +70,19 @@ def test_parse_json_checks_size_before_decoding() -> None:
     with pytest.raises(OversizeError) as info:
         parse_json(b"x" * 2000, max_bytes=1000)  # not JSON at all: the size check came first
     assert info.value.size == 2000 and info.value.limit == 1000
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+                    max_leaves=20))
+def test_checked_encoding_is_the_canonical_encoding(value: object) -> None:
+    from dgpu.protocol.canonical import canonical_bytes_of_checked
+
+    assert canonical_bytes_of_checked(value) == canonical_bytes(value)
+    assert parse_json(canonical_bytes(value), max_bytes=1 << 20) == value
+
+
+@pytest.mark.parametrize("value", [{"a": [1, {"b": 1.5}]}, (1, 2.0), {"k": {1: 2}}, [object()]])
+def test_canonical_bytes_refuse_floats_and_non_json_at_any_depth(value: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        canonical_bytes(value)

@@ -99,3 +99,28 @@ def test_offer_helpers_and_job_states() -> None:
     offer = make_offer()
     assert offer.gpu_count == 1 and not offer.simulated
     assert JobState.FINISHED.terminal and not JobState.RUNNING.terminal
+
+
+def _all_models(cls: type) -> list[type]:
+    return [cls, *(m for sub in cls.__subclasses__() for m in _all_models(sub))]
+
+
+def _schema_types(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["type"]} if isinstance(node.get("type"), str) else set()
+        return found.union(*(_schema_types(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_schema_types(v) for v in node))
+    return set()
+
+
+def test_no_protocol_model_can_hold_a_float() -> None:
+    """Signing skips the float walk for model dumps (canonical_bytes_of_checked): that holds
+    only while every field of every protocol model is an integer, string, boolean or null."""
+    from dgpu.protocol.messages import _Model
+
+    models = _all_models(_Model)[1:]
+    assert len(models) >= 20
+    for model in models:
+        kinds = _schema_types(model.model_json_schema())
+        assert kinds <= {"object", "array", "string", "integer", "boolean", "null"}, (model, kinds)
