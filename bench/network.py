@@ -134,11 +134,17 @@ class Swarm:
                 continue
         return total
 
+    def publishers(self) -> set[str]:
+        """Wallets of the nodes that publish an offer (one whose executor check failed does not)."""
+        return {s["wallet"] for s in self.statuses() if s.get("own_seq") is not None}
+
     def settle(self, timeout: float = 90) -> float:
+        """Seconds until every node holds the offer of every publishing node; -1 on timeout."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             ss = self.statuses()
-            if all(len(s.get("offers", {})) >= self.n for s in ss):
+            published = {s["wallet"] for s in ss if s.get("own_seq") is not None}
+            if published and all(s and published <= set(s.get("offers", {})) for s in ss):
                 return time.monotonic() - t0
             time.sleep(0.5)
         return -1.0
@@ -182,7 +188,7 @@ def _latencies(first_seen: dict[tuple[str, int], list[int]], n: int) -> dict[str
 def formation(sw: Swarm, start_ms: int, cpu_s: float, settle_s: float) -> dict[str, Any]:
     """The formation wave: only the publications made while the network formed."""
     first_seen, deliveries = _seen_since(sw, start_ms)
-    return {"settle_s": round(settle_s, 1), "publications": len(first_seen),
+    return {"settle_s": round(settle_s, 1), "publishers": len(sw.publishers()), "publications": len(first_seen),
             "per_node": round(len(first_seen) / sw.n, 2), "deliveries": deliveries,
             "cpu_s": round(cpu_s, 1), **_latencies(first_seen, sw.n)}
 

@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (wallet, bucket, key)
 );
 CREATE INDEX IF NOT EXISTS objects_cid ON objects(cid);
+CREATE TABLE IF NOT EXISTS used_upload_links (
+    link_hash BLOB PRIMARY KEY,
+    expires_at REAL NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -370,6 +375,29 @@ class SyncDB:
             ).fetchall()
         )
         return [PinRow(str(c), int(s), float(t)) for c, s, t in rows]
+
+    # -- upload links (single use) -----------------------------------------------------------------
+
+    def claim_upload_link(self, link_hash: bytes, expires_at: float, now: float) -> bool:
+        """Take the link for one upload: False when it is in use or was used (until it expires,
+        after which its signature check refuses it anyway)."""
+
+        def tx(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM used_upload_links WHERE expires_at <= ?", (now,))
+            cur = c.execute("INSERT OR IGNORE INTO used_upload_links (link_hash, expires_at) VALUES (?, ?)",
+                            (link_hash, expires_at))
+            return cur.rowcount == 1
+
+        return self._tx(tx)
+
+    def finish_upload_link(self, link_hash: bytes, *, stored: bool) -> None:
+        """The upload ended: the link stays used when it stored its object, else it is free again
+        (a provider whose upload broke off may try again)."""
+        if stored:
+            self._tx(lambda c: c.execute("UPDATE used_upload_links SET done = 1 WHERE link_hash = ?", (link_hash,)))
+        else:
+            self._tx(lambda c: c.execute("DELETE FROM used_upload_links WHERE link_hash = ? AND done = 0",
+                                         (link_hash,)))
 
     def put_object(
         self, wallet: str, bucket: str, key: str, *, cid: str, size: int, now: float, quota: int

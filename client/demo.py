@@ -121,10 +121,11 @@ class DemoNetwork:
         self.ledger_url = _wait_file(url_file, proc, deadline)
         return self.addrs["bootstrap"]
 
-    def start_provider(self, name: str, gpu: str | None, price: int | None, deadline: float,
+    def start_provider(self, name: str, gpu: str | None, price: int | None, deadline: float | None,
                        extra: list[str] | None = None) -> str:
         """A provider of the simulated ``gpu`` (None: the GPUs NVML reports), at ``price`` (None: the
-        pricing engine's market price)."""
+        pricing engine's market price); its address once it listens (``deadline`` None: started,
+        not waited for, "")."""
         addr_file = self.workdir / f"{name}.addr"
         proc = self._spawn(name, [
             "node", "--role", "provider", "--bootstrap", self.addrs["bootstrap"],
@@ -136,6 +137,8 @@ class DemoNetwork:
             "--claim-interval", "120", "--billing-poll", "0.5",
             *(extra or ["--executor", "script"]),
         ])
+        if deadline is None:
+            return ""
         self.addrs[name] = _wait_file(addr_file, proc, deadline)
         return self.addrs[name]
 

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from urllib.parse import urlsplit
 
 import trio
 
@@ -47,7 +48,7 @@ from dgpu.node.services.gpu_monitor import GpuMonitor
 from dgpu.node.services.inventory import Inventory
 from dgpu.node.services.job_stream import ExecutorLike, JobServer, OnRunning
 from dgpu.node.services.jobs import JobService
-from dgpu.node.services.ledger_retry import retry_busy
+from dgpu.node.services.ledger_retry import wait_for_ledger
 from dgpu.node.services.meter import Meter, build_usage_receipts
 from dgpu.node.services.negotiation import (
     Abandoners,
@@ -160,6 +161,15 @@ def meter_minute_s(config: NodeConfig, ledger_speed: int) -> float:
     return config.meter_interval_s if config.meter_interval_s is not None else 60.0 / max(1, ledger_speed)
 
 
+def _ledger_host(config: NodeConfig) -> str:
+    """Where the ledger is, for logs: host and port only (an RPC URL's path or query may hold an
+    API key)."""
+    parts = urlsplit((config.solana_rpc if config.ledger == "solana" else config.ledger_url) or "")
+    if parts.hostname is None:
+        return ""
+    return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+
+
 def _initial_price(config: NodeConfig, scan: GpuScan, decimals: int) -> tuple[int, PriceBasis]:
     """The engine's price at multiplier 1 (the market pricer adjusts it before the first publication),
     or the provider's ``--price`` override with the engine's inputs beside it."""
@@ -179,11 +189,13 @@ async def start_offering(config: NodeConfig, key: SigningKey, node: P2PNode, *, 
         log.warning("no ledger configured (--ledger-url): every escrow will be refused")
         mint, decimals, ledger_name, ledger_time = DEV_MINT, 6, "none", None
     else:
-        mint_info = await retry_busy(ledger.mint_info, what="reading the ledger's mint")
+        # a ledger down at start (an outage, a node not up yet) is waited for, not fatal
+        where = _ledger_host(config)
+        mint_info = await wait_for_ledger(ledger.mint_info, what="reading the ledger's mint", url=where)
         mint, decimals, ledger_name, ledger_time = mint_info.address, mint_info.decimals, ledger.ledger, LedgerTime()
         if config.mint is not None and mint != config.mint:
             raise ConfigError(f"the ledger's program pins mint {mint}, not the configured {config.mint}")
-        await retry_busy(lambda: ledger_time.sync(ledger), what="reading the ledger's clock")
+        await wait_for_ledger(lambda: ledger_time.sync(ledger), what="reading the ledger's clock", url=where)
     deadline_clock = ledger_time.now if ledger_time is not None else wall_clock
     speed = ledger_time.speed if ledger_time is not None else 1
     meter_interval_s = meter_minute_s(config, speed)

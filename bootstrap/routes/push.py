@@ -1,17 +1,21 @@
 """Upload links: ``POST /api/v1/storage-links/{bucket}/{key}`` (the wallet, with its token) signs
 one; ``PUT /api/v1/push/{bucket}/{key}?wallet&max&exp&sig`` (anyone holding it, no token) stores
-the body there. See ``upload_links``."""
+the body there, once: a link that stored its object refuses other bodies after (``link_used``;
+the same body again gets the same answer, for a pusher whose answer was lost); one whose upload
+failed may be tried again. See ``upload_links``."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from dgpu.node.adapters.storage_names import validate_bucket, validate_cid, validate_key
 
-from ..errors import BadRequest
+from ..errors import BadRequest, Forbidden
 from ..http_state import Claims, State
 from ..schemas import ObjectOut
 from ..upload_links import MAX_LINK_TTL_S, UploadGrant
@@ -63,7 +67,21 @@ def router() -> APIRouter:
         grant = UploadGrant(wallet, bucket, key, max_bytes, exp)
         declared = request.headers.get("content-length")
         state.upload_links.check(grant, sig, state.clock(), int(declared) if declared and declared.isdigit() else None)
-        staged, now = await store_object(state, request, wallet, bucket, key, expected_cid=cid, max_bytes=max_bytes)
+        # one object per link: a link seen in transit (logs, a proxy) cannot overwrite the result
+        link = hashlib.sha256(sig.encode("ascii", "replace")).digest()
+        if not await state.db.run(state.db.sync.claim_upload_link, link, exp, state.clock()):
+            held = await state.db.run(state.db.sync.get_object, wallet, bucket, key)
+            if held is not None and held.cid == cid:  # a retry of the upload that landed: the same answer
+                return ObjectOut(bucket=bucket, key=key, cid=held.cid, size=held.size, updated_at=held.updated_at)
+            raise Forbidden("this upload link was already used (one upload per link)", code="link_used")
+        stored = False
+        try:
+            staged, now = await store_object(state, request, wallet, bucket, key, expected_cid=cid,
+                                             max_bytes=max_bytes)
+            stored = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                await state.db.run(state.db.sync.finish_upload_link, link, stored=stored)
         return ObjectOut(bucket=bucket, key=key, cid=staged.cid, size=staged.size, updated_at=now)
 
     return r

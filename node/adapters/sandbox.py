@@ -23,13 +23,24 @@ import pwd
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from dgpu.node.errors import ExecutorFailure
 
 __all__ = [
-    "DEFAULT_UID_BASE", "JOB_HOME", "SYSTEM_DIRS", "UidPool", "bwrap_argv", "detect_bwrap",
-    "gpu_devices", "kill_leftovers", "namespace_pids", "process_start", "sandbox_init",
+    "DEFAULT_UID_BASE",
+    "JOB_HOME",
+    "SYSTEM_DIRS",
+    "UidPool",
+    "bwrap_argv",
+    "detect_bwrap",
+    "gpu_devices",
+    "kill_leftovers",
+    "namespace_pids",
+    "probe_bwrap",
+    "process_start",
+    "sandbox_init",
 ]
 
 DEFAULT_UID_BASE = 200_000
@@ -125,18 +136,44 @@ def bwrap_argv(
 
 def detect_bwrap() -> str | None:
     """bwrap's path if a sandbox starts here the way :func:`bwrap_argv` starts one."""
+    return probe_bwrap()[0]
+
+
+#: a sandbox that has not started within this many seconds counts as not starting; a machine
+#: starting many nodes at once can take seconds, so a slow start is tried again, not a refusal
+BWRAP_PROBE_TIMEOUT_S = 30.0
+BWRAP_PROBE_TRIES = 3
+
+
+def probe_bwrap(*, timeout_s: float = BWRAP_PROBE_TIMEOUT_S, tries: int = BWRAP_PROBE_TRIES
+                ) -> tuple[str | None, str]:
+    """(bwrap's path, "") if a sandbox starts here the way :func:`bwrap_argv` starts one, else
+    (None, why): not installed, or what bwrap said when it refused."""
     exe = shutil.which("bwrap")
     if exe is None:
-        return None
+        return None, "bwrap is not installed"
     cmd = [exe, "--unshare-pid", "--unshare-net", "--die-with-parent"]
     if os.geteuid() != 0:
         cmd.append("--unshare-user")
     cmd += ["--ro-bind", "/", "/", "--proc", "/proc", "--", "true"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return exe if done.returncode == 0 else None
+    why = ""
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(0.2 * attempt)
+        try:
+            done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            why = f"a test sandbox did not start within {timeout_s:.0f} s"
+            continue  # a loaded machine, not a broken sandbox: try again
+        except OSError as exc:
+            return None, f"bwrap cannot run: {exc.strerror or exc}"
+        if done.returncode == 0:
+            return exe, ""
+        # tried again too: bwrap's recursive bind of / fails when a mount comes or goes meanwhile
+        # (another node's tmpfs probe, a container starting), which says nothing about this host
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        why = f"bwrap refused: {said[-1][:200] if said else f'exit code {done.returncode}'}"
+    return None, why
 
 
 def sandbox_init(outer_pid: int) -> int | None:

@@ -48,10 +48,10 @@ from dgpu.node.adapters.sandbox import (
     SYSTEM_DIRS,
     UidPool,
     bwrap_argv,
-    detect_bwrap,
     gpu_devices,
     kill_leftovers,
     namespace_pids,
+    probe_bwrap,
     process_start,
 )
 from dgpu.node.adapters.spawn import SpawnedProcess, spawn
@@ -128,10 +128,10 @@ class ScriptExecutor:
         setpriv = shutil.which("setpriv") if root else None
         if root and setpriv is None:
             raise ExecutorUnavailable("script jobs need setpriv (util-linux) to drop to their uid")
-        bwrap = await trio.to_thread.run_sync(detect_bwrap)
+        bwrap, why = await trio.to_thread.run_sync(probe_bwrap)
         if bwrap is None:
             raise ExecutorUnavailable(
-                "script jobs need a working bubblewrap (apt-get install bubblewrap; "
+                f"script jobs need a working bubblewrap ({why}; apt-get install bubblewrap; "
                 "unprivileged user namespaces when the node is not root)"
             )
         scratch = policy.scratch_root.resolve()

@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 from dgpu.contracts.devledger.client import DevLedgerEscrow
-from dgpu.contracts.errors import LedgerBusy, RequestRejected
-from dgpu.node.services.ledger_retry import retry_busy
+from dgpu.contracts.errors import LedgerBusy, RequestRejected, TransportError
+from dgpu.node.services.ledger_retry import retry_busy, wait_for_ledger
 from dgpu.protocol.keys import SigningKey
 
 MINT = SigningKey(b"\x07" * 32).public_key.wallet
@@ -54,3 +54,34 @@ async def test_a_ledger_that_stays_busy_ends_in_ledger_busy_and_other_refusals_a
     with pytest.raises(RequestRejected):
         await retry_busy(lambda: ledger.faucet(10), what="faucet", sleep=sleep)
     assert len(seen) == 1
+
+
+async def test_a_provider_starting_during_a_ledger_outage_waits_for_it_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    info = {"ledger_id": "dev", "mint": MINT, "decimals": 6, "now": 1, "clock_speed": 1}
+    calls: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) <= 4:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json=info)
+
+    ledger = DevLedgerEscrow("http://ledger", SigningKey(b"p" * 32),
+                             client=httpx.AsyncClient(transport=httpx.MockTransport(handle)))
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    mint = await wait_for_ledger(ledger.mint_info, what="reading the ledger's mint", url="http://ledger",
+                                 sleep=sleep, jitter=lambda: 0.0, max_delay_s=2.0)
+    assert mint.address == MINT and len(calls) == 5
+    assert slept == [0.5, 1.0, 2.0, 2.0]  # backoff, capped
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 4 and "cannot reach the ledger at http://ledger" in warnings[0]
+    # bounded when asked: the last TransportError propagates
+    calls.clear()
+    with pytest.raises(TransportError):
+        await wait_for_ledger(ledger.mint_info, what="mint", tries=2, sleep=sleep)
+    assert len(calls) == 2

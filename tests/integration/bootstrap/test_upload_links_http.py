@@ -1,5 +1,5 @@
 """Upload links against a real server: a wallet signs one, anyone holding it stores one object in
-that wallet's bucket (no token), bound to the key, size, expiry and declared cid; quota applies."""
+that wallet's bucket (no token), once, bound to the key, size, expiry and declared cid; quota applies."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ async def test_push_through_a_link_then_read_back(tmp_path: Path) -> None:
         ok = await h.client.put(link["path"], content=data, headers={"x-dgpu-cid": cid})
         assert ok.status_code == 200, ok.text
         assert ok.json()["cid"] == cid
+        # one object per link: the failed tries above did not use it up, the stored one did
+        again = await h.client.put(link["path"], content=b"w" * 10, headers={"x-dgpu-cid": cid_of(b"w" * 10)})
+        assert (again.status_code, error_code(again)) == (403, "link_used")
+        same = await h.client.put(link["path"], content=data, headers={"x-dgpu-cid": cid})  # a lost answer's retry
+        assert same.status_code == 200 and same.json()["cid"] == cid
         got = await h.client.get("/api/v1/storage/results/job1/result.tar", headers=auth)
         assert got.status_code == 200 and got.content == data
 

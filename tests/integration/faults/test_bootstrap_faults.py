@@ -19,12 +19,22 @@ from pathlib import Path
 import pytest
 import trio
 
-from dgpu.client import Client, JobFailed, LedgerUnavailable
+from dgpu.client import Client, JobFailed, LedgerUnavailable, OfferInfo
 from dgpu.protocol.escrow import EscrowStatus
 from dgpu.protocol.ledger import ContractsError, EscrowHandle
 from dgpu.protocol.messages import LogChunk
 
-from .harness import PRICE, SETTLE_RETRY_MAX_S, FaultNetwork, audit, escrows, fault_network, over_billed, script
+from .harness import (
+    PRICE,
+    PROVIDER_FLAGS,
+    SETTLE_RETRY_MAX_S,
+    FaultNetwork,
+    audit,
+    escrows,
+    fault_network,
+    over_billed,
+    script,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -169,3 +179,31 @@ async def test_bootstrap_restarted_right_after_a_claim(network: FaultNetwork, tm
     assert claimed_before[0] >= 1 and row.claimed_minutes >= claimed_before[0]
     assert row.claimed_minutes <= 10 + 2
     assert row.paid + row.fee_paid == row.claimed_minutes * PRICE
+
+
+async def test_provider_started_while_the_bootstrap_and_its_ledger_are_down(network: FaultNetwork,
+                                                                            tmp_path: Path) -> None:
+    """It stays up, says it cannot reach the ledger, and once the bootstrap is back it joins,
+    publishes and is rented (before: it exited at once on the unreachable ledger)."""
+    network.kill("bootstrap")
+    try:
+        network.start_provider("late", "RTX 4090:24576:1", PRICE + 1, None, extra=PROVIDER_FLAGS)
+        with trio.fail_after(60):  # the first failed read is logged as a warning
+            while "cannot reach the ledger" not in network.log("late"):
+                assert network.procs["late"].poll() is None, network.log("late")[-2000:]
+                await trio.sleep(0.2)
+        await trio.sleep(2)  # a few retries later it is still alive
+        assert network.procs["late"].poll() is None, network.log("late")[-2000:]
+    finally:
+        network.restart_bootstrap()
+    async with renter(network, tmp_path) as client:
+        late: list[OfferInfo] = []
+        with trio.fail_after(90):  # its start-up reads retry with backoff (at most 30 s apart)
+            while not late:
+                late = [o for o in await client.find_offers(gpu_model="RTX 4090", wait_s=5)
+                        if o.price_per_minute == PRICE + 1]
+        rental = await client.rent(late[0], script=script(1), max_minutes=5)
+        with trio.fail_after(90):
+            result = await rental.run()
+    assert result.state.value == "finished"
+    assert network.procs["late"].poll() is None
