@@ -10,7 +10,9 @@ accepted it, read from each node's status file.
   first has topic peers; joiners get the rest by offer sync), the offer deliveries they
   caused, their propagation, and the nodes' CPU seconds meanwhile.
 - ``settled``: publications triggered one at a time with SIGUSR1 once the network has settled:
-  propagation p50/p99, and the nodes' CPU seconds per publication.
+  propagation p50/p99, and the nodes' CPU seconds per publication. The nodes run with a one-hour
+  offer lifetime so that no periodic republish falls into this window; ``steady_default_ttl``
+  derives what the default lifetime's republishing (every node each 100 s) costs in cores.
 
 Negotiation: an in-process renter runs JobRequest → Agreement against one provider, paying for
 real: the bootstrap node serves the development ledger and the providers verify escrows on it
@@ -56,6 +58,11 @@ from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPAC
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.messages import EscrowRef, Executor, Quote
 
+#: offer lifetime of the bench's nodes (republished at a third of it)
+BENCH_OFFER_TTL_S = 3600
+#: the nodes' default offer lifetime (``dgpu node --offer-ttl``)
+DEFAULT_OFFER_TTL_S = 300
+
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
@@ -63,8 +70,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Swarm:
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, log_level: str = "WARNING", keep: bool = False) -> None:
         self.n = n
+        self.log_level, self.keep = log_level, keep
         self.dir = Path(tempfile.mkdtemp(prefix=f"dgpu-bench-{n}-"))
         self.dir.chmod(0o711)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -78,7 +86,7 @@ class Swarm:
         log = (self.dir / f"{name}.log").open("wb")
         p = subprocess.Popen([sys.executable, "-m", "dgpu.client.main", *args, "--data-dir",
                               str(self.dir / name), "--addr-file", str(addr),
-                              "--log-level", "WARNING"], stdout=log, stderr=log,
+                              "--log-level", self.log_level], stdout=log, stderr=log,
                              stdin=subprocess.DEVNULL)
         log.close()
         self.procs.append(p)
@@ -105,7 +113,10 @@ class Swarm:
             _, a = self._spawn(f"n{i}", [
                 "node", "--role", "provider", "--bootstrap", self.boot, "--simulated-gpu",
                 f"RTX 4090:24576:{1 + i % 4}", "--price", str(100 + i), "--max-jobs", "64",
-                "--ledger-url", self.ledger_url, "--status-file", str(st), "--accept-simulated"])
+                "--ledger-url", self.ledger_url, "--status-file", str(st), "--accept-simulated",
+                # the default 300 s lifetime republishes every offer each 100 s: at 50+ nodes that
+                # wave of every provider falls into the settled window; "steady" reports its cost
+                "--offer-ttl", str(BENCH_OFFER_TTL_S)])
             addrs.append(a)
         for i, a in enumerate(addrs):
             try:
@@ -161,7 +172,10 @@ class Swarm:
                 p.kill()
                 p.wait()
                 codes.append(None)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.keep:
+            print(f"kept the nodes' folders and logs in {self.dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
         return codes
 
 
@@ -309,11 +323,13 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=0.5)
     ap.add_argument("--negotiations", type=int, default=20, help="at most 2 per provider (10 providers)")
     ap.add_argument("--baseline", action="store_true", help="also run bench/bare_libp2p.py (bare py-libp2p)")
+    ap.add_argument("--log-level", default="WARNING", help="the nodes' log level")
+    ap.add_argument("--keep", action="store_true", help="keep each swarm's folder (logs, status files)")
     args = ap.parse_args()
     out: dict[str, Any] = {"cpus": psutil.cpu_count(), "loadavg_before": os.getloadavg(),
                            "propagation": {}}
     for i, n in enumerate(args.sizes):
-        sw = Swarm(n)
+        sw = Swarm(n, log_level=args.log_level, keep=args.keep)
         entry: dict[str, Any] = {}
         try:
             t0 = time.monotonic()
@@ -326,6 +342,10 @@ def main() -> None:
                      "formation": formation(sw, start_ms, sw.cpu_s(), settled),
                      "idle_rss": rss(sw)}
             entry["settled"] = propagation(sw, args.publishes, args.gap)
+            # what the periodic republishing of the default lifetime costs this machine (derived)
+            per_s = n / (DEFAULT_OFFER_TTL_S / 3)
+            entry["steady_default_ttl"] = {"republish_per_s": round(per_s, 2),
+                                           "cpu_cores": round(per_s * entry["settled"]["cpu_s_per_publish"], 2)}
             if i == 0:
                 out["negotiation"] = trio.run(negotiation_rtt, sw.boot, sw.ledger_url, args.negotiations)
         finally:

@@ -8,7 +8,8 @@ Wire form (canonical JSON)::
 The signature is Ed25519 over ``b"dgpu/1/" + type + b"\\0" + canonical(envelope without sig)``,
 so it can never be mistaken for a Solana transaction, a libp2p record or another message type.
 :func:`open_envelope` checks, in order: size (before decoding), JSON, envelope schema, version,
-payload schema and type, signature, validity window at ``now``, and (when given a cache) replay.
+(when given a cache) a copy of a message already verified, payload schema and type, signature,
+validity window at ``now``, and (when given a cache) replay.
 Nothing here reads a clock or draws randomness: ``now`` and ``nonce`` are arguments.
 """
 
@@ -132,15 +133,21 @@ class ReplayCache:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def _purge(self, now: int) -> None:
+    def purge(self, now: int) -> None:
+        """Forget the entries that expired by ``now``."""
         while self._by_expiry and self._by_expiry[0][0] <= now:
             expiry, signer, nonce = heapq.heappop(self._by_expiry)
             if self._seen.get((signer, nonce)) == expiry:
                 del self._seen[(signer, nonce)]
 
+    def __contains__(self, signer_and_nonce: tuple[PublicKey, str]) -> bool:
+        """Whether this (signer, nonce) was recorded and has not expired (a lookup: adds nothing)."""
+        signer, nonce = signer_and_nonce
+        return (signer.raw, nonce) in self._seen
+
     def check_and_add(self, signer: PublicKey, nonce: str, expires_at: int, now: int) -> None:
         """Record the pair, or raise :class:`ReplayError` if seen before or if full."""
-        self._purge(now)
+        self.purge(now)
         key = (signer.raw, nonce)
         if key in self._seen:
             raise ReplayError(f"replayed message (nonce {nonce[:8]}…) from {signer.wallet}")
@@ -197,6 +204,12 @@ def open_envelope(
         signer = PublicKey.from_wallet(signer_text)
     except ValueError:
         raise MalformedError("signer is not a wallet address") from None
+    if replay_cache is not None:
+        replay_cache.purge(now)
+        if (signer, nonce) in replay_cache:
+            # a copy of one already verified (gossip from each mesh peer, offer sync): refused
+            # before the schema and signature checks, which were most of a node's gossip CPU
+            raise ReplayError(f"replayed message (nonce {nonce[:8]}…) from {signer.wallet}")
     try:
         message = adapter.validate_python(payload)
     except ValidationError as exc:

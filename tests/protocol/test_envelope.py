@@ -7,7 +7,14 @@ import pytest
 
 from dgpu.protocol.canonical import canonical_bytes
 from dgpu.protocol.envelope import ReplayCache, open_envelope, seal, signing_bytes
-from dgpu.protocol.errors import ExpiredError, MalformedError, OversizeError, ReplayError, SignatureError
+from dgpu.protocol.errors import (
+    ExpiredError,
+    MalformedError,
+    OversizeError,
+    RemoteProtocolError,
+    ReplayError,
+    SignatureError,
+)
 from dgpu.protocol.ids import MAX_OFFER_BYTES, MAX_OFFER_TTL_S
 from dgpu.protocol.messages import GOSSIP_ADAPTER, TO_PROVIDER_NEGOTIATION, Offer
 
@@ -86,6 +93,22 @@ def test_replay_is_refused_and_cache_unchanged_by_failures() -> None:
     bad = tamper(data, {"nonce": "ff" * 16})  # signature no longer verifies
     with pytest.raises(SignatureError):
         open_envelope(bad, TO_PROVIDER_NEGOTIATION, now=NOW, max_bytes=65536, replay_cache=cache)
+    assert len(cache) == 1
+
+
+def test_a_copy_of_a_verified_envelope_is_refused_before_its_signature_is_checked() -> None:
+    """Gossip delivers an offer once per mesh peer and offer sync once more per neighbour: the
+    copies are refused on the (signer, nonce) lookup, without the schema and signature checks."""
+    cache = ReplayCache(capacity=10)
+    data = seal(make_request(), RENTER, nonce=NONCE, issued_at=NOW, expires_at=NOW + 60)
+    open_envelope(data, TO_PROVIDER_NEGOTIATION, now=NOW, max_bytes=65536, replay_cache=cache)
+    garbled = tamper(data, {"payload": {"type": "job_request"}, "sig": "AAAA"})  # neither schema nor signature
+    with pytest.raises(ReplayError):
+        open_envelope(garbled, TO_PROVIDER_NEGOTIATION, now=NOW, max_bytes=65536, replay_cache=cache)
+    # without the cache entry the same bytes fail their own checks: nothing was added for them
+    with pytest.raises(RemoteProtocolError) as raised:
+        open_envelope(garbled, TO_PROVIDER_NEGOTIATION, now=NOW, max_bytes=65536, replay_cache=ReplayCache(10))
+    assert not isinstance(raised.value, ReplayError)
     assert len(cache) == 1
 
 

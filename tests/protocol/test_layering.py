@@ -18,7 +18,8 @@ ROOT = Path(dgpu.__file__).resolve().parent
 FORBIDDEN_LIBRARIES = {"libp2p", "multiaddr", "docker", "aiosqlite", "sqlite3", "httpx", "fastapi", "starlette",
                        "uvicorn", "solana", "solders", "anchorpy", "spl", "pynvml", "requests", "trio_asyncio"}
 #: the dgpu modules a service may depend on (each of them is checked the same way)
-ALLOWED_DGPU = ("dgpu.protocol", "dgpu.node.ports", "dgpu.node.services", "dgpu.node.errors")
+#: (``dgpu._lazy``: the packages' lazy re-exports, importlib only)
+ALLOWED_DGPU = ("dgpu.protocol", "dgpu.node.ports", "dgpu.node.services", "dgpu.node.errors", "dgpu._lazy")
 
 
 def _module_file(name: str) -> Path | None:

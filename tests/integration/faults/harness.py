@@ -102,7 +102,10 @@ def fault_network(*providers: tuple[str, str]) -> Iterator[FaultNetwork]:
         yield net
     finally:
         net.stop()
-        remove_tree(workdir)  # and the job folders a killed provider left mounted
+        if os.environ.get("DGPU_TEST_KEEP"):  # debugging: keep the nodes' logs and data
+            print(f"kept {workdir}")
+        else:
+            remove_tree(workdir)  # and the job folders a killed provider left mounted
 
 
 @dataclass(frozen=True)
