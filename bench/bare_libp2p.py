@@ -33,19 +33,11 @@ from typing import Any
 import multiaddr
 import psutil
 import trio
+from _common import cpu_seconds, echo_exchange, summary, trigger_publications, wait_file
 
 PAYLOAD = 1024
 TOPIC = "bench/bare/1"
 ECHO = "/bench/echo/1.0.0"
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median_ms": round(statistics.median(values), 2), "p99_ms": round(_pct(values, 0.99), 2)}
 
 
 # -- children -------------------------------------------------------------------------------------
@@ -133,26 +125,6 @@ def _spawn(workdir: Path, *args: str) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def _wait_file(path: Path, timeout: float) -> str:
-    end = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().strip()):  # written, not only created
-        if time.monotonic() > end:
-            raise TimeoutError(str(path))
-        time.sleep(0.05)
-    return path.read_text().strip()
-
-
-def _cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = psutil.Process(p.pid).cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         p.kill()
@@ -166,16 +138,12 @@ def gossip(n: int, publishes: int, gap_s: float) -> dict[str, Any]:
     try:
         for i in range(n):  # one at a time: each dials earlier nodes
             procs.append(_spawn(workdir, "gossip", str(i)))
-            _wait_file(workdir / f"g{i}.addr", 60 + 2 * n)
+            wait_file(workdir / f"g{i}.addr", 60 + 2 * n)
         time.sleep(5)  # mesh heartbeats settle
         rss = [psutil.Process(p.pid).memory_info().rss / 2**20 for p in procs]
-        cpu0 = _cpu_s(procs)
+        cpu0 = cpu_seconds(p.pid for p in procs)
         start_ms = time.time_ns() // 1_000_000
-        order = list(procs)
-        random.Random(1).shuffle(order)
-        for i in range(publishes):
-            order[i % len(order)].send_signal(signal.SIGUSR1)
-            time.sleep(gap_s)
+        trigger_publications(procs, publishes, gap_s)
         end = time.monotonic() + 20
         while True:
             time.sleep(1)
@@ -191,10 +159,10 @@ def gossip(n: int, publishes: int, gap_s: float) -> dict[str, Any]:
             # the publisher does not deliver its own message to itself: n - 1 receivers
             if (len(seen) >= publishes and all(len(v) >= n - 1 for v in seen.values())) or time.monotonic() > end:
                 break
-        cpu = _cpu_s(procs) - cpu0
+        cpu = cpu_seconds(p.pid for p in procs) - cpu0
         lat = [max(v) - int(k.split(":")[1]) for k, v in seen.items() if len(v) >= n - 1]
         return {"messages": len(seen), "reached_all": len(lat),
-                **(_summary([float(x) for x in lat]) if lat else {}),
+                **(summary([float(x) for x in lat]) if lat else {}),
                 "cpu_s_per_publish": round(cpu / max(1, publishes), 3),
                 "idle_rss": {"median_mb": round(statistics.median(rss), 1), "max_mb": round(max(rss), 1)}}
     finally:
@@ -214,11 +182,7 @@ async def _rtt_rounds(addr: str, rounds: int) -> list[float]:
         for i in range(rounds + 1):
             t0 = time.perf_counter()
             stream = await host.new_stream(info.peer_id, [TProtocol(ECHO)])
-            for _ in range(2):
-                await stream.write(b"x" * PAYLOAD)
-                got = 0
-                while got < PAYLOAD:
-                    got += len(await stream.read(PAYLOAD - got))
+            await echo_exchange(stream, PAYLOAD)
             await stream.close()
             if i:  # the first one warms up
                 times.append((time.perf_counter() - t0) * 1000)
@@ -229,9 +193,9 @@ def rtt(rounds: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bare-rtt-"))
     proc = _spawn(workdir, "echo")
     try:
-        addr = _wait_file(workdir / "echo.addr", 60)
+        addr = wait_file(workdir / "echo.addr", 60)
         times = trio.run(_rtt_rounds, addr, rounds)
-        return {"rounds": rounds, "two_round_trips": _summary(times)}
+        return {"rounds": rounds, "two_round_trips": summary(times)}
     finally:
         _stop([proc])
         shutil.rmtree(workdir, ignore_errors=True)

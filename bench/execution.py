@@ -25,17 +25,13 @@ import docker
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+from _common import pct
 from docker_fixtures import ensure_test_image
 
 from dgpu.node.adapters.docker_executor import DockerExecutor, DockerPolicy
 from dgpu.node.adapters.store import Store
 from dgpu.node.ports.execution import JobSpec, ResourceLimits
 from dgpu.node.services.meter import Meter
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
 
 
 async def first_log_latency(image: str, runs: int, root: Path) -> list[float]:

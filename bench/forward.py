@@ -26,16 +26,12 @@ import time
 from pathlib import Path
 
 import trio
+from _common import pct
 
 from dgpu.client import Client
 from dgpu.client.demo import DemoNetwork
 from dgpu.node.adapters.disk_cap import remove_tree
 from dgpu.node.services.forward_client import ForwardInfo
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
 
 
 async def get(port: int, path: str) -> int:

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import httpx
+from _common import pct
 
 QUERIES: list[dict[str, Any]] = [
     {},
@@ -98,13 +99,8 @@ def serve(offers: int, key_hex: str) -> None:
     trio.run(main)
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def summary(ms: list[float]) -> dict[str, float]:
-    return {"n": len(ms), "p50_ms": round(pct(ms, 50), 2), "p99_ms": round(pct(ms, 99), 2),
+    return {"n": len(ms), "p50_ms": round(pct(ms, 0.5), 2), "p99_ms": round(pct(ms, 0.99), 2),
             "max_ms": round(max(ms), 2), "mean_ms": round(statistics.fmean(ms), 2)}
 
 

@@ -25,7 +25,6 @@ import json
 import os
 import pstats
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from _common import echo_exchange, summary, wait_file
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
@@ -106,23 +106,10 @@ async def _provider(workdir: Path, seed: bytes) -> None:
         await trio.sleep_forever()
 
 
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median_ms": round(statistics.median(values), 2), "p99_ms": round(_pct(values, 0.99), 2)}
-
-
 async def _bare_round(node: Any, peer: str) -> float:
     t0 = time.perf_counter()
     stream = await node.host.new_stream(ID.from_base58(peer), [TProtocol(ECHO)])
-    for _ in range(2):
-        await stream.write(b"x" * PAYLOAD)
-        got = 0
-        while got < PAYLOAD:
-            got += len(await stream.read(PAYLOAD - got))
+    await echo_exchange(stream, PAYLOAD)
     await stream.close()
     return (time.perf_counter() - t0) * 1000
 
@@ -154,15 +141,6 @@ async def _rounds(addr: str, seed: bytes, rounds: int, profile: cProfile.Profile
     return times, bare
 
 
-def _wait_file(path: Path, timeout: float = 60) -> str:
-    end = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().strip()):  # written, not only created
-        if time.monotonic() > end:
-            raise TimeoutError(str(path))
-        time.sleep(0.05)
-    return path.read_text().strip()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=50, help="at most 64 (the provider's GPUs)")
@@ -180,11 +158,11 @@ def main() -> None:
                             stdin=subprocess.DEVNULL)
     out: dict[str, Any] = {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
     try:
-        addr = _wait_file(workdir / "provider.addr")
+        addr = wait_file(workdir / "provider.addr", 60)
         profile = cProfile.Profile() if args.profile else None
         times, bare = trio.run(_rounds, addr, seed, rounds, profile)
-        out["dgpu_negotiation"] = {"rounds": rounds, **_summary(times)}
-        out["bare_two_round_trips"] = _summary(bare)
+        out["dgpu_negotiation"] = {"rounds": rounds, **summary(times)}
+        out["bare_two_round_trips"] = summary(bare)
         if profile is not None:
             text = io.StringIO()
             pstats.Stats(profile, stream=text).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(25)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -43,6 +42,7 @@ from typing import Any
 
 import psutil
 import trio
+from _common import cpu_seconds, pct, summary, trigger_publications, wait_file
 
 from dgpu.contracts.devledger.client import DevLedgerEscrow
 from dgpu.node.adapters.p2p import P2PConfig, open_node
@@ -62,11 +62,6 @@ from dgpu.protocol.messages import EscrowRef, Executor, Quote
 BENCH_OFFER_TTL_S = 3600
 #: the nodes' default offer lifetime (``dgpu node --offer-ttl``)
 DEFAULT_OFFER_TTL_S = 300
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 class Swarm:
@@ -92,20 +87,11 @@ class Swarm:
         self.procs.append(p)
         return p, addr
 
-    @staticmethod
-    def _wait(path: Path, timeout: float = 120) -> str:
-        end = time.monotonic() + timeout
-        while not path.exists():
-            if time.monotonic() > end:
-                raise TimeoutError(str(path))
-            time.sleep(0.05)
-        return path.read_text().strip()
-
     def start(self) -> None:
         url = self.dir / "bootstrap.url"
         _, addr = self._spawn("bootstrap", ["bootstrap", "--http-port", "0", "--http-url-file", str(url)])
-        self.boot = self._wait(addr)
-        self.ledger_url = self._wait(url)
+        self.boot = wait_file(addr)
+        self.ledger_url = wait_file(url)
         addrs = []
         for i in range(self.n):
             st = self.dir / f"n{i}.status"
@@ -120,7 +106,7 @@ class Swarm:
             addrs.append(a)
         for i, a in enumerate(addrs):
             try:
-                self._wait(a, timeout=120 + 3 * self.n)  # 2 cores start ~1 node a second
+                wait_file(a, timeout=120 + 3 * self.n)  # 2 cores start ~1 node a second
             except TimeoutError:  # say why before the folder is removed
                 tail = (self.dir / f"n{i}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"node n{i} did not start (exit code {self.procs[i + 1].poll()}):\n{tail}") from None
@@ -136,14 +122,7 @@ class Swarm:
 
     def cpu_s(self) -> float:
         """CPU seconds the node processes (not the bootstrap) have used so far."""
-        total = 0.0
-        for p in self.procs[1:]:
-            try:
-                t = psutil.Process(p.pid).cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                continue
-        return total
+        return cpu_seconds(p.pid for p in self.procs[1:])
 
     def publishers(self) -> set[str]:
         """Wallets of the nodes that publish an offer (one whose executor check failed does not)."""
@@ -210,13 +189,7 @@ def formation(sw: Swarm, start_ms: int, cpu_s: float, settle_s: float) -> dict[s
 def propagation(sw: Swarm, publishes: int, gap_s: float) -> dict[str, Any]:
     start_ms = time.time_ns() // 1_000_000
     cpu0 = sw.cpu_s()
-    # round-robin over a shuffled order: one provider's consecutive publishes are n*gap apart,
-    # so a newer seq never overtakes an older one (which would then be refused as stale)
-    order = sw.procs[1:]
-    random.Random(1).shuffle(order)
-    for i in range(publishes):
-        order[i % len(order)].send_signal(signal.SIGUSR1)
-        time.sleep(gap_s)
+    trigger_publications(sw.procs[1:], publishes, gap_s)  # an older seq is never overtaken
     # poll until every triggered offer reached every node (or give up after 20 s: lost)
     end = time.monotonic() + 20
     while True:
@@ -251,10 +224,6 @@ class TimedFunder:
             self.last_s = time.perf_counter() - t0
 
 
-def _summary(times: list[float]) -> dict[str, float]:
-    return {"median_ms": round(statistics.median(times), 2), "p99_ms": round(pct(times, 0.99), 2)}
-
-
 async def negotiation_rtt(boot: str, ledger_url: str, rounds: int) -> dict[str, Any]:
     key = SigningKey(secrets.token_bytes(32))
     ledger = DevLedgerEscrow(ledger_url, key)
@@ -265,9 +234,9 @@ async def negotiation_rtt(boot: str, ledger_url: str, rounds: int) -> dict[str, 
         await ledger.aclose()
     if not times:
         return {"rounds": 0, "failures": failures}
-    return {"rounds": len(times), "failures": failures, "with_funding": _summary(times),
-            "ledger_open": _summary(funding),
-            "without_ledger_call": _summary([t - f for t, f in zip(times, funding, strict=True)])}
+    return {"rounds": len(times), "failures": failures, "with_funding": summary(times),
+            "ledger_open": summary(funding),
+            "without_ledger_call": summary([t - f for t, f in zip(times, funding, strict=True)])}
 
 
 async def _negotiate_rounds(boot: str, key: SigningKey, ledger: DevLedgerEscrow, rounds: int

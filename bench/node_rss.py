@@ -24,17 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _common import wait_file
 
 MIB = 2**20
-
-
-def _wait(path: Path, timeout: float = 120) -> str:
-    end = time.monotonic() + timeout
-    while not path.exists() or not path.read_text().strip():
-        if time.monotonic() > end:
-            raise TimeoutError(str(path))
-        time.sleep(0.1)
-    return path.read_text().strip()
 
 
 def _rollup(pid: int) -> dict[str, float]:
@@ -74,7 +66,7 @@ class Nodes:
 
     def wait(self, name: str, path: Path) -> str:
         try:
-            return _wait(path)
+            return wait_file(path)
         except TimeoutError:
             tail = (self.dir / f"{name}.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{name} did not start ({self.procs[name].poll()}):\n{tail}") from None
@@ -98,7 +90,7 @@ def run(idle_s: float) -> dict[str, Any]:
         url_file = nodes.dir / "bootstrap.url"
         boot = nodes.wait("bootstrap", nodes.spawn(
             "bootstrap", ["bootstrap", "--http-port", "0", "--http-url-file", str(url_file)]))
-        ledger = _wait(url_file)
+        ledger = wait_file(url_file)
         common = ["--bootstrap", boot, "--ledger-url", ledger]
         status = nodes.dir / "renter.status"
         nodes.wait("provider", nodes.spawn("provider", [
