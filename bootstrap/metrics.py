@@ -7,10 +7,12 @@ the raw path; ``reason`` and ``result`` come from fixed code sets.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series (dgpu.node.metrics)
 
 
 class Metrics:

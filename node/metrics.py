@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -35,6 +35,10 @@ from dgpu.protocol.ledger import EscrowReceipt
 from dgpu.protocol.messages import RejectCode
 
 __all__ = ["NEGOTIATION_OUTCOMES", "RENTAL_STATES", "NodeMetrics", "RuntimeStats", "negotiation_labels"]
+
+# no ``*_created`` series beside every counter and histogram: they double the exposition and
+# no dashboard or alert here reads them (prometheus_client's own switch, process-wide)
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: seconds of rental time in one billed (ledger) minute
 MINUTE_S = 60

@@ -142,7 +142,9 @@ def test_the_exposition_passes_promtool() -> None:
         jobs={"running": 1}, rentals={"agreed": 0, "billing": 1}))
     metrics.ledger_call("claim", "ok", 0.01)
     metrics.http_latency.labels("/metrics", "GET", "200").observe(0.001)
-    result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(metrics.registry),
+    exposition = generate_latest(metrics.registry)
+    assert b"_created" not in exposition  # no creation-time series beside every counter
+    result = subprocess.run([promtool, "check", "metrics"], input=exposition,
                             capture_output=True, check=False, timeout=60)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
