@@ -68,30 +68,24 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: values that need no recursive call (most of a message): checking their type inline is the speed-up
 _SCALARS = (str, int, bool, type(None))
 
 
 def _reject_floats(value: JsonValue, depth: int) -> None:
     if depth > _MAX_DEPTH:
         raise ValueError("nesting too deep")
-    kind = type(value)
-    if kind is dict:
+    if isinstance(value, dict):
         for key, item in value.items():
-            if type(key) is not str:
+            if not isinstance(key, str):
                 raise TypeError("object keys must be strings")
-            if type(item) not in _SCALARS:  # str/int/bool/None need no call (most values)
+            if type(item) not in _SCALARS:
                 _reject_floats(item, depth + 1)
-    elif kind is list or kind is tuple:
+    elif isinstance(value, list | tuple):
         for item in value:
             if type(item) not in _SCALARS:
                 _reject_floats(item, depth + 1)
     elif isinstance(value, float):
         raise TypeError("floats are not allowed on the wire")
-    elif isinstance(value, dict | list | tuple):  # subclasses: the slow, general path
-        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
-        for key, item in items:
-            if key is not None and not isinstance(key, str):
-                raise TypeError("object keys must be strings")
-            _reject_floats(item, depth + 1)
-    elif kind not in _SCALARS and not isinstance(value, str | int):
+    elif value is not None and not isinstance(value, str | int | bool):
         raise TypeError(f"{type(value).__name__} is not a JSON value")

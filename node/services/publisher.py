@@ -128,8 +128,7 @@ class OfferPublisher:
             self.inventory.declare_simulated(gpus)
         if price_per_gpu_minute is not None:
             self.inventory.set_price(price_per_gpu_minute)
-        if (terms != self._terms or gpus is not None or price_per_gpu_minute is not None
-                or self.current is None or candidate.addrs != self.current.addrs):
+        if terms != self._terms or gpus is not None or price_per_gpu_minute is not None:
             self.changed()  # the same addresses announced again need no publication
         self._terms = terms
         return candidate
