@@ -322,10 +322,15 @@ class OfferBook:
         return hits
 
     async def wait_for(self, q: OfferQuery, *, now: Clock, count: int = 1) -> list[BookEntry]:
-        """Block until at least ``count`` offers match (callers bound it with a deadline)."""
+        """Block until at least ``count`` offers match (callers bound it with a deadline).
+
+        Always a checkpoint, as trio's own functions are: a renter polling ``find_offers`` in a
+        loop, with the offers already there, used to starve its own node (no stream answered,
+        no gossip read, no discovery) for as long as it polled."""
         while True:
             hits = self.query(q, now=now())
             if len(hits) >= count:
+                await trio.lowlevel.checkpoint()
                 return hits
             with trio.move_on_after(1):  # wake up to re-check expiry even without news
                 await self._changed.wait()

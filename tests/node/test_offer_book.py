@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Callable
 
 import trio
+import trio.testing
 
 from dgpu.node.services.offers import OfferBook, OfferQuery
 from dgpu.protocol.keys import SigningKey
@@ -106,6 +107,27 @@ async def test_wait_for_wakes_on_a_matching_offer(key: SigningKey, offer_factory
         book.put(make_offer(key), "p", now=1000)
     assert len(got) == 1
 
+
+
+async def test_wait_for_yields_even_when_the_offers_are_already_there(
+        key: SigningKey, offer_factory: Callable[..., Offer]) -> None:
+    book = OfferBook()
+    book.put(offer_factory(key), "p", now=1000)
+    with trio.testing.assert_checkpoints():
+        assert len(await book.wait_for(OfferQuery(), now=lambda: 1000)) == 1
+    # a renter polling find_offers in a loop lets the rest of its node run (it used to starve it)
+    others_ran = trio.Event()
+
+    async def another_task() -> None:
+        others_ran.set()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(another_task)
+        for _ in range(1000):
+            await book.wait_for(OfferQuery(), now=lambda: 1000)
+            if others_ran.is_set():
+                break
+    assert others_ran.is_set()
 
 
 def test_rejection_names_the_first_reason_an_offer_does_not_match(

@@ -238,6 +238,7 @@ class Rental:
         """The escrow's whole accounting once settled, from the ledger's transactions (None before)."""
         ledger = self.renter.ledger
         if self.escrow is None or ledger is None:
+            await trio.lowlevel.checkpoint()  # a caller may poll this: it must not starve the node
             return None
         return await final_settlement(ledger, self.escrow)
 
@@ -357,6 +358,7 @@ class Renter:
     async def balance(self) -> int:
         """This wallet's token balance in base units (0 without a ledger)."""
         if self.ledger is None:
+            await trio.lowlevel.checkpoint()  # a caller may poll this: it must not starve the node
             return 0
         return await self.ledger.balance(self.wallet)
 

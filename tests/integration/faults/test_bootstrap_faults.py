@@ -185,7 +185,8 @@ async def test_bootstrap_restarted_right_after_a_claim(network: FaultNetwork, tm
 async def test_provider_started_while_the_bootstrap_and_its_ledger_are_down(network: FaultNetwork,
                                                                             tmp_path: Path) -> None:
     """It stays up, says it cannot reach the ledger, and once the bootstrap is back it joins the
-    network and publishes its offer (before: it exited at once on the unreachable ledger)."""
+    network and publishes its offer (before: it exited at once on the unreachable ledger); a
+    renter that joins afterwards finds it and runs a job on it."""
     status = tmp_path / "late.status"
     network.kill("bootstrap")
     try:
@@ -210,3 +211,12 @@ async def test_provider_started_while_the_bootstrap_and_its_ledger_are_down(netw
     assert state.get("own_seq") is not None and len(state.get("offers", {})) >= 2, (
         state, network.log("late")[-3000:])
     assert network.procs["late"].poll() is None
+    async with renter(network, tmp_path / "renter") as client:
+        with trio.fail_after(60):
+            while not (late := [o for o in await client.find_offers(gpu_model="RTX 4090", min_results=2, wait_s=5)
+                                if o.price_per_minute == PRICE + 1]):
+                pass
+        rental = await client.rent(late[0], script=script(1), max_minutes=5)
+        with trio.fail_after(90):
+            result = await rental.run()
+    assert result.state.value == "finished", result
