@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Final, TextIO
 
-__all__ = ["BenignLibp2pFilter", "configure", "get_logger", "quiet_libp2p"]
+__all__ = ["BenignLibp2pFilter", "configure", "get_logger", "libp2p_imported", "quiet_libp2p"]
 
 #: substrings of py-libp2p 0.8.1 messages that are normal operation, demoted to DEBUG
 _BENIGN: Final = (
@@ -30,6 +30,7 @@ _BENIGN: Final = (
     "exceeded size limit",  # our guard: oversized pubsub frames are dropped on purpose
     "Spam protection",
     "failed to upgrade security for peer",  # dialling a dead peer's stale address
+    "Failed to open TCP stream",  # same (a refused port); we log the failed dial ourselves
     "fail to upgrade mux for peer",  # same
     "Error checking connection to",  # health monitor, a peer that went away
 )
@@ -61,6 +62,16 @@ class BenignLibp2pFilter(logging.Filter):
         return True
 
 
+class _Route:
+    """configure()'s handler and level, routed to libp2p's logger again by :func:`libp2p_imported`."""
+
+    handler: logging.Handler | None = None
+    level: int = logging.INFO
+
+
+_ROUTE = _Route()
+
+
 def configure(level: str | int = "INFO", *, stream: TextIO | None = None,
               name: str = "dgpu") -> None:
     """Route our loggers and libp2p's into one handler. Safe to call again (replaces it)."""
@@ -77,6 +88,14 @@ def configure(level: str | int = "INFO", *, stream: TextIO | None = None,
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(lvl)
+    _ROUTE.handler, _ROUTE.level = handler, lvl
+    _route_libp2p(handler, lvl)
+    # httpx logs every request at INFO (the ledger is polled every few seconds): DEBUG only
+    for noisy in ("multiaddr", "async_service", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
+
+
+def _route_libp2p(handler: logging.Handler, lvl: int) -> None:
     lib = logging.getLogger("libp2p")
     for old in list(lib.handlers):
         lib.removeHandler(old)
@@ -88,9 +107,18 @@ def configure(level: str | int = "INFO", *, stream: TextIO | None = None,
     for name_, obj in list(logging.Logger.manager.loggerDict.items()):
         if name_.startswith("libp2p.") and isinstance(obj, logging.Logger):
             obj.setLevel(logging.NOTSET if lvl <= logging.DEBUG else logging.WARNING)
-    # httpx logs every request at INFO (the ledger is polled every few seconds): DEBUG only
-    for noisy in ("multiaddr", "async_service", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
+
+
+def libp2p_imported() -> None:
+    """Route libp2p's logging again once libp2p is imported (the p2p adapter calls this when it
+    opens a host). Its import (``setup_logging``) empties the ``libp2p`` logger's handlers, and
+    nodes import it after :func:`configure` ran (lazily, to keep small commands light): its
+    benign noise then went unfiltered to stderr through ``logging.lastResort``, bare lines
+    without time or level. Idempotent."""
+    if _ROUTE.handler is not None:
+        _route_libp2p(_ROUTE.handler, _ROUTE.level)
+    else:
+        quiet_libp2p()
 
 
 class _ToRoot(logging.Handler):

@@ -70,6 +70,7 @@ from dgpu.node.errors import (
     PeerIdMismatchError,
     PeerRefusedError,
 )
+from dgpu.node.logging import libp2p_imported
 from dgpu.node.ports.network import GossipMessage, StreamHandler, TopicValidator, Verdict
 from dgpu.protocol.keys import SigningKey
 from dgpu.protocol.peers import peer_id_of_wallet, wallet_of_peer
@@ -405,6 +406,7 @@ class P2PNode:
 @asynccontextmanager
 async def open_node(key: SigningKey, config: P2PConfig) -> AsyncIterator[P2PNode]:
     """Start a host with ``key`` as its identity; close everything on exit."""
+    libp2p_imported()  # its import reset the libp2p logger that node logging had set up
     check_port_free(config.listen_host, config.listen_port)
     host = new_host(
         key_pair=libp2p_key_pair(key),

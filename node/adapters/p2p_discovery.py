@@ -27,9 +27,21 @@ from dgpu.node.errors import NetworkError, NoBootstrapReachable, PeerIdMismatchE
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
 
-__all__ = ["Discovery"]
+__all__ = ["DIAL_BACKOFF_MAX_S", "DIAL_BACKOFF_S", "Discovery"]
 
 log = logging.getLogger(__name__)
+
+#: first and longest wait before re-dialling a discovered peer that could not be dialled
+DIAL_BACKOFF_S = 20.0
+DIAL_BACKOFF_MAX_S = 1800.0
+#: failed peers remembered at most (a flood of dead registrations cannot grow it)
+MAX_DIAL_BACKOFFS = 4096
+#: a stopping provider waits at most this long to leave rendezvous
+UNREGISTER_TIMEOUT_S = 2.0
+
+
+def _addrs_of(info: PeerInfo) -> frozenset[str]:
+    return frozenset(str(a) for a in info.addrs)
 
 
 class Discovery:
@@ -53,6 +65,12 @@ class Discovery:
         self._redial: dict[str, tuple[float, float]] = {}
         #: re-joins after a lost bootstrap connection (tests and metrics read it)
         self.rejoins = 0
+        #: discovered peer id -> (next dial at, current backoff, the addresses that failed) after
+        #: a failed dial: a dead provider's registration outlives it (2 h), and every node
+        #: re-dialled it every round
+        self._dial_backoff: dict[str, tuple[float, float, frozenset[str]]] = {}
+        #: dials to discovered peers that failed (tests and metrics read it)
+        self.dial_failures = 0
         #: why each bootstrap node could not be joined, last time it was tried
         self.join_errors: dict[str, NetworkError] = {}
 
@@ -147,20 +165,40 @@ class Discovery:
         return new
 
     async def connect_some(self) -> int:
-        """Dial discovered peers until ``max_dial_peers`` of them are connected."""
+        """Dial discovered peers until ``max_dial_peers`` of them are connected. A peer that
+        could not be dialled is left alone for a while (20 s, doubling to 30 min)."""
         connected = set(self.node.connected_peers())
+        now = trio.current_time()
         have = sum(1 for p in self.known if p in connected)
-        candidates = [p for p in self.known if p not in connected]
+        candidates = [p for p in self.known if p not in connected and not self._backing_off(p, now)]
         self._rng.shuffle(candidates)
         dialled = 0
         for pid in candidates[: max(0, self.max_dial_peers - have)]:
+            info = self.known[pid]
             try:
-                await self.node.connect(self.known[pid])
+                # the addresses it registered now replace older ones (libp2p dials only the first
+                # stored), and our backoff paces these dials, not the library's 60 s block
+                self.node.add_addrs(pid, [str(a) for a in info.addrs])
+                await self.node.connect(info, retry_now=True)
                 dialled += 1
+                self._dial_backoff.pop(pid, None)
             except NetworkError as exc:
-                log.info("peer %s unreachable: %s", pid, exc)
-                self.known.pop(pid, None)
+                self.dial_failures += 1
+                addrs = _addrs_of(self.known.pop(pid))
+                _, last, last_addrs = self._dial_backoff.pop(pid, (now, DIAL_BACKOFF_S / 2, addrs))
+                backoff = min(last * 2, DIAL_BACKOFF_MAX_S) if last_addrs == addrs else DIAL_BACKOFF_S
+                log.info("peer %s unreachable (next try in %.0f s): %s", pid, backoff, exc)
+                # re-inserted last, so the oldest entries are the first to go
+                self._dial_backoff[pid] = (trio.current_time() + backoff, backoff, addrs)
+                while len(self._dial_backoff) > MAX_DIAL_BACKOFFS:
+                    del self._dial_backoff[next(iter(self._dial_backoff))]
         return dialled
+
+    def _backing_off(self, pid: str, now: float) -> bool:
+        """A peer that failed to dial waits out its backoff, unless it registered new addresses
+        since (a provider restarted on another port is dialled at once)."""
+        entry = self._dial_backoff.get(pid)
+        return entry is not None and now < entry[0] and entry[2] == _addrs_of(self.known[pid])
 
     async def join_with_retries(self, *, max_tries: int, max_delay_s: float) -> None:
         """Join, retrying with backoff; NoBootstrapReachable after ``max_tries`` failed rounds
@@ -186,11 +224,31 @@ class Discovery:
         Every ``check_s`` lost bootstrap nodes are re-dialled (:meth:`rejoin_lost`); a regained
         one triggers an advertisement there and a discovery round at once. Registrations are
         renewed every ``readvertise_s`` (their TTL is 7200 s). A node that cannot join at all
-        (``max_join_tries`` rounds, about 30 s) raises :class:`NoBootstrapReachable`."""
+        (``max_join_tries`` rounds, about 30 s) raises :class:`NoBootstrapReachable`. An
+        advertising node withdraws its registrations when it stops."""
         await self.join_with_retries(max_tries=max_join_tries, max_delay_s=interval_s)
         if self.advertise:
             await self.advertise_once()
         task_status.started()
+        try:
+            await self._rounds(fast_rounds, interval_s, readvertise_s, check_s)
+        finally:
+            if self.advertise:  # a provider that stops leaves rendezvous: nobody dials it for 2 h
+                with trio.CancelScope(shield=True), trio.move_on_after(UNREGISTER_TIMEOUT_S):
+                    await self.unadvertise()
+
+    async def unadvertise(self) -> None:
+        """Withdraw our rendezvous registrations (each bootstrap node; failures only logged)."""
+        from libp2p.discovery.rendezvous.errors import RendezvousError
+
+        for boot, client in list(self._clients.items()):
+            try:
+                await client.unregister(self.namespace)
+            except (RendezvousError, BaseLibp2pError, NetworkError, trio.BrokenResourceError,
+                    trio.ClosedResourceError) as exc:
+                log.info("rendezvous unregister at %s failed: %s", boot[:16], type(exc).__name__)
+
+    async def _rounds(self, fast_rounds: int, interval_s: float, readvertise_s: float, check_s: float) -> None:
         rounds = 0
         last_advert = next_discovery = trio.current_time()
         while True:

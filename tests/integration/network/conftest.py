@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,22 @@ class Network:
                 p.popen.wait()
                 codes[name] = None
         return codes
+
+
+@contextmanager
+def fresh_network(prefix: str, *, with_bootstrap: bool = True) -> Iterator[Network]:
+    """A network of its own in a new folder (with a started bootstrap node unless told not
+    to); every process is stopped and the folder removed on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o711)  # a root provider runs script jobs as nobody below it
+    net = Network(workdir)
+    try:
+        if with_bootstrap:
+            net.start_bootstrap()
+        yield net
+    finally:
+        net.stop_all()
+        remove_tree(workdir)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from dgpu.node.adapters.disk_cap import remove_tree
-
-from .conftest import START_TIMEOUT_S, Network
+from .conftest import START_TIMEOUT_S, Network, fresh_network
 
 HEAVY = ["fastapi", "starlette", "uvicorn", "jwt", "trio_asyncio", "docker", "solana", "solders", "anchorpy",
          "construct", "boto3", "botocore"]
@@ -44,15 +40,8 @@ sys.exit(main(sys.argv[3:]))
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Network]:
-    workdir = Path(tempfile.mkdtemp(prefix="dgpu-imports-"))
-    workdir.chmod(0o711)
-    network = Network(workdir)
-    try:
-        network.start_bootstrap()
+    with fresh_network("dgpu-imports-") as network:
         yield network
-    finally:
-        network.stop_all()
-        remove_tree(workdir)
 
 
 def _heavy_loaded(net: Network, name: str, args: list[str]) -> str:

@@ -11,13 +11,10 @@ has room for a loaded one).
 from __future__ import annotations
 
 import secrets
-import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
@@ -30,7 +27,7 @@ from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
 
-from .conftest import Network
+from .conftest import Network, fresh_network
 
 #: the issue's target is 10 s (met on an idle machine: see bench/README or the closing note); the
 #: deadline here has room for a loaded CI machine, since tests assert behaviour, not timings
@@ -58,14 +55,8 @@ def _start_bootstrap(net: Network, port: int) -> None:
 
 @pytest.fixture
 def network() -> Iterator[Network]:
-    workdir = Path(tempfile.mkdtemp(prefix="dgpu-rediscovery-"))
-    workdir.chmod(0o711)
-    net = Network(workdir)
-    try:
+    with fresh_network("dgpu-rediscovery-", with_bootstrap=False) as net:  # its bootstrap: a fixed port
         yield net
-    finally:
-        net.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _offers_seen_by_a_new_renter(bootstrap: str, want: int, timeout_s: float) -> int:
