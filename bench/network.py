@@ -320,6 +320,8 @@ def main() -> None:
         finally:
             codes = sw.stop()
             entry["unclean_exits"] = sum(1 for c in codes if c != 0)
+            # which, and how: None = still running after SIGTERM + 15 s (killed), else the exit code
+            entry["unclean"] = {("bootstrap" if j == 0 else f"n{j - 1}"): c for j, c in enumerate(codes) if c != 0}
         out["propagation"][str(n)] = entry
         print(json.dumps({str(n): entry}), file=sys.stderr, flush=True)  # progress: big sizes take minutes
     if args.baseline:
