@@ -11,6 +11,9 @@
 
     .venv/bin/python bench/bare_libp2p.py [--sizes 10 30] [--publishes 20] [--rounds 30]
 
+Both run with the yamux settings dGPU nodes use (``YAMUX_SETTINGS`` in ``dgpu.node.adapters.p2p``),
+so that the comparison is like for like; ``--yamux-defaults`` keeps py-libp2p's own.
+
 The child roles (``--child gossip|echo``) are started by the script itself.
 """
 
@@ -38,6 +41,10 @@ from _common import cpu_seconds, echo_exchange, summary, trigger_publications, w
 PAYLOAD = 1024
 TOPIC = "bench/bare/1"
 ECHO = "/bench/echo/1.0.0"
+
+#: ``YAMUX_SETTINGS`` of ``dgpu.node.adapters.p2p``, copied: a bare node imports nothing of dGPU
+#: (``bench/network.py --baseline`` checks that the two agree)
+DGPU_YAMUX_SETTINGS = {"PY_YAMUX_RELEASE_ON_READ": "0"}
 
 
 # -- children -------------------------------------------------------------------------------------
@@ -209,7 +216,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--child", nargs="+", default=None)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--yamux-defaults", action="store_true",
+                    help="py-libp2p's own yamux settings, not the ones dGPU nodes run with")
     args = ap.parse_args()
+    if not args.yamux_defaults:  # children inherit it
+        os.environ.update(DGPU_YAMUX_SETTINGS)
     if args.child is not None:
         assert args.workdir is not None
         if args.child[0] == "gossip":
@@ -218,6 +229,7 @@ def main() -> None:
             trio.run(_child_echo, args.workdir)
         return
     out: dict[str, Any] = {"cpus": psutil.cpu_count(), "loadavg_before": os.getloadavg(),
+                           "yamux": {k: os.environ.get(k) for k in DGPU_YAMUX_SETTINGS},
                            "negotiation_like_rtt": rtt(args.rounds), "gossip": {}}
     for n in args.sizes:
         out["gossip"][str(n)] = gossip(n, args.publishes, args.gap)

@@ -45,7 +45,7 @@ import trio
 from _common import cpu_seconds, pct, summary, trigger_publications, wait_file
 
 from dgpu.contracts.devledger.client import DevLedgerEscrow
-from dgpu.node.adapters.p2p import P2PConfig, open_node
+from dgpu.node.adapters.p2p import YAMUX_SETTINGS, P2PConfig, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.errors import NetworkError, RejectedError
@@ -296,6 +296,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep each swarm's folder (logs, status files)")
     args = ap.parse_args()
     out: dict[str, Any] = {"cpus": psutil.cpu_count(), "loadavg_before": os.getloadavg(),
+                           # the nodes' effective yamux settings (the environment's own win)
+                           "yamux": {k: os.environ.get(k, v) for k, v in YAMUX_SETTINGS.items()},
                            "propagation": {}}
     for i, n in enumerate(args.sizes):
         sw = Swarm(n, log_level=args.log_level, keep=args.keep)
@@ -329,6 +331,8 @@ def main() -> None:
                                *map(str, args.sizes), "--publishes", str(args.publishes), "--gap", str(args.gap),
                                "--rounds", str(args.negotiations)], capture_output=True, check=True, text=True)
         out["bare_libp2p"] = json.loads(bare.stdout)
+        if out["bare_libp2p"]["yamux"] != out["yamux"]:  # like for like, or say it is not
+            out["bare_libp2p"]["yamux_differs_from_the_nodes"] = True
     out["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))
 

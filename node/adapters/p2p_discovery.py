@@ -18,6 +18,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import trio
+from libp2p.discovery.rendezvous.errors import RendezvousError
 from libp2p.exceptions import BaseLibp2pError  # a bootstrap dying mid-request: StreamError, ...
 from libp2p.peer.peerinfo import PeerInfo
 
@@ -130,8 +131,6 @@ class Discovery:
         return regained
 
     async def advertise_once(self, ttl_s: int = 7200, *, only: list[str] | None = None) -> None:
-        from libp2p.discovery.rendezvous.errors import RendezvousError
-
         for boot, client in list(self._clients.items()):
             if only is not None and boot not in only:
                 continue
@@ -143,8 +142,6 @@ class Discovery:
 
     async def discover_once(self) -> list[str]:
         """Ask every bootstrap's rendezvous for peers; returns the new ones."""
-        from libp2p.discovery.rendezvous.errors import RendezvousError
-
         me = self.node.peer_id
         new: list[str] = []
         for boot, client in list(self._clients.items()):
@@ -239,8 +236,6 @@ class Discovery:
 
     async def unadvertise(self) -> None:
         """Withdraw our rendezvous registrations (each bootstrap node; failures only logged)."""
-        from libp2p.discovery.rendezvous.errors import RendezvousError
-
         for boot, client in list(self._clients.items()):
             try:
                 await client.unregister(self.namespace)
