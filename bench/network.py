@@ -9,10 +9,12 @@ accepted it, read from each node's status file.
   how many publications that took (each provider publishes at start and once more when it
   first has topic peers; joiners get the rest by offer sync), the offer deliveries they
   caused, their propagation, and the nodes' CPU seconds meanwhile.
-- ``settled``: publications triggered one at a time with SIGUSR1 once the network has settled:
-  propagation p50/p99, and the nodes' CPU seconds per publication. The nodes run with a one-hour
-  offer lifetime so that no periodic republish falls into this window; ``steady_default_ttl``
-  derives what the default lifetime's republishing (every node each 100 s) costs in cores.
+- ``settled``: publications triggered one at a time with SIGUSR1 once the network has settled
+  (every node holds every offer, then the nodes' CPU use has stopped falling: ``quiet_after_s``,
+  ``idle_cores``): propagation p50/p99, and the nodes' CPU seconds per publication. The nodes
+  run with a one-hour offer lifetime so that no periodic republish falls into this window;
+  ``steady_default_ttl`` derives what the default lifetime's republishing (every node each
+  100 s) costs in cores.
 
 Negotiation: an in-process renter runs JobRequest → Agreement against one provider, paying for
 real: the bootstrap node serves the development ledger and the providers verify escrows on it
@@ -50,7 +52,7 @@ from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
 from dgpu.node.errors import NetworkError, RejectedError
 from dgpu.node.services.negotiation import negotiate
-from dgpu.node.services.offer_sync import sync_from_new_peers
+from dgpu.node.services.offer_sync import sync_offers_from_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.node.services.renter import LedgerFunder
 from dgpu.protocol.escrow import RentalIds
@@ -138,6 +140,24 @@ class Swarm:
                 return time.monotonic() - t0
             time.sleep(0.5)
         return -1.0
+
+    def quiet(self, window_s: float = 3.0, timeout_s: float = 120.0) -> tuple[float | None, float]:
+        """Wait until the nodes' CPU use stops falling, below 3/4 of the machine: the tail of the
+        formation (the last nodes' discovery rounds, dials and offer syncs) goes on for a while
+        after every node holds every offer, and kept 30 nodes CPU-bound ~12 s. Returns the
+        seconds waited (None: never quiet within ``timeout_s``) and the last window's cores."""
+        t0 = time.monotonic()
+        busy = float(psutil.cpu_count() or 1) * 0.75
+        last = float("inf")
+        while True:
+            c0 = self.cpu_s()
+            time.sleep(window_s)
+            cores = (self.cpu_s() - c0) / window_s
+            if cores < busy and cores >= 0.8 * last:
+                return time.monotonic() - t0, cores
+            if time.monotonic() - t0 > timeout_s:
+                return None, cores
+            last = cores
 
     def stop(self) -> list[int | None]:
         for p in self.procs:
@@ -253,7 +273,7 @@ async def _negotiate_rounds(boot: str, key: SigningKey, ledger: DevLedgerEscrow,
         validator = OfferValidator(book, clock=lambda: int(time.time()), accept_simulated=True)
         await node.subscribe(OFFERS_TOPIC, validator)
         await nursery.start(Discovery(node, [boot], RENDEZVOUS_NAMESPACE, advertise=False).run)
-        nursery.start_soon(sync_from_new_peers, node, validator)  # as a renter node does
+        nursery.start_soon(sync_offers_from_peers, node, validator)  # as a renter node does
         with trio.move_on_after(60):
             while len(book) < 10:
                 await trio.sleep(0.2)
@@ -308,10 +328,12 @@ def main() -> None:
             sw.start()
             started = time.monotonic() - t0
             settled = sw.settle(timeout=90 + 2 * n)
-            time.sleep(3)  # let the last start-up publications land
+            quiet_s, idle_cores = sw.quiet()
             entry = {"start_s": round(started, 1),
                      "formation": formation(sw, start_ms, sw.cpu_s(), settled),
-                     "idle_rss": rss(sw)}
+                     # after every node held every offer, until the CPU use stopped falling
+                     "quiet_after_s": None if quiet_s is None else round(quiet_s, 1),
+                     "idle_cores": round(idle_cores, 2), "idle_rss": rss(sw)}
             entry["settled"] = propagation(sw, args.publishes, args.gap)
             # what the periodic republishing of the default lifetime costs this machine (derived)
             per_s = n / (DEFAULT_OFFER_TTL_S / 3)

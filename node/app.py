@@ -47,7 +47,7 @@ from dgpu.node.services import blobs
 from dgpu.node.services.billing import synced_time
 from dgpu.node.services.instrumented_ledger import InstrumentedLedger
 from dgpu.node.services.inventory import select_gpus
-from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_from_new_peers
+from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_offers_from_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.node.services.settlement import Settlements
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
@@ -332,7 +332,7 @@ async def run_node(config: NodeConfig, *,
                             settlements=settlements)
         metrics.set_runtime(lambda: runtime_stats(rt))
         await nursery.start(partial(discovery.run, max_join_tries=config.join_tries))
-        nursery.start_soon(sync_from_new_peers, node, validator)
+        nursery.start_soon(sync_offers_from_peers, node, validator)
         offering = _offering(rt)
         await nursery.start(_nat(rt, offering).run)
         if offering is not None:

@@ -1,4 +1,5 @@
-"""``/dgpu/offers-sync/1.0.0``: a node that joins asks its neighbours for the offers they hold.
+"""``/dgpu/offers-sync/1.0.0``: a node that joins asks its neighbours for the offers they hold
+(and, now and then, one neighbour at random again).
 
 Instead of every provider republishing whenever a node joins (a wave that reaches every node),
 the newcomer opens one stream to each new neighbour; the neighbour writes the signed envelopes
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable
 from typing import Final
 
@@ -25,7 +27,7 @@ from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPI
 from dgpu.protocol.keys import PublicKey
 from dgpu.protocol.peers import peer_id_of_wallet
 
-__all__ = ["MAX_SYNC_BYTES", "MAX_SYNC_OFFERS", "OfferSyncServer", "sync_from_new_peers", "sync_offers"]
+__all__ = ["MAX_SYNC_BYTES", "MAX_SYNC_OFFERS", "REFRESH_S", "OfferSyncServer", "sync_offers", "sync_offers_from_peers"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ MAX_SYNC_BYTES: Final = MAX_SYNC_OFFERS * MAX_OFFER_BYTES
 SYNC_READ_TIMEOUT_S: Final = 10.0
 #: attempts to open a sync stream to a new neighbour before it is left to gossip
 SYNC_TRIES: Final = 3
+#: mean seconds between two syncs from a random neighbour (anti-entropy)
+REFRESH_S: Final = 60.0
 
 
 class OfferSyncServer:
@@ -111,14 +115,22 @@ async def _sync_once(node: Network, peer: str, validator: TopicValidator) -> int
     return accepted
 
 
-async def sync_from_new_peers(node: Network, validator: TopicValidator, *, poll_s: float = 0.5,
-                              parallel: int = 4, tries: int = SYNC_TRIES, retry_s: float = 2.0) -> None:
+async def sync_offers_from_peers(node: Network, validator: TopicValidator, *, poll_s: float = 0.5,
+                                 parallel: int = 4, tries: int = SYNC_TRIES, retry_s: float = 2.0,
+                                 refresh_s: float = REFRESH_S, rng: random.Random | None = None) -> None:
     """Ask each peer first seen on the offers topic for the offers it holds, so a node that
     joins sees the current offers at once, not at the next republish. (Providers do not
     republish when peers join: with 30 nodes that wave was ~280 publications at start-up.)
     A peer no stream could be opened to (a loaded machine) is asked again, ``tries`` times
     in all, ``retry_s`` doubling between: one 50-node bench node whose every sync timed out
-    held 43 of 50 offers until the next republish."""
+    held 43 of 50 offers until the next republish.
+
+    Every ``refresh_s`` (jittered by half either way) one topic peer drawn at random is asked
+    again: a synced offer is not gossiped on, so a node whose neighbours were still joining
+    when it synced from them could miss an offer until its next republish (two 50-node bench
+    nodes lacked the same 4 offers for 5 minutes). The offers it already holds cost a set
+    lookup each (``OfferBook.holds_envelope``)."""
+    rng = rng or random.Random()
     seen: set[str] = set()
     limiter = trio.CapacityLimiter(parallel)
 
@@ -134,10 +146,17 @@ async def sync_from_new_peers(node: Network, validator: TopicValidator, *, poll_
         if accepted:
             log.info("offer sync from %s: %d offer(s)", peer, accepted)
 
+    def next_refresh() -> float:
+        return trio.current_time() + refresh_s * (0.5 + rng.random())
+
+    refresh_at = next_refresh()
     async with trio.open_nursery() as nursery:
         while True:
             peers = set(node.topic_peers(OFFERS_TOPIC))
             for peer in peers - seen:
                 nursery.start_soon(sync, peer)
             seen = seen | peers if len(seen) < 10_000 else peers  # bounded; forgetting costs one sync
+            if peers and trio.current_time() >= refresh_at:
+                nursery.start_soon(sync, rng.choice(sorted(peers)))
+                refresh_at = next_refresh()
             await trio.sleep(poll_s)

@@ -162,6 +162,8 @@ class OfferBook:
         #: (*_order_key, facts, entry) of every stored offer, sorted by the key (unique per
         #: provider, so the trailing items are never compared)
         self._order: list[tuple[int, int, str, _Facts, BookEntry]] = []
+        #: the signed envelopes of the stored offers (offer sync hands the same bytes on again)
+        self._envelopes: set[bytes] = set()
         #: (expires_at, provider, seq); entries for replaced offers are skipped when popped
         self._expiry: list[tuple[int, str, int]] = []
         #: changes are signalled here (renters waiting for offers); replaced on every change
@@ -188,6 +190,10 @@ class OfferBook:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def holds_envelope(self, data: bytes) -> bool:
+        """Whether ``data`` is, byte for byte, the envelope of an offer stored here."""
+        return data in self._envelopes
 
     def last_seq(self, provider: str) -> int | None:
         """The highest ``seq`` seen from ``provider``: its offer's, or its withdrawal's."""
@@ -225,6 +231,7 @@ class OfferBook:
 
     def _remove(self, provider: str) -> None:
         entry = self._entries.pop(provider)
+        self._envelopes.discard(entry.data)
         self._by_forwarder[entry.forwarder] -= 1
         self._by_forwarder += Counter()  # drops the relays that hold nothing now
         del self._facts[provider]
@@ -270,6 +277,8 @@ class OfferBook:
         facts = _Facts.of(offer)
         self._entries[offer.provider] = entry
         self._facts[offer.provider] = facts
+        if data:
+            self._envelopes.add(data)
         bisect.insort(self._order, (*_order_key(offer), facts, entry))
         heapq.heappush(self._expiry, (offer.expires_at, offer.provider, offer.seq))
         self._withdrawn.pop(offer.provider, None)
@@ -380,6 +389,10 @@ class OfferValidator:
         now = self.clock()
         if len(msg.data) > MAX_OFFER_BYTES:
             return self._refuse("oversize", msg)
+        if self.book.holds_envelope(msg.data):
+            # the very envelope stored (offer sync hands each again): its nonce is in the replay
+            # cache, so the full check would refuse it too, after a signature check for nothing
+            return self._refuse("replay", msg)
         try:
             opened = open_envelope(msg.data, OFFERS_TOPIC_ADAPTER, now=now, max_bytes=MAX_OFFER_BYTES,
                                    max_ttl=MAX_OFFER_TTL_S)

@@ -74,9 +74,17 @@ class PeersForTests:
         if peer not in self.serve:
             raise NetworkError(f"cannot dial {peer}")
         a, b = trio.testing.memory_stream_pair()
-        self.nursery.start_soon(self.serve[peer], FramedStream(MemRaw(a), max_frame_bytes=max_frame_bytes,
-                                                                read_timeout_s=read_timeout_s))
+        self.nursery.start_soon(self._handle, self.serve[peer], FramedStream(MemRaw(a), max_frame_bytes=max_frame_bytes,
+                                                                              read_timeout_s=read_timeout_s))
         return FramedStream(MemRaw(b), max_frame_bytes=max_frame_bytes, read_timeout_s=read_timeout_s)
+
+    @staticmethod
+    async def _handle(handler: Callable[[FramedStream], Awaitable[None]], fs: FramedStream) -> None:
+        """As the node's adapter does: the stream is closed once its handler returns."""
+        try:
+            await handler(fs)
+        finally:
+            await fs.close()
 
 
 async def test_rent_falls_back_to_the_next_offer_when_the_cheapest_cannot_be_reached(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import trio
 from dgpu.node.adapters.p2p import P2PConfig, open_node
 from dgpu.node.adapters.p2p_discovery import Discovery
 from dgpu.node.adapters.p2p_pubsub import GossipConfig
-from dgpu.node.services.offer_sync import sync_from_new_peers
+from dgpu.node.services.offer_sync import sync_offers_from_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
@@ -68,7 +68,7 @@ async def _offers_seen_by_a_new_renter(bootstrap: str, want: int, timeout_s: flo
         await node.subscribe(OFFERS_TOPIC, validator)
         await nursery.start(Discovery(node, [bootstrap], RENDEZVOUS_NAMESPACE, advertise=False).run)
         # as a renter node does: providers do not republish when peers join, joiners sync
-        nursery.start_soon(sync_from_new_peers, node, validator)
+        nursery.start_soon(sync_offers_from_peers, node, validator)
         with trio.move_on_after(timeout_s):
             while len(book) < want:
                 await trio.sleep(0.1)
