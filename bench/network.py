@@ -64,6 +64,9 @@ from dgpu.protocol.messages import EscrowRef, Executor, Quote
 BENCH_OFFER_TTL_S = 3600
 #: the nodes' default offer lifetime (``dgpu node --offer-ttl``)
 DEFAULT_OFFER_TTL_S = 300
+#: every process has this long after the common SIGTERM (a 50-node network stopping at once on 2
+#: cores took 20.8 s for its bootstrap, exit code 0)
+STOP_DEADLINE_S = 45.0
 
 
 class Swarm:
@@ -159,23 +162,27 @@ class Swarm:
                 return None, cores
             last = cores
 
-    def stop(self) -> list[int | None]:
+    def stop(self, deadline_s: float = STOP_DEADLINE_S) -> tuple[list[int | None], float]:
+        """SIGTERM to every process at once; their exit codes (None: still running at the common
+        deadline, then killed) and the seconds until the last one exited."""
+        t0 = time.monotonic()
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         codes: list[int | None] = []
         for p in self.procs:
             try:
-                codes.append(p.wait(timeout=15))
+                codes.append(p.wait(timeout=max(0.0, t0 + deadline_s - time.monotonic())))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
                 codes.append(None)
+        stop_s = time.monotonic() - t0
         if self.keep:
             print(f"kept the nodes' folders and logs in {self.dir}", file=sys.stderr)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
-        return codes
+        return codes, stop_s
 
 
 def _seen_since(sw: Swarm, start_ms: int) -> tuple[dict[tuple[str, int], list[int]], int]:
@@ -342,9 +349,10 @@ def main() -> None:
             if i == 0:
                 out["negotiation"] = trio.run(negotiation_rtt, sw.boot, sw.ledger_url, args.negotiations)
         finally:
-            codes = sw.stop()
+            codes, stop_s = sw.stop()
+            entry["stop_s"] = round(stop_s, 1)
             entry["unclean_exits"] = sum(1 for c in codes if c != 0)
-            # which, and how: None = still running after SIGTERM + 15 s (killed), else the exit code
+            # which, and how: None = still running STOP_DEADLINE_S after SIGTERM (killed), else the exit code
             entry["unclean"] = {("bootstrap" if j == 0 else f"n{j - 1}"): c for j, c in enumerate(codes) if c != 0}
         out["propagation"][str(n)] = entry
         print(json.dumps({str(n): entry}), file=sys.stderr, flush=True)  # progress: big sizes take minutes
