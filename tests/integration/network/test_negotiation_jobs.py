@@ -46,7 +46,8 @@ def job(**over: Any) -> dict[str, Any]:
 async def offer_of(renter: Any, proc: Any, until: Any) -> Offer:
     wallet = proc.key().public_key.wallet
     proc.popen.send_signal(signal.SIGUSR1)  # we may have joined after its last publish
-    await until(lambda: renter.book.get(wallet) is not None)
+    # a provider started just now: under load (CI with two busy loops) 15 s was once too short
+    await until(lambda: renter.book.get(wallet) is not None, timeout=45)
     entry = renter.book.get(wallet)
     return entry.offer
 
