@@ -404,7 +404,6 @@ class P2PNode:
         self._nursery.start_soon(fn, *args)
 
 
-
 #: py-libp2p 0.8.1's yamux tuning knobs (read from the environment at each read). By default it
 #: answers every read with a WINDOW_UPDATE frame, one more encrypted write per gossip RPC
 #: received; "0" keeps go-yamux's rule (an update once half the window is consumed). At 30 nodes
