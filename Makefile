@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Cargo's build folder lives outside the clone so that fresh clones (and CI) reuse it.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/dgpu/cargo-target
-PY_DIRS := protocol node client contracts bootstrap tests bench examples dgpu/__init__.py dgpu/_lazy.py
+PY_DIRS := protocol node client contracts bootstrap tests bench examples dgpu/__init__.py dgpu/_lazy.py dgpu/_http.py
 
 .PHONY: install demo demo-solana test lint typecheck pytest cargo-test
 

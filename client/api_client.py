@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from dgpu._http import sync_client
 from dgpu.client.settings import ClientSettings, SettingsError, load_settings
 from dgpu.node.adapters.bootstrap_client import decode_error_body
 from dgpu.node.services.api.schema import WalletOut
@@ -73,7 +74,7 @@ class Api:
             if token is None:
                 raise CliError(f"no token: run `dgpu login` first (it writes {settings.token_file})", 3)
             headers["authorization"] = f"Bearer {token}"
-        self.http = httpx.Client(base_url=settings.api_url, timeout=settings.timeout_s, headers=headers)
+        self.http = sync_client(base_url=settings.api_url, timeout=settings.timeout_s, headers=headers)
         #: a stored login may be refreshed (rotating refresh token); a DGPU_TOKEN cannot
         self._can_refresh = auth and not settings.env_token
         self._ledger_warned = False

@@ -25,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import httpx
 import spl.token.instructions as ti
 import trio
 from solana.rpc.async_api import AsyncClient
@@ -37,6 +36,8 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import Transaction
 from spl.token.constants import TOKEN_PROGRAM_ID
+
+from dgpu._http import async_client
 
 CONTRACTS = Path(__file__).resolve().parent
 EXAMPLE = "dgpu-local-rpc"
@@ -144,7 +145,7 @@ class LocalRpc:
 
 async def rpc_call(url: str, method: str, *params: Any) -> dict[str, Any]:
     """One raw JSON-RPC call; the whole answer (``result`` or ``error``)."""
-    async with httpx.AsyncClient(timeout=30.0) as http:
+    async with async_client(timeout=30.0) as http:
         resp = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
         resp.raise_for_status()
         answer: dict[str, Any] = resp.json()

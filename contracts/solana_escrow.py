@@ -52,6 +52,8 @@ from spl.token.instructions import (
     transfer_checked,
 )
 
+from dgpu._http import async_client
+
 from . import solana_ix as ix
 from .errors import (
     ConfirmationError,
@@ -201,7 +203,7 @@ class SolanaEscrow:
         """1 on a real cluster; the local development endpoint reports its speed (``dgpu_info``)."""
         body = {"jsonrpc": "2.0", "id": 1, "method": "dgpu_info", "params": []}
         try:
-            async with httpx.AsyncClient(timeout=10.0) as http:
+            async with async_client(timeout=10.0) as http:
                 answer = (await http.post(self._url, json=body)).json()
         except (httpx.HTTPError, ValueError) as exc:
             raise TransportError(f"Solana RPC unreachable: {type(exc).__name__}") from exc

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from dgpu._http import async_client
 from dgpu.protocol.envelope import seal
 from dgpu.protocol.errors import EscrowErrorCode
 from dgpu.protocol.escrow import Escrow, EscrowStatus
@@ -73,7 +74,7 @@ class DevLedgerEscrow:
     ) -> None:
         self._key = key
         self._own_client = client is None
-        self._http = client if client is not None else httpx.AsyncClient(timeout=timeout_s)
+        self._http = client if client is not None else async_client(timeout=timeout_s)
         self._base = base_url.rstrip("/") + PREFIX
         self._wall = wall_clock
         self._nonce = nonce

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from dgpu._http import async_client
 from dgpu.node.services.api.errors import Unavailable
 from dgpu.protocol.auth import DOMAINS
 from dgpu.protocol.keys import SigningKey, b58encode
@@ -153,7 +154,7 @@ async def upload_link(bootstrap_url: str, key: SigningKey, bucket: str, object_k
     from urllib.parse import quote
 
     base = bootstrap_url.rstrip("/")
-    async with httpx.AsyncClient(base_url=base, timeout=UPSTREAM_TIMEOUT_S) as http:
+    async with async_client(base_url=base, timeout=UPSTREAM_TIMEOUT_S) as http:
         session = BootstrapSession(key, clock)
         try:
             token = await session.token(http)
@@ -181,7 +182,7 @@ async def fetch_verifier(bootstrap_url: str, *, leeway_s: int = 30,
     url = bootstrap_url.rstrip("/") + "/api/v1/auth/jwks"
     async with contextlib.AsyncExitStack() as stack:
         http: httpx.AsyncClient = client if client is not None else await stack.enter_async_context(
-            httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT_S))
+            async_client(timeout=UPSTREAM_TIMEOUT_S))
         try:
             response = await http.get(url)
             doc = response.json()

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from dgpu._http import async_client
+
 __all__ = ["MAX_PUSH_BYTES", "HttpResultPusher", "redact"]
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class HttpResultPusher:
         if size > self.max_bytes:
             return f"the result is {size} bytes, over the {self.max_bytes} pushed at most"
         shown, why = redact(url), "not tried"
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s)) as http:
+        async with async_client(timeout=httpx.Timeout(self.timeout_s)) as http:
             for attempt in range(self.attempts):
                 if attempt:
                     await trio.sleep(self.first_backoff_s * 2 ** (attempt - 1))

@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dgpu._http import async_client
 from dgpu.node.adapters import http_server as http_errors
 from dgpu.node.adapters.bootstrap_client import UPSTREAM_TIMEOUT_S, UpstreamError, fetch_verifier
 from dgpu.node.adapters.forward_tcp import listen_local
@@ -130,7 +131,7 @@ def create_node_api(ctx: ApiContext) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # asyncio side: the proxies run in route handlers (asyncio tasks)
-        ctx.http = httpx.AsyncClient(base_url=ctx.settings.bootstrap_url.rstrip("/"),
+        ctx.http = async_client(base_url=ctx.settings.bootstrap_url.rstrip("/"),
                                      timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S),
                                      # bounds the connections this node holds to its bootstrap
                                      limits=httpx.Limits(max_connections=32))
