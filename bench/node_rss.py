@@ -5,8 +5,13 @@ the bootstrap's development ledger), waits until the renter holds the provider's
 few quiet seconds passed, then prints one JSON object: per node its RSS, the anonymous and
 file-backed parts (``/proc/PID/smaps_rollup``) and its thread count. ``--baseline`` adds the
 idle RSS of bare py-libp2p nodes (``bench/bare_libp2p.py``, 2 gossip nodes) for comparison.
+``--breakdown`` adds what each layer of a node's imports costs: each step runs in a fresh
+interpreter that imports the layers before it too, and the difference of RSS is reported.
 
-    .venv/bin/python bench/node_rss.py [--idle 10] [--baseline]
+Run it with the interpreter of the installation you want measured: a development environment
+holds test tools (rich, pygments, ...) that libraries import when they find them.
+
+    .venv/bin/python bench/node_rss.py [--idle 10] [--baseline] [--breakdown]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +90,35 @@ class Nodes:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: the layers of a renter's imports, each with the code that loads it (a step runs all before it)
+IMPORT_LAYERS: list[tuple[str, str]] = [
+    ("interpreter", "pass"),
+    ("libp2p (what a bare node imports)", "import libp2p, libp2p.pubsub.gossipsub, libp2p.kad_dht.kad_dht, trio"),
+    ("pydantic", "import pydantic"),
+    ("pydantic's schema builder (the first model)", "class _First(pydantic.BaseModel):\n    x: int"),
+    ("dgpu.protocol (the wire models)", "import dgpu.protocol, dgpu.protocol.messages"),
+    ("dgpu.node.config", "import dgpu.node.config"),
+    ("the development ledger client", "import dgpu.contracts.devledger.client"),
+    ("dgpu.node.app and the CLI", "import dgpu.node.app, dgpu.client.main"),
+]
+
+_RSS_OF_SELF = ("\nfor _line in open('/proc/self/status'):\n"
+                "    if _line.startswith('VmRSS:'):\n        print(int(_line.split()[1]) / 1024)\n")
+
+
+def breakdown() -> list[dict[str, Any]]:
+    """The RSS each import layer adds (MiB), median of 3 fresh interpreters per step."""
+    steps, before, code = [], 0.0, ""
+    for name, layer in IMPORT_LAYERS:
+        code += layer + "\n"
+        total = statistics.median(float(subprocess.run(
+            [sys.executable, "-c", code + _RSS_OF_SELF], capture_output=True, check=True, text=True).stdout)
+            for _ in range(3))
+        steps.append({"layer": name, "adds_mb": round(total - before, 1), "total_mb": round(total, 1)})
+        before = total
+    return steps
+
+
 def run(idle_s: float) -> dict[str, Any]:
     nodes = Nodes()
     try:
@@ -118,6 +153,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--idle", type=float, default=10.0, help="quiet seconds before measuring")
     ap.add_argument("--baseline", action="store_true", help="also bare py-libp2p (bench/bare_libp2p.py)")
+    ap.add_argument("--breakdown", action="store_true", help="also the RSS each layer of imports adds")
     args = ap.parse_args()
     out: dict[str, Any] = {"loadavg_before": os.getloadavg(), "nodes": run(args.idle)}
     if args.baseline:
@@ -125,6 +161,9 @@ def main() -> None:
                                "--sizes", "2", "--publishes", "1", "--rounds", "1"],
                               capture_output=True, check=True, text=True)
         out["bare_libp2p_idle_rss"] = json.loads(bare.stdout)["gossip"]["2"]["idle_rss"]
+    if args.breakdown:
+        out["import_breakdown"] = breakdown()
+    out["python"] = sys.executable
     out["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))
 
