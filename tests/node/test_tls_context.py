@@ -38,7 +38,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("content-length", "5")
         self.end_headers()
