@@ -8,10 +8,17 @@ idle RSS of bare py-libp2p nodes (``bench/bare_libp2p.py``, 2 gossip nodes) for 
 ``--breakdown`` adds what each layer of a node's imports costs: each step runs in a fresh
 interpreter that imports the layers before it too, and the difference of RSS is reported.
 
-Run it with the interpreter of the installation you want measured: a development environment
-holds test tools (rich, pygments, ...) that libraries import when they find them.
+Run it with the interpreter of the installation you want measured, from a folder where that
+installation's ``dgpu`` is the one imported (``dgpu_from`` in the report says which): a
+development environment holds test tools (rich, pygments, ...) that libraries import when they
+find them, and an editable install may compile dGPU's modules at every start.
 
     .venv/bin/python bench/node_rss.py [--idle 10] [--baseline] [--breakdown]
+
+An operator's install (runtime dependencies only), measured from outside the repository:
+
+    python3 -m venv /tmp/rt && /tmp/rt/bin/pip install . psutil
+    cd /tmp && /tmp/rt/bin/python /path/to/repo/bench/node_rss.py --baseline --breakdown
 """
 
 from __future__ import annotations
@@ -164,6 +171,8 @@ def main() -> None:
     if args.breakdown:
         out["import_breakdown"] = breakdown()
     out["python"] = sys.executable
+    out["dgpu_from"] = subprocess.run([sys.executable, "-c", "import dgpu; print(dgpu.__file__)"],
+                                      capture_output=True, check=True, text=True).stdout.strip()
     out["loadavg_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))
 
