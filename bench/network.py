@@ -21,6 +21,8 @@ real: the bootstrap node serves the development ledger and the providers verify 
 (``--ledger-url``), so each round trip includes opening the escrow on the ledger
 (``LedgerFunder``) and the provider reading it back. The ledger ``open`` call is also timed
 alone, and the round trip is reported without it. RSS: resident set of each idle node process.
+``offer_syncs``: the offers the nodes took from neighbours' books, at joining and by the
+once-a-minute refresh (those had come neither by gossip nor by the first syncs).
 ``--baseline`` also runs ``bench/bare_libp2p.py`` (bare py-libp2p, same sizes) in the same run.
 
     .venv/bin/python bench/network.py [--sizes 10 30 50 100] [--publishes 20] [--baseline]
@@ -230,6 +232,19 @@ def propagation(sw: Swarm, publishes: int, gap_s: float) -> dict[str, Any]:
             "cpu_s_per_publish": round(cpu / max(1, len(first_seen)), 3)}
 
 
+def offer_syncs(sw: Swarm) -> dict[str, int]:
+    """Offers the nodes accepted from neighbours' books, summed: when they first saw them
+    (``join``), and from the neighbour drawn about once a minute (``refresh``: offers neither
+    gossip nor the first syncs had brought), with the nodes a refresh brought anything to."""
+    totals = {"join": 0, "refresh": 0, "refreshes": 0, "nodes_a_refresh_helped": 0}
+    for s in sw.statuses():
+        synced = s.get("synced", {})
+        for key in ("join", "refresh", "refreshes"):
+            totals[key] += int(synced.get(key, 0))
+        totals["nodes_a_refresh_helped"] += synced.get("refresh", 0) > 0
+    return totals
+
+
 def rss(sw: Swarm) -> dict[str, float]:
     vals = [psutil.Process(p.pid).memory_info().rss / 2**20 for p in sw.procs[1:]
             if p.poll() is None]
@@ -342,6 +357,7 @@ def main() -> None:
                      "quiet_after_s": None if quiet_s is None else round(quiet_s, 1),
                      "idle_cores": round(idle_cores, 2), "idle_rss": rss(sw)}
             entry["settled"] = propagation(sw, args.publishes, args.gap)
+            entry["offer_syncs"] = offer_syncs(sw)
             # what the periodic republishing of the default lifetime costs this machine (derived)
             per_s = n / (DEFAULT_OFFER_TTL_S / 3)
             entry["steady_default_ttl"] = {"republish_per_s": round(per_s, 2),

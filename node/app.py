@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never
@@ -47,7 +47,7 @@ from dgpu.node.services import blobs
 from dgpu.node.services.billing import synced_time
 from dgpu.node.services.instrumented_ledger import InstrumentedLedger
 from dgpu.node.services.inventory import select_gpus
-from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, sync_offers_from_peers
+from dgpu.node.services.offer_sync import SYNC_READ_TIMEOUT_S, OfferSyncServer, SyncCounts, sync_offers_from_peers
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.node.services.settlement import Settlements
 from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPIC, RENDEZVOUS_NAMESPACE
@@ -102,6 +102,8 @@ class NodeRuntime:
     metrics_port: int | None = None
     #: the node's database: a provider's jobs, a renter's rentals (re-attached after a restart)
     store: Store | None = None
+    #: what the offer syncs from neighbours brought in
+    offer_sync: SyncCounts = field(default_factory=SyncCounts)
 
 
 @dataclass
@@ -221,6 +223,7 @@ def status_snapshot(rt: AnyNode) -> dict[str, Any]:
         "offers": {p: e.offer.seq for p, e in rt.book._entries.items()},
         "accepted": rt.validator.accepted,
         "rejected": dict(rt.validator.rejected),
+        "synced": asdict(rt.offer_sync),
         "guard_drops": dict(ps.guard_drops) if ps is not None else {},
         "history": list(rt.validator.history),
         "own_seq": current.seq if current is not None else None,
@@ -244,6 +247,8 @@ def runtime_stats(rt: AnyNode) -> RuntimeStats:
     return RuntimeStats(
         peers=len(rt.node.connected_peers()), offer_book_size=len(rt.book),
         offers_accepted=rt.validator.accepted, offers_rejected=dict(rt.validator.rejected),
+        offers_synced={"join": rt.offer_sync.join, "refresh": rt.offer_sync.refresh},
+        offer_sync_refreshes=rt.offer_sync.refreshes,
         negotiations=dict(offering.negotiator.outcomes) if offering is not None else None, jobs=jobs,
         rentals=rentals, gpus=tuple(offering.monitor.readings()) if offering is not None else ())
 
@@ -332,7 +337,7 @@ async def run_node(config: NodeConfig, *,
                             settlements=settlements)
         metrics.set_runtime(lambda: runtime_stats(rt))
         await nursery.start(partial(discovery.run, max_join_tries=config.join_tries))
-        nursery.start_soon(sync_offers_from_peers, node, validator)
+        nursery.start_soon(partial(sync_offers_from_peers, node, validator, counts=rt.offer_sync))
         offering = _offering(rt)
         await nursery.start(_nat(rt, offering).run)
         if offering is not None:

@@ -63,6 +63,9 @@ class RuntimeStats:
     offer_book_size: int = 0
     offers_accepted: int = 0
     offers_rejected: Mapping[str, int] = field(default_factory=dict)
+    #: offers accepted from offer syncs, by why the neighbour was asked ("join", "refresh")
+    offers_synced: Mapping[str, int] = field(default_factory=dict)
+    offer_sync_refreshes: int = 0
     #: provider-side negotiation outcomes ("agreed", reject codes, ...); None: not a provider
     negotiations: Mapping[str, int] | None = None
     jobs: Mapping[str, int] = field(default_factory=dict)
@@ -112,7 +115,15 @@ class _RuntimeCollector(Collector):
                                        labels=["reason"])
         for reason, n in sorted(({r: 0 for r in REFUSALS} | dict(stats.offers_rejected)).items()):
             rejected.add_metric([reason], n)
-        yield from (peers, book, seen, rejected)
+        synced = CounterMetricFamily(
+            "dgpu_offers_synced", "Offers accepted from neighbours' offer books (offer sync) by why the neighbour "
+            "was asked: join (first seen) or refresh (drawn now and then; such an offer had not come by gossip)",
+            labels=["reason"])
+        for reason, n in sorted(({"join": 0, "refresh": 0} | dict(stats.offers_synced)).items()):
+            synced.add_metric([reason], n)
+        refreshes = CounterMetricFamily("dgpu_offer_sync_refreshes", "Offer syncs asked of a random neighbour")
+        refreshes.add_metric([], stats.offer_sync_refreshes)
+        yield from (peers, book, seen, rejected, synced, refreshes)
         if stats.negotiations is not None:
             negotiations = CounterMetricFamily(
                 "dgpu_negotiations", "Negotiations by role and outcome (code: the reject code of a rejected one)",

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -27,7 +28,8 @@ from dgpu.protocol.ids import MAX_OFFER_BYTES, OFFERS_SYNC_PROTOCOL, OFFERS_TOPI
 from dgpu.protocol.keys import PublicKey
 from dgpu.protocol.peers import peer_id_of_wallet
 
-__all__ = ["MAX_SYNC_BYTES", "MAX_SYNC_OFFERS", "REFRESH_S", "OfferSyncServer", "sync_offers", "sync_offers_from_peers"]
+__all__ = ["MAX_SYNC_BYTES", "MAX_SYNC_OFFERS", "REFRESH_S", "OfferSyncServer", "SyncCounts", "sync_offers",
+           "sync_offers_from_peers"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,19 @@ SYNC_READ_TIMEOUT_S: Final = 10.0
 SYNC_TRIES: Final = 3
 #: mean seconds between two syncs from a random neighbour (anti-entropy)
 REFRESH_S: Final = 60.0
+
+
+@dataclass
+class SyncCounts:
+    """What this node's offer syncs brought in, by why the neighbour was asked. An offer that a
+    refresh brings had reached this node neither by gossip nor by the syncs when it joined."""
+
+    #: offers accepted from neighbours asked when first seen on the topic
+    join: int = 0
+    #: offers accepted from the neighbour drawn at random now and then
+    refresh: int = 0
+    #: refreshes asked for
+    refreshes: int = 0
 
 
 class OfferSyncServer:
@@ -117,7 +132,8 @@ async def _sync_once(node: Network, peer: str, validator: TopicValidator) -> int
 
 async def sync_offers_from_peers(node: Network, validator: TopicValidator, *, poll_s: float = 0.5,
                                  parallel: int = 4, tries: int = SYNC_TRIES, retry_s: float = 2.0,
-                                 refresh_s: float = REFRESH_S, rng: random.Random | None = None) -> None:
+                                 refresh_s: float = REFRESH_S, rng: random.Random | None = None,
+                                 counts: SyncCounts | None = None) -> None:
     """Ask each peer first seen on the offers topic for the offers it holds, so a node that
     joins sees the current offers at once, not at the next republish. (Providers do not
     republish when peers join: with 30 nodes that wave was ~280 publications at start-up.)
@@ -129,12 +145,13 @@ async def sync_offers_from_peers(node: Network, validator: TopicValidator, *, po
     again: a synced offer is not gossiped on, so a node whose neighbours were still joining
     when it synced from them could miss an offer until its next republish (two 50-node bench
     nodes lacked the same 4 offers for 5 minutes). The offers it already holds cost a set
-    lookup each (``OfferBook.holds_envelope``)."""
+    lookup each (``OfferBook.holds_envelope``). ``counts``, when given, is kept up to date."""
     rng = rng or random.Random()
+    counts = counts if counts is not None else SyncCounts()
     seen: set[str] = set()
     limiter = trio.CapacityLimiter(parallel)
 
-    async def sync(peer: str) -> None:
+    async def sync(peer: str, refresh: bool) -> None:
         accepted: int | None = None
         for attempt in range(tries):
             if attempt:
@@ -144,7 +161,11 @@ async def sync_offers_from_peers(node: Network, validator: TopicValidator, *, po
             if accepted is not None:
                 break
         if accepted:
-            log.info("offer sync from %s: %d offer(s)", peer, accepted)
+            log.info("offer %s from %s: %d offer(s)", "refresh" if refresh else "sync", peer, accepted)
+            if refresh:
+                counts.refresh += accepted
+            else:
+                counts.join += accepted
 
     def next_refresh() -> float:
         return trio.current_time() + refresh_s * (0.5 + rng.random())
@@ -154,9 +175,10 @@ async def sync_offers_from_peers(node: Network, validator: TopicValidator, *, po
         while True:
             peers = set(node.topic_peers(OFFERS_TOPIC))
             for peer in peers - seen:
-                nursery.start_soon(sync, peer)
+                nursery.start_soon(sync, peer, False)
             seen = seen | peers if len(seen) < 10_000 else peers  # bounded; forgetting costs one sync
             if peers and trio.current_time() >= refresh_at:
-                nursery.start_soon(sync, rng.choice(sorted(peers)))
+                nursery.start_soon(sync, rng.choice(sorted(peers)), True)
+                counts.refreshes += 1
                 refresh_at = next_refresh()
             await trio.sleep(poll_s)

@@ -49,12 +49,15 @@ def test_runtime_state_is_read_at_scrape_time() -> None:
     state = {"peers": 1}
     metrics = NodeMetrics(runtime=lambda: RuntimeStats(
         peers=state["peers"], offer_book_size=7, offers_accepted=12, offers_rejected={"bad_signature": 2},
+        offers_synced={"join": 9, "refresh": 1}, offer_sync_refreshes=4,
         negotiations={"agreed": 3, "price_too_low": 1}, jobs={"running": 1, "finished": 4},
         rentals={"agreed": 1, "billing": 2}))
     text = generate_latest(metrics.registry).decode()
     for line in ['dgpu_peers 1.0', 'dgpu_offer_book_size 7.0', 'dgpu_offers_seen_total 12.0',
                  'dgpu_offers_rejected_total{reason="bad_signature"} 2.0',
                  'dgpu_offers_rejected_total{reason="stale_seq"} 0.0',
+                 'dgpu_offers_synced_total{reason="join"} 9.0', 'dgpu_offers_synced_total{reason="refresh"} 1.0',
+                 'dgpu_offer_sync_refreshes_total 4.0',
                  'dgpu_negotiations_total{code="",outcome="agreed",role="provider"} 3.0',
                  'dgpu_negotiations_total{code="price_too_low",outcome="rejected",role="provider"} 1.0',
                  'dgpu_negotiations_total{code="no_capacity",outcome="rejected",role="provider"} 0.0',

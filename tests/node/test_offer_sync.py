@@ -12,7 +12,13 @@ import trio
 
 from dgpu.node.adapters.p2p_framing import FramedStream
 from dgpu.node.errors import NetworkError
-from dgpu.node.services.offer_sync import MAX_SYNC_OFFERS, OfferSyncServer, sync_offers, sync_offers_from_peers
+from dgpu.node.services.offer_sync import (
+    MAX_SYNC_OFFERS,
+    OfferSyncServer,
+    SyncCounts,
+    sync_offers,
+    sync_offers_from_peers,
+)
 from dgpu.node.services.offers import OfferBook, OfferValidator
 from dgpu.protocol.keys import SigningKey
 from tests.node.conftest import make_offer
@@ -117,11 +123,12 @@ async def test_an_offer_the_neighbour_learnt_after_the_first_sync_comes_with_a_l
     early, late = (SigningKey(secrets.token_bytes(32)) for _ in range(2))
     assert neighbour(gossip(make_offer(early, now=NOW, ttl=300), early, forwarder="x", envelope_ttl=300))
     newcomer = validator()
+    counts = SyncCounts()
     async with trio.open_nursery() as nursery:
         network = _TopicPeers(nursery, {"neighbour": OfferSyncServer(neighbour.book, clock=lambda: NOW).handle},
                               refusals=0)
         nursery.start_soon(partial(sync_offers_from_peers, network, newcomer, poll_s=0.01,  # type: ignore[arg-type]
-                                   refresh_s=0.05, rng=random.Random(7)))
+                                   refresh_s=0.05, rng=random.Random(7), counts=counts))
         with trio.fail_after(10):
             while len(newcomer.book) == 0:
                 await trio.sleep(0.01)
@@ -133,3 +140,5 @@ async def test_an_offer_the_neighbour_learnt_after_the_first_sync_comes_with_a_l
     assert {e.offer.provider for e in newcomer.book._entries.values()} == {early.public_key.wallet,
                                                                           late.public_key.wallet}
     assert newcomer.rejected["replay"] >= 1  # the early offer, handed again
+    # the late offer came by a refresh (the early one by the first sync, unless a refresh beat it)
+    assert counts.refresh >= 1 and counts.join + counts.refresh == 2 and counts.refreshes >= 1

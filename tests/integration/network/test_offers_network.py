@@ -49,6 +49,8 @@ async def test_discovery_and_offers_reach_every_node(network: Any, renter: Any, 
     await until(lambda: b.status()["offers"].get(wa) == a.status()["own_seq"]
                 and a.status()["offers"].get(wb) == b.status()["own_seq"])
     assert renter.book.get(wa).offer.simulated
+    # what offer sync brought each provider is in its status (and on /metrics)
+    assert all(set(p.status()["synced"]) == {"join", "refresh", "refreshes"} for p in (a, b))
 
 
 async def _raw_pubsub_frame(renter: Any, peer: str, payload: bytes) -> None:
