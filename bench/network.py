@@ -85,7 +85,7 @@ class Swarm:
 
     def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
         addr = self.dir / f"{name}.addr"
-        log = (self.dir / f"{name}.log").open("wb")
+        log = (self.dir / f"{name}.log").open("ab")  # a restarted node goes on in the same log
         p = subprocess.Popen([sys.executable, "-m", "dgpu.client.main", *args, "--data-dir",
                               str(self.dir / name), "--addr-file", str(addr),
                               "--log-level", self.log_level], stdout=log, stderr=log,
@@ -101,15 +101,8 @@ class Swarm:
         self.ledger_url = wait_file(url)
         addrs = []
         for i in range(self.n):
-            st = self.dir / f"n{i}.status"
-            self.status.append(st)
-            _, a = self._spawn(f"n{i}", [
-                "node", "--role", "provider", "--bootstrap", self.boot, "--simulated-gpu",
-                f"RTX 4090:24576:{1 + i % 4}", "--price", str(100 + i), "--max-jobs", "64",
-                "--ledger-url", self.ledger_url, "--status-file", str(st), "--accept-simulated",
-                # the default 300 s lifetime republishes every offer each 100 s: at 50+ nodes that
-                # wave of every provider falls into the settled window; "steady" reports its cost
-                "--offer-ttl", str(BENCH_OFFER_TTL_S)])
+            self.status.append(self.dir / f"n{i}.status")
+            _, a = self._spawn(f"n{i}", self._node_args(i))
             addrs.append(a)
         for i, a in enumerate(addrs):
             try:
@@ -117,6 +110,29 @@ class Swarm:
             except TimeoutError:  # say why before the folder is removed
                 tail = (self.dir / f"n{i}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"node n{i} did not start (exit code {self.procs[i + 1].poll()}):\n{tail}") from None
+
+    def _node_args(self, i: int) -> list[str]:
+        return ["node", "--role", "provider", "--bootstrap", self.boot, "--simulated-gpu",
+                f"RTX 4090:24576:{1 + i % 4}", "--price", str(100 + i), "--max-jobs", "64",
+                "--ledger-url", self.ledger_url, "--status-file", str(self.status[i]), "--accept-simulated",
+                # the default 300 s lifetime republishes every offer each 100 s: at 50+ nodes that
+                # wave of every provider falls into the settled window; "steady" reports its cost
+                "--offer-ttl", str(BENCH_OFFER_TTL_S)]
+
+    def restart(self, i: int, timeout_s: float = 120.0) -> None:
+        """Stop node ``i`` (SIGTERM) and start it again from its folder: the same key, a new port."""
+        old = self.procs[i + 1]
+        old.send_signal(signal.SIGTERM)
+        try:
+            old.wait(timeout=STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            old.kill()
+            old.wait()
+        (self.dir / f"n{i}.addr").unlink(missing_ok=True)
+        p, addr = self._spawn(f"n{i}", self._node_args(i))
+        self.procs.pop()  # _spawn appended it: it takes the old one's place
+        self.procs[i + 1] = p
+        wait_file(addr, timeout=timeout_s)
 
     def statuses(self) -> list[dict[str, Any]]:
         out = []
