@@ -72,8 +72,10 @@ STOP_DEADLINE_S = 45.0
 
 
 class Swarm:
-    def __init__(self, n: int, *, log_level: str = "WARNING", keep: bool = False) -> None:
+    def __init__(self, n: int, *, log_level: str = "WARNING", keep: bool = False,
+                 offer_ttl_s: int = BENCH_OFFER_TTL_S) -> None:
         self.n = n
+        self.offer_ttl_s = offer_ttl_s
         self.log_level, self.keep = log_level, keep
         self.dir = Path(tempfile.mkdtemp(prefix=f"dgpu-bench-{n}-"))
         self.dir.chmod(0o711)
@@ -117,7 +119,7 @@ class Swarm:
                 "--ledger-url", self.ledger_url, "--status-file", str(self.status[i]), "--accept-simulated",
                 # the default 300 s lifetime republishes every offer each 100 s: at 50+ nodes that
                 # wave of every provider falls into the settled window; "steady" reports its cost
-                "--offer-ttl", str(BENCH_OFFER_TTL_S)]
+                "--offer-ttl", str(self.offer_ttl_s)]
 
     def restart(self, i: int, timeout_s: float = 120.0) -> None:
         """Stop node ``i`` (SIGTERM) and start it again from its folder: the same key, a new port."""

@@ -1,6 +1,7 @@
 """Soak: a network of node processes kept busy for a while, one node restarted again and again.
 
-Starts a bootstrap and ``--nodes`` providers as in ``bench/network.py``, then every minute, for
+Starts a bootstrap and ``--nodes`` providers as in ``bench/network.py`` (with the default offer
+lifetime: each also republishes every 100 s), then every minute, for
 ``--minutes``: triggers ``--publishes`` offer publications (SIGUSR1), restarts node ``n0``
 (SIGTERM, then the same key and folder on a new port: its neighbours must drop the old
 connection and take the new one), and samples every process. Prints one JSON object: per
@@ -8,7 +9,8 @@ minute, the long-lived nodes' RSS (median, max), open file descriptors and threa
 fewest offers any of them holds and the fewest peers any is connected to, and the bootstrap's
 RSS and descriptors; then the RSS slope (least squares over the minutes after ``--warmup``) of
 the nodes' median and of the bootstrap, in MB per hour. A leak shows as a slope that stays
-positive; bounded state levels off.
+positive; bounded state levels off once it is full (the replay cache after an offer lifetime,
+py-libp2p's equivocation record after 1,000 messages, the accepted-offer history after 4,096).
 
     .venv/bin/python bench/soak.py [--nodes 10] [--minutes 15] [--publishes 30] [--no-churn]
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 import psutil
 from _common import trigger_publications
-from network import Swarm
+from network import DEFAULT_OFFER_TTL_S, Swarm
 
 MIB = 2**20
 
@@ -76,13 +78,16 @@ def main() -> None:
     ap.add_argument("--publishes", type=int, default=30, help="offer publications per minute (all nodes)")
     ap.add_argument("--warmup", type=int, default=3, help="minutes left out of the slopes")
     ap.add_argument("--no-churn", action="store_true", help="do not restart n0 every minute")
+    ap.add_argument("--offer-ttl", type=int, default=DEFAULT_OFFER_TTL_S,
+                    help="the nodes' offer lifetime (they republish at a third of it)")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' folder (logs, status files)")
     args = ap.parse_args()
     if args.nodes < 3:
         ap.error("--nodes must be at least 3 (n0 restarts; the others are measured)")
-    sw = Swarm(args.nodes, keep=args.keep)
+    sw = Swarm(args.nodes, keep=args.keep, offer_ttl_s=args.offer_ttl)
     out: dict[str, Any] = {"cpus": psutil.cpu_count(), "loadavg_before": os.getloadavg(), "nodes": args.nodes,
-                           "churn": not args.no_churn, "samples": []}
+                           "churn": not args.no_churn, "offer_ttl_s": args.offer_ttl,
+                           "publishes_per_minute": args.publishes, "samples": []}
     try:
         sw.start()
         out["settle_s"] = round(sw.settle(timeout=90 + 2 * args.nodes), 1)

@@ -15,14 +15,17 @@ Crash paths (LIBP2P-NOTES.md, "Crash paths in pubsub"), and the guard for each:
 
 Gossip parameters: heartbeat 1 s (the library default is 120 s), meshsub/1.1 only (1.2's
 IDONTWANT stalls under load), spam limiter raised to our rates (its default of 10 msg/s also
-throttles our own publishes), adaptive gossip off (it can stretch the heartbeat to 30–60 s),
-and peer scoring configured, with P4's weight **positive** because 0.8.1 subtracts it.
+throttles our own publishes), adaptive gossip off (it can stretch the heartbeat to 30–60 s;
+its step was also the only one to trim a list that grows with every message, so
+:class:`BoundedGossipSub` trims it), and peer scoring configured, with P4's weight
+**positive** because 0.8.1 subtracts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,7 +42,9 @@ from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from dgpu.node.ports.network import GossipMessage
 
 __all__ = [
+    "DELIVERY_WINDOW_S",
     "MAX_INBOUND_RPC_BYTES",
+    "BoundedGossipSub",
     "GossipConfig",
     "GuardedPubsub",
     "build_gossip",
@@ -94,8 +99,28 @@ def score_params(cfg: GossipConfig) -> ScoreParams:
     )
 
 
+#: the delivery times a router keeps per topic (what 0.8.1's own health step looks at)
+DELIVERY_WINDOW_S = 60.0
+
+
+class BoundedGossipSub(GossipSub):
+    """0.8.1's GossipSub, with its per-topic delivery times bounded.
+
+    It appends a timestamp to ``recent_message_deliveries[topic]`` for every message it
+    publishes or forwards, and trims the list only in its adaptive-gossip step, which we turn
+    off: each node's list grew by one float per message for as long as it ran. Every heartbeat
+    now drops the times older than :data:`DELIVERY_WINDOW_S`."""
+
+    def _periodic_security_cleanup(self) -> None:
+        super()._periodic_security_cleanup()
+        cutoff = time.time() - DELIVERY_WINDOW_S
+        for times in self.recent_message_deliveries.values():
+            if times and times[0] <= cutoff:  # appended in time order
+                times[:] = [t for t in times if t > cutoff]
+
+
 def build_gossip(cfg: GossipConfig) -> GossipSub:
-    return GossipSub(
+    return BoundedGossipSub(
         protocols=[PROTOCOL_ID_V11],
         degree=cfg.degree,
         degree_low=cfg.degree_low,
