@@ -247,8 +247,7 @@ def runtime_stats(rt: AnyNode) -> RuntimeStats:
     return RuntimeStats(
         peers=len(rt.node.connected_peers()), offer_book_size=len(rt.book),
         offers_accepted=rt.validator.accepted, offers_rejected=dict(rt.validator.rejected),
-        offers_synced={"join": rt.offer_sync.join, "refresh": rt.offer_sync.refresh},
-        offer_sync_refreshes=rt.offer_sync.refreshes,
+        offer_sync=rt.offer_sync,
         negotiations=dict(offering.negotiator.outcomes) if offering is not None else None, jobs=jobs,
         rentals=rentals, gpus=tuple(offering.monitor.readings()) if offering is not None else ())
 

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from dgpu.node.services.billing import STOPPED_EXHAUSTED, STOPPED_RENTER_CLOSED
 from dgpu.node.services.gpu_monitor import GpuReading
 from dgpu.node.services.instrumented_ledger import LEDGER_ACTIONS
+from dgpu.node.services.offer_sync import SyncCounts
 from dgpu.node.services.offers import REFUSALS
 from dgpu.protocol.ledger import EscrowReceipt
 from dgpu.protocol.messages import RejectCode
@@ -63,9 +64,8 @@ class RuntimeStats:
     offer_book_size: int = 0
     offers_accepted: int = 0
     offers_rejected: Mapping[str, int] = field(default_factory=dict)
-    #: offers accepted from offer syncs, by why the neighbour was asked ("join", "refresh")
-    offers_synced: Mapping[str, int] = field(default_factory=dict)
-    offer_sync_refreshes: int = 0
+    #: what the node's offer syncs brought in
+    offer_sync: SyncCounts = field(default_factory=SyncCounts)
     #: provider-side negotiation outcomes ("agreed", reject codes, ...); None: not a provider
     negotiations: Mapping[str, int] | None = None
     jobs: Mapping[str, int] = field(default_factory=dict)
@@ -119,10 +119,10 @@ class _RuntimeCollector(Collector):
             "dgpu_offers_synced", "Offers accepted from neighbours' offer books (offer sync) by why the neighbour "
             "was asked: join (first seen) or refresh (drawn now and then; such an offer had not come by gossip)",
             labels=["reason"])
-        for reason, n in sorted(({"join": 0, "refresh": 0} | dict(stats.offers_synced)).items()):
-            synced.add_metric([reason], n)
+        synced.add_metric(["join"], stats.offer_sync.join)
+        synced.add_metric(["refresh"], stats.offer_sync.refresh)
         refreshes = CounterMetricFamily("dgpu_offer_sync_refreshes", "Offer syncs asked of a random neighbour")
-        refreshes.add_metric([], stats.offer_sync_refreshes)
+        refreshes.add_metric([], stats.offer_sync.refreshes)
         yield from (peers, book, seen, rejected, synced, refreshes)
         if stats.negotiations is not None:
             negotiations = CounterMetricFamily(

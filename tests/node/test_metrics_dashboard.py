@@ -14,6 +14,7 @@ from dgpu.node.adapters.p2p import P2PConfig, open_node
 from dgpu.node.adapters.p2p_metrics import P2PCollector
 from dgpu.node.adapters.p2p_relay import RelayLimits
 from dgpu.node.metrics import NodeMetrics, RuntimeStats
+from dgpu.node.services.offer_sync import SyncCounts
 from dgpu.protocol.keys import SigningKey
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "dgpu-node.json"
@@ -49,7 +50,7 @@ def test_runtime_state_is_read_at_scrape_time() -> None:
     state = {"peers": 1}
     metrics = NodeMetrics(runtime=lambda: RuntimeStats(
         peers=state["peers"], offer_book_size=7, offers_accepted=12, offers_rejected={"bad_signature": 2},
-        offers_synced={"join": 9, "refresh": 1}, offer_sync_refreshes=4,
+        offer_sync=SyncCounts(join=9, refresh=1, refreshes=4),
         negotiations={"agreed": 3, "price_too_low": 1}, jobs={"running": 1, "finished": 4},
         rentals={"agreed": 1, "billing": 2}))
     text = generate_latest(metrics.registry).decode()

@@ -132,9 +132,9 @@ def create_node_api(ctx: ApiContext) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # asyncio side: the proxies run in route handlers (asyncio tasks)
         ctx.http = async_client(base_url=ctx.settings.bootstrap_url.rstrip("/"),
-                                     timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S),
-                                     # bounds the connections this node holds to its bootstrap
-                                     limits=httpx.Limits(max_connections=32))
+                                timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S),
+                                # bounds the connections this node holds to its bootstrap
+                                limits=httpx.Limits(max_connections=32))
         try:
             yield
         finally:
