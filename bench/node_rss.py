@@ -6,7 +6,9 @@ few quiet seconds passed, then prints one JSON object: per node its RSS, the ano
 file-backed parts (``/proc/PID/smaps_rollup``) and its thread count. ``--baseline`` adds the
 idle RSS of bare py-libp2p nodes (``bench/bare_libp2p.py``, 2 gossip nodes) for comparison.
 ``--breakdown`` adds what each layer of a node's imports costs: each step runs in a fresh
-interpreter that imports the layers before it too, and the difference of RSS is reported.
+interpreter that imports the layers before it too, and the difference of RSS is reported; the
+py-libp2p layer is what a node loads (``dgpu.node.adapters.p2p_unused`` skips the subsystems it
+never runs), and ``interpreter_and_all_of_libp2p_mb`` is what all of py-libp2p's imports take.
 
 Run it with the interpreter of the installation you want measured, from a folder where that
 installation's ``dgpu`` is the one imported (``dgpu_from`` in the report says which): a
@@ -97,10 +99,15 @@ class Nodes:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+#: what a bare py-libp2p node imports
+_LIBP2P = "import libp2p, libp2p.pubsub.gossipsub, libp2p.kad_dht.kad_dht, trio"
+
 #: the layers of a renter's imports, each with the code that loads it (a step runs all before it)
 IMPORT_LAYERS: list[tuple[str, str]] = [
     ("interpreter", "pass"),
-    ("libp2p (what a bare node imports)", "import libp2p, libp2p.pubsub.gossipsub, libp2p.kad_dht.kad_dht, trio"),
+    ("py-libp2p as a node loads it (QUIC, WebSocket, mDNS and AutoTLS skipped)",
+     "from dgpu.node.adapters.p2p_unused import skip_unused_libp2p_subsystems\n"
+     "skip_unused_libp2p_subsystems()\n" + _LIBP2P),
     ("pydantic", "import pydantic"),
     ("pydantic's schema builder (the first model)", "class _First(pydantic.BaseModel):\n    x: int"),
     ("dgpu.protocol (the wire models)", "import dgpu.protocol, dgpu.protocol.messages"),
@@ -113,17 +120,22 @@ _RSS_OF_SELF = ("\nfor _line in open('/proc/self/status'):\n"
                 "    if _line.startswith('VmRSS:'):\n        print(int(_line.split()[1]) / 1024)\n")
 
 
-def breakdown() -> list[dict[str, Any]]:
-    """The RSS each import layer adds (MiB), median of 3 fresh interpreters per step."""
+def _rss_after(code: str) -> float:
+    """RSS (MiB) of a fresh interpreter that ran ``code``, median of 3."""
+    return statistics.median(float(subprocess.run(
+        [sys.executable, "-c", code + _RSS_OF_SELF], capture_output=True, check=True, text=True).stdout)
+        for _ in range(3))
+
+
+def breakdown() -> dict[str, Any]:
+    """The RSS each import layer adds (MiB), and all of py-libp2p's imports for comparison."""
     steps, before, code = [], 0.0, ""
     for name, layer in IMPORT_LAYERS:
         code += layer + "\n"
-        total = statistics.median(float(subprocess.run(
-            [sys.executable, "-c", code + _RSS_OF_SELF], capture_output=True, check=True, text=True).stdout)
-            for _ in range(3))
+        total = _rss_after(code)
         steps.append({"layer": name, "adds_mb": round(total - before, 1), "total_mb": round(total, 1)})
         before = total
-    return steps
+    return {"layers": steps, "interpreter_and_all_of_libp2p_mb": round(_rss_after(_LIBP2P + "\n"), 1)}
 
 
 def run(idle_s: float) -> dict[str, Any]:

@@ -124,6 +124,9 @@ def _main(argv: list[str] | None) -> int:
 
         return run_demo(keep=args.keep, log_level=args.log_level)
 
+    from dgpu.node.adapters.p2p_unused import skip_unused_libp2p_subsystems
+
+    skip_unused_libp2p_subsystems()  # before py-libp2p's first import: ~15 MB a node never uses
     from dgpu.client.demo import rent_once
     from dgpu.node import logging as node_logging
     from dgpu.node.errors import NodeError

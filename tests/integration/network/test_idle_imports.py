@@ -1,7 +1,8 @@
 """Idle RSS: a running provider and renter (the real ``dgpu node`` start path, joined to a
 bootstrap node and its development ledger) have loaded no library they do not use: no web
 server (no ``--api-port``), no Docker SDK (script executor), no Solana client (dev ledger),
-no S3 client, no JWT."""
+no S3 client, no JWT, and none of py-libp2p's subsystems a node does not run (QUIC, WebSocket,
+mDNS, AutoTLS: ``dgpu.node.adapters.p2p_unused``)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import pytest
 from .conftest import START_TIMEOUT_S, Network, fresh_network
 
 HEAVY = ["fastapi", "starlette", "uvicorn", "jwt", "trio_asyncio", "docker", "solana", "solders", "anchorpy",
-         "construct", "boto3", "botocore"]
+         "construct", "boto3", "botocore",
+         # what py-libp2p would load for its QUIC, WebSocket, mDNS and AutoTLS subsystems
+         "aioquic", "OpenSSL", "service_identity", "zeroconf", "requests", "websockets", "trio_websocket",
+         "libp2p.security.tls.autotls", "libp2p.transport.websocket"]
 
 #: runs ``dgpu`` in this process; once the node is listening (its addr file) and has written its
-#: status, prints the heavy top-level packages in sys.modules and exits
+#: status, prints the heavy packages loaded (skipped modules, which have no file, do not count) and exits
 _PROBE = f"""
 import json, os, sys, threading, time
 from collections.abc import Iterator
@@ -30,7 +34,9 @@ def watch():
             print("NOT STARTED", flush=True)
             os._exit(3)
         time.sleep(0.1)
-    print("HEAVY=" + ",".join(sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))), flush=True)
+    loaded = [name for name, module in list(sys.modules.items()) if getattr(module, "__file__", None)]
+    heavy = {{h for h in {HEAVY!r} for name in loaded if name == h or name.startswith(h + ".")}}
+    print("HEAVY=" + ",".join(sorted(heavy)), flush=True)
     os._exit(0)
 threading.Thread(target=watch, daemon=True).start()
 from dgpu.client.main import main
