@@ -106,12 +106,12 @@ class SkippingFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def _importer() -> str:
     """The module whose ``import`` statement is being served (the first frame outside importlib)."""
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     while frame is not None:
         name = str(frame.f_globals.get("__name__", "?"))
         if not name.startswith(("importlib", "_frozen_importlib")) and name != __name__:
             return name
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return "?"
 
 
