@@ -39,6 +39,8 @@ DIAL_BACKOFF_MAX_S = 1800.0
 MAX_DIAL_BACKOFFS = 4096
 #: a stopping provider waits at most this long to leave rendezvous
 UNREGISTER_TIMEOUT_S = 2.0
+#: tries per bootstrap node within that time (opening the stream can fail on a loaded machine)
+UNREGISTER_TRIES = 3
 
 
 def _addrs_of(info: PeerInfo) -> frozenset[str]:
@@ -235,13 +237,19 @@ class Discovery:
                     await self.unadvertise()
 
     async def unadvertise(self) -> None:
-        """Withdraw our rendezvous registrations (each bootstrap node; failures only logged)."""
+        """Withdraw our rendezvous registrations at each bootstrap node, retrying a failed try
+        (:data:`UNREGISTER_TRIES`); failures are only logged: the registration expires anyway."""
         for boot, client in list(self._clients.items()):
-            try:
-                await client.unregister(self.namespace)
-            except (RendezvousError, BaseLibp2pError, NetworkError, trio.BrokenResourceError,
-                    trio.ClosedResourceError) as exc:
-                log.info("rendezvous unregister at %s failed: %s", boot[:16], type(exc).__name__)
+            for attempt in range(1, UNREGISTER_TRIES + 1):
+                try:
+                    await client.unregister(self.namespace)
+                    break
+                except (RendezvousError, BaseLibp2pError, NetworkError, trio.BrokenResourceError,
+                        trio.ClosedResourceError) as exc:
+                    log.info("rendezvous unregister at %s failed (try %d of %d): %s", boot[:16], attempt,
+                             UNREGISTER_TRIES, type(exc).__name__)
+                    if attempt < UNREGISTER_TRIES:
+                        await trio.sleep(0.1 * attempt)
 
     async def _rounds(self, fast_rounds: int, interval_s: float, readvertise_s: float, check_s: float) -> None:
         rounds = 0

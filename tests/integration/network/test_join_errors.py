@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from dgpu.node.adapters.p2p import P2PConfig, open_node
-from dgpu.node.adapters.p2p_discovery import Discovery
+from dgpu.node.adapters.p2p_discovery import UNREGISTER_TRIES, Discovery
 from dgpu.node.errors import ConfigError, NoBootstrapReachable
 from dgpu.protocol.ids import RENDEZVOUS_NAMESPACE
 from dgpu.protocol.keys import SigningKey
@@ -75,3 +75,28 @@ async def test_a_bootstrap_dying_mid_request_is_a_failed_round_not_a_crash() -> 
         discovery._clients["boot"] = _RendezvousDyingMidRequest()
         assert await discovery.discover_once() == []
         await discovery.advertise_once()
+
+
+class _RendezvousFailingToOpen:
+    """Stands in for a rendezvous client whose stream cannot be opened for the first ``fails`` tries."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails, self.tries = fails, 0
+
+    async def unregister(self, namespace: str) -> None:
+        from libp2p.host.exceptions import StreamFailure
+
+        self.tries += 1
+        if self.tries <= self.fails:
+            raise StreamFailure("handshake read failed: fail to read from multiselect communicator")
+
+
+async def test_a_failed_unregister_is_tried_again_and_gives_up_quietly() -> None:
+    # one failed stream open used to leave the stopped provider registered (and dialled) for 2 h
+    async with open_node(_key(), P2PConfig(gossip=None)) as node:
+        discovery = Discovery(node, [], RENDEZVOUS_NAMESPACE, advertise=True)
+        flaky, dead = _RendezvousFailingToOpen(fails=1), _RendezvousFailingToOpen(fails=10)
+        discovery._clients.update({"flaky": flaky, "dead": dead})  # type: ignore[dict-item]
+        with trio.fail_after(30):
+            await discovery.unadvertise()
+        assert (flaky.tries, dead.tries) == (2, UNREGISTER_TRIES)
